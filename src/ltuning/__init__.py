@@ -1,0 +1,14 @@
+"""L-Tuning: label-tuned prefix and prompt tuning of frozen transformers for text classification."""
+
+__version__ = "0.1.0"
+
+from .backbones import Backbone, load_backbone  # noqa: E402
+from .config import LTuningConfig  # noqa: E402
+from .errors import AdapterError, ConfigError, DataError, LTuningError, UnsupportedModelError  # noqa: E402
+from .methods import METHODS  # noqa: E402
+from .model import LTuningModel  # noqa: E402
+
+__all__ = [
+    "METHODS", "AdapterError", "Backbone", "ConfigError", "DataError", "LTuningConfig", "LTuningError",
+    "LTuningModel", "UnsupportedModelError", "__version__", "load_backbone",
+]

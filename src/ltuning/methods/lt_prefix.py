@@ -1,0 +1,49 @@
+"""LT-prefix (paper Eq. 1, A.5): label encodings -> self-attention pooling F -> Z -> per-layer prefix."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import Dims
+from ..config import LTuningConfig, PrefixPooling
+from .base import Injection, Method
+
+
+class LTPrefix(Method):
+    """F_Phi: Linear(d, 1) scores each label token; Z_Psi: Linear(l, 2*m*l*d_kv) maps the l scores to keys
+    and values for every layer. Trainable: d + 2*l^2*m*d_kv + 2*d.
+
+    Input shape: label_states (K, l, d), label_mask (K, l)
+    Output shape: prefix (K, m, 2, n_kv, l, d_h)
+    """
+
+    name = "lt-prefix"
+    injection = "prefix"
+    label_conditioned = True
+    description = "L-Tuning prefix: per-label keys/values computed from the frozen label encoding"
+
+    def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
+        super().__init__(config, dims, num_labels, label_length)
+        self.pooling = PrefixPooling(config.prefix_pooling)
+        l = label_length
+        self.pool = nn.Linear(dims.hidden_size, 1, bias=False)  # F_Phi
+        self.transform = nn.Linear(l, 2 * dims.num_layers * l * dims.kv_dim, bias=False)  # Z_Psi
+
+    def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
+        K, l, _ = label_states.shape
+        scores = self.pool(label_states).squeeze(-1)  # (K, l)
+        if self.pooling == PrefixPooling.SOFTMAX:
+            scores = scores.masked_fill(~label_mask, float("-inf")).softmax(-1)  # weights over real tokens
+        else:
+            scores = scores * label_mask  # official code: raw scores; padding contributes nothing
+        d = self.dims
+        kv = self.transform(scores)  # (K, 2*m*l*d_kv)
+        return Injection(prefix=kv.view(K, d.num_layers, 2, d.num_kv_heads, l, d.head_dim))
+
+    @staticmethod
+    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
+        l, m, d, dkv = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim
+        if dkv == d:
+            return "2*l^2*m*d + 3*d", 2 * l * l * m * d + 3 * d
+        return "2*l^2*m*d_kv + 3*d", 2 * l * l * m * dkv + 3 * d

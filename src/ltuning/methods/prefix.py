@@ -1,0 +1,39 @@
+"""Classic prefix tuning (P-tuning v2 style): the same l learned keys/values in every layer for all
+classes, and a K-way head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import Dims
+from ..config import LTuningConfig
+from .base import Injection, Method
+
+
+class Prefix(Method):
+    """Trainable: 2*l*m*d_kv (keys and values) + d*K (head).
+
+    Output shape: prefix (1, m, 2, n_kv, l, d_h)
+    """
+
+    name = "prefix"
+    injection = "prefix"
+    label_conditioned = False
+    description = "classic prefix tuning: shared learned keys/values, K-way head"
+    init_std = 0.2  # about the scale of LT-prefix's keys/values at initialisation
+
+    def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
+        super().__init__(config, dims, num_labels, label_length)
+        shape = (1, dims.num_layers, 2, dims.num_kv_heads, label_length, dims.head_dim)
+        self.prefix = nn.Parameter(torch.randn(shape) * self.init_std)
+
+    def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
+        return Injection(prefix=self.prefix)
+
+    @staticmethod
+    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
+        l, m, d, dkv, K = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim, num_labels
+        if dkv == d:
+            return "2*l*m*d + d*K", 2 * l * m * d + d * K
+        return "2*l*m*d_kv + d*K", 2 * l * m * dkv + d * K

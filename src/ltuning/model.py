@@ -1,0 +1,161 @@
+"""LTuningModel: a frozen backbone, one method's trainable parameters, and the cached label encodings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone, Texts
+from .config import LTuningConfig, PrefixPooling
+from .errors import ConfigError, DataError
+from .methods import Injection, get_method
+from .methods.prompt import Prompt
+
+
+class LTuningModel(nn.Module):
+    """Frozen backbone + method + head.
+
+    The K label texts are encoded by the frozen backbone once, here, and kept as buffers
+    ``label_states`` (K, l, d) and ``label_mask`` (K, l); training and prediction only index them.
+
+    Example:
+        >>> model = LTuningModel(load_backbone("minilm"), LTuningConfig(method="lt-prefix",
+        ...                      label_names=["negative", "positive"]))  # doctest: +SKIP
+        >>> model.predict(["What a boring display", "I'm wowed!"])  # doctest: +SKIP
+        ['negative', 'positive']
+    """
+
+    def __init__(self, backbone: Backbone, config: LTuningConfig) -> None:
+        super().__init__()
+        if config.num_labels < 2:
+            raise ConfigError(f"need at least 2 labels, got {config.label_names}")
+        method_cls = get_method(config.method)
+        if config.backbone_fingerprint is None:
+            config.backbone_fingerprint = backbone.fingerprint
+        self.backbone = backbone
+        self.config = config
+        if config.label_length is None:
+            config.label_length = backbone.label_token_length(config.label_texts)
+        self.pooling = backbone.resolve_pooling(config.text_pooling)
+        states, mask = backbone.encode_labels(config.label_texts, config.label_length)
+        # Not saved with the adapter: recomputed from the frozen backbone and the label texts.
+        self.register_buffer("label_states", states, persistent=False)  # (K, l, d)
+        self.register_buffer("label_mask", mask, persistent=False)  # (K, l)
+        if config.method == "lt-prefix" and config.prefix_pooling == PrefixPooling.SOFTMAX and bool(
+                (mask.sum(-1) == 1).all()):
+            # softmax over one real token is always 1: every label would get the same prefix.
+            raise ConfigError(
+                f"lt-prefix with softmax pooling cannot tell labels apart when every label text is one token "
+                f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw or longer label texts "
+                "(e.g. --label-texts 'The review is negative.,The review is positive.')"
+            )
+        self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
+        if isinstance(self.method, Prompt):
+            self.method.init_from_vocab(backbone.model.get_input_embeddings().weight.detach())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def label_names(self) -> list[str]:
+        return self.config.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return self.config.num_labels
+
+    @property
+    def label_conditioned(self) -> bool:
+        return self.method.label_conditioned
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.method.parameters() if p.requires_grad]
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def print_trainable_parameters(self) -> None:
+        trainable = self.num_trainable_parameters()
+        total = trainable + sum(p.numel() for p in self.backbone.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ forward
+    def injection(self) -> Injection:
+        """The method's prefix or prompt for every label (LT) or the one shared group (classic)."""
+        return self.method(self.label_states, self.label_mask)
+
+    def _run(self, batch: dict[str, torch.Tensor], inj: Injection) -> torch.Tensor:
+        pooled = self.backbone(
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+            prefix=inj.prefix, prompt=inj.prompt, prompt_mask=inj.prompt_mask, pooling=self.pooling,
+        )  # (B, d)
+        return self.method.head(pooled.float())
+
+    def forward(self, batch: dict[str, torch.Tensor], label_ids: torch.Tensor | None = None,
+                injection: Injection | None = None) -> torch.Tensor:
+        """Logits.
+
+        Label-conditioned methods: ``label_ids`` (B,) pairs each text with a label; returns (B,) pair
+        logits (log-odds that the label is the text's). Classic methods: returns (B, K) class logits.
+        """
+        inj = injection if injection is not None else self.injection()
+        B = batch["input_ids"].shape[0]
+        if self.label_conditioned:
+            if label_ids is None:
+                raise ConfigError(f"{self.config.method} scores (text, label) pairs: pass label_ids")
+            two = self._run(batch, inj.select(label_ids))  # (B, 2)
+            return two[:, 1] - two[:, 0]
+        idx = torch.zeros(B, dtype=torch.long, device=batch["input_ids"].device)
+        return self._run(batch, inj.select(idx))  # (B, K)
+
+    def class_scores(self, batch: dict[str, torch.Tensor], injection: Injection | None = None) -> torch.Tensor:
+        """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward."""
+        if not self.label_conditioned:
+            return self(batch, injection=injection)
+        B, K = batch["input_ids"].shape[0], self.num_labels
+        rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
+        label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
+        return self(rows, label_ids, injection=injection).view(B, K)
+
+    def loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, label_ids: torch.Tensor | None = None,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss: BCE on (text, label, target) pairs for LT methods (A.3); K-way CE otherwise."""
+        if self.label_conditioned:
+            logits = self(batch, label_ids)
+            return F.binary_cross_entropy_with_logits(logits, targets.float())
+        return F.cross_entropy(self(batch), labels)
+
+    # ------------------------------------------------------------------ prediction
+    def tokenize(self, texts: Texts) -> dict[str, torch.Tensor]:
+        enc = self.backbone.tokenize(texts, self.config.max_length)
+        return {k: v.to(self.backbone.device) for k, v in enc.items()}
+
+    @torch.inference_mode()
+    def score_texts(self, texts: Texts, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """(N, K) label scores for N texts. Texts are sorted by length and padded per batch."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            parts = t if isinstance(t, tuple | list) else (t,)
+            if not all(isinstance(p, str) and p.strip() for p in parts):
+                raise DataError(f"text {i} is empty or not a string: {t!r}")
+        was_training = self.training
+        self.eval()
+        inj = self.injection()  # computed once for all batches
+        order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+        out = torch.empty(len(texts), self.num_labels)
+        try:
+            for s in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="scoring", unit="batch"):
+                idx = order[s:s + batch_size]
+                scores = self.class_scores(self.tokenize([texts[i] for i in idx]), injection=inj)
+                out[idx] = scores.float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64) -> list[str]:
+        """Label name of each text (argmax over all labels)."""
+        scores = self.score_texts(list(texts), batch_size)
+        return [self.label_names[i] for i in scores.argmax(-1).tolist()]

@@ -1,0 +1,73 @@
+"""Tiny random models and tokenizers built from configs: no network, seconds per test."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+WORDS = (
+    "the a movie film was is very not good bad great awful boring fun loved hated plot actors story "
+    "negative positive neutral acceptable unacceptable entailment sentiment text label it this and "
+    "of to in what display wowed i am really quite terrible wonderful dull"
+).split()
+
+
+def make_tokenizer(kind: str):
+    """A word-level fast tokenizer; encoders get [CLS] x [SEP] (y [SEP]) templates, decoders get none."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "encoder":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       cls_token="[CLS]", sep_token="[SEP]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[SEP]")
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    return BertModel(cfg), make_tokenizer("encoder")
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    return LlamaModel(cfg), make_tokenizer("decoder")
+
+
+TINY = {"bert": tiny_bert, "llama": tiny_llama}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=sorted(TINY))
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def backbone(family):
+    from ltuning.backbones import Backbone
+
+    model, tok = TINY[family]()
+    return Backbone(model, tok, name=f"tiny-{family}")
