@@ -16,6 +16,7 @@ from . import __version__
 from .backbones import Backbone, load_backbone
 from .config import LTuningConfig
 from .errors import AdapterError, ConfigError
+from .methods import get_method
 from .model import LTuningModel
 
 CONFIG_NAME = "adapter_config.json"
@@ -72,7 +73,9 @@ def read_adapter_config(directory: str | Path) -> LTuningConfig:
         raise AdapterError(f"{path} must hold a JSON object")
     raw.pop("_meta", None)
     try:
-        return LTuningConfig.from_dict(raw)
+        config = LTuningConfig.from_dict(raw)
+        get_method(config.method)  # an unknown method is a bad adapter file, not a bad option
+        return config
     except (ConfigError, TypeError, ValueError) as e:
         raise AdapterError(f"{path}: {e}") from None
 
@@ -107,7 +110,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, model:
             f"{config.backbone_fingerprint}), but {backbone.name!r} has fingerprint {backbone.fingerprint}; "
             "load it with the backbone it was trained on"
         )
-    lt_model = LTuningModel(backbone, config)
+    try:
+        lt_model = LTuningModel(backbone, config)
+    except ConfigError as e:
+        raise AdapterError(f"{directory / CONFIG_NAME}: {e}") from None
     expected = lt_model.method.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
