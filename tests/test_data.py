@@ -1,0 +1,251 @@
+"""Readers: GLUE folders, generic CSV / TSV / JSONL, label texts; every bad input is a DataError."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ltuning.data import TASKS, get_task, load_label_texts, read_glue, read_table, read_texts
+from ltuning.errors import DataError
+
+GLUE = Path("/work/shared/data/glue")
+needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason="GLUE data not at /work/shared/data/glue")
+
+
+# ---------------------------------------------------------------------- GLUE
+@needs_glue
+@pytest.mark.parametrize("task,rows,counts", [
+    ("sst2", 872, [428, 444]),
+    ("cola", 1043, [322, 721]),
+    ("rte", 277, [146, 131]),
+])
+def test_glue_validation_splits(task, rows, counts):
+    ds = read_glue(task, "validation", GLUE)
+    assert len(ds) == len(ds.labels) == rows
+    assert ds.label_names == TASKS[task].label_names
+    assert ds.label_counts() == counts
+    if task == "rte":
+        assert all(isinstance(t, tuple) and len(t) == 2 and all(s.strip() for s in t) for t in ds.texts)
+        assert ds.texts[0][1] == "Christopher Reeve had an accident."
+        assert ds.labels[0] == ds.label_names.index("not_entailment")
+    else:
+        assert all(isinstance(t, str) and t.strip() for t in ds.texts)
+
+
+@needs_glue
+def test_glue_texts_keep_quote_characters():
+    ds = read_glue("sst2", "validation", GLUE)
+    # GLUE texts hold quote characters that are not CSV quoting (read with QUOTE_NONE): none is swallowed
+    raw = (GLUE / "sst2" / "validation.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert [line.split("\t")[0] for line in raw if line] == ds.texts
+
+
+@needs_glue
+def test_cola_has_no_header_and_reads_the_sentence_column():
+    ds = read_glue("cola", "validation", GLUE)
+    first = (GLUE / "cola" / "validation.tsv").read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert ds.texts[0] == first[3]
+    assert ds.labels[0] == int(first[1])
+
+
+def test_glue_errors(tmp_path):
+    with pytest.raises(DataError, match="unknown task"):
+        get_task("mnli")
+    with pytest.raises(DataError, match="file not found"):
+        read_glue("sst2", "validation", tmp_path)
+    with pytest.raises(DataError, match="splits"):
+        read_glue("sst2", "test", tmp_path)
+
+
+# ---------------------------------------------------------------------- generic files
+ROWS = [("a good film", "positive"), ("a bad film", "negative"), ("great", "positive")]
+
+
+def write(path: Path, rows: list[dict] | list[list], fmt: str) -> Path:
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        path.write_text("".join(sep.join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def table(tmp_path: Path, fmt: str, rows=ROWS, header=("text", "label")) -> Path:
+    p = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        return write(p, [dict(zip(header, r)) for r in rows], fmt)
+    return write(p, [list(header), *map(list, rows)], fmt)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_generic_readers_with_label_names(tmp_path, fmt):
+    ds = read_table(table(tmp_path, fmt), ["text"], "label")
+    assert ds.texts == ["a good film", "a bad film", "great"]
+    assert ds.label_names == ["negative", "positive"]  # sorted distinct values
+    assert ds.labels == [1, 0, 1]
+    # an explicit label set fixes the order
+    ds = read_table(table(tmp_path, fmt), ["text"], "label", label_names=["positive", "negative"])
+    assert ds.labels == [0, 1, 0]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_generic_readers_with_integer_labels(tmp_path, fmt):
+    rows = [("a good film", 1), ("a bad film", 0), ("meh", 2), ("great", 1)]
+    p = table(tmp_path, fmt, rows)
+    ds = read_table(p, ["text"], "label", label_names=["negative", "positive", "neutral"])
+    assert ds.labels == [1, 0, 2, 1]
+    ds = read_table(p, ["text"], "label")
+    assert ds.label_names == ["0", "1", "2"] and ds.labels == [1, 0, 2, 1]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_sentence_pairs(tmp_path, fmt):
+    rows = [("it rains", "it is wet", "entailment"), ("it rains", "it is dry", "not_entailment")]
+    p = table(tmp_path, fmt, rows, header=("premise", "hypothesis", "label"))
+    ds = read_table(p, ["premise", "hypothesis"], "label")
+    assert ds.texts == [("it rains", "it is wet"), ("it rains", "it is dry")]
+    assert ds.labels == [0, 1]
+
+
+def test_csv_quoting_and_commas(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text('text,label\n"good, really good",pos\n"she said ""no""",neg\n', encoding="utf-8")
+    ds = read_table(p, ["text"], "label")
+    assert ds.texts == ["good, really good", 'she said "no"']
+
+
+def test_headerless_file_with_column_indices(tmp_path):
+    p = write(tmp_path / "h.tsv", [["x", "1", "", "fine text"], ["y", "0", "*", "bad text"]], "tsv")
+    ds = read_table(p, [3], 1, ["unacceptable", "acceptable"], header=False)
+    assert ds.texts == ["fine text", "bad text"] and ds.labels == [1, 0]
+
+
+# ---------------------------------------------------------------------- bad input
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found") as e:
+        read_table(tmp_path / "nope.csv", ["text"], "label")
+    assert "nope.csv" in str(e.value)
+    with pytest.raises(DataError, match="folder"):
+        read_table(tmp_path, ["text"], "label")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_missing_column_names_the_columns(tmp_path, fmt):
+    p = table(tmp_path, fmt)
+    with pytest.raises(DataError, match="'sentence'") as e:
+        read_table(p, ["sentence"], "label")
+    assert "text" in str(e.value) and "label" in str(e.value)  # lists the columns there are
+    with pytest.raises(DataError, match="'target'"):
+        read_table(p, ["text"], "target")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_label_not_in_the_label_set(tmp_path, fmt):
+    rows = [("a good film", "positive"), ("a bad film", "negative"), ("so so", "neutral")]
+    with pytest.raises(DataError, match="'neutral'") as e:
+        read_table(table(tmp_path, fmt, rows), ["text"], "label", label_names=["negative", "positive"])
+    assert "row" in str(e.value) and "negative" in str(e.value)
+    rows = [("a good film", 1), ("a bad film", 0), ("what", 2)]
+    with pytest.raises(DataError, match="'2'"):
+        read_table(table(tmp_path, fmt, rows), ["text"], "label", label_names=["negative", "positive"])
+    rows = [("a good film", 1), ("a bad film", -1)]
+    with pytest.raises(DataError, match="'-1'"):
+        read_table(table(tmp_path, fmt, rows), ["text"], "label", label_names=["negative", "positive"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_fewer_than_two_labels(tmp_path, fmt):
+    rows = [("a good film", "positive"), ("great", "positive")]
+    with pytest.raises(DataError, match="at least 2"):
+        read_table(table(tmp_path, fmt, rows), ["text"], "label")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_empty_text(tmp_path, fmt, empty):
+    rows = [("a good film", "positive"), (empty, "negative")]
+    with pytest.raises(DataError, match="empty text") as e:
+        read_table(table(tmp_path, fmt, rows), ["text"], "label")
+    assert "row 3" in str(e.value) if fmt != "jsonl" else "row 2" in str(e.value)
+
+
+def test_missing_label_value(tmp_path):
+    with pytest.raises(DataError, match="missing label"):
+        read_table(table(tmp_path, "csv", [("a", "positive"), ("b", "")]), ["text"], "label")
+
+
+def test_empty_and_header_only_files(tmp_path):
+    (tmp_path / "e.csv").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="empty"):
+        read_table(tmp_path / "e.csv", ["text"], "label")
+    (tmp_path / "h.csv").write_text("text,label\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no data rows"):
+        read_table(tmp_path / "h.csv", ["text"], "label")
+
+
+def test_invalid_json_and_not_utf8(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match="invalid JSON"):
+        read_table(tmp_path / "bad.jsonl", ["text"], "label")
+    (tmp_path / "list.jsonl").write_text('[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match="object"):
+        read_table(tmp_path / "list.jsonl", ["text"], "label")
+    (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,a\nb,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match="UTF-8"):
+        read_table(tmp_path / "latin.csv", ["text"], "label")
+
+
+def test_text_column_count(tmp_path):
+    p = table(tmp_path, "csv")
+    with pytest.raises(DataError, match="text column"):
+        read_table(p, [], "label")
+    with pytest.raises(DataError, match="at most 2"):
+        read_table(p, ["text", "text", "text"], "label")
+
+
+def test_read_texts(tmp_path):
+    assert read_texts(None, ["a", "b"]) == ["a", "b"]
+    (tmp_path / "t.txt").write_text("one\n\n two\n", encoding="utf-8")
+    assert read_texts(tmp_path / "t.txt") == ["one", " two"]
+    with pytest.raises(DataError, match="file not found"):
+        read_texts(tmp_path / "none.txt")
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(DataError, match="no texts"):
+        read_texts(tmp_path / "blank.txt")
+
+
+# ---------------------------------------------------------------------- label texts
+NAMES = ["negative", "positive"]
+
+
+def test_label_texts_forms(tmp_path):
+    assert load_label_texts(None, NAMES) is None
+    assert load_label_texts('["It is bad.", "It is good."]', NAMES) == ["It is bad.", "It is good."]
+    assert load_label_texts('{"positive": "good", "negative": "bad"}', NAMES) == ["bad", "good"]
+    assert load_label_texts("bad review, good review", NAMES) == ["bad review", "good review"]
+    f = tmp_path / "labels.json"
+    f.write_text(json.dumps({"negative": "The review is negative.", "positive": "The review is positive."}))
+    assert load_label_texts(str(f), NAMES) == ["The review is negative.", "The review is positive."]
+    f.write_text(json.dumps(["neg text", "pos text"]))
+    assert load_label_texts(str(f), NAMES) == ["neg text", "pos text"]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ('["only one"]', "1 texts for 2 labels"),
+    ("a,b,c", "3 texts for 2 labels"),
+    ('{"negative": "bad"}', "do not match"),
+    ('{"negative": "bad", "positive": "good", "neutral": "meh"}', "do not match"),
+    ('["bad", "  "]', "empty text"),
+    ("bad,", "empty text"),
+    ("42", "JSON list or object"),
+])
+def test_label_texts_errors(spec, match):
+    with pytest.raises(DataError, match=match):
+        load_label_texts(spec, NAMES)
+
+
+def test_label_texts_missing_json_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_label_texts(str(tmp_path / "labels.json"), NAMES)
