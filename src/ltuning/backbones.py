@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,26 +46,67 @@ class Dims:
         return self.num_kv_heads * self.head_dim
 
 
+def _falcon_kv_heads(config) -> int:
+    """Falcon's real key/value heads: new architecture -> num_kv_heads; 7B-style multi-query -> 1."""
+    if getattr(config, "new_decoder_architecture", False):
+        return int(config.num_kv_heads)
+    return 1 if getattr(config, "multi_query", False) else int(config.num_attention_heads)
+
+
+def _falcon_cache_heads(config) -> int:
+    """Heads in Falcon's cache: the new architecture broadcasts its kv heads to all query heads first."""
+    if getattr(config, "new_decoder_architecture", False):
+        return int(config.num_attention_heads)
+    return _falcon_kv_heads(config)
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between architecture families, in one place.
 
     kind: encoders pool the first token (or the pooler); decoders pool the last real token.
-    position_start: position id of the first text token of an encoder (RoBERTa: padding_idx + 1).
+    position_start: position id of the first text token of an encoder: ``"zero"``, ``"after_padding_idx"``
+        (RoBERTa: config.pad_token_id + 1) or an int (MPNet: 2, its padding_idx is fixed at 1).
+    prefix_via: ``"cache"``: prefix keys/values enter through a fresh ``DynamicCache``; ``"attention"``:
+        the model takes no cache, so :mod:`ltuning.prefix_attention` patches its self-attention modules.
+    kv_heads: config -> n_kv, where the config does not say it plainly (Falcon).
+    cache_heads: config -> heads per layer in the model's cache, when it differs from n_kv (Falcon's new
+        architecture caches keys already broadcast to every query head); prefix heads are repeated to fit.
     """
 
     kind: Literal["encoder", "decoder"]
-    position_start: Literal["zero", "after_padding_idx"] = "zero"
+    position_start: str | int = "zero"
+    prefix_via: Literal["cache", "attention"] = "cache"
+    kv_heads: Callable[[object], int] | None = None
+    cache_heads: Callable[[object], int] | None = None
 
 
 FAMILIES: dict[str, Family] = {
+    # encoders with absolute positions and a cache argument
     "bert": Family("encoder"),
     "roberta": Family("encoder", "after_padding_idx"),
+    "electra": Family("encoder"),
+    # encoders with relative positions and no cache: prefix inside attention
+    "deberta-v2": Family("encoder", prefix_via="attention"),
+    "mpnet": Family("encoder", 2, prefix_via="attention"),
+    # decoders: RoPE (+ GQA), ALiBi, learned positions
     "llama": Family("decoder"),
     "mistral": Family("decoder"),
     "qwen2": Family("decoder"),
     "qwen3": Family("decoder"),
+    "falcon": Family("decoder", kv_heads=_falcon_kv_heads, cache_heads=_falcon_cache_heads),
+    "bloom": Family("decoder"),
+    "gpt2": Family("decoder"),
+    "opt": Family("decoder"),
+    "gemma2": Family("decoder"),
+    "gemma3_text": Family("decoder"),
 }
+
+# What ltuning needs to know about a family before it can support it (named in the error for others).
+_WHAT_A_FAMILY_NEEDS = (
+    "where its prefix keys/values go (a cache argument, or its self-attention modules), how many key/value "
+    "heads and which head size its attention uses per layer, and where its position ids start"
+)
 
 # Short names of the packaged offline models (DESIGN.md section 4).
 PACKAGED_MODELS = {
@@ -91,12 +133,28 @@ def _first_attr(config, *names: str, required: bool = True):
 
 
 def read_dims(config) -> Dims:
-    """Read (m, d, heads, n_kv, d_h) from a transformers config, whatever the family calls them."""
+    """Read (m, d, heads, n_kv, d_h) from a transformers config, whatever the family calls them.
+
+    Raises:
+        UnsupportedModelError: a dimension is missing, or the layers do not all share one head size
+        (e.g. Gemma 4's larger global-attention heads): a prefix of shape (m, 2, n_kv, l, d_h) cannot fit.
+    """
+    family = FAMILIES.get(getattr(config, "model_type", None))
     m = int(_first_attr(config, "num_hidden_layers", "n_layer", "num_layers"))
     d = int(_first_attr(config, "hidden_size", "n_embd", "d_model"))
     h = int(_first_attr(config, "num_attention_heads", "n_head"))
-    n_kv = int(_first_attr(config, "num_key_value_heads", required=False) or h)
-    d_h = int(_first_attr(config, "head_dim", required=False) or d // h)
+    if family is not None and family.kv_heads is not None:
+        n_kv = family.kv_heads(config)
+    else:
+        n_kv = int(_first_attr(config, "num_key_value_heads", "num_kv_heads", required=False) or h)
+    d_h = int(_first_attr(config, "head_dim", "attention_head_size", required=False) or d // h)
+    for key in ("global_head_dim", "head_dim_per_layer"):
+        other = getattr(config, key, None)
+        if other is not None and other != d_h:
+            raise UnsupportedModelError(
+                f"{config.model_type} uses head size {d_h} on some layers and {other} ({key}) on others; "
+                "ltuning's prefix has one head size for every layer, so this model is not supported"
+            )
     return Dims(num_layers=m, hidden_size=d, num_heads=h, num_kv_heads=n_kv, head_dim=d_h)
 
 
@@ -115,7 +173,7 @@ class Backbone(nn.Module):
         tokenizer: its tokenizer.
         name: how the user named it (short name, folder or hub id); saved in adapters.
     Raises:
-        UnsupportedModelError: the family is not in :data:`FAMILIES`.
+        UnsupportedModelError: the family is not in :data:`FAMILIES`, or lacks what its recipe needs.
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "custom") -> None:
@@ -124,7 +182,9 @@ class Backbone(nn.Module):
         model_type = getattr(model.config, "model_type", None)
         if model_type not in FAMILIES:
             raise UnsupportedModelError(
-                f"model type {model_type!r} is not supported yet; supported: {sorted(FAMILIES)}"
+                f"model type {model_type!r} ({type(model).__name__}) is not supported: ltuning has no recipe "
+                f"for it, i.e. it does not know {_WHAT_A_FAMILY_NEEDS}. Supported model types: "
+                f"{', '.join(sorted(FAMILIES))} (docs/support.md)"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -137,7 +197,30 @@ class Backbone(nn.Module):
         params = inspect.signature(self.model.forward).parameters
         # transformers 5.x renamed past_key_values to cache; use whichever this model takes.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._takes_token_types = "token_type_ids" in params
+        # Decoders that take token_type_ids (GPT-2) would add an embedding for them: never pass them there;
+        # nor to encoders with a single token type (RoBERTa), where segment B's type 1 has no embedding.
+        self._takes_token_types = ("token_type_ids" in params and self.kind == "encoder"
+                                   and (getattr(model.config, "type_vocab_size", 2) or 0) > 1)
+        self._takes_positions = "position_ids" in params  # Bloom: ALiBi from the mask, no position ids
+        self._prefix_state = None
+        if self.family.prefix_via == "cache":
+            if self._cache_arg not in params:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} takes no cache argument, which ltuning's recipe for {model_type!r} "
+                    "needs to inject a prefix"
+                )
+        else:
+            from . import prefix_attention
+
+            try:
+                self._prefix_state = prefix_attention.install(self.model, model_type)
+            except (AttributeError, KeyError) as e:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__}: cannot find the self-attention modules ltuning patches to insert a "
+                    f"prefix ({e}); this transformers version lays the model out differently"
+                ) from None
+        self._cache_heads = (self.family.cache_heads(model.config) if self.family.cache_heads is not None
+                             else self.dims.num_kv_heads)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "right"
@@ -163,6 +246,12 @@ class Backbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def embedding_size(self) -> int:
+        """Width of the input embeddings (a soft prompt's width); d for most models, less for ELECTRA-small
+        or OPT-350m, which project embeddings up to d."""
+        return int(self.model.get_input_embeddings().weight.shape[-1])
+
     def has_pooler(self) -> bool:
         return getattr(self.model, "pooler", None) is not None
 
@@ -185,7 +274,7 @@ class Backbone(nn.Module):
             a = [t[0] for t in texts]
             b = [t[1] for t in texts]
             if self.tokenizer.sep_token is None:  # decoders: no pair template, join with a newline
-                enc = self.tokenizer([f"{x}\n{y}" for x, y in zip(a, b)], truncation=True,
+                enc = self.tokenizer([f"{x}\n{y}" for x, y in zip(a, b, strict=True)], truncation=True,
                                      max_length=max_length, padding=True, return_tensors="pt")
             else:
                 enc = self.tokenizer(a, b, truncation=True, max_length=max_length, padding=True,
@@ -211,14 +300,12 @@ class Backbone(nn.Module):
         enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
                              return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        if not self._takes_token_types:
-            enc.pop("token_type_ids", None)
         mask = enc["attention_mask"].bool()
         if not mask.any(-1).all():
-            empty = [t for t, ok in zip(label_texts, mask.any(-1).tolist()) if not ok]
+            empty = [t for t, ok in zip(label_texts, mask.any(-1).tolist(), strict=True) if not ok]
             raise ConfigError(f"label texts {empty} tokenize to nothing; give label texts with real words")
-        out = self.model(**enc, position_ids=self._positions(enc["attention_mask"], 0), use_cache=False)
-        states = out.last_hidden_state * mask.unsqueeze(-1)
+        _, hidden, _ = self.hidden_states(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        states = hidden * mask.unsqueeze(-1)  # right-padded in and out: row positions are unchanged
         return states.float(), mask
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -227,14 +314,120 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _position_start(self) -> int:
-        if self.family.position_start == "after_padding_idx":
+        start = self.family.position_start
+        if start == "after_padding_idx":
             return int(self.model.config.pad_token_id) + 1
-        return 0
+        return 0 if start == "zero" else int(start)
 
-    def _positions(self, mask: torch.Tensor, offset: int) -> torch.Tensor:
+    def _positions(self, mask: torch.Tensor, offset: torch.Tensor | int) -> torch.Tensor:
         """Position ids that count only real tokens, so padding (left or right, or inside a padded soft
         prompt) never shifts a real token's position."""
         return (mask.long().cumsum(-1) - 1).clamp(min=0) + offset + self._position_start()
+
+    @staticmethod
+    def _packing_order(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, n) gather index that puts the real tokens first (in the order of ``keys``) and all padding last.
+
+        Every row leaves in right-padded form whatever its padding came in as: the first real token is at
+        position 0 (where poolers read), and models whose relative positions ignore position ids (DeBERTa,
+        MPNet) see no gap of padding inside the sequence (as a padded soft prompt would leave).
+        """
+        n = mask.shape[1]
+        big = keys.new_full((), 4 * n + 8)
+        order_key = torch.where(mask.bool(), keys, big + torch.arange(n, device=mask.device))
+        return order_key.argsort(dim=-1, stable=True)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+    ):
+        """Run the frozen model with a prefix or a prompt.
+
+        Args: as :meth:`forward`.
+        Returns: (model output, hidden (B, n', d), mask (B, n')) where rows are right-padded: real tokens
+            first in their order (with the prompt after the leading special token), padding last.
+            n' = n (+ l with a prompt). With right-padded input and no prompt, row positions are unchanged.
+        """
+        if prefix is not None and prompt is not None:
+            raise ConfigError("give a prefix or a prompt, not both")
+        B, n = input_ids.shape
+        device = input_ids.device
+        tt = token_type_ids if self._takes_token_types else None
+        ar = torch.arange(n, device=device).expand(B, n)
+        if prompt is not None:
+            lp = prompt.shape[1]
+            if prompt.shape[-1] != self.embedding_size:
+                raise UnsupportedModelError(
+                    f"{self.name}: its input embeddings have width {self.embedding_size} but the soft prompt has "
+                    f"width {prompt.shape[-1]} (the hidden size d); prompt methods need the two equal, which "
+                    "models that project their embeddings (ELECTRA-small, OPT-350m) do not have. Use a prefix method"
+                )
+            if prompt_mask is None:
+                prompt_mask = attention_mask.new_ones(B, lp)
+            # Sort keys: the first k real text tokens, then the prompt, then the rest of the text.
+            k = self.num_leading_special
+            rank = attention_mask.long().cumsum(-1) - 1  # rank of each real text token
+            text_key = torch.where(rank < k, rank, rank + lp)
+            prompt_key = k + torch.arange(lp, device=device).expand(B, lp)
+            mask = torch.cat([attention_mask, prompt_mask.to(attention_mask.dtype)], dim=1)  # (B, n + l)
+            order = self._packing_order(torch.cat([text_key, prompt_key], 1), mask)
+            emb = self.embed(input_ids)
+            embeds = torch.cat([emb, prompt.to(emb.dtype)], dim=1)
+            embeds = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+            mask = mask.gather(1, order)
+            inputs = {"inputs_embeds": embeds}
+            if tt is not None:
+                tt = torch.cat([tt, tt.new_zeros(B, lp)], 1).gather(1, order)
+        else:
+            order = self._packing_order(ar, attention_mask)
+            mask = attention_mask.gather(1, order)
+            inputs = {"input_ids": input_ids.gather(1, order)}
+            if tt is not None:
+                tt = tt.gather(1, order)
+        kwargs: dict = {"use_cache": False, **inputs}
+        if tt is not None:
+            kwargs["token_type_ids"] = tt
+        offset: torch.Tensor | int = 0
+        full_mask = mask
+        if prefix is not None:
+            pB, m, two, n_kv, lp, d_h = prefix.shape
+            if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
+                raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
+            prefix = prefix.to(self.dtype)
+            if self._cache_heads != n_kv:  # Falcon (new architecture) caches keys repeated per query head
+                prefix = prefix.repeat_interleave(self._cache_heads // n_kv, dim=3)
+            if prefix_mask is None:
+                prefix_mask = mask.new_ones(B, lp)
+            prefix_mask = prefix_mask.to(mask.dtype)
+            if self.family.prefix_via == "cache":
+                # A fresh cache every call: the model appends the text's keys and values to it.
+                from transformers import DynamicCache
+
+                cache = DynamicCache()
+                for i in range(m):
+                    cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, heads, l, d_h) each
+                kwargs[self._cache_arg] = cache
+                full_mask = torch.cat([prefix_mask, mask], dim=1)  # (B, l + n)
+            else:
+                self._prefix_state.set(prefix, prefix_mask)
+            # Decoders continue positions after the prefix's real tokens (as after real text); encoders start at 0.
+            if self.kind == "decoder":
+                offset = prefix_mask.long().sum(-1, keepdim=True)
+        if self._takes_positions:
+            kwargs["position_ids"] = self._positions(mask, offset)
+        kwargs["attention_mask"] = full_mask
+        try:
+            out = self.model(**kwargs)
+        finally:
+            if self._prefix_state is not None:
+                self._prefix_state.clear()
+        return out, out.last_hidden_state, mask
 
     def forward(
         self,
@@ -245,70 +438,28 @@ class Backbone(nn.Module):
         prompt: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         pooling: TextPooling = TextPooling.AUTO,
+        prefix_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled vector per row.
 
         Args:
-            input_ids, attention_mask: (B, n) text tokens, right- or left-padded.
-            token_type_ids: (B, n) for models that take them.
-            prefix: (B, m, 2, n_kv, l, d_h) keys and values seen by every layer (always attended).
+            input_ids, attention_mask: (B, n) text tokens, right- or left-padded (same result either way).
+            token_type_ids: (B, n) for models that take them (ignored by decoders).
+            prefix: (B, m, 2, n_kv, l, d_h) keys and values seen by every layer.
             prompt: (B, l, d) soft prompt placed after the leading special token; prompt_mask (B, l).
+            pooling: which vector to return.
+            prefix_mask: (B, l) which prefix positions are attended (default: all).
         Returns: (B, d).
         """
-        if prefix is not None and prompt is not None:
-            raise ConfigError("give a prefix or a prompt, not both")
-        kwargs: dict = {"use_cache": False}
-        mask = attention_mask
-        if prefix is not None:
-            B, m, two, n_kv, l, d_h = prefix.shape
-            if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
-                raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
-            prefix = prefix.to(self.dtype)
-            # A fresh cache every call: the model appends the text's keys and values to it.
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            for i in range(m):
-                cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, n_kv, l, d_h) each
-            kwargs[self._cache_arg] = cache
-            ones = attention_mask.new_ones(B, l)
-            full_mask = torch.cat([ones, attention_mask], dim=1)  # (B, l + n)
-            # Decoders continue positions after the prefix (as after real tokens); encoders start at 0.
-            offset = l if self.kind == "decoder" else 0
-            kwargs.update(input_ids=input_ids, attention_mask=full_mask,
-                          position_ids=self._positions(attention_mask, offset))
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
-            out = self.model(**kwargs)
-            hidden = out.last_hidden_state  # (B, n, d)
-        elif prompt is not None:
-            B, l, _ = prompt.shape
-            if prompt_mask is None:
-                prompt_mask = attention_mask.new_ones(B, l)
-            k = self.num_leading_special
-            emb = self.embed(input_ids)  # (B, n, d)
-            embeds = torch.cat([emb[:, :k], prompt.to(emb.dtype), emb[:, k:]], dim=1)  # (B, n + l, d)
-            mask = torch.cat([attention_mask[:, :k], prompt_mask.to(attention_mask.dtype), attention_mask[:, k:]], 1)
-            kwargs.update(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask, 0))
-            if token_type_ids is not None:
-                tt = token_type_ids
-                kwargs["token_type_ids"] = torch.cat([tt[:, :k], tt.new_zeros(B, l), tt[:, k:]], dim=1)
-            out = self.model(**kwargs)
-            hidden = out.last_hidden_state  # (B, n + l, d)
-        else:
-            kwargs.update(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=self._positions(attention_mask, 0))
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
-            out = self.model(**kwargs)
-            hidden = out.last_hidden_state
+        out, hidden, mask = self.hidden_states(input_ids, attention_mask, token_type_ids, prefix=prefix,
+                                               prompt=prompt, prompt_mask=prompt_mask, prefix_mask=prefix_mask)
         return self._pool(out, hidden, mask, self.resolve_pooling(pooling))
 
     def _pool(self, out, hidden: torch.Tensor, mask: torch.Tensor, pooling: TextPooling) -> torch.Tensor:
         if pooling == TextPooling.POOLER:
             return out.pooler_output
         if pooling == TextPooling.CLS:
-            return hidden[:, 0]
+            return hidden[:, 0]  # rows are right-padded: the first real token
         if pooling == TextPooling.MEAN:
             w = mask.to(hidden.dtype).unsqueeze(-1)
             return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
