@@ -238,6 +238,27 @@ def test_method_matrix(family, method):
     assert not torch.allclose(before, after)  # the step moved the method's parameters, and they matter
 
 
+def pooled_rows(model: LTuningModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The backbone's pooled vector for every (text, label) row that class_scores scores: (B*K or B, d).
+    Compared before the head, whose tiny initial weights would hide differences in the scores."""
+    inj = model.injection()
+    B = batch["input_ids"].shape[0]
+    if model.label_conditioned:
+        K = model.num_labels
+        batch = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}
+        inj = inj.select(torch.arange(K).repeat(B))
+    else:
+        inj = inj.select(torch.zeros(B, dtype=torch.long))
+    return model.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                          prefix=inj.prefix, prompt=inj.prompt, prompt_mask=inj.prompt_mask, pooling=model.pooling)
+
+
+def assert_same_scores(model: LTuningModel, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_rows(model, a), pooled_rows(model, b), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model.class_scores(a), model.class_scores(b), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_padding_side(family, method):
@@ -245,10 +266,7 @@ def test_padding_side(family, method):
     model.eval()
     batch = model.tokenize(TEXTS)
     assert not batch["attention_mask"].all()  # the batch is padded
-    with torch.no_grad():
-        right = model.class_scores(batch)
-        left = model.class_scores(left_pad(batch))
-    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
+    assert_same_scores(model, batch, left_pad(batch))
 
 
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
@@ -262,22 +280,44 @@ def test_label_padding(family, method):
     assert not mask.all() and mask.any(-1).all()
     batch = model.tokenize(TEXTS)
     with torch.no_grad():
-        before = model.class_scores(batch)
+        before = pooled_rows(model, batch), model.class_scores(batch)
         model.label_states[~mask] = torch.randn_like(model.label_states[~mask]) * 10
-        after = model.class_scores(batch)
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+        after = pooled_rows(model, batch), model.class_scores(batch)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_prompt_padding_is_invisible(family):
-    """A soft prompt padded to a longer label length gives the same scores as the unpadded one: padding
-    inside the sequence shifts no position, absolute or relative."""
+    """A soft prompt with masked positions (at its end, or inside it) gives the hidden states of the prompt
+    without them: padding inside the sequence shifts no position, absolute or relative, and is never read."""
+    bb = build(family)
+    x = _ids(bb, ["the movie was very good", "boring", "i loved the plot"])
+    B, d = 3, bb.dims.hidden_size
+    prompt = torch.randn(B, 4, d)
+    with torch.no_grad():
+        _, want, want_mask = bb.hidden_states(x["input_ids"], x["attention_mask"], x.get("token_type_ids"),
+                                              prompt=prompt)
+        # Padded to 7: masked slots after the prompt and between its tokens, holding garbage.
+        padded = torch.randn(B, 7, d) * 10
+        padded[:, [0, 2, 3, 5]] = prompt
+        pmask = torch.tensor([[1, 0, 1, 1, 0, 1, 0]] * B)
+        _, got, got_mask = bb.hidden_states(x["input_ids"], x["attention_mask"], x.get("token_type_ids"),
+                                            prompt=padded, prompt_mask=pmask)
+    k = want_mask.shape[1]
+    assert torch.equal(got_mask[:, :k], want_mask) and not got_mask[:, k:].any()
+    real = want_mask.bool()
+    torch.testing.assert_close(got[:, :k][real], want[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v3", "llama", "gemma2"])
+def test_longer_label_length_same_scores(family):
+    """LT-prompt with the label texts padded further (a larger l) scores exactly as before."""
     short = make_model(family, "lt-prompt")
     long = make_model(family, "lt-prompt", label_length=short.config.label_length + 3)
     long.method.load_state_dict(short.method.state_dict())
     batch = short.tokenize(TEXTS)
     with torch.no_grad():
-        torch.testing.assert_close(long.class_scores(batch), short.class_scores(batch), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pooled_rows(long, batch), pooled_rows(short, batch), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ exactness of prefixes
