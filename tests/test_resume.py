@@ -1,0 +1,229 @@
+"""Checkpoints and resume: a run killed with SIGKILL (mid-step, and mid-checkpoint-write) continues from its
+latest checkpoint and ends with the same adapter, bit for bit, as a run that was never interrupted. Also:
+pruning, option mismatches, and non-finite losses (stop with the last good checkpoint intact, or skip)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ltuning.adapter import WEIGHTS_NAME
+from ltuning.checkpoint import list_checkpoints, load_checkpoint
+from ltuning.cli import main
+from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    return {"model": str(save_tiny_bert(root / "tiny-bert")),
+            "train": str(write_csv(root / "train.csv", TRAIN)),
+            "valid": str(write_csv(root / "valid.csv", VALID))}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+def args_for(setup, out, *extra):
+    # lt-prompt learns visibly on the tiny model (its weights move every step), so equality is meaningful
+    return ["train", "--model", setup["model"], "--train-file", setup["train"], "--validation-file", setup["valid"],
+            "--text-column", "text", "--label-column", "label", "--method", "lt-prompt", "--max-steps", "12",
+            "--batch-size", "4", "--eval-every", "4", "--checkpoint-every", "3", "--keep-checkpoints", "2",
+            "--learning-rate", "0.05", "--output-dir", str(out), "--quiet", *extra]
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import ltuning.checkpoint as ck
+    import ltuning.pairs as pairs
+    mode, at = sys.argv[1], int(sys.argv[2])
+    if mode == "step":  # SIGKILL in the middle of a training step: the at-th batch drawn
+        calls = [0]
+        orig = pairs.PairSampler.next
+        def next_(self):
+            calls[0] += 1
+            if calls[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(self)
+        pairs.PairSampler.next = next_
+    else:  # SIGKILL with checkpoint step-<at> fully written under its temporary name, before the rename
+        orig_rename = ck.os.rename
+        def rename(src, dst):
+            if str(dst).endswith(f"step-{at}"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig_rename(src, dst)
+        ck.os.rename = rename
+    from ltuning.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def run_killed(mode: str, at: int, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def steps(out: Path) -> list[int]:
+    return [s for s, _ in list_checkpoints(out)]
+
+
+def test_sigkill_then_resume_is_bit_exact(setup, tmp_path):
+    ref = tmp_path / "ref"
+    assert main(args_for(setup, ref)) == 0
+    # keep 2 newest (9, 12) + the one at the best validation step (evaluated at 4, 8, 12; saved at 3, 6, 9, 12)
+    ref_results = json.loads((ref / "train_results.json").read_text())
+    best = ref_results["best_step"]
+    assert set(steps(ref)) == {9, 12} | ({best} if best % 3 == 0 else set())
+
+    out = tmp_path / "killed"
+    # 1) killed while drawing the 8th batch (step 8): step-3 and step-6 are on disk, no adapter
+    p = run_killed("step", 8, args_for(setup, out), tmp_path)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert steps(out) == [3, 6]
+    assert not (out / WEIGHTS_NAME).exists()
+    # 2) resumed, then killed between writing step-9 and renaming it: step-9 does not count
+    p = run_killed("rename", 9, args_for(setup, out, "--resume"), tmp_path)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert "resumed from" in p.stdout and "step-6" in p.stdout
+    assert steps(out) == [3, 6] and (out / "checkpoints" / ".tmp-step-9").is_dir()
+    # 3) resumed again from step-6, runs to the end
+    assert main(args_for(setup, out, "--resume")) == 0
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+    a, b = load_file(str(ref / WEIGHTS_NAME)), load_file(str(out / WEIGHTS_NAME))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the weights at the last step too (the adapter holds the best step's, which may precede the kill)
+    a, b = (load_file(str(d / "checkpoints" / "step-12" / "adapter_model.safetensors")) for d in (ref, out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    got = json.loads((out / "train_results.json").read_text())
+    assert got["resumed_from_step"] == 6
+    assert got["best_step"] == ref_results["best_step"]
+    assert [r["loss"] for r in got["train_log"]] == [r["loss"] for r in ref_results["train_log"]]
+    assert [(r["step"], r["accuracy"], r["loss"]) for r in got["history"]] == \
+        [(r["step"], r["accuracy"], r["loss"]) for r in ref_results["history"]]
+    assert steps(out) == steps(ref)
+
+
+def test_checkpoint_contents_load_weights_only(setup, tmp_path):
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    ck = load_checkpoint(out / "checkpoints" / "step-3")
+    ts = ck["trainer_state"]
+    assert ts["step"] == 3 and ts["sampler"]["position"] > 0 and len(ts["train_log"]) == 3
+    assert ck["optimizer"]["state"] and ck["scheduler"]["last_epoch"] == 3
+    assert set(ck["weights"]) == set(load_file(str(out / WEIGHTS_NAME)))
+    # the optimizer file is plain tensors and numbers: refusing pickled objects still loads it
+    torch.load(out / "checkpoints" / "step-3" / "optimizer.pt", weights_only=True)
+
+
+def test_resume_with_other_options_is_refused(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--max-steps", "3", "--batch-size", "6", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot resume") and "batch_size" in err[0]
+
+
+def test_resume_without_checkpoint_starts_from_scratch(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "2", "--resume")) == 0
+    assert "no checkpoint" in capsys.readouterr().out
+    assert json.loads((out / "train_results.json").read_text())["resumed_from_step"] == 0
+
+
+def test_corrupt_checkpoint_is_a_clear_error(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    (out / "checkpoints" / "step-3" / "optimizer.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimizer.pt" in err[0], err
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    """Make the training loss NaN at the given optimizer steps (counted by calls to the loss)."""
+    from ltuning.model import LTuningModel
+
+    def install(bad_steps: set[int]):
+        orig = LTuningModel.loss
+        calls = [0]
+
+        def loss(self, *a, **k):
+            calls[0] += 1
+            value = orig(self, *a, **k)
+            return value * float("nan") if calls[0] in bad_steps else value
+
+        monkeypatch.setattr(LTuningModel, "loss", loss)
+    return install
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(setup, tmp_path, capsys, nan_at):
+    out = tmp_path / "out"
+    nan_at({5})
+    assert main(args_for(setup, out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "non-finite training loss nan at step 5" in err[0] and "step-3" in err[0] and "--resume" in err[0]
+    assert steps(out) == [3]
+    assert load_checkpoint(out / "checkpoints" / "step-3")["trainer_state"]["step"] == 3
+    assert not (out / WEIGHTS_NAME).exists()
+
+
+def test_nan_loss_skipped_with_flag(setup, tmp_path, nan_at):
+    out = tmp_path / "out"
+    nan_at({2, 7})
+    assert main(args_for(setup, out, "--skip-nonfinite")) == 0
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["skipped_steps"] == [2, 7]
+    assert [r["step"] for r in results["train_log"] if r.get("skipped")] == [2, 7]
+    assert all(torch.isfinite(v).all() for v in load_file(str(out / WEIGHTS_NAME)).values())
+
+
+def test_nan_step_leaves_weights_untouched(nan_at, monkeypatch):
+    """API level: the NaN step raises before the optimizer applies it."""
+    from ltuning.backbones import Backbone
+    from ltuning.config import LTuningConfig
+    from ltuning.data import TextDataset
+    from ltuning.model import LTuningModel
+    from ltuning.train import NonFiniteLossError, TrainArgs, train
+
+    from conftest import tiny_bert
+
+    m, tok = tiny_bert()
+    model = LTuningModel(Backbone(m, tok, "tiny"), LTuningConfig(method="lt-prompt", label_names=["negative", "positive"]))
+    data = TextDataset([t for t, _ in TRAIN], [int(y == "positive") for _, y in TRAIN], ["negative", "positive"])
+    snapshots = []
+    orig_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        out = orig_step(self, *a, **k)
+        snapshots.append({k: v.clone() for k, v in model.method.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    nan_at({3})
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(model, data, None, TrainArgs(max_steps=5, batch_size=4, progress=False))
+    assert len(snapshots) == 2  # steps 1 and 2
+    for k, v in model.method.state_dict().items():
+        assert torch.equal(v, snapshots[-1][k])
