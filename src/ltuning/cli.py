@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", help="where the adapter and train_results.json go "
                    "(default: runs/<task>-<method>-seed<seed>)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="batches per optimizer step (effective batch: N x --batch-size; default: 1)")
+    g = p.add_argument_group("checkpoints and faults")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="write <output-dir>/checkpoints/step-N every N steps: weights, optimizer, scheduler, "
+                        "RNG and data position, best-so-far state (default: 0, none)")
+    g.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="keep the newest K checkpoints, plus the one at the best validation step (default: 2)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --output-dir (same options; from step 0 if none)")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip a step whose loss or gradient is NaN/inf instead of stopping the run")
     p.set_defaults(func=cmd_train)
 
     # evaluate
@@ -185,7 +197,7 @@ def cmd_train(args) -> int:
     from .errors import ConfigError
     from .evaluate import format_metrics
     from .model import LTuningModel
-    from .train import TrainArgs, set_seed, train
+    from .train import TrainArgs, is_main_process, set_seed, train
 
     _check_positive("--max-train-samples", args.max_train_samples)
     _check_positive("--max-eval-samples", args.max_eval_samples)
@@ -195,7 +207,10 @@ def cmd_train(args) -> int:
     targs = TrainArgs(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, eval_every=args.eval_every,
                       eval_batch_size=args.eval_batch_size, seed=args.seed,
-                      mixed_precision="bf16" if args.bf16 else "no", progress=not args.quiet)
+                      mixed_precision="bf16" if args.bf16 else "no", progress=not args.quiet,
+                      gradient_accumulation_steps=args.gradient_accumulation_steps,
+                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                      resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".")
     if not args.train_file and not args.task:
         raise ConfigError("no training data: give --task (e.g. --task demo) or --train-file")
     # Read and check all input before anything is written.
@@ -220,12 +235,18 @@ def cmd_train(args) -> int:
     model = LTuningModel(backbone, config)
     name = args.task or Path(args.train_file).stem
     out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
-    print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
+    targs.output_dir = str(out_dir)
+    main_process = is_main_process()  # under `accelerate launch` only the main process prints and writes
+    say = print if main_process else (lambda *a, **k: None)
+    say(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
           f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
           f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
           f"{dict(zip(config.label_names, config.label_texts))}, l={config.label_length}")
-    model.print_trainable_parameters()
+    if main_process:
+        model.print_trainable_parameters()
     result = train(model, train_data, eval_data, targs)
+    if not main_process:
+        return 0
 
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
              "validation": {k: v for k, v in result.best_metrics.items() if k != "confusion_matrix"}}
@@ -241,6 +262,8 @@ def cmd_train(args) -> int:
         "seconds": result.seconds,
         "train_seconds": result.train_seconds,
         "trainable_parameters": model.num_trainable_parameters(),
+        "resumed_from_step": result.resumed_from,
+        "skipped_steps": result.skipped_steps,
     }
     atomic_write_text(out_dir / "train_results.json", json.dumps(summary, indent=2) + "\n")
     if result.best_metrics:
