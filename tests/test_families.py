@@ -356,6 +356,13 @@ def test_decoder_prefix_exact(family):
                 assert got_mask[i, :k].all() and not got_mask[i, k:].any()
                 torch.testing.assert_close(got[i, :k], want, atol=1e-5, rtol=1e-5)
             assert got.shape[1] == n
+        # A prefix whose first positions are masked acts as the shorter prefix of its attended positions
+        # (text positions continue after the attended ones).
+        pm = torch.tensor([[0, 0, 1, 1, 1]] * B)
+        _, masked, _ = bb.hidden_states(x["input_ids"], x["attention_mask"], prefix=prefix, prefix_mask=pm)
+        _, short, _ = bb.hidden_states(x["input_ids"], x["attention_mask"], prefix=prefix[..., 2:, :].contiguous())
+        real = x["attention_mask"].bool()
+        torch.testing.assert_close(masked[real], short[real], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ENCODERS)
