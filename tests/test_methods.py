@@ -25,9 +25,9 @@ TEXTS = ["the movie was very good", "bad plot", "i loved it", "awful boring film
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 
 
-def make_model(backbone, method: str, label_length: int | None = None) -> LTuningModel:
+def make_model(backbone, method: str, label_length: int | None = None, **options) -> LTuningModel:
     cfg = LTuningConfig(method=method, base_model=backbone.name, label_names=LABEL_NAMES,
-                        label_texts=LABEL_TEXTS, label_length=label_length)
+                        label_texts=LABEL_TEXTS, label_length=label_length, **options)
     return LTuningModel(backbone, cfg)
 
 
@@ -48,9 +48,10 @@ def one_loss(model: LTuningModel) -> torch.Tensor:
     return model.loss(batch, labels, label_ids, targets)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_gradients_reach_only_the_method(backbone, method):
-    model = make_model(backbone, method)
+@pytest.mark.parametrize("method,options", [(m, {}) for m in METHOD_NAMES]
+                         + [("lt-prefix", {"prefix_pooling": p}) for p in ("softmax", "raw")])
+def test_gradients_reach_only_the_method(backbone, method, options):
+    model = make_model(backbone, method, **options)
     model.train()
     loss = one_loss(model)
     assert torch.isfinite(loss)
