@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import nn
 
 from .backbones import Backbone, Texts
 from .config import LTuningConfig, PrefixPooling
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UnsupportedModelError
 from .methods import Injection, get_method
 from .methods.prompt import Prompt
 
@@ -51,6 +52,11 @@ class LTuningModel(nn.Module):
                 f"lt-prefix with softmax pooling cannot tell labels apart when every label text is one token "
                 f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw or longer label texts "
                 "(e.g. --label-texts 'The review is negative.,The review is positive.')"
+            )
+        if method_cls.injection == "prompt" and backbone.embedding_size != backbone.dims.hidden_size:
+            raise UnsupportedModelError(
+                f"{config.method} needs input embeddings of width d={backbone.dims.hidden_size}, but "
+                f"{backbone.name} embeds tokens in {backbone.embedding_size} dimensions; use a prefix method"
             )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
         if isinstance(self.method, Prompt):
@@ -155,7 +161,49 @@ class LTuningModel(nn.Module):
             self.train(was_training)
         return out
 
-    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64) -> list[str]:
-        """Label name of each text (argmax over all labels)."""
-        scores = self.score_texts(list(texts), batch_size)
-        return [self.label_names[i] for i in scores.argmax(-1).tolist()]
+    def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
+                candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+                hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
+                return_scores: bool = False):
+        """Label name of each text (argmax over all labels, A.4).
+
+        Args:
+            texts: strings or (premise, hypothesis) pairs; a single string gives a single result.
+            candidate_labels: score these label names instead of the training labels (LT methods only: the
+                frozen backbone encodes them and the trained method turns them into prefixes / prompts);
+                one list for all texts, or one list per text.
+            hypothesis_template: label text for each label name, e.g. ``"The review is {}."``.
+            multi_label: independent sigmoid per label; returns the labels scoring >= ``threshold``.
+            return_scores: return ``{"label": name, "scores": {name: p}}`` per text (``"labels"`` with
+                ``multi_label``); scores are a softmax over the labels, or per-label sigmoids.
+        Returns: ``["negative", "positive", ...]`` (lists of names with ``multi_label``), or dicts.
+        Raises:
+            ConfigError: candidate labels, a template or multi_label on a classic prefix / prompt model.
+
+        Example:
+            >>> model.predict(["What a boring display", "I'm wowed!"])  # doctest: +SKIP
+            ['negative', 'positive']
+            >>> model.predict("I'm wowed!", candidate_labels=["bad", "good"], return_scores=True)  # doctest: +SKIP
+            {'label': 'good', 'scores': {'bad': 0.08, 'good': 0.92}}
+        """
+        from .api import predict
+
+        return predict(self, texts, batch_size, candidate_labels=candidate_labels,
+                       hypothesis_template=hypothesis_template, multi_label=multi_label, threshold=threshold,
+                       return_scores=return_scores)
+
+    # ------------------------------------------------------------------ saving (peft-style)
+    def save_pretrained(self, directory: str | Path, **extra) -> Path:
+        """Write the adapter (config, trainable weights, README.md model card) into ``directory``."""
+        from .adapter import save_adapter
+
+        return save_adapter(self, directory, extra=extra or None)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model=None, tokenizer=None,
+                        trust_remote_code: bool = False) -> LTuningModel:
+        """Load an adapter folder onto the backbone it names, or onto ``model`` (a name, folder, transformers
+        model + ``tokenizer``, or Backbone)."""
+        from .api import load_ltuning_model
+
+        return load_ltuning_model(directory, model, tokenizer, trust_remote_code)
