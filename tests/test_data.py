@@ -249,3 +249,10 @@ def test_label_texts_errors(spec, match):
 def test_label_texts_missing_json_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_label_texts(str(tmp_path / "labels.json"), NAMES)
+
+
+def test_long_inline_label_texts_are_not_taken_for_a_file_name():
+    long = ["The text of this review expresses a clearly negative opinion about the film. " * 4,
+            "The text of this review expresses a clearly positive opinion about the film. " * 4]
+    assert load_label_texts(json.dumps(long), NAMES) == long
+    assert load_label_texts(",".join(t.replace(".", "") for t in long), NAMES)[0].startswith("The text")

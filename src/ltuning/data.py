@@ -344,7 +344,11 @@ def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | No
     if spec is None:
         return None
     text = spec
-    if Path(spec).suffix.lower() == ".json" or Path(spec).is_file():
+    try:
+        is_file = Path(spec).is_file()
+    except OSError:  # inline texts longer than a file name can be (ENAMETOOLONG)
+        is_file = False
+    if not spec.lstrip().startswith(("[", "{")) and (Path(spec).suffix.lower() == ".json" or is_file):
         p = Path(spec)
         if not p.exists():
             raise DataError(f"label-texts file not found: {p}")
