@@ -79,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "label order, or an object name -> text), or comma-separated texts in label order")
     g.add_argument("--label-length", type=int,
                    help="l: pad/truncate label texts to this many tokens (default: the longest label)")
-    g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="softmax",
-                   help="LT-prefix pooling: softmax (paper, default) or raw scores (official code)")
+    g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
+                   help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
+                        "(paper A.5; learns far slower, see BENCHMARKS.md)")
     g.add_argument("--text-pooling", choices=["auto", "pooler", "cls", "mean", "last"], default="auto",
                    help="vector the head reads (auto: pooler/[CLS] for encoders, last token for decoders)")
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
     g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
     g.add_argument("--learning-rate", type=float,
-                   help="AdamW learning rate (default per method: lt-prefix 1e-2, lt-prompt 1e-3, prefix 1e-2, prompt 1e-2)")
+                   help="AdamW learning rate (default: 1e-2 for every method)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     g.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup share of the steps (default: 0.06)")
     g.add_argument("--eval-every", type=int, default=50, help="validate every N steps (default: 50)")
@@ -186,6 +187,25 @@ def _check_positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
+def _position_table(backbone) -> int | None:
+    """Size of a backbone's learned absolute position table (None: rotary / relative / ALiBi positions)."""
+    cfg = backbone.model.config
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or getattr(cfg, "rope_theta", None) \
+            or getattr(cfg, "rope_parameters", None) or getattr(cfg, "alibi", False):
+        return None
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return limit if isinstance(limit, int) else None
+
+
+def _fitting_max_length(model) -> int | None:
+    """Most text tokens a model with learned absolute positions takes beside its l injected positions."""
+    limit = _position_table(model.backbone)
+    if limit is None:
+        return None
+    start = model.backbone._position_start() if hasattr(model.backbone, "_position_start") else 2
+    return max(1, limit - start - model.config.label_length)
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     import torch
@@ -228,11 +248,21 @@ def cmd_train(args) -> int:
 
     set_seed(args.seed)
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
+    # the label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)
+    context = _position_table(backbone) or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
+    if args.label_length is not None and not 1 <= args.label_length <= context:
+        raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
     config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
                            label_texts=label_texts or [], label_length=args.label_length,
                            max_length=args.max_length, prefix_pooling=args.prefix_pooling,
                            text_pooling=args.text_pooling)
     model = LTuningModel(backbone, config)
+    fits = _fitting_max_length(model)
+    if fits is not None and config.max_length > fits:
+        # Longer texts would index past the model's position table (a crash mid-training, or in predict).
+        (print if is_main_process() else (lambda *a: None))(f"note: --max-length {config.max_length} is more than {backbone.name} fits with a "
+              f"{config.label_length}-token prefix/prompt; texts are truncated to {fits} tokens")
+        config.max_length = fits
     name = args.task or Path(args.train_file).stem
     out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
     targs.output_dir = str(out_dir)

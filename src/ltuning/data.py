@@ -156,6 +156,8 @@ def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
+        raise DataError(f"{path}: invalid JSON ({str(e)[:200]})") from None
     except csv.Error as e:
         raise DataError(f"{path}: cannot parse as {suffix or 'tab-separated'} ({e})") from None
     if header:
@@ -350,13 +352,18 @@ def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | No
         is_file = False
     if not spec.lstrip().startswith(("[", "{")) and (Path(spec).suffix.lower() == ".json" or is_file):
         p = Path(spec)
-        if not p.exists():
-            raise DataError(f"label-texts file not found: {p}")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"label-texts file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read label-texts file {str(p)[:200]} ({type(e).__name__})") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = [s.strip() for s in text.split(",")]
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, or lists nested thousands deep
+        raise DataError(f"--label-texts: invalid JSON ({str(e)[:200]})") from None
     if isinstance(value, dict):
         missing = [n for n in label_names if n not in value]
         extra = [k for k in value if k not in label_names]

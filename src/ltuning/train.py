@@ -70,6 +70,8 @@ class TrainArgs:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"mixed precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if not 0 <= self.seed < 1_000_000:  # PairSampler mixes the seed into 64-bit generator seeds
+            raise ConfigError(f"--seed must be in [0, 999999], got {self.seed}")
         if self.gradient_accumulation_steps < 1:
             raise ConfigError(f"--gradient-accumulation-steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.checkpoint_every < 0:
