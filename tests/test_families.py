@@ -473,6 +473,10 @@ def test_prompt_methods_need_embeddings_of_width_d():
     for method in ("prefix", "lt-prefix"):  # prefixes live in the attention's width: fine
         m = LTuningModel(bb, LTuningConfig(method=method, label_names=LABELS, label_texts=LABEL_TEXTS))
         assert m.class_scores(m.tokenize(TEXTS)).shape == (4, 3)
-    m = LTuningModel(bb, LTuningConfig(method="lt-prompt", label_names=LABELS, label_texts=LABEL_TEXTS))
+    for method in ("prompt", "lt-prompt"):  # refused when the model is built, before any training
+        with pytest.raises(UnsupportedModelError, match="embeds tokens in 16 dimensions"):
+            LTuningModel(bb, LTuningConfig(method=method, label_names=LABELS, label_texts=LABEL_TEXTS))
+    # The backbone itself also refuses a soft prompt of the wrong width.
+    ids = bb.tokenize(TEXTS, 16)
     with pytest.raises(UnsupportedModelError, match="input embeddings have width 16"):
-        m.class_scores(m.tokenize(TEXTS))
+        bb(ids["input_ids"], ids["attention_mask"], prompt=torch.zeros(4, 2, 32))
