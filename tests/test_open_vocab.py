@@ -1,0 +1,104 @@
+"""Open-vocabulary labels: LT adapters score label texts they never saw; classic methods refuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ltuning import LTuningConfig, get_ltuning_model
+from ltuning.api import score_candidates
+from ltuning.errors import ConfigError
+
+TEXTS = ["the movie was very good", "bad plot", "i loved it", "awful boring film", "it was dull"]
+
+
+def make(backbone, method, label_length=None):
+    lt = get_ltuning_model(backbone, LTuningConfig(method=method, label_length=label_length),
+                           labels={"neg": "negative", "pos": "positive", "neu": "neutral"})
+    with torch.no_grad():
+        for p in lt.method.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return lt.eval()
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_candidates_equal_to_the_training_labels_give_the_same_scores(backbone, method):
+    lt = make(backbone, method)
+    trained = lt.score_texts(TEXTS)  # (N, 3) from the cached label encodings
+    again = score_candidates(lt, TEXTS, ["negative", "positive", "neutral"])
+    assert torch.allclose(again, trained, atol=1e-5)
+    # a subset, reordered: the same columns
+    sub = score_candidates(lt, TEXTS, ["neutral", "negative"])
+    assert torch.allclose(sub, trained[:, [2, 0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_new_label_names(backbone, method):
+    lt = make(backbone, method, label_length=6)
+    out = lt.predict(TEXTS, candidate_labels=["bad", "good", "great fun"], return_scores=True)
+    assert all(o["label"] in ("bad", "good", "great fun") for o in out)
+    assert all(abs(sum(o["scores"].values()) - 1) < 1e-5 for o in out)
+    # the template is applied to every candidate: same as giving the filled-in texts
+    templ = score_candidates(lt, TEXTS, ["the movie was bad", "the movie was good"])
+    got = lt.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="the movie was {}",
+                     return_scores=True)
+    assert [o["label"] for o in got] == [["bad", "good"][i] for i in templ.argmax(-1).tolist()]
+
+
+def test_per_text_label_sets_match_separate_calls(backbone):
+    lt = make(backbone, "lt-prompt")
+    sets = [["bad", "good"], ["fun", "dull", "great"], ["bad", "good"], ["negative", "neutral"], ["fun", "dull", "great"]]
+    together = lt.predict(TEXTS, candidate_labels=sets, return_scores=True)
+    for text, labels, got in zip(TEXTS, sets, together, strict=True):
+        alone = lt.predict([text], candidate_labels=labels, return_scores=True)[0]
+        assert got["label"] == alone["label"]
+        assert got["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+    with pytest.raises(ConfigError, match="one list per text"):
+        lt.predict(TEXTS, candidate_labels=sets[:2])
+
+
+def test_multi_label_is_an_independent_sigmoid_per_label(backbone):
+    lt = make(backbone, "lt-prefix")
+    logits = score_candidates(lt, TEXTS, ["negative", "positive", "neutral"])
+    out = lt.predict(TEXTS, multi_label=True, return_scores=True)
+    for z, o in zip(logits, out, strict=True):
+        p = torch.sigmoid(z)
+        assert list(o["scores"].values()) == pytest.approx(p.tolist(), abs=1e-5)
+        assert o["labels"] == [n for n, v in zip(["neg", "pos", "neu"], p.tolist(), strict=True) if v >= 0.5]
+    assert lt.predict(TEXTS, multi_label=True, threshold=0.0) == [["neg", "pos", "neu"]] * len(TEXTS)
+    assert lt.predict(TEXTS, multi_label=True, threshold=1.01) == [[]] * len(TEXTS)
+    one = lt.predict(TEXTS, candidate_labels=["fun"], multi_label=True, threshold=0.0)
+    assert one == [["fun"]] * len(TEXTS)
+
+
+def test_lt_prefix_truncates_longer_candidates_to_label_length_with_a_warning(backbone):
+    lt = make(backbone, "lt-prefix")  # l = longest training label
+    l = lt.config.label_length
+    with pytest.warns(UserWarning, match="truncated"):
+        scores = score_candidates(lt, TEXTS, ["the movie was very bad", "good"])
+    assert scores.shape == (len(TEXTS), 2)
+    assert l == lt.config.label_length
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_classic_methods_refuse_with_a_clear_error(backbone, method):
+    lt = make(backbone, method)
+    with pytest.raises(ConfigError, match="label-conditioned method"):
+        lt.predict(TEXTS, candidate_labels=["bad", "good"])
+    with pytest.raises(ConfigError, match="label-conditioned method"):
+        lt.predict(TEXTS, multi_label=True)
+    with pytest.raises(ConfigError, match="label-conditioned"):
+        score_candidates(lt, TEXTS, ["bad", "good"])
+    assert len(lt.predict(TEXTS)) == len(TEXTS)  # its own labels still work
+
+
+def test_bad_candidates(backbone):
+    lt = make(backbone, "lt-prompt")
+    with pytest.raises(ConfigError, match="unique"):
+        lt.predict(TEXTS, candidate_labels=["bad", "bad"])
+    with pytest.raises(ConfigError, match="at least 2"):
+        lt.predict(TEXTS, candidate_labels=["bad"])
+    with pytest.raises(ConfigError, match="empty"):
+        lt.predict(TEXTS, candidate_labels=["bad", " "])
+    with pytest.raises(ConfigError, match="{}"):
+        lt.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="no slot")
