@@ -527,6 +527,21 @@ def packaged_model_path(name: str) -> Path:
     raise UnsupportedModelError(f"unknown packaged model {name!r}; known: {sorted(PACKAGED_MODELS)}")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
     """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
 
@@ -536,9 +551,13 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
     from transformers import AutoModel, AutoTokenizer
 
     path = packaged_model_path(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
+    # A hub id that is neither cached nor reachable would otherwise spend about a minute in retries.
+    local_only = not Path(path).is_dir() and not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                          local_files_only=local_only)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(
