@@ -104,6 +104,13 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, model:
         raise AdapterError(f"{weights} is not a readable safetensors file ({e})") from None
     if backbone is None:
         backbone = load_backbone(model or config.base_model, trust_remote_code=trust_remote_code)
+    # the label texts are padded to l tokens and run through the backbone: an edited l of 10^9 must not
+    # allocate that much before the weights' shapes are checked
+    context = getattr(backbone.model.config, "max_position_embeddings", None) or getattr(
+        backbone.model.config, "n_positions", None) or 8192
+    if config.label_length is not None and not (isinstance(config.label_length, int) and
+                                                1 <= config.label_length <= context):
+        raise AdapterError(f"{directory / CONFIG_NAME}: label_length {config.label_length!r} is not in [1, {context}]")
     if config.backbone_fingerprint and backbone.fingerprint != config.backbone_fingerprint:
         raise AdapterError(
             f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "
