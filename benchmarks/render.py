@@ -1,0 +1,267 @@
+"""Render BENCHMARKS.md's Table 1 / Figure 2 / peers blocks and the Figure 2 PNGs from the result JSON files
+only (benchmarks/results/table1/*.json). Nothing is trained here.
+
+    python benchmarks/render.py            # rewrite the generated blocks of BENCHMARKS.md, write the PNGs
+
+Only the text between ``<!-- bench:NAME:begin -->`` and ``<!-- bench:NAME:end -->`` markers is replaced;
+every other line of BENCHMARKS.md (other sections, hand-written analysis) is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+DOC = common.ROOT / "BENCHMARKS.md"
+FIG_DIR = common.RESULTS / "figures"
+METHOD_ORDER = common.OURS + common.PEERS
+PAPER_NAMES = {"prefix": "Prefix", "prompt": "Prompt", "lt-prefix": "LT-prefix", "lt-prompt": "LT-prompt",
+               "lt-prefix-softmax": "LT-prefix (softmax pooling, paper A.5)",
+               "peft-prefix": "peft prefix tuning", "peft-prompt": "peft prompt tuning",
+               "linear-probe": "linear probe (frozen)", "full-finetune": "full fine-tuning (ceiling)"}
+
+
+def load(results_dir: Path = common.TABLE_DIR) -> list[dict]:
+    out = []
+    for f in sorted(results_dir.glob("*.json")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except json.JSONDecodeError:
+            print(f"skipping unreadable {f}", file=sys.stderr)
+    return out
+
+
+def fmt_ms(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def by_cell(runs):
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["backbone"], r["task"], r["method"])].append(r)
+    return cells
+
+
+def table1(runs) -> str:
+    cells = by_cell(runs)
+    lines = []
+    for backbone in common.PROTOCOL:
+        p = common.PROTOCOL[backbone]
+        here = [r for r in runs if r["backbone"] == backbone]
+        if not here:
+            lines += [f"### {backbone}", "", "No results yet.", ""]
+            continue
+        val_rows = {}
+        maj = {}
+        for r in here:
+            if r.get("num_validation"):
+                val_rows[r["task"]] = r["num_validation"]
+                maj[r["task"]] = r["majority_accuracy"]
+        lines += [f"### {backbone}", "",
+                  f"{p['steps']} steps, batch {p['batch_size']}, lr {p['learning_rate']:g} (every method; "
+                  f"full fine-tuning {common.FULL_FINETUNE_LR:g}), validation every {p['eval_every']} steps on "
+                  + ", ".join(f"{t} {val_rows.get(t, '?')} rows" for t in common.TASKS)
+                  + f"; seeds {p['seeds']}. Accuracy of the best evaluation (mean ± std over seeds; n = seeds "
+                  "done); CoLA also MCC.", "",
+                  "| method | SST-2 acc | CoLA acc | CoLA MCC | RTE acc | trainable params (sst2 / cola / rte) "
+                  "| seconds per run (mean) | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines.append("| majority class (same rows) | "
+                     + " | ".join([f"{maj[t]:.3f}" if t in maj else "–" for t in ["sst2", "cola"]]
+                                  + ["0.000", f"{maj['rte']:.3f}" if "rte" in maj else "–"]) + " | 0 | 0 | – |")
+        for method in METHOD_ORDER:
+            rs = {t: [r for r in cells.get((backbone, t, method), []) if r.get("accuracy") is not None]
+                  for t in common.TASKS}
+            errs = {t: [r for r in cells.get((backbone, t, method), []) if r.get("error")] for t in common.TASKS}
+            if not any(rs.values()) and not any(errs.values()):
+                continue
+
+            def acc(t, key="accuracy"):
+                if errs[t] and not rs[t]:
+                    return "n/a¹"
+                return fmt_ms([r[key] for r in rs[t]]) + ("" if len(rs[t]) != 1 else "")
+
+            params = " / ".join(
+                f"{rs[t][0]['trainable_params']:,}" if rs[t] else "–" for t in common.TASKS)
+            secs = [r["seconds"] for t in common.TASKS for r in rs[t]]
+            seeds = sorted({r["seed"] for t in common.TASKS for r in rs[t]})
+            lines.append(f"| {method} | {acc('sst2')} | {acc('cola')} | {acc('cola', 'mcc')} | {acc('rte')} | "
+                         f"{params} | {statistics.mean(secs):.0f} | {','.join(map(str, seeds))} |"
+                         if secs else f"| {method} | {acc('sst2')} | {acc('cola')} | – | {acc('rte')} | – | – | – |")
+        if any(r.get("error") for r in here):
+            lines += ["", "¹ not runnable: " + "; ".join(sorted({f"{r['task']} {r['method']}: {r['error']}"
+                                                               for r in here if r.get("error")}))]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def paired_deltas(runs) -> str:
+    """LT minus classic, per backbone / task, on the seeds both have."""
+    cells = by_cell(runs)
+    lines = ["| backbone | task | LT-prefix − prefix (acc) | LT-prompt − prompt (acc) | seeds compared |",
+             "|---|---|---|---|---|"]
+    for backbone in common.PROTOCOL:
+        for task in common.TASKS:
+            row, seeds_used = [], set()
+            for lt, base in (("lt-prefix", "prefix"), ("lt-prompt", "prompt")):
+                a = {r["seed"]: r["accuracy"] for r in cells.get((backbone, task, lt), []) if r.get("accuracy") is not None}
+                b = {r["seed"]: r["accuracy"] for r in cells.get((backbone, task, base), []) if r.get("accuracy") is not None}
+                common_seeds = sorted(set(a) & set(b))
+                seeds_used |= set(common_seeds)
+                row.append(fmt_ms([a[s] - b[s] for s in common_seeds]) if common_seeds else "–")
+            if any(x != "–" for x in row):
+                lines.append(f"| {backbone} | {task} | {row[0]} | {row[1]} | {','.join(map(str, sorted(seeds_used)))} |")
+    return "\n".join(lines)
+
+
+def per_run(runs) -> str:
+    lines = ["| backbone | task | method | seed | accuracy | MCC | best step | steps to 95% of best | final acc "
+             "| trainable | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    key = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for r in sorted(runs, key=lambda r: (list(common.PROTOCOL).index(r["backbone"]), common.TASKS.index(r["task"]),
+                                         key.get(r["method"], 99), r["seed"])):
+        if r.get("accuracy") is None:
+            lines.append(f"| {r['backbone']} | {r['task']} | {r['method']} | {r['seed']} | n/a | n/a | | | | | |")
+            continue
+        fin = r.get("final") or {}
+        lines.append(f"| {r['backbone']} | {r['task']} | {r['method']} | {r['seed']} | {r['accuracy']:.3f} | "
+                     f"{r['mcc']:.3f} | {r.get('best_step', '')} | {r.get('steps_to_95pct_best', '')} | "
+                     f"{fin.get('accuracy', float('nan')):.3f} | {r['trainable_params']:,} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def missing(runs) -> str:
+    done = {(r["backbone"], r["task"], r["method"], r["seed"]) for r in runs}
+    want = common.cells(methods=common.OURS + common.PEERS)
+    todo = [c for c in want if c not in done]
+    if not todo:
+        return "None: every planned cell has a result."
+    groups = defaultdict(list)
+    for b, t, m, s in todo:
+        groups[(b, s)].append(f"{t}/{m}")
+    return "\n".join(f"- {b} seed {s} ({len(v)}): " + ", ".join(v) for (b, s), v in sorted(groups.items()))
+
+
+def convergence(runs) -> str:
+    cells = by_cell(runs)
+    lines = ["| backbone | task | method | seeds | best acc | steps to 95% of own best (per seed) | "
+             "validation loss at first / last eval |", "|---|---|---|---|---|---|---|"]
+    for backbone in common.PROTOCOL:
+        for task in ["cola", "sst2", "rte"]:
+            for method in ["prompt", "lt-prompt", "prefix", "lt-prefix"]:
+                rs = [r for r in cells.get((backbone, task, method), []) if r.get("curve")]
+                if not rs:
+                    continue
+                rs.sort(key=lambda r: r["seed"])
+                stt = ", ".join(str(r.get("steps_to_95pct_best")) for r in rs)
+                loss = ", ".join(f"{r['curve'][0]['loss']:.3f} / {r['curve'][-1]['loss']:.3f}" for r in rs)
+                lines.append(f"| {backbone} | {task} | {method} | {','.join(str(r['seed']) for r in rs)} | "
+                             f"{fmt_ms([r['accuracy'] for r in rs])} | {stt} | {loss} |")
+    return "\n".join(lines)
+
+
+def plots(runs) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no PNGs", file=sys.stderr)
+        return []
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    cells = by_cell(runs)
+    written = []
+    for backbone in common.PROTOCOL:
+        pairs = [("prompt", "lt-prompt"), ("prefix", "lt-prefix")]
+        if not any(cells.get((backbone, "cola", m)) for pr in pairs for m in pr):
+            continue
+        fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+        for col, pr in enumerate(pairs):
+            for method, style in zip(pr, ("--", "-")):
+                for r in sorted(cells.get((backbone, "cola", method), []), key=lambda r: r["seed"]):
+                    if not r.get("curve"):
+                        continue
+                    steps = [c["step"] for c in r["curve"]]
+                    lab = f"{method} seed {r['seed']}"
+                    axes[0][col].plot(steps, [c["loss"] for c in r["curve"]], style, marker="o", ms=3, label=lab)
+                    axes[1][col].plot(steps, [c["accuracy"] for c in r["curve"]], style, marker="o", ms=3, label=lab)
+            axes[0][col].set_title(f"{pr[0]} vs {pr[1]}: validation loss")
+            axes[1][col].set_title(f"{pr[0]} vs {pr[1]}: validation accuracy")
+            axes[1][col].set_xlabel("training step")
+            for ax in (axes[0][col], axes[1][col]):
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+        maj = next((r["majority_accuracy"] for r in runs if r["backbone"] == backbone and r["task"] == "cola"
+                    and r.get("majority_accuracy")), None)
+        if maj:
+            for col in (0, 1):
+                axes[1][col].axhline(maj, color="grey", lw=0.8, ls=":", label="majority")
+        fig.suptitle(f"Figure 2 (reproduction): CoLA validation, {backbone}. LT loss = pair BCE; classic loss = "
+                     "K-way CE (different scales)", fontsize=9)
+        fig.tight_layout()
+        out = FIG_DIR / f"figure2-{backbone}-cola.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return [str(p.relative_to(common.ROOT)) for p in written]
+
+
+def splice(doc: str, name: str, body: str) -> str:
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pat.search(doc):
+        return pat.sub(lambda _: block, doc)
+    return doc.rstrip() + "\n\n" + block + "\n"
+
+
+SKELETON = """# Benchmarks
+
+Every number here is produced by a command below and read from a JSON file under `benchmarks/results/`;
+`python benchmarks/render.py` (or `make bench-render`) rewrites the generated blocks from those files.
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    a = ap.parse_args(argv)
+    runs = load()
+    pngs = plots(runs)
+    total = sum(r.get("seconds") or 0 for r in runs)
+    versions = sorted({f"torch {r['versions'].get('torch')}, transformers {r['versions'].get('transformers')}"
+                       + (f", peft {r['versions']['peft']}" if r['versions'].get('peft') else "")
+                       for r in runs if r.get("versions")})
+    loads = [r["machine"]["loadavg_at_start"][0] for r in runs if r.get("machine", {}).get("loadavg_at_start")]
+    summary = (f"{len(runs)} result files; total CPU wall time of the runs: {total:,.0f} s ({total / 3600:.2f} h), "
+               f"1 torch thread per run on a shared 2-core CPU (1-minute load average at run start "
+               f"{min(loads):.1f}-{max(loads):.1f}, so seconds are inflated and only roughly comparable). "
+               if loads else f"{len(runs)} result files. ") + "Package versions: " + "; ".join(versions) + "."
+    doc = a.doc.read_text() if a.doc.exists() else SKELETON
+    doc = splice(doc, "table1", "\n".join([summary, "", table1(runs)]))
+    doc = splice(doc, "table1-deltas", paired_deltas(runs))
+    doc = splice(doc, "table1-missing", missing(runs))
+    doc = splice(doc, "figure2", "\n".join(
+        [*(f"![{Path(p).stem}]({p})" for p in pngs), "", convergence(runs)]))
+    doc = splice(doc, "table1-runs", per_run(runs))
+    a.doc.write_text(doc)
+    print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
