@@ -27,7 +27,7 @@ from .evaluate import evaluate
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler
 
-DEFAULT_LEARNING_RATES = {"lt-prefix": 1e-2, "lt-prompt": 1e-3, "prefix": 1e-2, "prompt": 1e-2}
+DEFAULT_LEARNING_RATES = {"lt-prefix": 1e-2, "lt-prompt": 1e-2, "prefix": 1e-2, "prompt": 1e-2}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -185,7 +185,7 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
     model.to(dev)
     # bf16 from --bf16, or from `accelerate launch --mixed_precision bf16`
     bf16 = args.mixed_precision == "bf16" or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
-    lr = args.learning_rate or DEFAULT_LEARNING_RATES.get(model.config.method, 1e-3)
+    lr = args.learning_rate or DEFAULT_LEARNING_RATES.get(model.config.method, 1e-2)
     params = model.trainable_parameters()
     if world > 1:  # every process starts from the main process's initial weights
         import torch.distributed as dist
