@@ -7,8 +7,9 @@ from .config import LTuningConfig  # noqa: E402
 from .errors import AdapterError, ConfigError, DataError, LTuningError, UnsupportedModelError  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .model import LTuningModel  # noqa: E402
+from .api import get_ltuning_model  # noqa: E402
 
 __all__ = [
     "METHODS", "AdapterError", "Backbone", "ConfigError", "DataError", "LTuningConfig", "LTuningError",
-    "LTuningModel", "UnsupportedModelError", "__version__", "load_backbone",
+    "LTuningModel", "UnsupportedModelError", "__version__", "get_ltuning_model", "load_backbone",
 ]

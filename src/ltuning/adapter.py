@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, card
 from .backbones import Backbone, load_backbone
 from .config import LTuningConfig
 from .errors import AdapterError, ConfigError
@@ -55,6 +55,10 @@ def save_adapter(model: LTuningModel, directory: str | Path, extra: dict | None 
     state = {k: v.detach().cpu().contiguous() for k, v in model.method.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     atomic_write_text(directory / CONFIG_NAME, json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n")
+    # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
+    card_meta = {**meta, "command": meta.get("command") or card.current_command()}
+    total = meta["trainable_parameters"] + sum(p.numel() for p in model.backbone.parameters())
+    atomic_write_text(directory / card.CARD_NAME, card.render_card(config, card_meta, total))
     return directory
 
 

@@ -149,7 +149,193 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
+
+    # report
+    p = sub.add_parser("report", help="summary table of saved runs",
+                       description="One line per run folder (method, model, trainable parameters, best validation "
+                                   "metrics, time) from train_results.json / adapter_config.json, and one per "
+                                   "eval_*.json. A folder whose subfolders are runs lists them all.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of run folders")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_report)
+    _add_run_options(sub.choices)
     return parser
+
+
+# ---------------------------------------------------------------------- config files, plots, run records
+CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names: max_steps or max-steps); options "
+               "on the command line and key=value arguments override it. A run's run_config.json reruns it")
+RUN_CONFIG_NAME = "run_config.json"
+
+
+def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
+    """--config on every command, --plot on train and evaluate, open-vocabulary options on predict."""
+    for p in commands.values():
+        p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    commands["train"].add_argument("--plot", action="store_true",
+                                   help="also write loss.png and accuracy.png into the output folder (needs matplotlib)")
+    commands["evaluate"].add_argument("--plot", action="store_true",
+                                      help="also write the confusion matrix as a PNG beside the metrics JSON "
+                                           "(needs matplotlib)")
+    p = commands["predict"]
+    g = p.add_argument_group("open-vocabulary labels (lt-prefix, lt-prompt)")
+    g.add_argument("--candidate-labels", help="score these label names instead of the adapter's (comma-separated "
+                   "or a JSON list); the frozen model encodes them, the trained adapter scores them")
+    g.add_argument("--hypothesis-template", help="label text for each label name, e.g. 'The review is {}.'")
+    g.add_argument("--multi-label", action="store_true",
+                   help="an independent sigmoid per label; print every label scoring >= --threshold")
+    g.add_argument("--threshold", type=float, default=0.5, help="--multi-label threshold (default: 0.5)")
+
+
+def _load_config_file(path: str) -> dict:
+    from .errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() == ".json":
+            value = json.loads(text)
+        else:
+            import yaml
+
+            value = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - JSON, YAML and decoding errors all mean a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'} ({first})") from None
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{p}: a config file must hold a mapping of option -> value")
+    return value
+
+
+def _override_value(text: str):
+    """key=value: the value as YAML (numbers, true/false, null, [lists]), else the plain string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _convert(action: argparse.Action, key: str, value):
+    """A config value as argparse would have parsed it from the command line (type, choices)."""
+    from .errors import ConfigError
+
+    if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            value = value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+")
+    if many and not isinstance(value, list):
+        value = [value]
+    if not many and isinstance(value, list | dict):
+        value = json.dumps(value)  # e.g. label_texts given as a YAML list: the JSON the option accepts
+
+    def one(v):
+        v = v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v)
+        try:
+            out = action.type(v) if action.type else v
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: {v!r} is not a valid {action.type.__name__}") from None
+        if action.choices is not None and out not in action.choices:
+            raise ConfigError(f"config key {key!r}: {out!r} is not one of {sorted(action.choices)}")
+        return out
+
+    return [one(v) for v in value] if many else one(value)
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], str | None]:
+    """Read ``--config FILE`` and ``key=value`` arguments of the command in ``argv`` into its parser's
+    defaults, so options given on the command line still win. Returns argv without them, and the file."""
+    from .errors import ConfigError
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not argv or argv[0] not in sub.choices:
+        return argv, None
+    command, cmd_parser = argv[0], sub.choices[argv[0]]
+    actions = {a.dest: a for a in cmd_parser._actions if a.dest not in ("help", "config")}
+    rest, path, overrides, i = [argv[0]], None, {}, 1
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            rest += argv[i:]
+            break
+        if tok == "--config" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+            continue
+        if tok.startswith("--config="):
+            path, i = tok.split("=", 1)[1], i + 1
+            continue
+        key, eq, val = tok.partition("=")
+        if eq and not tok.startswith("-") and key.replace("-", "_") in actions:
+            overrides[key.replace("-", "_")] = _override_value(val)
+        else:
+            rest.append(tok)
+        i += 1
+    if path is None and not overrides:
+        return argv, None
+    values = {}
+    for k, v in (_load_config_file(path) if path else {}).items():
+        values[str(k).replace("-", "_")] = v
+    file_command = values.pop("command", command)
+    if file_command != command:
+        raise ConfigError(f"{path} is a config for `ltuning {file_command}`, not `ltuning {command}`")
+    values.update(overrides)
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for `ltuning {command}`; known: {sorted(actions)}")
+    given = {s for s in rest if s.startswith("--")} | {s.split("=", 1)[0] for s in rest if s.startswith("--")}
+    defaults = {}
+    for key, value in values.items():
+        action = actions[key]
+        if isinstance(action, argparse._AppendAction) and given & set(action.option_strings):
+            continue  # the command line's --text-column replaces the file's, not adds to it
+        defaults[key] = _convert(action, key, value)
+        action.required = False  # given by the file
+    cmd_parser.set_defaults(**defaults)
+    return rest, path
+
+
+def _resolved_config(args) -> dict:
+    """Every option of this run, as a config file that reruns it (``--config run_config.json``)."""
+    skip = {"func", "config", "command"}
+    return {"command": args.command, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}}
+
+
+def _default_train_output(args) -> None:
+    # The same default as cmd_train, decided here so the run's config and plots can name the folder.
+    if args.command == "train" and not args.output_dir and (args.task or args.train_file):
+        name = args.task or Path(args.train_file).stem
+        args.output_dir = f"runs/{name}-{args.method}-seed{args.seed}"
+
+
+def _after_train(args) -> None:
+    """Write run_config.json (and the plots) into the folder a successful `ltuning train` filled."""
+    from .adapter import atomic_write_text
+
+    out = Path(args.output_dir)
+    atomic_write_text(out / RUN_CONFIG_NAME, json.dumps(_resolved_config(args), indent=2) + "\n")
+    if args.plot and (out / "train_results.json").is_file():
+        from .plots import plot_training
+
+        written = plot_training(json.loads((out / "train_results.json").read_text(encoding="utf-8")), out)
+        print("plots written: " + ", ".join(str(w) for w in written))
+
+
+def cmd_report(args) -> int:
+    from .report import find_runs, format_report, summarize
+
+    rows = [summarize(r) for r in find_runs(args.runs)]
+    print(json.dumps(rows, indent=2) if args.json else format_report(rows))
+    return 0
 
 
 # ---------------------------------------------------------------------- helpers
@@ -317,10 +503,17 @@ def cmd_evaluate(args) -> int:
     metrics["data"] = data.source
     name = args.task or Path(args.file).stem
     out = Path(args.output) if args.output else Path(args.adapter) / f"eval_{name}_{args.split if args.task else 'file'}.json"
+    metrics["run_config"] = _resolved_config(args)
     atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     print(f"{config.method} on {config.base_model}: {data.source}")
     print(format_metrics(metrics, config.label_names))
     print(f"metrics written to {out}")
+    if args.plot:
+        from .plots import plot_confusion
+
+        png = plot_confusion(metrics["confusion_matrix"], config.label_names, out.with_suffix(".png"),
+                             title=f"{config.method}: {name} {args.split if args.task else ''}".strip())
+        print(f"confusion matrix written to {png}")
     return 0
 
 
@@ -331,17 +524,29 @@ def cmd_predict(args) -> int:
     from .data import read_texts
 
     read_adapter_config(args.adapter)  # fail fast on a bad folder before reading stdin
+    candidates = None
+    if args.candidate_labels:
+        from .data import load_label_texts
+
+        try:
+            candidates = json.loads(args.candidate_labels)
+        except json.JSONDecodeError:
+            candidates = [c.strip() for c in args.candidate_labels.split(",")]
+        if not isinstance(candidates, list):
+            candidates = load_label_texts(args.candidate_labels, [])  # raises the usual DataError
     texts = read_texts(args.file, args.texts)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
-    scores = model.score_texts(texts, batch_size=args.batch_size)
-    probs = torch.softmax(scores, dim=-1)
-    for text, p in zip(texts, probs):
-        k = int(p.argmax())
+    results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
+                            hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
+                            threshold=args.threshold, return_scores=True)
+    for text, r in zip(texts, results, strict=True):
         if args.json:
-            print(json.dumps({"text": text, "label": model.label_names[k],
-                              "scores": dict(zip(model.label_names, [round(float(v), 6) for v in p]))}))
+            print(json.dumps({"text": text, **r}))
+        elif args.multi_label:
+            print(f"{','.join(r['labels']) or '-'}\t" + " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
+                  + f"\t{text}")
         else:
-            print(f"{model.label_names[k]}\t{float(p[k]):.4f}\t{text}")
+            print(f"{r['label']}\t{r['scores'][r['label']]:.4f}\t{text}")
     return 0
 
 
@@ -382,15 +587,40 @@ def cmd_params(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    from . import card
+    from .errors import LTuningError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        argv, config_file = _apply_config(parser, argv)
+    except LTuningError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from .errors import LTuningError
-
+    args.config = config_file
     _quiet_libraries()
     try:
+        if getattr(args, "plot", False):
+            from .plots import require_matplotlib
+
+            require_matplotlib()  # before any work: no half-finished run for want of a plotting library
+        if args.command == "train":
+            _default_train_output(args)
+        # The command the model card shows: with a config file, the run's own run_config.json reruns it.
+        card.set_command(f"ltuning train --config {shlex.quote(str(Path(args.output_dir) / RUN_CONFIG_NAME))}"
+                         if config_file is not None and args.command == "train" and args.output_dir
+                         else "ltuning " + shlex.join(argv))
+        if args.command == "train":
+            rc = args.func(args)
+            if rc == 0:
+                _after_train(args)
+            return rc
         return args.func(args)
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -401,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was saved", file=sys.stderr)
         return 130
+    finally:
+        card.set_command(None)  # an in-process caller's later save_pretrained is not this command
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The model card: a README.md written next to every saved adapter, as Hugging Face repos carry.
+
+It names the base model, the method, the labels and their texts, the trainable parameters, the
+validation metrics when training reported them, and the command that produced the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+
+CARD_NAME = "README.md"
+
+_command: str | None = None
+
+
+def set_command(command: str | None) -> None:
+    """Remember the command line of this process (the CLI sets it), for the cards it writes."""
+    global _command
+    _command = command
+
+
+def current_command() -> str | None:
+    return _command
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def render_card(config: dict, meta: dict, total_parameters: int | None = None) -> str:
+    """Markdown card from the adapter config (``LTuningConfig.to_dict()``) and its ``_meta``."""
+    method, base = config["method"], config["base_model"]
+    trainable = meta.get("trainable_parameters")
+    lines = [
+        "---",
+        "library_name: ltuning",
+        f"base_model: {json.dumps(base)}",
+        "pipeline_tag: text-classification",
+        f"tags: [ltuning, {method}, l-tuning]",
+        "---",
+        "",
+        f"# {method} adapter for {base}",
+        "",
+        f"An L-Tuning adapter (`{method}`) for the frozen model `{base}`, written by ltuning "
+        f"{meta.get('ltuning_version', '')}. Only the adapter's weights are stored here "
+        "(`adapter_model.safetensors`); the backbone is loaded from `base_model` and stays frozen.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{base}` |",
+        f"| method | `{method}` |",
+        f"| label length l | {config.get('label_length')} |",
+        f"| max text length | {config.get('max_length')} |",
+    ]
+    if method == "lt-prefix":
+        lines.append(f"| prefix pooling | {config.get('prefix_pooling')} |")
+    lines.append(f"| text pooling | {config.get('text_pooling')} |")
+    if trainable is not None:
+        share = f" ({100 * trainable / total_parameters:.4f}% of {total_parameters:,})" if total_parameters else ""
+        lines.append(f"| trainable parameters | {trainable:,}{share} |")
+    for key in ("task", "train_file", "best_step"):
+        if meta.get(key) is not None:
+            lines.append(f"| {key.replace('_', ' ')} | {meta[key]} |")
+    lines += ["", "## Labels", "", "| index | name | label text |", "|---|---|---|"]
+    for i, (n, t) in enumerate(zip(config["label_names"], config["label_texts"], strict=True)):
+        lines.append(f"| {i} | {n} | {t} |")
+    metrics = meta.get("validation") or meta.get("metrics")
+    if metrics:
+        shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        lines += ["", "## Validation metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
+    command = meta.get("command")
+    lines += ["", "## How it was made", ""]
+    if command:
+        lines += ["```bash", command, "```"]
+    else:
+        lines.append("Saved from Python (`LTuningModel.save_pretrained`).")
+    lines += [
+        "", "## Use", "", "```python", "from ltuning import LTuningModel", "",
+        'model = LTuningModel.from_pretrained("path/to/this/folder")',
+        'model.predict(["an example text"])',
+    ]
+    if method.startswith("lt-"):
+        lines.append('model.predict(["an example text"], candidate_labels=["other", "label names"])')
+    lines += ["```", "", "```bash", "ltuning predict --adapter path/to/this/folder \"an example text\"", "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""``transformers.Trainer`` and ``datasets`` integration.
+
+Three pieces plug an :class:`~ltuning.model.LTuningModel` into a Trainer:
+
+- :class:`LTuningForTrainer`: the module the Trainer trains. In training mode it scores (text, label)
+  pairs and returns the pair BCE loss (A.3; K-way cross-entropy for the classic baselines); in eval mode
+  it returns (B, K) scores of every text against every label, so ``compute_metrics`` can take the argmax
+  (A.4). Its ``state_dict`` holds only the adapter's weights, so Trainer checkpoints stay small.
+- :class:`PairCollator`: tokenizes (or pads pre-tokenized) rows and pairs the first ``B - B // 2``
+  texts with their true label and the other ``B // 2`` with a random wrong one, as
+  :mod:`ltuning.pairs` does.
+- :func:`compute_metrics`: accuracy, Matthews correlation and macro-F1 from the argmax over labels.
+
+Example:
+    >>> from transformers import Trainer, TrainingArguments  # doctest: +SKIP
+    >>> model = get_ltuning_model("minilm", LTuningConfig(method="lt-prefix"), labels=["negative", "positive"])
+    >>> trainer = Trainer(model=LTuningForTrainer(model), args=TrainingArguments(
+    ...     "runs/trainer", max_steps=300, per_device_train_batch_size=16, learning_rate=1e-2,
+    ...     remove_unused_columns=False),  # the collator reads the raw "text" column
+    ...     train_dataset=train_ds, eval_dataset=val_ds, data_collator=PairCollator(model),
+    ...     compute_metrics=compute_metrics)  # doctest: +SKIP
+    >>> trainer.train(); model.save_pretrained("runs/trainer/adapter")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DataError
+from .evaluate import classification_metrics
+from .model import LTuningModel
+
+
+class LTuningForTrainer(nn.Module):
+    """Adapts :class:`LTuningModel` to the Trainer's calling convention (keyword tensors in, a dict with
+    ``loss`` and ``logits`` out).
+
+    Input: input_ids, attention_mask (B, n); token_type_ids (B, n) or None; labels (B,) true classes;
+        pair_class (B,) the label each text is paired with; pair_target (B,) 1 true pair / 0 false pair.
+    Output: training: loss, logits (B,) pair log-odds (LT) or (B, K) (classic); eval: loss, logits (B, K).
+    """
+
+    def __init__(self, model: LTuningModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                pair_class: torch.Tensor | None = None, pair_target: torch.Tensor | None = None) -> dict:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        m = self.model
+        if self.training and m.label_conditioned:
+            if pair_class is None or pair_target is None:
+                raise DataError("training an LT method needs pair_class and pair_target: use ltuning.hf.PairCollator")
+            logits = m(batch, pair_class)  # (B,)
+            return {"loss": F.binary_cross_entropy_with_logits(logits, pair_target.float()), "logits": logits}
+        scores = m.class_scores(batch)  # (B, K)
+        out: dict[str, torch.Tensor] = {"logits": scores}
+        if labels is not None:
+            if m.label_conditioned:  # mean BCE over all B*K pairs, as ltuning.evaluate reports
+                out["loss"] = F.binary_cross_entropy_with_logits(scores, F.one_hot(labels, m.num_labels).float())
+            else:
+                out["loss"] = F.cross_entropy(scores, labels)
+        return out
+
+    # Checkpoints hold the adapter only: the backbone is frozen and reloaded from its name.
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if ".method." in f".{k}"}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def save_pretrained(self, directory: str | Path, **extra) -> Path:
+        return self.model.save_pretrained(directory, **extra)
+
+
+class PairCollator:
+    """Rows (dicts) -> a Trainer batch of NLI pairs.
+
+    Rows hold raw text (``text_columns``: one column, or two for sentence pairs) or pre-tokenized
+    ``input_ids`` (see :func:`tokenize_dataset`), and a label (``label_column``, else ``label`` or
+    ``labels``) as a class index or a label name. Pairs are drawn from a seeded generator.
+    """
+
+    def __init__(self, model: LTuningModel, text_columns: Sequence[str] = ("text",), label_column: str | None = None,
+                 seed: int = 0) -> None:
+        self.backbone = model.backbone
+        self.max_length = model.config.max_length
+        self.label_names = list(model.label_names)
+        self.text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
+        self.label_column = label_column
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _label(self, row: dict) -> int:
+        col = self.label_column or ("label" if "label" in row else "labels")
+        if col not in row:
+            raise DataError(f"row has no label column {col!r} (columns: {sorted(row)})")
+        v = row[col]
+        if isinstance(v, str):
+            if v not in self.label_names:
+                raise DataError(f"label {v!r} is not in the model's labels {self.label_names}")
+            return self.label_names.index(v)
+        v = int(v)
+        if not 0 <= v < len(self.label_names):
+            raise DataError(f"label index {v} is outside 0..{len(self.label_names) - 1}")
+        return v
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if "input_ids" in rows[0]:
+            keep = ("input_ids", "attention_mask", "token_type_ids")
+            enc = self.backbone.tokenizer.pad([{k: r[k] for k in keep if k in r} for r in rows], return_tensors="pt")
+            batch = {k: enc[k] for k in keep if k in enc}
+        else:
+            for c in self.text_columns:
+                if c not in rows[0]:
+                    raise DataError(f"rows have no text column {c!r} (columns: {sorted(rows[0])}); pass "
+                                    "text_columns=, and TrainingArguments(remove_unused_columns=False)")
+            texts = [r[self.text_columns[0]] if len(self.text_columns) == 1 else
+                     (r[self.text_columns[0]], r[self.text_columns[1]]) for r in rows]
+            batch = self.backbone.tokenize(texts, self.max_length)  # CPU tensors; the Trainer moves them
+        y = torch.tensor([self._label(r) for r in rows], dtype=torch.long)
+        B, K = len(rows), len(self.label_names)
+        n_neg = B // 2
+        pair_class = y.clone()
+        offset = torch.randint(1, K, (n_neg,), generator=self.generator)  # never 0: never the true label
+        pair_class[B - n_neg:] = (y[B - n_neg:] + offset) % K
+        pair_target = torch.ones(B, dtype=torch.long)
+        pair_target[B - n_neg:] = 0
+        return {**batch, "labels": y, "pair_class": pair_class, "pair_target": pair_target}
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Trainer ``compute_metrics``: argmax over the (N, K) label scores; accuracy, mcc, macro_f1."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    preds = np.asarray(logits).argmax(-1)
+    m = classification_metrics(preds.tolist(), np.asarray(labels).tolist(), np.asarray(logits).shape[-1])
+    return {"accuracy": m["accuracy"], "mcc": m["mcc"], "macro_f1": m["macro_f1"]}
+
+
+def tokenize_dataset(dataset, model: LTuningModel, text_columns: Sequence[str] = ("text",)):
+    """``datasets.Dataset.map`` that adds input_ids / attention_mask (unpadded; :class:`PairCollator` pads),
+    so the Trainer may drop the text columns (its default ``remove_unused_columns=True``)."""
+    cols = [text_columns] if isinstance(text_columns, str) else list(text_columns)
+    backbone, max_length = model.backbone, model.config.max_length
+
+    def encode(rows):
+        args = [rows[c] for c in cols]
+        if len(cols) == 2 and backbone.tokenizer.sep_token is None:  # decoders: join the pair with a newline
+            args = [[f"{a}\n{b}" for a, b in zip(*args, strict=True)]]
+        enc = backbone.tokenizer(*args, truncation=True, max_length=max_length)
+        keep = ["input_ids", "attention_mask"] + (["token_type_ids"] if backbone._takes_token_types else [])
+        return {k: enc[k] for k in keep if k in enc}
+
+    return dataset.map(encode, batched=True)

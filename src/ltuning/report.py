@@ -1,0 +1,91 @@
+"""``ltuning report RUN_DIR ...``: one summary table of saved runs, from the files each run leaves
+(``adapter_config.json``, ``train_results.json``, ``eval_*.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .adapter import CONFIG_NAME
+from .errors import DataError
+
+RESULTS_NAME = "train_results.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return value
+
+
+def _is_run(d: Path) -> bool:
+    return (d / CONFIG_NAME).is_file() or (d / RESULTS_NAME).is_file()
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Each path is a run folder, or a folder whose subfolders are runs."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise DataError(f"run folder not found: {p}")
+        found = [p] if _is_run(p) else sorted(d for d in p.iterdir() if d.is_dir() and _is_run(d))
+        if not found:
+            raise DataError(f"{p} holds no run ({CONFIG_NAME} or {RESULTS_NAME}), nor do its subfolders")
+        runs += found
+    return runs
+
+
+def summarize(run: Path) -> dict:
+    """One row: what was trained, how big, how good, how long."""
+    row: dict = {"run": str(run)}
+    if (run / CONFIG_NAME).is_file():
+        cfg = _read_json(run / CONFIG_NAME)
+        meta = cfg.get("_meta", {})
+        row.update(method=cfg.get("method"), base_model=cfg.get("base_model"), labels=cfg.get("label_names"),
+                   label_length=cfg.get("label_length"), trainable_parameters=meta.get("trainable_parameters"))
+    if (run / RESULTS_NAME).is_file():
+        res = _read_json(run / RESULTS_NAME)
+        best = res.get("best_metrics") or {}
+        args = res.get("args") or {}
+        row.setdefault("method", args.get("method"))
+        row.setdefault("base_model", args.get("model"))
+        row.update(steps=args.get("max_steps"), best_step=res.get("best_step"),
+                   accuracy=best.get("accuracy"), mcc=best.get("mcc"), macro_f1=best.get("macro_f1"),
+                   seconds=res.get("seconds"))
+        if row.get("trainable_parameters") is None:
+            row["trainable_parameters"] = res.get("trainable_parameters")
+    row["evals"] = {}
+    for f in sorted(run.glob("eval_*.json")):
+        m = _read_json(f)
+        row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples")}
+    return row
+
+
+def _cell(v, fmt: str = "") -> str:
+    if v is None:
+        return "-"
+    return format(v, fmt) if fmt else str(v)
+
+
+def format_report(rows: list[dict]) -> str:
+    """A fixed-width table: one line per run, then one indented line per evaluation file."""
+    head = f"{'run':<28} {'method':<10} {'model':<14} {'trainable':>11} {'steps':>6} {'best':>5} " \
+           f"{'val acc':>8} {'mcc':>7} {'f1':>7} {'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name = Path(r["run"]).name or r["run"]
+        model = str(r.get("base_model") or "-")
+        model = model if len(model) <= 14 else "..." + model[-11:]
+        lines.append(f"{name[:28]:<28} {_cell(r.get('method')):<10} {model:<14} "
+                     f"{_cell(r.get('trainable_parameters'), ','):>11} {_cell(r.get('steps')):>6} "
+                     f"{_cell(r.get('best_step')):>5} {_cell(r.get('accuracy'), '.4f'):>8} "
+                     f"{_cell(r.get('mcc'), '.4f'):>7} {_cell(r.get('macro_f1'), '.4f'):>7} "
+                     f"{_cell(r.get('seconds'), '.1f'):>8}")
+        for name, m in r["evals"].items():
+            lines.append(f"    eval {name}: accuracy {_cell(m['accuracy'], '.4f')}, mcc {_cell(m['mcc'], '.4f')}, "
+                         f"macro_f1 {_cell(m['macro_f1'], '.4f')} on {_cell(m['num_examples'])} examples")
+    return "\n".join(lines)
