@@ -72,12 +72,16 @@ def test_multi_label_is_an_independent_sigmoid_per_label(backbone):
 
 
 def test_lt_prefix_truncates_longer_candidates_to_label_length_with_a_warning(backbone):
-    lt = make(backbone, "lt-prefix")  # l = longest training label
-    l = lt.config.label_length
+    lt = make(backbone, "lt-prefix")  # label_length = the longest training label
+    length = lt.config.label_length
     with pytest.warns(UserWarning, match="truncated"):
         scores = score_candidates(lt, TEXTS, ["the movie was very bad", "good"])
     assert scores.shape == (len(TEXTS), 2)
-    assert l == lt.config.label_length
+    # truncation keeps the first label_length tokens: the same scores as the pre-truncated text
+    cut = lt.backbone.tokenizer.decode(lt.backbone.tokenizer("the movie was very bad", truncation=True,
+                                                             max_length=length)["input_ids"], skip_special_tokens=True)
+    assert torch.allclose(scores[:, 0], score_candidates(lt, TEXTS, [cut, "good"])[:, 0], atol=1e-5)
+    assert lt.config.label_length == length
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])

@@ -7,9 +7,9 @@ import json
 import sys
 
 import pytest
+from test_cli import _offline, files, models, train_args  # noqa: F401 - fixtures
 
 from ltuning.cli import main
-from test_cli import _offline, files, models, train_args  # noqa: F401 - fixtures
 
 pytest.importorskip("matplotlib")
 

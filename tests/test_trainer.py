@@ -50,8 +50,10 @@ def test_trainer_trains_and_evaluates(method, tmp_path):
     model = tiny(method)
     before = {k: v.clone() for k, v in model.method.state_dict().items()}
     args = TrainingArguments(str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
-                             per_device_eval_batch_size=4, learning_rate=1e-2, save_steps=4, logging_steps=1,
-                             report_to=[], use_cpu=True, remove_unused_columns=False, seed=0)
+                             per_device_eval_batch_size=4, learning_rate=1e-2, logging_steps=1,
+                             eval_strategy="steps", eval_steps=2, save_steps=2, load_best_model_at_end=True,
+                             metric_for_best_model="accuracy", report_to=[], use_cpu=True,
+                             remove_unused_columns=False, seed=0)
     trainer = Trainer(model=LTuningForTrainer(model), args=args, train_dataset=as_dataset(TRAIN),
                       eval_dataset=as_dataset(VALID), data_collator=PairCollator(model),
                       compute_metrics=compute_metrics)

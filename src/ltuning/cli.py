@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -518,8 +517,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
-
     from .adapter import load_adapter, read_adapter_config
     from .data import read_texts
 

@@ -78,7 +78,12 @@ class LTuningForTrainer(nn.Module):
         return {k: v for k, v in state.items() if ".method." in f".{k}"}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        """Load an adapter-only state (a Trainer checkpoint); the frozen backbone's keys may be absent."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if ".method." in f".{k}"]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"adapter state does not match: missing {missing}, unexpected {result.unexpected_keys}")
+        return result._replace(missing_keys=missing)
 
     def save_pretrained(self, directory: str | Path, **extra) -> Path:
         return self.model.save_pretrained(directory, **extra)
