@@ -27,6 +27,11 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def render_card(config: dict, meta: dict, total_parameters: int | None = None) -> str:
     """Markdown card from the adapter config (``LTuningConfig.to_dict()``) and its ``_meta``."""
     method, base = config["method"], config["base_model"]
@@ -63,7 +68,7 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
             lines.append(f"| {key.replace('_', ' ')} | {meta[key]} |")
     lines += ["", "## Labels", "", "| index | name | label text |", "|---|---|---|"]
     for i, (n, t) in enumerate(zip(config["label_names"], config["label_texts"], strict=True)):
-        lines.append(f"| {i} | {n} | {t} |")
+        lines.append(f"| {i} | {_cell(n)} | {_cell(t)} |")
     metrics = meta.get("validation") or meta.get("metrics")
     if metrics:
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
