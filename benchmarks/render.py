@@ -89,10 +89,10 @@ def table1(runs) -> str:
             if not any(rs.values()) and not any(errs.values()):
                 continue
 
-            def acc(t, key="accuracy"):
+            def acc(t, key="accuracy", rs=rs, errs=errs):
                 if errs[t] and not rs[t]:
                     return "n/a¹"
-                return fmt_ms([r[key] for r in rs[t]]) + ("" if len(rs[t]) != 1 else "")
+                return fmt_ms([r[key] for r in rs[t]])
 
             params = " / ".join(
                 f"{rs[t][0]['trainable_params']:,}" if rs[t] else "–" for t in common.TASKS)
@@ -189,27 +189,30 @@ def plots(runs) -> list[str]:
         pairs = [("prompt", "lt-prompt"), ("prefix", "lt-prefix")]
         if not any(cells.get((backbone, "cola", m)) for pr in pairs for m in pr):
             continue
-        fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+        maj = next((r["majority_accuracy"] for r in runs if r["backbone"] == backbone and r["task"] == "cola"
+                    and r.get("majority_accuracy")), None)
+        metrics = [("loss", "validation loss"), ("accuracy", "validation accuracy"), ("mcc", "validation MCC")]
+        fig, axes = plt.subplots(3, 2, figsize=(10, 9.5), sharex=True)
         for col, pr in enumerate(pairs):
-            for method, style in zip(pr, ("--", "-")):
+            for method, style in zip(pr, ("--", "-"), strict=True):
                 for r in sorted(cells.get((backbone, "cola", method), []), key=lambda r: r["seed"]):
                     if not r.get("curve"):
                         continue
                     steps = [c["step"] for c in r["curve"]]
-                    lab = f"{method} seed {r['seed']}"
-                    axes[0][col].plot(steps, [c["loss"] for c in r["curve"]], style, marker="o", ms=3, label=lab)
-                    axes[1][col].plot(steps, [c["accuracy"] for c in r["curve"]], style, marker="o", ms=3, label=lab)
-            axes[0][col].set_title(f"{pr[0]} vs {pr[1]}: validation loss")
-            axes[1][col].set_title(f"{pr[0]} vs {pr[1]}: validation accuracy")
-            axes[1][col].set_xlabel("training step")
-            for ax in (axes[0][col], axes[1][col]):
+                    for row, (key, _) in enumerate(metrics):
+                        axes[row][col].plot(steps, [c[key] for c in r["curve"]], style, marker="o", ms=3,
+                                            label=f"{method} seed {r['seed']}")
+            for row, (key, title) in enumerate(metrics):
+                ax = axes[row][col]
+                ax.set_title(f"{pr[0]} vs {pr[1]}: {title}", fontsize=9)
+                if key == "accuracy" and maj:
+                    ax.axhline(maj, color="grey", lw=0.8, ls=":", label="majority class")
+                if key == "mcc":
+                    ax.axhline(0, color="grey", lw=0.8, ls=":")
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-        maj = next((r["majority_accuracy"] for r in runs if r["backbone"] == backbone and r["task"] == "cola"
-                    and r.get("majority_accuracy")), None)
-        if maj:
-            for col in (0, 1):
-                axes[1][col].axhline(maj, color="grey", lw=0.8, ls=":", label="majority")
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
+            axes[2][col].set_xlabel("training step")
         fig.suptitle(f"Figure 2 (reproduction): CoLA validation, {backbone}. LT loss = pair BCE; classic loss = "
                      "K-way CE (different scales)", fontsize=9)
         fig.tight_layout()

@@ -90,6 +90,7 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
 # ----------------------------------------------------------------------------- in-process peers
 def _metrics(logits, labels, K):
     import torch.nn.functional as F
+
     from ltuning.evaluate import classification_metrics
 
     preds = logits.argmax(-1).tolist()
@@ -103,6 +104,7 @@ def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) 
     full-finetune: every backbone weight + Linear(d, K), AdamW lr 2e-5 (minilm only)."""
     import torch
     import torch.nn.functional as F
+
     from ltuning.backbones import load_backbone
     from ltuning.config import TextPooling
     from ltuning.data import get_task
@@ -232,6 +234,7 @@ def main(argv=None) -> int:
         return 0
 
     import torch
+
     from ltuning.backbones import load_backbone
 
     if a.threads:

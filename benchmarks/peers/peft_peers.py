@@ -129,7 +129,7 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
         y = torch.as_tensor(val_labels)
         preds = logits.argmax(-1)
         cm = [[0] * K for _ in range(K)]
-        for t, q in zip(y.tolist(), preds.tolist()):
+        for t, q in zip(y.tolist(), preds.tolist(), strict=True):
             cm[t][q] += 1
         return {"accuracy": (preds == y).float().mean().item(), "mcc": mcc(cm), "macro_f1": macro_f1(cm),
                 "loss": F.cross_entropy(logits, y).item(), "confusion_matrix": cm}
@@ -187,7 +187,7 @@ def mcc(cm):
     p = [sum(cm[i][k] for i in range(K)) for k in range(K)]
     c = sum(cm[k][k] for k in range(K))
     s = sum(t)
-    num = c * s - sum(a * b for a, b in zip(p, t))
+    num = c * s - sum(a * b for a, b in zip(p, t, strict=True))
     den = math.sqrt(s * s - sum(a * a for a in p)) * math.sqrt(s * s - sum(b * b for b in t))
     return num / den if den else 0.0
 
