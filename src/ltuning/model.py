@@ -88,8 +88,34 @@ class LTuningModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def injection(self) -> Injection:
-        """The method's prefix or prompt for every label (LT) or the one shared group (classic)."""
-        return self.method(self.label_states, self.label_mask)
+        """The method's prefix or prompt for every label (LT) or the one shared group (classic).
+
+        In eval mode with gradients off (prediction), the result is cached and reused until the method's
+        parameters or the label encodings change (an in-place update, ``load_state_dict``, a new tensor or
+        a move to another device or dtype), or :meth:`train` is called. An edit through ``.data`` is not
+        seen: call :meth:`clear_injection_cache` after one.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.method(self.label_states, self.label_mask)
+        key = self._injection_key()
+        cached = self.__dict__.get("_injection_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.method(self.label_states, self.label_mask))
+            self.__dict__["_injection_cache"] = cached
+        return cached[1]
+
+    def _injection_key(self) -> tuple:
+        tensors = [*self.method.parameters(), *self.method.buffers(), self.label_states, self.label_mask]
+        return (id(self.method),) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def clear_injection_cache(self) -> None:
+        """Forget the cached prediction-time prefixes / prompts (they are recomputed on the next call)."""
+        self.__dict__.pop("_injection_cache", None)
+
+    def train(self, mode: bool = True) -> LTuningModel:
+        if mode:
+            self.clear_injection_cache()
+        return super().train(mode)
 
     def _run(self, batch: dict[str, torch.Tensor], inj: Injection) -> torch.Tensor:
         pooled = self.backbone(
@@ -119,10 +145,12 @@ class LTuningModel(nn.Module):
         """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward."""
         if not self.label_conditioned:
             return self(batch, injection=injection)
-        B, K = batch["input_ids"].shape[0], self.num_labels
+        inj = injection if injection is not None else self.injection()
+        B = batch["input_ids"].shape[0]
+        K = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]  # labels of this injection
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
-        return self(rows, label_ids, injection=injection).view(B, K)
+        return self(rows, label_ids, injection=inj).view(B, K)
 
     def loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, label_ids: torch.Tensor | None = None,
              targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,9 +165,22 @@ class LTuningModel(nn.Module):
         enc = self.backbone.tokenize(texts, self.config.max_length)
         return {k: v.to(self.backbone.device) for k, v in enc.items()}
 
+    #: Token budget of one prediction forward on CPU (rows x padded length). On CPU, per-row time grows
+    #: with the batch once activations outgrow the caches (MiniLM, K=16: 1024 rows of ~40 tokens ran 1.5-2x
+    #: slower per row than 64 rows; benchmarks/speed.py). On a GPU all rows of a batch go in one forward.
+    cpu_max_tokens: int = 2048
+
     @torch.inference_mode()
-    def score_texts(self, texts: Texts, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """(N, K) label scores for N texts. Texts are sorted by length and padded per batch."""
+    def score_texts(self, texts: Texts, batch_size: int = 64, progress: bool = False,
+                    max_tokens: int | None = None, injection: Injection | None = None) -> torch.Tensor:
+        """(N, K) label scores for N texts (A.4).
+
+        The K label prefixes / prompts are computed once (cached while the adapter is unchanged, see
+        :meth:`injection`; or pass ``injection``, e.g. for other label texts). Texts are sorted by length,
+        tokenized ``batch_size`` at a time and padded per forward; a forward runs the K (text, label) rows
+        of as many texts as fit ``max_tokens`` rows x padded tokens (default: :attr:`cpu_max_tokens` on
+        CPU, no limit on a GPU). The scores do not depend on the batching.
+        """
         from tqdm.auto import tqdm
 
         texts = list(texts)
@@ -149,16 +190,37 @@ class LTuningModel(nn.Module):
                 raise DataError(f"text {i} is empty or not a string: {t!r}")
         was_training = self.training
         self.eval()
-        inj = self.injection()  # computed once for all batches
-        order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
-        out = torch.empty(len(texts), self.num_labels)
         try:
+            inj = injection if injection is not None else self.injection()  # once for all batches
+            groups = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]
+            K = groups if self.label_conditioned else self.num_labels
+            rows_per_text = groups if self.label_conditioned else 1
+            if max_tokens is None and self.backbone.device.type == "cpu":
+                max_tokens = self.cpu_max_tokens
+            order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+            out = torch.empty(len(texts), K)
             for s in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="scoring", unit="batch"):
                 idx = order[s:s + batch_size]
-                scores = self.class_scores(self.tokenize([texts[i] for i in idx]), injection=inj)
-                out[idx] = scores.float().cpu()
+                enc = self.tokenize([texts[i] for i in idx])
+                real = enc["attention_mask"].bool()
+                lengths = real.sum(-1).tolist()
+                by_len = sorted(range(len(idx)), key=lengths.__getitem__)
+                i = 0
+                while i < len(by_len):
+                    j = i + 1 if max_tokens is not None else len(by_len)
+                    # greedy: texts i..j-1 (ascending length) while rows x longest text fits the budget
+                    while j < len(by_len) and rows_per_text * (j + 1 - i) * lengths[by_len[j]] <= max_tokens:
+                        j += 1
+                    rows = torch.tensor(by_len[i:j], device=real.device)
+                    n = int(real.index_select(0, rows).any(0).nonzero().max()) + 1  # drop all-padding columns
+                    chunk = {k: v.index_select(0, rows)[:, :n] if v.dim() == 2 else v.index_select(0, rows)
+                             for k, v in enc.items()}
+                    scores = self.class_scores(chunk, injection=inj)
+                    out[[idx[r] for r in by_len[i:j]]] = scores.float().cpu()
+                    i = j
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return out
 
     def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
