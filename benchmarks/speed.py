@@ -334,16 +334,17 @@ def memory_worker(name: str, variant: str, steps: int, batch_size: int, max_leng
     rss_loaded = _rss_kb()
     for _ in range(steps):
         fn()
-    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "rss_after_load_kb": rss_loaded}))
+    print(json.dumps({"maxrss_kb": _rss_kb("VmHWM"), "rss_after_load_kb": rss_loaded}))
 
 
-def _rss_kb() -> int:
+def _rss_kb(key: str = "VmRSS") -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, in KiB. Not getrusage's ru_maxrss: on Linux it
+    survives fork + exec, so a child started by a large parent reports the parent's peak."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def bench_memory(name: str, args, peft_py: Path | None) -> dict:
@@ -493,6 +494,8 @@ def markdown(results: dict) -> str:
              "inflated and noisy. Every ratio compares two variants timed interleaved in the same run (medians "
              "over repeats, order reversed every other repeat); the CPU-time ratio beside it (process CPU time "
              "of the same calls) is less sensitive to the other jobs.", ""]
+    for u in results.get("updates", []):
+        lines[-1:-1] = [f"Sections re-run later with `{u['command']}` (load average {u['load']}).", ""]
     r, rc = results["ratios"], results["ratios_cpu"]
     goals = {"lt_prefix_over_prefix": "<= 1.05", "lt_prompt_over_prompt": "<= 1.05", "lt_prefix_over_floor": "<= 1.15",
              "lt_prefix_over_peft_prefix": "<= 1.0", "pipeline_over_predict_k4": ">= 3",
@@ -520,28 +523,38 @@ def markdown(results: dict) -> str:
         lines.append("")
     for name, mem in results.get("memory", {}).items():
         fl = mem.get("floor", {}).get("maxrss_kb")
-        lines += [f"Peak RSS of 5 training steps, {name} (each in a fresh process; RSS after loading in brackets):",
-                  "", "| variant | peak RSS (MiB) | / floor |", "|---|---|---|"]
+        fd = (mem["floor"]["maxrss_kb"] - mem["floor"]["rss_after_load_kb"]) if fl else None
+        lines += [f"Peak RSS of 5 training steps, {name}, each variant in a fresh process (peft-prefix: in its "
+                  "own venv's process, which loads less before training, so compare its growth over the RSS "
+                  "after loading):", "",
+                  "| variant | peak RSS (MiB) | / floor | RSS after loading (MiB) | growth (MiB) | growth / floor's |",
+                  "|---|---|---|---|---|---|"]
         for k, v in mem.items():
             if "maxrss_kb" in v:
-                lines.append(f"| {k} | {v['maxrss_kb'] / 1024:.0f} ({v['rss_after_load_kb'] / 1024:.0f}) | "
-                             f"{fmt(v['maxrss_kb'] / fl if fl else None, '.2f')} |")
+                g = v["maxrss_kb"] - v["rss_after_load_kb"]
+                lines.append(f"| {k} | {v['maxrss_kb'] / 1024:.0f} | {fmt(v['maxrss_kb'] / fl if fl else None, '.2f')} "
+                             f"| {v['rss_after_load_kb'] / 1024:.0f} | {g / 1024:.0f} | "
+                             f"{fmt(g / fd if fd else None, '.2f')} |")
         lines.append("")
     for name, pr in results.get("predict", {}).items():
         lines += [f"Prediction, {name}, LT-prefix, argmax over K labels, {pr['texts']} validation texts, batch 64 "
                   f"(naive: {pr['naive_texts']} texts, one (text, label) pair per forward). Texts per second "
                   "(wall):", "",
-                  "| K | ours | naive | pipeline | ours / naive | ours / pipeline |", "|---|---|---|---|---|---|"]
+                  "| K | ours | naive | pipeline | ours / naive | ours / pipeline | ours, bf16 autocast | bf16 / pipeline |",
+                  "|---|---|---|---|---|---|---|---|"]
         for K, row in pr["by_k"].items():
             o = row.get("ours", {}).get("texts_per_s")
             nv = row.get("naive", {}).get("texts_per_s")
             pp = row.get("pipeline", {}).get("texts_per_s")
+            ob = row.get("ours_bf16", {}).get("texts_per_s")
             lines.append(f"| {K} | {fmt(o, '.1f')} | {fmt(nv, '.1f')} | {fmt(pp, '.1f')} | "
-                         f"{fmt(o / nv if o and nv else None, '.1f')} | {fmt(o / pp if o and pp else None, '.2f')} |")
+                         f"{fmt(o / nv if o and nv else None, '.1f')} | {fmt(o / pp if o and pp else None, '.2f')} | "
+                         f"{fmt(ob, '.1f')} | {fmt(ob / pp if ob and pp else None, '.2f')} |")
         lines += ["", f"Against text length (K = {pr['by_length_k']}, texts truncated at L tokens): " + ", ".join(
             f"L={L}: {v['texts_per_s']:.1f} texts/s" for L, v in pr["by_length"].items()), ""]
-    if results.get("notes"):
-        lines += [results["notes"], ""]
+    notes = Path(__file__).with_name("speed_notes.md")
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -577,6 +590,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md",
                     help="file whose '## Speed' section is replaced ('' to skip)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the sections of an existing --out file that this run skips")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only rewrite the markdown section from a results file (no timing)")
     ap.add_argument("--memory-worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -584,15 +601,25 @@ def main(argv: list[str] | None = None) -> None:
         memory_worker(*args.memory_worker, steps=5, batch_size=args.batch_size, max_length=args.max_length,
                       threads=args.threads)
         return
+    if args.render:
+        write_markdown(args.markdown, markdown(json.loads(args.render.read_text())))
+        return
     if args.quick:
         args.repeats, args.predict_repeats, args.predict_texts = 3, 2, 64
     args.ks = [int(k) for k in args.ks.split(",")]
     args.lengths = [int(x) for x in args.lengths.split(",")]
     skip = set(filter(None, args.skip.split(",")))
-    results: dict = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                     "machine": machine_info(args.threads), "load_start": loadavg(), "settings": {
-                         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    results["command"] = results["command"].strip()
+    command = ("python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    results: dict = {"command": command, "machine": machine_info(args.threads), "load_start": loadavg(),
+                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if args.update and args.out.exists():
+        old = json.loads(args.out.read_text())
+        for key in ("train", "memory", "predict"):
+            if key in skip and key in old:
+                results[key] = old[key]
+        results["command"] = old.get("command", command)
+        results["load_start"] = old.get("load_start")
+        results["updates"] = old.get("updates", []) + [{"command": command, "load": loadavg()}]
     peft_py = peft_python()
     results["peft_python"] = str(peft_py) if peft_py else None
     if peft_py is None:

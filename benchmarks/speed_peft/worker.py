@@ -23,12 +23,13 @@ import sys
 import time
 
 
-def rss_kb() -> int:
+def rss_kb(key: str = "VmRSS") -> int:
+    """VmRSS (now) or VmHWM (peak), KiB; not ru_maxrss, which survives fork + exec from a large parent."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def main() -> None:
@@ -81,7 +82,7 @@ def main() -> None:
         elif cmd == "memory":
             for _ in range(int(msg.get("steps", 5))):
                 step()
-            out.write(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            out.write(json.dumps({"maxrss_kb": rss_kb("VmHWM"),
                                   "rss_after_load_kb": state["rss_loaded"]}) + "\n")
         else:
             out.write(json.dumps({"error": f"unknown command {cmd!r}"}) + "\n")
