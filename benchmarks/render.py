@@ -185,17 +185,17 @@ def plots(runs) -> list[str]:
     FIG_DIR.mkdir(parents=True, exist_ok=True)
     cells = by_cell(runs)
     written = []
-    for backbone in common.PROTOCOL:
+    for backbone, task in [(b, t) for t in ("cola", "sst2") for b in common.PROTOCOL]:
         pairs = [("prompt", "lt-prompt"), ("prefix", "lt-prefix")]
-        if not any(cells.get((backbone, "cola", m)) for pr in pairs for m in pr):
+        if not any(cells.get((backbone, task, m)) for pr in pairs for m in pr):
             continue
-        maj = next((r["majority_accuracy"] for r in runs if r["backbone"] == backbone and r["task"] == "cola"
+        maj = next((r["majority_accuracy"] for r in runs if r["backbone"] == backbone and r["task"] == task
                     and r.get("majority_accuracy")), None)
         metrics = [("loss", "validation loss"), ("accuracy", "validation accuracy"), ("mcc", "validation MCC")]
         fig, axes = plt.subplots(3, 2, figsize=(10, 9.5), sharex=True)
         for col, pr in enumerate(pairs):
             for method, style in zip(pr, ("--", "-"), strict=True):
-                for r in sorted(cells.get((backbone, "cola", method), []), key=lambda r: r["seed"]):
+                for r in sorted(cells.get((backbone, task, method), []), key=lambda r: r["seed"]):
                     if not r.get("curve"):
                         continue
                     steps = [c["step"] for c in r["curve"]]
@@ -213,10 +213,10 @@ def plots(runs) -> list[str]:
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=7)
             axes[2][col].set_xlabel("training step")
-        fig.suptitle(f"Figure 2 (reproduction): CoLA validation, {backbone}. LT loss = pair BCE; classic loss = "
+        fig.suptitle(f"Figure 2 (reproduction): {task} validation, {backbone}. LT loss = pair BCE; classic loss = "
                      "K-way CE (different scales)", fontsize=9)
         fig.tight_layout()
-        out = FIG_DIR / f"figure2-{backbone}-cola.png"
+        out = FIG_DIR / f"figure2-{backbone}-{task}.png"
         fig.savefig(out, dpi=110)
         plt.close(fig)
         written.append(out)
