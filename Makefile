@@ -35,7 +35,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
 lint: setup
-	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests benchmarks
+	$(BIN)/pip install -q ruff==0.17.6 && $(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

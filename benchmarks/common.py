@@ -7,7 +7,9 @@ own venv with transformers 4.57.1 and peft) can use it too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -126,3 +128,57 @@ def write_result(path: Path, payload: dict) -> None:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def ltuning_metrics():
+    """``src/ltuning/metrics.py`` loaded by path: the same metric code for our runs and for the peers,
+    whose venv cannot import ltuning (it pins transformers 4.x)."""
+    spec = importlib.util.spec_from_file_location("_ltuning_metrics", ROOT / "src" / "ltuning" / "metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def logits_metrics(logits, labels, num_labels: int) -> dict:
+    """Validation metrics of a K-way head: accuracy, MCC, macro-F1, confusion matrix, cross-entropy loss."""
+    import torch.nn.functional as F
+
+    m = ltuning_metrics().classification_metrics(logits.argmax(-1).tolist(), labels.tolist(), num_labels)
+    m["loss"] = F.cross_entropy(logits, labels).item()
+    return m
+
+
+class RunTracker:
+    """Validation curve and best evaluation (highest accuracy, ties: lower loss) of one benchmark run,
+    and the result record every Table 1 runner writes."""
+
+    def __init__(self):
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_step = 0
+        self._best_key = (-math.inf, -math.inf)
+        self.start = time.perf_counter()
+
+    def record(self, step: int, m: dict, train_loss: float) -> None:
+        self.history.append({"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
+                             "macro_f1": m["macro_f1"], "train_loss": train_loss,
+                             "elapsed_seconds": time.perf_counter() - self.start})
+        print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
+        if (m["accuracy"], -m["loss"]) > self._best_key:
+            self._best_key, self.best, self.best_step = (m["accuracy"], -m["loss"]), m, step
+
+    def result(self, val_labels, num_labels: int, trainable: int, build_s: float, step_s: float,
+               config: dict) -> dict:
+        loop_s = time.perf_counter() - self.start
+        counts = [list(val_labels).count(k) for k in range(num_labels)]
+        best = self.best
+        return {
+            "accuracy": best["accuracy"], "mcc": best["mcc"], "macro_f1": best["macro_f1"],
+            "validation_loss": best["loss"], "best_step": self.best_step, "final": self.history[-1],
+            "majority_accuracy": max(counts) / len(val_labels), "num_validation": len(val_labels),
+            "confusion_matrix": best["confusion_matrix"], "trainable_params": trainable,
+            "seconds": build_s + loop_s,
+            "timings": {"build_seconds": build_s, "train_loop_seconds": loop_s, "train_step_seconds": step_s},
+            "curve": self.history,
+            "config": config,
+        }

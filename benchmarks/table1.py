@@ -13,7 +13,6 @@ The protocol (steps, batch, lr, validation rows) is common.PROTOCOL; BENCHMARKS.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -88,17 +87,6 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
 
 
 # ----------------------------------------------------------------------------- in-process peers
-def _metrics(logits, labels, K):
-    import torch.nn.functional as F
-
-    from ltuning.evaluate import classification_metrics
-
-    preds = logits.argmax(-1).tolist()
-    m = classification_metrics(preds, labels.tolist(), K)
-    m["loss"] = F.cross_entropy(logits, labels).item()
-    return m
-
-
 def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) -> dict:
     """linear-probe: Linear(d, K) on the frozen pooled vector (same pooling as our methods).
     full-finetune: every backbone weight + Linear(d, K), AdamW lr 2e-5 (minilm only)."""
@@ -144,11 +132,10 @@ def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) 
             for s in range(0, len(vt), 64):
                 b = idx[s:s + 64]
                 logits[b] = head(pooled([vt[i] for i in b], False))
-        return _metrics(logits, torch.as_tensor(val.labels), K)
+        return common.logits_metrics(logits, torch.as_tensor(val.labels), K)
 
     build_s = time.perf_counter() - t0
-    start = time.perf_counter()
-    history, best, best_key, best_step, running, step_s = [], None, (-math.inf, -math.inf), 0, 0.0, 0.0
+    tracker, running, step_s = common.RunTracker(), 0.0, 0.0
     for step in range(1, p["steps"] + 1):
         ts = time.perf_counter()
         if pos + p["batch_size"] > len(order):
@@ -164,29 +151,13 @@ def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) 
         step_s += time.perf_counter() - ts
         running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
         if step % p["eval_every"] == 0 or step == p["steps"]:
-            m = evaluate()
-            row = {"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
-                   "macro_f1": m["macro_f1"], "train_loss": running, "elapsed_seconds": time.perf_counter() - start}
-            history.append(row)
-            print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
-            if (m["accuracy"], -m["loss"]) > best_key:
-                best_key, best, best_step = (m["accuracy"], -m["loss"]), m, step
-    loop_s = time.perf_counter() - start
+            tracker.record(step, evaluate(), running)
     n_train = sum(q.numel() for q in params)
-    counts = [val.labels.count(k) for k in range(K)]
     if method == "full-finetune":
         del bb
-    return {
-        "accuracy": best["accuracy"], "mcc": best["mcc"], "macro_f1": best["macro_f1"],
-        "validation_loss": best["loss"], "best_step": best_step, "final": history[-1],
-        "majority_accuracy": max(counts) / len(val), "num_validation": len(val),
-        "confusion_matrix": best["confusion_matrix"], "trainable_params": n_train,
-        "seconds": loop_s + build_s,
-        "timings": {"build_seconds": build_s, "train_loop_seconds": loop_s, "train_step_seconds": step_s},
-        "curve": history,
-        "config": {"head": f"Linear(d, {K}) with bias, K-way cross-entropy",
-                   "protocol": protocol_record(backbone, task, method, seed, lr, val)},
-    }
+    return tracker.result(val.labels, K, n_train, build_s, step_s,
+                          {"head": f"Linear(d, {K}) with bias, K-way cross-entropy",
+                           "protocol": protocol_record(backbone, task, method, seed, lr, val)})
 
 
 def _locked(lock: Path) -> bool:

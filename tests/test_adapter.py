@@ -63,9 +63,8 @@ def test_adapter_holds_only_trainable_weights(saved):
 
 
 def test_loading_onto_a_different_backbone_names_the_fingerprint(saved):
-    from transformers import BertConfig, BertModel
-
     from conftest import make_tokenizer
+    from transformers import BertConfig, BertModel
 
     _, _, path = saved
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,

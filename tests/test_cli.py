@@ -20,9 +20,8 @@ VALID = [("a great film", "positive"), ("terrible story", "negative"), ("really 
 
 
 def save_tiny_bert(folder: Path, layers: int = 2) -> Path:
-    from transformers import BertConfig, BertModel
-
     from conftest import make_tokenizer
+    from transformers import BertConfig, BertModel
 
     cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=64)
@@ -94,7 +93,7 @@ def test_train_evaluate_predict_params(models, files, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     expected = load_adapter(out).predict(texts)
     assert len(lines) == 3
-    for line, text, label in zip(lines, texts, expected):
+    for line, text, label in zip(lines, texts, expected, strict=False):
         got_label, prob, got_text = line.split("\t")
         assert (got_label, got_text) == (label, text)
         assert 0.5 <= float(prob) <= 1.0

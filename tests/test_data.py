@@ -75,7 +75,7 @@ def write(path: Path, rows: list[dict] | list[list], fmt: str) -> Path:
 def table(tmp_path: Path, fmt: str, rows=ROWS, header=("text", "label")) -> Path:
     p = tmp_path / f"data.{fmt}"
     if fmt == "jsonl":
-        return write(p, [dict(zip(header, r)) for r in rows], fmt)
+        return write(p, [dict(zip(header, r, strict=False)) for r in rows], fmt)
     return write(p, [list(header), *map(list, rows)], fmt)
 
 

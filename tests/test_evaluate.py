@@ -77,10 +77,10 @@ def test_label_conditioned_loss_is_mean_pair_bce():
     ([0, 1, 0, 1], [1, 0, 1, 0]),  # all wrong: -1
 ])
 def test_binary_mcc_is_the_textbook_formula(preds, labels):
-    tp = sum(p == 1 and y == 1 for p, y in zip(preds, labels))
-    tn = sum(p == 0 and y == 0 for p, y in zip(preds, labels))
-    fp = sum(p == 1 and y == 0 for p, y in zip(preds, labels))
-    fn = sum(p == 0 and y == 1 for p, y in zip(preds, labels))
+    tp = sum(p == 1 and y == 1 for p, y in zip(preds, labels, strict=False))
+    tn = sum(p == 0 and y == 0 for p, y in zip(preds, labels, strict=False))
+    fp = sum(p == 1 and y == 0 for p, y in zip(preds, labels, strict=False))
+    fn = sum(p == 0 and y == 1 for p, y in zip(preds, labels, strict=False))
     textbook = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert matthews_corrcoef(confusion_matrix(preds, labels, 2)) == pytest.approx(textbook)
 

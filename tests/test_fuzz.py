@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -103,12 +102,12 @@ def test_label_texts_fuzz(spec, names):
 # ---------------------------------------------------------------------- adapters
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
+    from conftest import tiny_bert
+
     from ltuning.adapter import save_adapter
     from ltuning.backbones import Backbone
     from ltuning.config import LTuningConfig
     from ltuning.model import LTuningModel
-
-    from conftest import tiny_bert
 
     m, tok = tiny_bert()
     backbone = Backbone(m, tok, "tiny")
@@ -188,7 +187,7 @@ def test_adapter_loader_fuzz(adapter, tmp_path_factory, mutation):
 
         (folder / "w.safetensors").write_bytes(weights)
         state = load_file(str(folder / "w.safetensors"))
-        state = {k: torch.zeros(*[max(1, s + d - 2) for s, d in zip(v.shape, arg)]) for k, v in state.items()}
+        state = {k: torch.zeros(*[max(1, s + d - 2) for s, d in zip(v.shape, arg, strict=False)]) for k, v in state.items()}
         save_file(state, str(folder / "w.safetensors"))
         weights = (folder / "w.safetensors").read_bytes()
     (folder / "adapter_model.safetensors").write_bytes(weights)

@@ -34,7 +34,7 @@ def test_half_true_half_false_and_never_a_false_label_equal_to_the_truth(K):
         assert torch.equal(pb.label_ids[pos], pb.labels[pos])
         assert (pb.label_ids[neg] != pb.labels[neg]).all()
         assert ((pb.label_ids >= 0) & (pb.label_ids < K)).all()
-        for y, j in zip(pb.labels[neg].tolist(), pb.label_ids[neg].tolist()):
+        for y, j in zip(pb.labels[neg].tolist(), pb.label_ids[neg].tolist(), strict=False):
             wrong_seen[y, j] += 1
     # every wrong label of every class is drawn (uniform over the K - 1 wrong ones), never the true one
     off_diagonal = ~torch.eye(K, dtype=torch.bool)
@@ -64,8 +64,8 @@ def test_same_seed_same_batches_other_seed_other_batches():
     batches_a = [a.next() for _ in range(30)]
     batches_b = [b.next() for _ in range(30)]
     batches_c = [c.next() for _ in range(30)]
-    assert all(same(x, y) for x, y in zip(batches_a, batches_b))
-    assert not all(same(x, y) for x, y in zip(batches_a, batches_c))
+    assert all(same(x, y) for x, y in zip(batches_a, batches_b, strict=False))
+    assert not all(same(x, y) for x, y in zip(batches_a, batches_c, strict=False))
 
 
 @pytest.mark.parametrize("stop", [0, 3, 7, 13])  # 7 batches of 8 = one epoch of 57 texts: resume across it
@@ -80,7 +80,7 @@ def test_state_dict_round_trip_resumes_identically(stop):
     resumed = PairSampler(labels, 5, 8, seed=0)  # a different seed, replaced by the state's
     resumed.load_state_dict(dict(state))
     got = [resumed.next() for _ in range(20)]
-    assert all(same(x, y) for x, y in zip(expected, got))
+    assert all(same(x, y) for x, y in zip(expected, got, strict=False))
     assert resumed.state_dict() == ref.state_dict()
 
 

@@ -75,7 +75,7 @@ def test_decoder_prefix_is_the_same_for_left_and_right_padding(llama):
     right_ids, right_mask = right_pad(rows, tok.pad_token_id)
     n = right_ids.shape[1]
     left_ids = torch.stack([torch.cat([r[m.bool()].new_full((n - int(m.sum()),), tok.pad_token_id), r[m.bool()]])
-                            for r, m in zip(right_ids, right_mask)])
+                            for r, m in zip(right_ids, right_mask, strict=False)])
     left_mask = right_mask.flip(-1)
     with torch.no_grad():
         a = llama(right_ids, right_mask, prefix=prefix)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
 
 from ltuning.adapter import WEIGHTS_NAME
 from ltuning.checkpoint import list_checkpoints, load_checkpoint
 from ltuning.cli import main
-from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,13 +201,13 @@ def test_nan_loss_skipped_with_flag(setup, tmp_path, nan_at):
 
 def test_nan_step_leaves_weights_untouched(nan_at, monkeypatch):
     """API level: the NaN step raises before the optimizer applies it."""
+    from conftest import tiny_bert
+
     from ltuning.backbones import Backbone
     from ltuning.config import LTuningConfig
     from ltuning.data import TextDataset
     from ltuning.model import LTuningModel
     from ltuning.train import NonFiniteLossError, TrainArgs, train
-
-    from conftest import tiny_bert
 
     m, tok = tiny_bert()
     model = LTuningModel(Backbone(m, tok, "tiny"), LTuningConfig(method="lt-prompt", label_names=["negative", "positive"]))

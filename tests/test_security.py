@@ -29,11 +29,11 @@ class Evil:
 
 @pytest.fixture
 def model():
+    from conftest import tiny_bert
+
     from ltuning.backbones import Backbone
     from ltuning.config import LTuningConfig
     from ltuning.model import LTuningModel
-
-    from conftest import tiny_bert
 
     m, tok = tiny_bert()
     return LTuningModel(Backbone(m, tok, "tiny"), LTuningConfig(method="lt-prompt", label_names=["neg", "pos"]))

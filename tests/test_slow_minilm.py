@@ -55,3 +55,30 @@ def test_minilm_lt_prefix_demo(tmp_path):
     assert loaded.predict(texts) == model.predict(texts)
     # loading by name (the adapter's base_model) gives the same scores too
     assert torch.equal(load_adapter(tmp_path / "adapter").score_texts(texts), scores)
+
+
+def test_demo_defaults_learn():
+    """The README's demo settings (default lt-prefix config and label texts on minilm) learn: a short run
+    ends clearly above the majority class. Guards the defaults themselves (pooling, prefix pooling,
+    learning rate): with the BERT pooler instead of the model's mean pooling this run stayed at majority."""
+    from ltuning.backbones import load_backbone
+    from ltuning.config import LTuningConfig, TextPooling
+    from ltuning.data import get_task, read_demo
+    from ltuning.model import LTuningModel
+    from ltuning.train import TrainArgs, train
+
+    try:
+        backbone = load_backbone("minilm")
+        train_data = read_demo("train").subset(3000, seed=0)
+        val_data = read_demo("validation").subset(300, seed=0)
+    except Exception as e:  # packaged model or data not installed here
+        pytest.skip(f"packaged minilm / demo data unavailable: {e}")
+    task = get_task("demo")
+    model = LTuningModel(backbone, LTuningConfig(method="lt-prefix", base_model="minilm",
+                                                 label_names=task.label_names, label_texts=task.label_texts))
+    assert model.pooling == TextPooling.MEAN  # read from the sentence-transformers folder
+    result = train(model, train_data, val_data,
+                   TrainArgs(max_steps=200, batch_size=16, eval_every=100, progress=False, seed=0))
+    counts = [val_data.labels.count(k) for k in range(2)]
+    majority = max(counts) / len(val_data)
+    assert result.best_metrics["accuracy"] >= majority + 0.1, (result.best_metrics, majority)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import math
 import os
 import sys
 import time
@@ -69,7 +68,6 @@ def model_path(backbone: str) -> str:
 
 def run(backbone: str, task: str, method: str, seed: int) -> dict:
     import torch
-    import torch.nn.functional as F
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -126,18 +124,11 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
                 b = idx[s:s + 64]
                 logits[b] = model(**encode([val_texts[i] for i in b])).logits.float()
         model.train()
-        y = torch.as_tensor(val_labels)
-        preds = logits.argmax(-1)
-        cm = [[0] * K for _ in range(K)]
-        for t, q in zip(y.tolist(), preds.tolist(), strict=True):
-            cm[t][q] += 1
-        return {"accuracy": (preds == y).float().mean().item(), "mcc": mcc(cm), "macro_f1": macro_f1(cm),
-                "loss": F.cross_entropy(logits, y).item(), "confusion_matrix": cm}
+        return common.logits_metrics(logits, torch.as_tensor(val_labels), K)
 
     build_s = time.perf_counter() - t0
-    start = time.perf_counter()
     model.train()
-    history, best, best_key, best_step, running, step_s = [], None, (-math.inf, -math.inf), 0, 0.0, 0.0
+    tracker, running, step_s = common.RunTracker(), 0.0, 0.0
     for step in range(1, p["steps"] + 1):
         ts = time.perf_counter()
         if pos + p["batch_size"] > len(order):
@@ -152,54 +143,17 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
         step_s += time.perf_counter() - ts
         running = out.loss.item() if step == 1 else 0.9 * running + 0.1 * out.loss.item()
         if step % p["eval_every"] == 0 or step == p["steps"]:
-            m = evaluate()
-            history.append({"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
-                            "macro_f1": m["macro_f1"], "train_loss": running,
-                            "elapsed_seconds": time.perf_counter() - start})
-            print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
-            if (m["accuracy"], -m["loss"]) > best_key:
-                best_key, best, best_step = (m["accuracy"], -m["loss"]), m, step
-    loop_s = time.perf_counter() - start
-    counts = [val_labels.count(k) for k in range(K)]
-    return {
-        "accuracy": best["accuracy"], "mcc": best["mcc"], "macro_f1": best["macro_f1"],
-        "validation_loss": best["loss"], "best_step": best_step, "final": history[-1],
-        "majority_accuracy": max(counts) / len(val_labels), "num_validation": len(val_labels),
-        "confusion_matrix": best["confusion_matrix"], "trainable_params": trainable,
-        "seconds": build_s + loop_s,
-        "timings": {"build_seconds": build_s, "train_loop_seconds": loop_s, "train_step_seconds": step_s},
-        "curve": history,
-        "config": {"peft": {k: (v.value if hasattr(v, "value") else v) for k, v in cfg.to_dict().items()
-                            if isinstance(v, (str, int, float, bool, type(None))) or hasattr(v, "value")},
-                   "head": f"{type(model.get_base_model()).__name__} (standard K-way head, peft modules_to_save)",
-                   "protocol": {"steps": p["steps"], "batch_size": p["batch_size"], "eval_every": p["eval_every"],
-                                "learning_rate": lr, "seed": seed, "max_length": common.MAX_LENGTH,
-                                "validation": {"split": "validation", "rows": len(val_labels),
-                                               "subsample": p["max_validation"],
-                                               "subsample_seed": 0 if p["max_validation"] else None},
-                                "checkpoint": "best validation accuracy over the evaluations (ties: lower loss)"}},
-    }
-
-
-def mcc(cm):
-    K = len(cm)
-    t = [sum(cm[k]) for k in range(K)]
-    p = [sum(cm[i][k] for i in range(K)) for k in range(K)]
-    c = sum(cm[k][k] for k in range(K))
-    s = sum(t)
-    num = c * s - sum(a * b for a, b in zip(p, t, strict=True))
-    den = math.sqrt(s * s - sum(a * a for a in p)) * math.sqrt(s * s - sum(b * b for b in t))
-    return num / den if den else 0.0
-
-
-def macro_f1(cm):
-    K, out = len(cm), []
-    for k in range(K):
-        tp = cm[k][k]
-        fp = sum(cm[i][k] for i in range(K)) - tp
-        fn = sum(cm[k]) - tp
-        out.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return sum(out) / K
+            tracker.record(step, evaluate(), running)
+    config = {"peft": {k: (v.value if hasattr(v, "value") else v) for k, v in cfg.to_dict().items()
+                       if isinstance(v, (str, int, float, bool, type(None))) or hasattr(v, "value")},
+              "head": f"{type(model.get_base_model()).__name__} (standard K-way head, peft modules_to_save)",
+              "protocol": {"steps": p["steps"], "batch_size": p["batch_size"], "eval_every": p["eval_every"],
+                           "learning_rate": lr, "seed": seed, "max_length": common.MAX_LENGTH,
+                           "validation": {"split": "validation", "rows": len(val_labels),
+                                          "subsample": p["max_validation"],
+                                          "subsample_seed": 0 if p["max_validation"] else None},
+                           "checkpoint": "best validation accuracy over the evaluations (ties: lower loss)"}}
+    return tracker.result(val_labels, K, trainable, build_s, step_s, config)
 
 
 def main(argv=None) -> int:

@@ -191,6 +191,7 @@ class Backbone(nn.Module):
         self.name = name
         self.family = FAMILIES[model_type]
         self.dims = read_dims(model.config)
+        self.native_pooling = sentence_transformers_pooling(getattr(model.config, "_name_or_path", ""))
         self.fingerprint = config_fingerprint(model.config)
         self.model.requires_grad_(False)
         self.model.eval()
@@ -262,6 +263,8 @@ class Backbone(nn.Module):
             return pooling
         if self.kind == "decoder":
             return TextPooling.LAST
+        if self.native_pooling is not None:  # a sentence encoder: the pooling it was trained with
+            return self.native_pooling
         return TextPooling.POOLER if self.has_pooler() else TextPooling.CLS
 
     # ------------------------------------------------------------------ tokens
@@ -540,6 +543,32 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling | None:
+    """The pooling a sentence-transformers model folder declares (``modules.json`` -> its Pooling module's
+    ``config.json``): ``mean`` or ``cls``; None for other folders, other modes, or anything unreadable.
+
+    Such models (all-MiniLM-L6-v2, the packaged ``minilm``) were trained to be read through that pooling;
+    their BERT pooler layer is left over from pre-training and is a poor feature for a new head.
+    """
+    try:
+        root = Path(model_dir)
+        if not root.is_dir():
+            return None
+        modules = json.loads((root / "modules.json").read_text())
+        for module in modules:
+            if str(module.get("type", "")).endswith(".Pooling"):
+                sub = (root / module.get("path", "")).resolve()
+                if root.resolve() not in (sub, *sub.parents):
+                    return None
+                cfg = json.loads((sub / "config.json").read_text())
+                modes = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+                return {"pooling_mode_mean_tokens": TextPooling.MEAN,
+                        "pooling_mode_cls_token": TextPooling.CLS}.get(modes[0]) if len(modes) == 1 else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return None
 
 
 def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
     g.add_argument("--text-pooling", choices=["auto", "pooler", "cls", "mean", "last"], default="auto",
-                   help="vector the head reads (auto: pooler/[CLS] for encoders, last token for decoders)")
+                   help="vector the head reads (auto: the pooling a sentence-transformers folder declares, e.g. mean for "
+                        "minilm; else the pooler or [CLS] for encoders, the last token for decoders)")
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
     g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
@@ -456,7 +457,7 @@ def cmd_train(args) -> int:
     say(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
           f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
           f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
-          f"{dict(zip(config.label_names, config.label_texts))}, l={config.label_length}")
+          f"{dict(zip(config.label_names, config.label_texts, strict=False))}, l={config.label_length}")
     if main_process:
         model.print_trainable_parameters()
     result = train(model, train_data, eval_data, targs)

@@ -31,7 +31,8 @@ class PrefixPooling(str, enum.Enum):
 class TextPooling(str, enum.Enum):
     """Which vector of the frozen backbone's output the head reads.
 
-    ``auto``: ``pooler`` for an encoder that has one, else ``cls``; ``last`` for decoders.
+    ``auto``: for an encoder saved by sentence-transformers, the pooling its folder declares (``mean`` or
+    ``cls``); else ``pooler`` for an encoder that has one, else ``cls``; ``last`` for decoders.
     """
 
     AUTO = "auto"
@@ -80,7 +81,7 @@ class LTuningConfig:
             )
         if len(set(self.label_names)) != len(self.label_names):
             raise ConfigError(f"label names must be unique, got {self.label_names}")
-        for name, text in zip(self.label_names, self.label_texts):
+        for name, text in zip(self.label_names, self.label_texts, strict=False):
             if not text.strip():
                 raise ConfigError(f"label {name!r} has an empty label text")
         if self.label_length is not None and self.label_length < 1:

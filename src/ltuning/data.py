@@ -376,7 +376,7 @@ def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | No
         texts = [str(v) for v in value]
     else:
         raise DataError("--label-texts must be a JSON list or object, or comma-separated texts")
-    for n, t in zip(label_names, texts):
+    for n, t in zip(label_names, texts, strict=False):
         if not t.strip():
             raise DataError(f"--label-texts: label {n!r} has an empty text")
     return texts

@@ -2,55 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from .data import TextDataset
+from .metrics import classification_metrics, confusion_matrix, macro_f1, matthews_corrcoef
 
-
-def confusion_matrix(preds: list[int], labels: list[int], num_labels: int) -> list[list[int]]:
-    """cm[true][pred] counts."""
-    cm = [[0] * num_labels for _ in range(num_labels)]
-    for p, y in zip(preds, labels):
-        cm[y][p] += 1
-    return cm
-
-
-def matthews_corrcoef(cm: list[list[int]]) -> float:
-    """Multi-class Matthews correlation (Gorodkin's R_K) from a confusion matrix; 0 when undefined."""
-    K = len(cm)
-    t = [sum(cm[k]) for k in range(K)]  # true counts
-    p = [sum(cm[i][k] for i in range(K)) for k in range(K)]  # predicted counts
-    c = sum(cm[k][k] for k in range(K))
-    s = sum(t)
-    num = c * s - sum(pk * tk for pk, tk in zip(p, t))
-    den = math.sqrt(s * s - sum(pk * pk for pk in p)) * math.sqrt(s * s - sum(tk * tk for tk in t))
-    return num / den if den else 0.0
-
-
-def macro_f1(cm: list[list[int]]) -> float:
-    K = len(cm)
-    f1s = []
-    for k in range(K):
-        tp = cm[k][k]
-        fp = sum(cm[i][k] for i in range(K)) - tp
-        fn = sum(cm[k]) - tp
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return sum(f1s) / K
-
-
-def classification_metrics(preds: list[int], labels: list[int], num_labels: int) -> dict:
-    cm = confusion_matrix(preds, labels, num_labels)
-    n = len(labels)
-    return {
-        "accuracy": sum(int(p == y) for p, y in zip(preds, labels)) / n if n else 0.0,
-        "mcc": matthews_corrcoef(cm),
-        "macro_f1": macro_f1(cm),
-        "confusion_matrix": cm,
-        "num_examples": n,
-    }
+__all__ = ["classification_metrics", "confusion_matrix", "evaluate", "macro_f1", "matthews_corrcoef", "scores_loss"]
 
 
 def scores_loss(scores: torch.Tensor, labels: torch.Tensor, label_conditioned: bool) -> float:
@@ -87,6 +45,6 @@ def format_metrics(m: dict, label_names: list[str]) -> str:
     ]
     w = max(8, *(len(n) for n in label_names)) + 1
     lines.append(" " * w + "".join(f"{n:>{w}}" for n in label_names))
-    for n, row in zip(label_names, m["confusion_matrix"]):
+    for n, row in zip(label_names, m["confusion_matrix"], strict=False):
         lines.append(f"{n:>{w}}" + "".join(f"{v:>{w}}" for v in row))
     return "\n".join(lines)

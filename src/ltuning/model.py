@@ -41,6 +41,7 @@ class LTuningModel(nn.Module):
         if config.label_length is None:
             config.label_length = backbone.label_token_length(config.label_texts)
         self.pooling = backbone.resolve_pooling(config.text_pooling)
+        config.text_pooling = self.pooling  # saved adapters name the pooling they were trained with, not "auto"
         states, mask = backbone.encode_labels(config.label_texts, config.label_length)
         # Not saved with the adapter: recomputed from the frozen backbone and the label texts.
         self.register_buffer("label_states", states, persistent=False)  # (K, l, d)

@@ -169,8 +169,13 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
     """
     from tqdm.auto import tqdm
 
-    from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
-                             set_rng_state)
+    from .checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+        set_rng_state,
+    )
 
     if train_data.label_names != model.label_names:
         raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")

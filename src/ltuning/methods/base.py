@@ -31,7 +31,8 @@ class Injection:
 
     def select(self, index: torch.Tensor) -> Injection:
         """Rows for a batch: index (B,) into the G groups."""
-        pick = (lambda t: None if t is None else t.index_select(0, index))
+        def pick(t):
+            return (None if t is None else t.index_select(0, index))
         return Injection(pick(self.prefix), pick(self.prompt), pick(self.prompt_mask))
 
 
