@@ -24,7 +24,12 @@ TABLE_DIR = RESULTS / "table1"
 GLUE_DIR = Path(os.environ.get("LTUNING_GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
 
 TASKS = ["sst2", "cola", "rte"]
-OURS = ["prefix", "prompt", "lt-prefix", "lt-prompt", "lt-prefix-softmax"]
+OURS = ["prefix", "prompt", "lt-prefix", "lt-prompt", "lt-prefix-softmax", "lt-prompt-after"]
+# Extra rows after the four paper methods: LT-prefix with the paper's softmax pooling; LT-prompt with the label
+# prompt after the text (label_position="after", decoders only: no cells on encoders).
+EXTRA_ROWS = ["lt-prefix-softmax", "lt-prompt-after"]
+DECODER_ONLY = {"lt-prompt-after"}
+DECODER_BACKBONES = {"smollm2"}
 PEERS = ["peft-prefix", "peft-prompt", "linear-probe", "full-finetune"]
 
 # The protocol. One learning rate for every method (no search): 1e-2, the library's default for all four
@@ -63,13 +68,14 @@ def cells(backbones=("minilm", "smollm2"), tasks=TASKS, methods=None, seeds=None
                 first = seed == seeds_here[0]
                 if (seed_pass == "first") != first:
                     continue
-                # the four paper methods on every task first; the extra softmax row after them
+                # the four paper methods on every task first; the extra rows after them
                 for method, task in sorted(((m, t) for t in tasks for m in methods),
-                                           key=lambda mt: (mt[0] == "lt-prefix-softmax", tasks.index(mt[1]))):
-                    if True:
-                        if method == "full-finetune" and backbone != "minilm":
-                            continue  # the ceiling: minilm only
-                        out.append((backbone, task, method, seed))
+                                           key=lambda mt: (mt[0] in EXTRA_ROWS, tasks.index(mt[1]))):
+                    if method == "full-finetune" and backbone != "minilm":
+                        continue  # the ceiling: minilm only
+                    if method in DECODER_ONLY and backbone not in DECODER_BACKBONES:
+                        continue
+                    out.append((backbone, task, method, seed))
     return out
 
 

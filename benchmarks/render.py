@@ -26,6 +26,7 @@ FIG_DIR = common.RESULTS / "figures"
 METHOD_ORDER = common.OURS + common.PEERS
 PAPER_NAMES = {"prefix": "Prefix", "prompt": "Prompt", "lt-prefix": "LT-prefix", "lt-prompt": "LT-prompt",
                "lt-prefix-softmax": "LT-prefix (softmax pooling, paper A.5)",
+               "lt-prompt-after": "LT-prompt, text first and label after (decoders)",
                "peft-prefix": "peft prefix tuning", "peft-prompt": "peft prompt tuning",
                "linear-probe": "linear probe (frozen)", "full-finetune": "full fine-tuning (ceiling)"}
 

@@ -57,12 +57,14 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
     from ltuning.data import get_task
 
     t = get_task(task)
-    real_method, pooling = ("lt-prefix", "softmax") if method == "lt-prefix-softmax" else (method, "raw")
+    real_method, pooling, position = {"lt-prefix-softmax": ("lt-prefix", "softmax", "before"),
+                                      "lt-prompt-after": ("lt-prompt", "raw", "after")}.get(method,
+                                                                                              (method, "raw", "before"))
     set_seed(seed)
     t0 = time.perf_counter()
     cfg = LTuningConfig(method=real_method, base_model=backbone, label_names=t.label_names,
                         label_texts=t.label_texts, prefix_pooling=pooling, text_pooling=p["text_pooling"],
-                        max_length=common.MAX_LENGTH)
+                        max_length=common.MAX_LENGTH, label_position=position)
     model = LTuningModel(backbone_obj, cfg)
     build_s = time.perf_counter() - t0
     args = TrainArgs(max_steps=p["steps"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],

@@ -187,10 +187,7 @@ def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_text
         for s in range(0, len(texts), batch_size):
             idx = order[s:s + batch_size]
             batch = model.tokenize([texts[i] for i in idx])
-            B = len(idx)
-            rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K', n)
-            label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K',)
-            out[idx] = model(rows, label_ids, injection=inj).view(B, K).float().cpu()
+            out[idx] = model.class_scores(batch, injection=inj).float().cpu()  # B*K' rows, or shared texts
     finally:
         model.train(was_training)
     return out

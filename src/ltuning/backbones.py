@@ -349,12 +349,14 @@ class Backbone(nn.Module):
         prompt: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
+        prompt_after: bool = False,
     ):
         """Run the frozen model with a prefix or a prompt.
 
         Args: as :meth:`forward`.
         Returns: (model output, hidden (B, n', d), mask (B, n')) where rows are right-padded: real tokens
-            first in their order (with the prompt after the leading special token), padding last.
+            first in their order (with the prompt after the leading special token, or after the whole text
+            with ``prompt_after``), padding last.
             n' = n (+ l with a prompt). With right-padded input and no prompt, row positions are unchanged.
         """
         if prefix is not None and prompt is not None:
@@ -373,11 +375,19 @@ class Backbone(nn.Module):
                 )
             if prompt_mask is None:
                 prompt_mask = attention_mask.new_ones(B, lp)
-            # Sort keys: the first k real text tokens, then the prompt, then the rest of the text.
-            k = self.num_leading_special
             rank = attention_mask.long().cumsum(-1) - 1  # rank of each real text token
-            text_key = torch.where(rank < k, rank, rank + lp)
-            prompt_key = k + torch.arange(lp, device=device).expand(B, lp)
+            if prompt_after:
+                # Sort keys: the whole text, then the prompt (label_position="after", decoders only).
+                if self.kind != "decoder":
+                    raise ConfigError(f"{self.name} is an encoder: a prompt after the text is only for decoders, "
+                                      "whose causal attention keeps the text's states independent of it")
+                text_key = rank
+                prompt_key = n + torch.arange(lp, device=device).expand(B, lp)
+            else:
+                # Sort keys: the first k real text tokens, then the prompt, then the rest of the text.
+                k = self.num_leading_special
+                text_key = torch.where(rank < k, rank, rank + lp)
+                prompt_key = k + torch.arange(lp, device=device).expand(B, lp)
             mask = torch.cat([attention_mask, prompt_mask.to(attention_mask.dtype)], dim=1)  # (B, n + l)
             order = self._packing_order(torch.cat([text_key, prompt_key], 1), mask)
             emb = self.embed(input_ids)
@@ -442,6 +452,7 @@ class Backbone(nn.Module):
         prompt_mask: torch.Tensor | None = None,
         pooling: TextPooling = TextPooling.AUTO,
         prefix_mask: torch.Tensor | None = None,
+        prompt_after: bool = False,
     ) -> torch.Tensor:
         """Pooled vector per row.
 
@@ -452,11 +463,64 @@ class Backbone(nn.Module):
             prompt: (B, l, d) soft prompt placed after the leading special token; prompt_mask (B, l).
             pooling: which vector to return.
             prefix_mask: (B, l) which prefix positions are attended (default: all).
+            prompt_after: decoders: place the prompt after the text ([text][prompt]) instead of before it.
         Returns: (B, d).
         """
         out, hidden, mask = self.hidden_states(input_ids, attention_mask, token_type_ids, prefix=prefix,
-                                               prompt=prompt, prompt_mask=prompt_mask, prefix_mask=prefix_mask)
+                                               prompt=prompt, prompt_mask=prompt_mask, prefix_mask=prefix_mask,
+                                               prompt_after=prompt_after)
         return self._pool(out, hidden, mask, self.resolve_pooling(pooling))
+
+    @torch.no_grad()
+    def last_of_prompt_after_shared_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                         prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Decoders, prediction: every text followed by every one of G prompts, the text computed once.
+
+        Gives what :meth:`forward` gives with ``prompt_after=True`` and ``pooling="last"`` for the B*G rows
+        [text b][prompt g], at a cost of n + G*l positions per text instead of G*(n + l) (a model whose
+        sliding-window attention is narrower than n + l runs the G*(n + l) full rows instead): the B texts run
+        once and fill a cache; the cache is repeated G times; then only the G*l prompt positions of each
+        text run, with position ids that continue after the text's real tokens and an attention mask that
+        hides the text's padding.
+
+        Args:
+            input_ids, attention_mask: (B, n) texts, right- or left-padded.
+            prompt: (G, l, d) soft prompts; prompt_mask: (G, l) their real positions (right-padded).
+        Returns: (B, G, d) the hidden state at each row's last real prompt position.
+        """
+        if self.kind != "decoder" or self.family.prefix_via != "cache":
+            raise ConfigError(f"{self.name}: a text cache shared by the labels needs a decoder that takes a cache")
+        from transformers import DynamicCache
+
+        B, n = input_ids.shape
+        G, lp, _ = prompt.shape
+        order = self._packing_order(torch.arange(n, device=input_ids.device).expand(B, n), attention_mask)
+        mask = attention_mask.gather(1, order)
+        n = int(mask.sum(-1).max())  # right-padded now: drop all-padding columns
+        mask, ids = mask[:, :n], input_ids.gather(1, order)[:, :n]
+        window = getattr(self.model.config, "sliding_window", None)
+        if isinstance(window, int) and n + lp > window:
+            # Sliding-window layers count padding inside their window: the text's padding, which here sits
+            # between text and prompt, would push real tokens out of it. Run the B*G full rows instead.
+            _, hidden, full = self.hidden_states(ids.repeat_interleave(G, dim=0), mask.repeat_interleave(G, dim=0),
+                                                 prompt=prompt.repeat(B, 1, 1), prompt_mask=prompt_mask.repeat(B, 1),
+                                                 prompt_after=True)
+            return self._pool(None, hidden, full, TextPooling.LAST).view(B, G, -1)
+        cache = DynamicCache(config=self.model.config)
+        text = {"input_ids": ids, "attention_mask": mask, self._cache_arg: cache, "use_cache": True}
+        if self._takes_positions:
+            text["position_ids"] = self._positions(mask, 0)
+        self.model(**text)
+        cache.batch_repeat_interleave(G)  # row b*G + g: text b, then prompt g
+        pmask = prompt_mask.to(mask.dtype).repeat(B, 1)  # (B*G, l)
+        full = torch.cat([mask.repeat_interleave(G, dim=0), pmask], dim=1)  # (B*G, n + l)
+        rest = {"inputs_embeds": prompt.to(self.dtype).repeat(B, 1, 1), "attention_mask": full,
+                self._cache_arg: cache, "use_cache": True}
+        if self._takes_positions:
+            rest["position_ids"] = self._positions(full, 0)[:, n:]
+        hidden = self.model(**rest).last_hidden_state  # (B*G, l, d)
+        last = lp - 1 - pmask.flip(-1).long().argmax(-1)  # last real prompt position of each row
+        return hidden[torch.arange(B * G, device=hidden.device), last].view(B, G, -1)
 
     def _pool(self, out, hidden: torch.Tensor, mask: torch.Tensor, pooling: TextPooling) -> torch.Tensor:
         if pooling == TextPooling.POOLER:

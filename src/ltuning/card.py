@@ -60,6 +60,8 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     if method == "lt-prefix":
         lines.append(f"| prefix pooling | {config.get('prefix_pooling')} |")
     lines.append(f"| text pooling | {config.get('text_pooling')} |")
+    if config.get("label_position", "before") != "before":
+        lines.append(f"| label position | {config['label_position']} (label prompt after the text) |")
     if trainable is not None:
         share = f" ({100 * trainable / total_parameters:.4f}% of {total_parameters:,})" if total_parameters else ""
         lines.append(f"| trainable parameters | {trainable:,}{share} |")

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-pooling", choices=["auto", "pooler", "cls", "mean", "last"], default="auto",
                    help="vector the head reads (auto: the pooling a sentence-transformers folder declares, e.g. mean for "
                         "minilm; else the pooler or [CLS] for encoders, the last token for decoders)")
+    g.add_argument("--label-position", choices=["before", "after"], default="before",
+                   help="lt-prompt on decoders: put the label's soft prompt before the text (the paper, default) or "
+                        "after it, where the head reads the last prompt position; 'after' lets prediction compute "
+                        "each text once for all K labels (n + K*l positions instead of K*(n + l)). It is a "
+                        "different model: the adapter is trained and predicts in the order it was trained with. "
+                        "Not for encoders or other methods")
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
     g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
@@ -441,7 +447,7 @@ def cmd_train(args) -> int:
     config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
                            label_texts=label_texts or [], label_length=args.label_length,
                            max_length=args.max_length, prefix_pooling=args.prefix_pooling,
-                           text_pooling=args.text_pooling)
+                           text_pooling=args.text_pooling, label_position=args.label_position)
     model = LTuningModel(backbone, config)
     fits = _fitting_max_length(model)
     if fits is not None and config.max_length > fits:

@@ -42,6 +42,29 @@ class TextPooling(str, enum.Enum):
     LAST = "last"
 
 
+class LabelPosition(str, enum.Enum):
+    """Where LT-prompt's label-derived soft prompt sits in the row.
+
+    ``before``: the paper: [label prompt][text]; every label needs its own forward over the whole text.
+    ``after``: decoders only: [text][label prompt], the head reads the last prompt position. The text sees
+    no label, so at prediction its keys/values are computed once and shared by the K labels (cost
+    n + K*l positions per text instead of K*(n + l)). A different model: train and predict with the same order.
+    """
+
+    BEFORE = "before"
+    AFTER = "after"
+
+
+# Methods that accept label_position="after", and why the others do not.
+_AFTER_REFUSED = {
+    "lt-prefix": "lt-prefix injects the label as per-layer keys/values that every text token attends to; there "
+                 "is no 'after' form of it",
+    "prefix": "classic prefix tuning has no label in its prefix",
+    "prompt": "classic prompt tuning has no label in its prompt (and runs one row per text whatever the order, "
+              "so there is nothing to share)",
+}
+
+
 @dataclass
 class LTuningConfig:
     """Config of one adapter. String options round-trip through JSON."""
@@ -62,6 +85,11 @@ class LTuningConfig:
         default=PrefixPooling.RAW, metadata={"help": "LT-prefix: raw (official code, default) or softmax (paper)."}
     )
     text_pooling: TextPooling = field(default=TextPooling.AUTO, metadata={"help": "Pooled vector for the head."})
+    label_position: LabelPosition = field(
+        default=LabelPosition.BEFORE,
+        metadata={"help": "lt-prompt on decoders: label prompt before the text (paper) or after it (text keys/values "
+                  "shared by all labels at prediction)."},
+    )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
     )
@@ -69,6 +97,16 @@ class LTuningConfig:
     def __post_init__(self) -> None:
         self.prefix_pooling = PrefixPooling(self.prefix_pooling)
         self.text_pooling = TextPooling(self.text_pooling)
+        try:
+            self.label_position = LabelPosition(self.label_position)
+        except ValueError:
+            raise ConfigError(f"label_position must be 'before' or 'after', got {self.label_position!r}") from None
+        if self.label_position == LabelPosition.AFTER and self.method in _AFTER_REFUSED:
+            raise ConfigError(
+                f"label_position='after' is not supported for method {self.method!r}: "
+                f"{_AFTER_REFUSED[self.method]}. Use --method lt-prompt with --label-position after (decoders), "
+                "or keep --label-position before"
+            )
         self.label_names = [str(n) for n in self.label_names]
         if not self.label_texts:
             self.label_texts = list(self.label_names)

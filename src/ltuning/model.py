@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, Texts
-from .config import LTuningConfig, PrefixPooling
+from .config import LabelPosition, LTuningConfig, PrefixPooling, TextPooling
 from .errors import ConfigError, DataError, UnsupportedModelError
 from .methods import Injection, get_method
 from .methods.prompt import Prompt
@@ -59,6 +59,19 @@ class LTuningModel(nn.Module):
                 f"{config.method} needs input embeddings of width d={backbone.dims.hidden_size}, but "
                 f"{backbone.name} embeds tokens in {backbone.embedding_size} dimensions; use a prefix method"
             )
+        self.prompt_after = config.label_position == LabelPosition.AFTER
+        if self.prompt_after:
+            if backbone.kind != "decoder":
+                raise ConfigError(
+                    f"label_position='after' needs a decoder, but {backbone.name} is an encoder: its attention is "
+                    "bidirectional, so the text's states depend on the label after it and nothing is shared; "
+                    "use label_position='before' (the paper's order) with encoders"
+                )
+            if self.pooling != TextPooling.LAST:
+                raise ConfigError(
+                    f"label_position='after' reads the last soft-prompt position (text_pooling 'last' or 'auto'), "
+                    f"got text_pooling={self.pooling.value!r}"
+                )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
         if isinstance(self.method, Prompt):
             self.method.init_from_vocab(backbone.model.get_input_embeddings().weight.detach())
@@ -122,6 +135,7 @@ class LTuningModel(nn.Module):
         pooled = self.backbone(
             batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
             prefix=inj.prefix, prompt=inj.prompt, prompt_mask=inj.prompt_mask, pooling=self.pooling,
+            prompt_after=self.prompt_after,
         )  # (B, d)
         return self.method.head(pooled.float())
 
@@ -143,15 +157,28 @@ class LTuningModel(nn.Module):
         return self._run(batch, inj.select(idx))  # (B, K)
 
     def class_scores(self, batch: dict[str, torch.Tensor], injection: Injection | None = None) -> torch.Tensor:
-        """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward."""
+        """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward.
+
+        With ``label_position="after"`` and gradients off, the texts run once and their keys/values are
+        shared by the K labels (:meth:`Backbone.last_of_prompt_after_shared_text`); same scores.
+        """
         if not self.label_conditioned:
             return self(batch, injection=injection)
         inj = injection if injection is not None else self.injection()
         B = batch["input_ids"].shape[0]
         K = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]  # labels of this injection
+        if self.shares_text():
+            pooled = self.backbone.last_of_prompt_after_shared_text(
+                batch["input_ids"], batch["attention_mask"], inj.prompt, inj.prompt_mask)  # (B, K, d)
+            two = self.method.head(pooled.float())  # (B, K, 2)
+            return two[..., 1] - two[..., 0]
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
         return self(rows, label_ids, injection=inj).view(B, K)
+
+    def shares_text(self) -> bool:
+        """Whether prediction runs each text once for all labels (label_position="after", no gradients)."""
+        return self.prompt_after and self.label_conditioned and not torch.is_grad_enabled()
 
     def loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, label_ids: torch.Tensor | None = None,
              targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,6 +223,12 @@ class LTuningModel(nn.Module):
             groups = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]
             K = groups if self.label_conditioned else self.num_labels
             rows_per_text = groups if self.label_conditioned else 1
+            if self.shares_text():  # a text of n tokens costs n + K*l positions, not K*(n + l)
+                def cost(count, n, l=inj.prompt.shape[1]):
+                    return count * (n + groups * l)
+            else:
+                def cost(count, n):
+                    return rows_per_text * count * n
             if max_tokens is None and self.backbone.device.type == "cpu":
                 max_tokens = self.cpu_max_tokens
             order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
@@ -210,7 +243,7 @@ class LTuningModel(nn.Module):
                 while i < len(by_len):
                     j = i + 1 if max_tokens is not None else len(by_len)
                     # greedy: texts i..j-1 (ascending length) while rows x longest text fits the budget
-                    while j < len(by_len) and rows_per_text * (j + 1 - i) * lengths[by_len[j]] <= max_tokens:
+                    while j < len(by_len) and cost(j + 1 - i, lengths[by_len[j]]) <= max_tokens:
                         j += 1
                     rows = torch.tensor(by_len[i:j], device=real.device)
                     n = int(real.index_select(0, rows).any(0).nonzero().max()) + 1  # drop all-padding columns
