@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -66,10 +67,37 @@ def model_path(backbone: str) -> str:
     return backbone
 
 
+def load_tokenizer(path: str):
+    """AutoTokenizer; for a folder written by transformers 5.x (ltuning's smollm2 cache, whose
+    tokenizer_config.json names the 5.x class TokenizersBackend), the same tokenizer.json and special tokens
+    through 4.x's PreTrainedTokenizerFast."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except ValueError:
+        cfg = json.loads((Path(path) / "tokenizer_config.json").read_text())
+        specials = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+                    if isinstance(cfg.get(k), str)}
+        return PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"), **specials)
+
+
+def load_config(path: str, num_labels: int):
+    """AutoConfig; a 5.x config keeps RoPE's theta in `rope_parameters`, which 4.x ignores (it would fall
+    back to its default theta and run a different model): copy it to 4.x's `rope_theta`."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    rope = getattr(cfg, "rope_parameters", None)
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        cfg.rope_theta = rope["rope_theta"]
+    return cfg
+
+
 def run(backbone: str, task: str, method: str, seed: int) -> dict:
     import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     p = common.PROTOCOL[backbone]
     train_texts, train_labels, names = read_split(task, "train")
@@ -79,11 +107,12 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     path = model_path(backbone)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=K, torch_dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=load_config(path, K),
+                                                               torch_dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     n_virtual = max(len(tok(t)["input_ids"]) for t in LABEL_TEXTS[task])  # = ltuning's l for these labels
     if method == "peft-prefix":
