@@ -229,3 +229,12 @@ def test_cli_help_names_the_option(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--label-position {before,after}" in text and "n + K*l" in text
+
+
+def test_resume_refuses_the_other_order(tiny_llama_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "ckpt"
+    assert cli_train(tiny_llama_folder, tmp_path, out, "--label-position", "after", "--checkpoint-every", "1") == 0
+    capsys.readouterr()
+    rc = cli_train(tiny_llama_folder, tmp_path, out, "--checkpoint-every", "1", "--resume")
+    assert_clean_error(capsys, rc, match="label_position: checkpoint 'after', now None")

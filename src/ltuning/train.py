@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .config import LabelPosition
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
@@ -149,7 +150,10 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": lr,
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
             "eval_every": args.eval_every,
-            "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()}}
+            "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
+            # only when not the default, so checkpoints written before the option still resume
+            **({"label_position": model.config.label_position.value}
+               if model.config.label_position != LabelPosition.BEFORE else {})}
 
 
 def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
