@@ -22,6 +22,23 @@ from .errors import DataError
 Text = str | tuple[str, str]
 
 
+class FileLabels(list):
+    """A label set read off a data file's values (its sorted distinct labels), not given by a task.
+
+    Passed on as another file's ``label_names`` (the CLI reads the validation file with the training
+    labels), it tells :func:`read_table` that an integer there is not a class index: with training labels
+    ``neg/neu/pos``, a validation label ``1`` means nothing, not ``neu``. ``source`` names the file.
+    """
+
+    def __init__(self, names=(), source: str = ""):
+        super().__init__(names)
+        self.source = source
+
+    def index_like(self) -> bool:
+        """True when the names are themselves the integers 0..K-1 (a file labelled by index)."""
+        return all(_is_int(n) and int(float(n)) == i for i, n in enumerate(self))
+
+
 @dataclass
 class TextDataset:
     texts: list[Text]
@@ -100,21 +117,25 @@ def get_task(name: str) -> Task:
 
 
 # ---------------------------------------------------------------------- label mapping
-def _label_index(value, label_names: list[str], where: str) -> int:
-    """Map a label value (a name, or an integer index) to its class index."""
+def _is_int(s) -> bool:
+    s = str(s).strip()
+    try:
+        return s.replace(".", "", 1).lstrip("-").isdigit() and float(s) == int(float(s))
+    except (ValueError, OverflowError):
+        return False
+
+
+def _label_index(value, label_names: list[str], where: str, allow_index: bool = True) -> int:
+    """Map a label value (a name, or, when ``allow_index``, an integer index) to its class index."""
     s = str(value).strip()
     if s in label_names:
         return label_names.index(s)
-    if isinstance(value, bool):
-        value = int(value)
-    try:
-        i = int(float(s)) if s.replace(".", "", 1).lstrip("-").isdigit() else None
-    except ValueError:
-        i = None
-    if i is not None and float(s) == i and 0 <= i < len(label_names):
-        return i
-    raise DataError(f"{where}: label {s!r} is not in the label set {label_names}; "
-                    "use one of those names or an integer index")
+    if allow_index and _is_int(s):
+        i = int(float(s))
+        if 0 <= i < len(label_names):
+            return i
+    raise DataError(f"{where}: label {s!r} is not in the label set {list(label_names)}; "
+                    + ("use one of those names or an integer index" if allow_index else "use one of those names"))
 
 
 def _check_text(value, where: str) -> str:
@@ -124,7 +145,8 @@ def _check_text(value, where: str) -> str:
 
 
 # ---------------------------------------------------------------------- readers
-def _open_text(path: Path, encoding: str = "utf-8"):
+def _open_text(path: Path, encoding: str = "utf-8-sig"):
+    """Open a text file; ``utf-8-sig`` drops the byte-order mark Excel's "CSV UTF-8" writes first."""
     if not path.exists():
         raise DataError(f"file not found: {path}")
     if path.is_dir():
@@ -132,19 +154,45 @@ def _open_text(path: Path, encoding: str = "utf-8"):
     return open(path, encoding=encoding, newline="")
 
 
+def _json_rows(path: Path, text: str, suffix: str) -> list[dict]:
+    """Rows of a JSON array file or a JSONL file (one object a line); errors name the file's line."""
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
+            raise DataError(f"{path}: invalid JSON ({str(e)[:200]})") from None
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict):
+                raise DataError(f"{path}: item {i + 1} of the array is not a JSON object "
+                                f"(got {type(r).__name__}); every row must map column -> value")
+        return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {lineno}: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
+            raise DataError(f"{path}: invalid JSON at line {lineno} ({str(e)[:200]})") from None
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(r).__name__}); "
+                            "every line must be an object of column -> value")
+        rows.append(r)
+    return rows
+
+
 def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[list[str]] | list[dict]]:
     """Rows of a .csv / .tsv / .txt (tab) or .jsonl / .json file. JSON rows are dicts."""
     suffix = path.suffix.lower()
+    f = _open_text(path)  # outside the try: its DataError (not found, a folder) is the message
     try:
-        with _open_text(path) as f:
+        with f:
             if suffix in (".jsonl", ".json"):
-                text = f.read()
-                if suffix == ".json" and text.lstrip().startswith("["):
-                    rows = json.loads(text)
-                else:
-                    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-                if not all(isinstance(r, dict) for r in rows):
-                    raise DataError(f"{path}: every JSON row must be an object of column -> value")
+                rows = _json_rows(path, f.read(), suffix)
                 cols = list(rows[0]) if rows else []
                 return cols, rows
             delim = "," if suffix == ".csv" else "\t"
@@ -154,10 +202,6 @@ def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[
             rows = [r for r in reader if r]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
-        raise DataError(f"{path}: invalid JSON ({str(e)[:200]})") from None
     except csv.Error as e:
         raise DataError(f"{path}: cannot parse as {suffix or 'tab-separated'} ({e})") from None
     if header:
@@ -216,7 +260,12 @@ def read_table(path: str | Path, text_columns: list[str | int], label_column: st
     if label_names is None:
         values = sorted({str(v).strip() for v in raw_labels},
                         key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
-        label_names = values
+        label_names = FileLabels(values, str(path))
+    # integers are class indices into a task's (or the caller's) label set, or a file's index-like labels;
+    # against names read off another file they would be a guess (training neg/neu/pos, validation 1 -> neu?)
+    allow_index = not isinstance(label_names, FileLabels) or label_names.index_like()
+    if not allow_index and not all(_is_int(n) for n in label_names):
+        _refuse_integer_labels(path, raw_labels, label_names)
     if len(label_names) < 2:
         raise DataError(f"{path}: found {len(label_names)} label value(s) {label_names}; need at least 2")
     texts: list[Text] = []
@@ -225,8 +274,23 @@ def read_table(path: str | Path, text_columns: list[str | int], label_column: st
         where = f"{path}, row {i + first_line}"
         parts = [_check_text(g(row), where) for g in get_text]
         texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
-        labels.append(_label_index(raw_labels[i], label_names, where))
-    return TextDataset(texts, labels, list(label_names), str(path))
+        labels.append(_label_index(raw_labels[i], label_names, where, allow_index))
+    names = FileLabels(label_names, label_names.source) if isinstance(label_names, FileLabels) else list(label_names)
+    return TextDataset(texts, labels, names, str(path))
+
+
+def _refuse_integer_labels(path: Path, raw_labels: list, label_names: FileLabels) -> None:
+    """Integer labels against named labels read from another file: which name an integer means is unknown
+    (the names are sorted, not in any order the file's author chose), so it is an error, not a guess."""
+    names = set(label_names)
+    ints = sorted({str(v).strip() for v in raw_labels if str(v).strip() not in names and _is_int(v)},
+                  key=lambda s: float(s))
+    if ints:
+        shown = ints[:10] + (["..."] if len(ints) > 10 else [])
+        raise DataError(f"{path}: labels {shown} are integers, but the training labels {list(label_names)} "
+                        f"(read from {label_names.source or 'the training file'}) are names; an integer label "
+                        "is a class index only for a --task's label set or integer training labels; write "
+                        "these labels as those names")
 
 
 def _is_number(s: str) -> bool:

@@ -1,0 +1,108 @@
+"""Review fixes: each error says what it is, BOM files read, JSONL line numbers, no silent integer -> name
+guess, normal file modes, typed adapter-config checks, no NaN adapter, the text_pairs config field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ltuning.data import read_table
+from ltuning.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+# ---------------------------------------------------------------------- 1. errors say what they are
+def test_missing_file_folder_and_non_object_rows_are_not_invalid_json(tmp_path, capsys):
+    from ltuning.cli import main
+
+    assert main(["train", "--train-file", "nope.csv", "--text-column", "text", "--label-column", "label"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: file not found: nope.csv"]
+    with pytest.raises(DataError) as e:
+        read_table(tmp_path, ["text"], "label")
+    assert "is a folder" in str(e.value) and "JSON" not in str(e.value)
+    (tmp_path / "rows.jsonl").write_text('{"text": "a", "label": "x"}\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3 is not a JSON object") as e:
+        read_table(tmp_path / "rows.jsonl", ["text"], "label")
+    assert "invalid JSON" not in str(e.value)
+    (tmp_path / "rows.json").write_text('[{"text": "a", "label": "x"}, "b"]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"item 2 of the array is not a JSON object"):
+        read_table(tmp_path / "rows.json", ["text"], "label")
+
+
+# ---------------------------------------------------------------------- 2. byte-order mark
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_utf8_bom_files_read(tmp_path, fmt):
+    if fmt == "jsonl":
+        body = '{"text": "a good film", "label": "pos"}\n{"text": "bad", "label": "neg"}\n'
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        body = f"text{sep}label\na good film{sep}pos\nbad{sep}neg\n"
+    p = tmp_path / f"bom.{fmt}"
+    p.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    ds = read_table(p, ["text"], "label")
+    assert ds.texts == ["a good film", "bad"] and ds.label_names == ["neg", "pos"] and ds.labels == [1, 0]
+
+
+# ---------------------------------------------------------------------- 3. JSONL line numbers
+def test_jsonl_parse_error_names_the_files_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl: invalid JSON at line 4"):
+        read_table(p, ["text"], "label")
+    p.write_text('{"text": "a", "label": "x"}\n{"text": "a", "label": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"invalid JSON at line 2"):
+        read_table(p, ["text"], "label")
+
+
+# ---------------------------------------------------------------------- 4. integer labels vs named labels
+def _csv(path: Path, rows) -> Path:
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+def test_integer_validation_labels_against_named_training_labels_are_an_error(tmp_path):
+    train = read_table(_csv(tmp_path / "train.csv", [("a", "neg"), ("b", "neu"), ("c", "pos")]), ["text"], "label")
+    val = _csv(tmp_path / "val.csv", [("a", "0"), ("b", "1")])
+    with pytest.raises(DataError) as e:
+        read_table(val, ["text"], "label", train.label_names)
+    msg = str(e.value)
+    assert "\n" not in msg and "val.csv" in msg and "['0', '1']" in msg and "['neg', 'neu', 'pos']" in msg
+    # after subset (what the CLI does) too
+    with pytest.raises(DataError, match="are integers"):
+        read_table(val, ["text"], "label", train.subset(2, seed=0).label_names)
+    # names still map by name
+    ok = _csv(tmp_path / "ok.csv", [("a", "pos"), ("b", "neg")])
+    assert read_table(ok, ["text"], "label", train.label_names).labels == [2, 0]
+
+
+def test_integer_labels_still_map_by_index_where_documented(tmp_path):
+    val = _csv(tmp_path / "val.csv", [("a", "0"), ("b", "1"), ("c", "1.0")])
+    # an explicit (task's) label set: GLUE files hold 0/1
+    assert read_table(val, ["text"], "label", ["negative", "positive"]).labels == [0, 1, 1]
+    # integer training labels: the same integers
+    train = read_table(_csv(tmp_path / "t.csv", [("a", "1"), ("b", "0")]), ["text"], "label")
+    assert train.label_names == ["0", "1"]
+    assert read_table(val, ["text"], "label", train.label_names).labels == [0, 1, 1]
+    # integer training labels that are not indices: an unknown integer is not in the set (no index guess)
+    train = read_table(_csv(tmp_path / "s.csv", [("a", "1"), ("b", "2")]), ["text"], "label")
+    with pytest.raises(DataError, match=r"label '0' is not in the label set \['1', '2'\]"):
+        read_table(_csv(tmp_path / "z.csv", [("a", "0"), ("b", "1")]), ["text"], "label", train.label_names)
+
+
+def test_cli_named_training_labels_with_integer_validation_file(tmp_path, capsys):
+    from ltuning.cli import main
+
+    train = _csv(tmp_path / "train.csv", [("a good film", "neg"), ("bad", "neu"), ("great", "pos")])
+    val = _csv(tmp_path / "val.csv", [("a", "0"), ("b", "1")])
+    assert main(["train", "--train-file", str(train), "--validation-file", str(val), "--text-column", "text",
+                 "--label-column", "label", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are integers" in err[0] and "neg" in err[0]
+    assert not (tmp_path / "out").exists()
