@@ -106,3 +106,89 @@ def test_cli_named_training_labels_with_integer_validation_file(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "are integers" in err[0] and "neg" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- 5. file modes
+@pytest.fixture
+def tiny_model():
+    from conftest import tiny_bert
+
+    from ltuning.backbones import Backbone
+    from ltuning.config import LTuningConfig
+    from ltuning.model import LTuningModel
+
+    return LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
+                        LTuningConfig(method="lt-prefix", label_names=["negative", "positive"]))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_normal_mode(tiny_model, tmp_path, umask):
+    import os
+
+    from ltuning.adapter import atomic_write_text, save_adapter
+
+    old = os.umask(umask)
+    try:
+        folder = save_adapter(tiny_model, tmp_path / "adapter")
+        atomic_write_text(tmp_path / "out" / "train_results.json", "{}\n")
+    finally:
+        os.umask(old)
+    files = [*folder.iterdir(), tmp_path / "out" / "train_results.json"]
+    assert {f.name for f in folder.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_cli_outputs_are_not_private(tmp_path):
+    """The files a training run writes (adapter, card, run config, results) under the usual umask 022."""
+    import os
+
+    from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
+
+    from ltuning.cli import main
+
+    model = save_tiny_bert(tmp_path / "m")
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "--model", str(model), "--train-file", str(write_csv(tmp_path / "t.csv", TRAIN)),
+                     "--validation-file", str(write_csv(tmp_path / "v.csv", VALID)), "--text-column", "text",
+                     "--label-column", "label", "--max-steps", "2", "--batch-size", "4", "--quiet",
+                     "--output-dir", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    written = [f for f in (tmp_path / "out").iterdir() if f.is_file()]
+    assert {"adapter_model.safetensors", "train_results.json", "README.md"} <= {f.name for f in written}
+    for f in written:
+        assert f.stat().st_mode & 0o777 == 0o644, f.name
+
+
+# ---------------------------------------------------------------------- 6. typed adapter config
+@pytest.mark.parametrize("key,value,says", [
+    ("label_length", "3", "label_length must be an integer or null"),
+    ("max_length", "128", "max_length must be an integer"),
+    ("max_length", 1.5, "max_length must be an integer"),
+    ("label_length", True, "label_length must be an integer or null"),
+    ("label_names", None, "label_names must be a list of strings"),
+    ("label_names", "negative", "label_names must be a list of strings"),
+    ("label_texts", [1, 2], "label_texts must be a list of strings"),
+    ("method", 3, "method must be a string"),
+    ("prefix_pooling", None, "prefix_pooling must be a string"),
+    ("text_pairs", "yes", "text_pairs must be true or false"),
+    ("backbone_fingerprint", 7, "backbone_fingerprint must be a string or null"),
+])
+def test_corrupted_adapter_config_names_the_key(tiny_model, tmp_path, key, value, says):
+    import json
+
+    from ltuning.adapter import CONFIG_NAME, load_adapter, read_adapter_config, save_adapter
+    from ltuning.errors import AdapterError
+
+    folder = save_adapter(tiny_model, tmp_path / "adapter")
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    cfg[key] = value
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError) as e:
+        read_adapter_config(folder)
+    assert says in str(e.value) and CONFIG_NAME in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(AdapterError, match=says):
+        load_adapter(folder, backbone=tiny_model.backbone)

@@ -23,13 +23,30 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, so no other thread sees it changed)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is atomic).
+
+    The file gets the mode any new file gets (0o666 less the umask), not ``mkstemp``'s private 0o600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +79,41 @@ def save_adapter(model: LTuningModel, directory: str | Path, extra: dict | None 
     return directory
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
+_CONFIG_TYPES = {
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "base_model": (lambda v: isinstance(v, str), "a string"),
+    "label_names": (_is_str_list, "a list of strings"),
+    "label_texts": (_is_str_list, "a list of strings"),
+    "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "max_length": (_is_int, "an integer"),
+    "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
+    "text_pooling": (lambda v: isinstance(v, str), "a string"),
+    "label_position": (lambda v: isinstance(v, str), "a string"),
+    "text_pairs": (lambda v: isinstance(v, bool), "true or false"),
+    "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def _check_config_types(raw: dict, path: Path) -> None:
+    """Refuse a hand-edited or corrupted config field by its type, naming the file and the key (the
+    config's own checks then compare values: a string label_length would fail there with a TypeError)."""
+    for key, value in raw.items():
+        check = _CONFIG_TYPES.get(key)
+        if check is not None and not check[0](value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise AdapterError(f"{path}: {key} must be {check[1]}, got {shown}")
+
+
 def read_adapter_config(directory: str | Path) -> LTuningConfig:
     directory = Path(directory)
     path = directory / CONFIG_NAME
@@ -76,6 +128,7 @@ def read_adapter_config(directory: str | Path) -> LTuningConfig:
     if not isinstance(raw, dict):
         raise AdapterError(f"{path} must hold a JSON object")
     raw.pop("_meta", None)
+    _check_config_types(raw, path)
     try:
         config = LTuningConfig.from_dict(raw)
         get_method(config.method)  # an unknown method is a bad adapter file, not a bad option
