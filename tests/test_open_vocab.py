@@ -66,7 +66,9 @@ def test_multi_label_is_an_independent_sigmoid_per_label(backbone):
         assert list(o["scores"].values()) == pytest.approx(p.tolist(), abs=1e-5)
         assert o["labels"] == [n for n, v in zip(["neg", "pos", "neu"], p.tolist(), strict=True) if v >= 0.5]
     assert lt.predict(TEXTS, multi_label=True, threshold=0.0) == [["neg", "pos", "neu"]] * len(TEXTS)
-    assert lt.predict(TEXTS, multi_label=True, threshold=1.01) == [[]] * len(TEXTS)
+    for bad in (1.01, -0.1, float("nan"), "0.5"):  # not a probability: refused, not "nothing selected"
+        with pytest.raises(ConfigError, match="threshold"):
+            lt.predict(TEXTS, multi_label=True, threshold=bad)
     one = lt.predict(TEXTS, candidate_labels=["fun"], multi_label=True, threshold=0.0)
     assert one == [["fun"]] * len(TEXTS)
 

@@ -43,9 +43,9 @@ from torch import nn
 
 from .backbones import Backbone, load_backbone
 from .config import LTuningConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .methods import Injection
-from .model import LTuningModel
+from .model import LTuningModel, check_texts
 
 TextInput = str | tuple[str, str]
 
@@ -129,11 +129,15 @@ def load_ltuning_model(directory: str | Path, model: Backbone | nn.Module | str 
 
 
 # ---------------------------------------------------------------------- open-vocabulary scoring
-def _check_texts(texts: list) -> None:
-    for i, t in enumerate(texts):
-        parts = t if isinstance(t, tuple | list) else (t,)
-        if not all(isinstance(p, str) and p.strip() for p in parts):
-            raise DataError(f"text {i} is empty or not a string: {t!r}")
+def _warn_caller(message: str) -> None:
+    """A UserWarning attributed to the first frame outside ltuning and torch (the user's call)."""
+    import sys
+
+    skip = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
 
 
 def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Injection:
@@ -158,10 +162,21 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
     if model.method.injection == "prefix":
         length = model.config.label_length
         if longest > length:
+            ids = [tuple(backbone.tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in texts]
+            seen: dict[tuple, str] = {}
+            for t, i in zip(texts, ids, strict=True):
+                if i in seen:  # the same l tokens: the same prefix, so the same score for every text
+                    raise ConfigError(
+                        f"{model.config.method}: candidate labels {seen[i]!r} and {t!r} are identical within the "
+                        f"adapter's label_length={length} tokens ({backbone.tokenizer.decode(list(i))!r}): its Z "
+                        f"reads exactly l={length} label tokens, so they would always tie. Use label texts that "
+                        "differ within their first tokens (e.g. no hypothesis_template that puts the label "
+                        "last), or train with a larger --label-length")
+                seen[i] = t
             cut = [t for t in texts if backbone.label_token_length([t]) > length]
-            warnings.warn(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
-                          f"label_length={length} tokens and are truncated; train with a larger "
-                          "label_length to score longer label texts", stacklevel=3)
+            _warn_caller(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
+                         f"label_length={length} tokens and are truncated; train with a larger "
+                         "label_length to score longer label texts")
     else:
         length = longest
     states, mask = backbone.encode_labels(texts, length)  # (K', l, d), (K', l)
@@ -176,7 +191,7 @@ def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_text
     ``batch_size`` counts texts; each batch runs ``batch_size * K'`` (text, label) rows in one forward.
     """
     texts = list(texts)
-    _check_texts(texts)
+    check_texts(texts, batch_size, pairs=model.config.text_pairs)
     was_training = model.training
     model.eval()
     try:
@@ -194,11 +209,14 @@ def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_text
 
 
 def _apply_template(names: list[str], template: str | None) -> list[str]:
+    """Label text of each name: the template with its one ``{}`` replaced by the name (other braces are
+    kept as written)."""
     if template is None:
         return list(names)
-    if "{}" not in template:
-        raise ConfigError(f"hypothesis_template must contain '{{}}' where the label goes, got {template!r}")
-    return [template.format(n) for n in names]
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ConfigError(f"hypothesis_template must contain '{{}}' exactly once, where the label goes, "
+                          f"got {template!r}")
+    return [template.replace("{}", str(n)) for n in names]
 
 
 def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
@@ -206,9 +224,19 @@ def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_s
             hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
             return_scores: bool = False):
     """Classify texts; see :meth:`LTuningModel.predict`."""
-    single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2
+    pairs = model.config.text_pairs
+    # One input: a string, or (for a model trained on pairs) one (premise, hypothesis) tuple. Otherwise a
+    # sequence of inputs; a tuple of two strings given to a single-text model is two texts.
+    single = isinstance(texts, str) or (pairs and isinstance(texts, tuple) and len(texts) == 2
                                         and all(isinstance(t, str) for t in texts))
     items = [texts] if single else list(texts)
+    if isinstance(candidate_labels, str):  # "bad, good", as the zero-shot-classification pipeline takes
+        candidate_labels = [c.strip() for c in candidate_labels.split(",") if c.strip()]
+        if not candidate_labels:
+            raise ConfigError("candidate_labels is empty: give label names, e.g. ['bad', 'good'] or 'bad,good'")
+    if not (isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0):
+        raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    check_texts(items, batch_size, pairs=pairs)
     if not items:
         return []
     conditioned = candidate_labels is not None or hypothesis_template is not None or multi_label

@@ -290,6 +290,24 @@ class Backbone(nn.Module):
             out["token_type_ids"] = enc["token_type_ids"]
         return out
 
+    def position_table_size(self) -> int | None:
+        """Size of a learned absolute position table (None: rotary / relative / ALiBi positions, no limit
+        from positions)."""
+        cfg = self.model.config
+        if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or getattr(cfg, "rope_theta", None) \
+                or getattr(cfg, "rope_parameters", None) or getattr(cfg, "alibi", False):
+            return None
+        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return limit if isinstance(limit, int) else None
+
+    def max_text_tokens(self, injected: int) -> int | None:
+        """Most text tokens that fit beside ``injected`` prefix / prompt positions in a learned position
+        table (None: no such limit). Longer texts would index past the table."""
+        limit = self.position_table_size()
+        if limit is None:
+            return None
+        return max(1, limit - self._position_start() - injected)
+
     def label_token_length(self, label_texts: list[str]) -> int:
         """Longest tokenized label text (special tokens included)."""
         return max(len(self.tokenizer(t)["input_ids"]) for t in label_texts)

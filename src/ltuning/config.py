@@ -90,13 +90,23 @@ class LTuningConfig:
         metadata={"help": "lt-prompt on decoders: label prompt before the text (paper) or after it (text keys/values "
                   "shared by all labels at prediction)."},
     )
+    text_pairs: bool = field(
+        default=False,
+        metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE); set by training. Such a model "
+                  "classifies pairs only."},
+    )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
     )
 
     def __post_init__(self) -> None:
-        self.prefix_pooling = PrefixPooling(self.prefix_pooling)
-        self.text_pooling = TextPooling(self.text_pooling)
+        for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling)):
+            try:
+                setattr(self, name, kind(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"{name} must be one of {[k.value for k in kind]}, got {getattr(self, name)!r}") from None
+        if not isinstance(self.text_pairs, bool):
+            raise ConfigError(f"text_pairs must be true or false, got {self.text_pairs!r}")
         try:
             self.label_position = LabelPosition(self.label_position)
         except ValueError:

@@ -100,9 +100,12 @@ class PairCollator:
     def __init__(self, model: LTuningModel, text_columns: Sequence[str] = ("text",), label_column: str | None = None,
                  seed: int = 0) -> None:
         self.backbone = model.backbone
-        self.max_length = model.config.max_length
+        self.max_length = model.text_max_length
         self.label_names = list(model.label_names)
         self.text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
+        if len(self.text_columns) not in (1, 2):
+            raise DataError(f"text_columns must name 1 column (texts) or 2 (sentence pairs), got {self.text_columns}")
+        model.config.text_pairs = len(self.text_columns) == 2  # saved with the adapter: predict takes pairs
         self.label_column = label_column
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -158,7 +161,10 @@ def tokenize_dataset(dataset, model: LTuningModel, text_columns: Sequence[str] =
     """``datasets.Dataset.map`` that adds input_ids / attention_mask (unpadded; :class:`PairCollator` pads),
     so the Trainer may drop the text columns (its default ``remove_unused_columns=True``)."""
     cols = [text_columns] if isinstance(text_columns, str) else list(text_columns)
-    backbone, max_length = model.backbone, model.config.max_length
+    if len(cols) not in (1, 2):
+        raise DataError(f"text_columns must name 1 column (texts) or 2 (sentence pairs), got {cols}")
+    model.config.text_pairs = len(cols) == 2
+    backbone, max_length = model.backbone, model.text_max_length
 
     def encode(rows):
         args = [rows[c] for c in cols]

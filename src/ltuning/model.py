@@ -16,6 +16,26 @@ from .methods import Injection, get_method
 from .methods.prompt import Prompt
 
 
+def check_texts(texts: list, batch_size: int | None = None, pairs: bool = False) -> None:
+    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them; every item a pair
+    for a model trained on pairs (``config.text_pairs``). A ``batch_size`` must be a positive integer.
+
+    Raises: DataError (texts), ConfigError (batch size).
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for i, t in enumerate(texts):
+        is_pair = isinstance(t, tuple | list)
+        parts = t if is_pair else (t,)
+        if is_pair and len(parts) != 2:
+            raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
+        if not all(isinstance(p, str) and p.strip() for p in parts):
+            raise DataError(f"text {i} is empty or not a string: {t!r}")
+        if pairs and not is_pair:
+            raise DataError(f"text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
+                            f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {t!r}")
+
+
 class LTuningModel(nn.Module):
     """Frozen backbone + method + head.
 
@@ -190,8 +210,15 @@ class LTuningModel(nn.Module):
 
     # ------------------------------------------------------------------ prediction
     def tokenize(self, texts: Texts) -> dict[str, torch.Tensor]:
-        enc = self.backbone.tokenize(texts, self.config.max_length)
+        enc = self.backbone.tokenize(texts, self.text_max_length)
         return {k: v.to(self.backbone.device) for k, v in enc.items()}
+
+    @property
+    def text_max_length(self) -> int:
+        """Tokens a text is truncated to: ``config.max_length``, or less where the backbone's learned position
+        table cannot hold that many beside the l prefix / prompt positions."""
+        fits = self.backbone.max_text_tokens(self.config.label_length)
+        return self.config.max_length if fits is None else min(self.config.max_length, fits)
 
     #: Token budget of one prediction forward on CPU (rows x padded length). On CPU, per-row time grows
     #: with the batch once activations outgrow the caches (MiniLM, K=16: 1024 rows of ~40 tokens ran 1.5-2x
@@ -212,10 +239,7 @@ class LTuningModel(nn.Module):
         from tqdm.auto import tqdm
 
         texts = list(texts)
-        for i, t in enumerate(texts):
-            parts = t if isinstance(t, tuple | list) else (t,)
-            if not all(isinstance(p, str) and p.strip() for p in parts):
-                raise DataError(f"text {i} is empty or not a string: {t!r}")
+        check_texts(texts, batch_size, pairs=self.config.text_pairs)
         was_training = self.training
         self.eval()
         try:

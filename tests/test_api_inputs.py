@@ -1,0 +1,141 @@
+"""Prediction inputs through the Python API: batch sizes, sentence pairs, candidate labels, templates,
+thresholds, and texts longer than a learned position table. Each bad input is a clear ltuning error."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_bert
+
+from ltuning import LTuningConfig, get_ltuning_model
+from ltuning.backbones import Backbone
+from ltuning.errors import ConfigError, DataError
+
+TEXTS = ["the movie was very good", "bad plot", "i loved it"]
+
+
+def make(method="lt-prefix", label_length=None, labels=None, **kw):
+    model, tok = tiny_bert()
+    lt = get_ltuning_model(Backbone(model, tok, name="tiny-bert"),
+                           LTuningConfig(method=method, label_length=label_length, **kw),
+                           labels=labels or {"neg": "negative", "pos": "positive"})
+    with torch.no_grad():
+        for p in lt.method.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return lt.eval()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
+def test_batch_size_must_be_a_positive_integer(bad):
+    lt = make()
+    with pytest.raises(ConfigError, match="batch_size"):
+        lt.predict(TEXTS, batch_size=bad)
+    with pytest.raises(ConfigError, match="batch_size"):
+        lt.score_texts(TEXTS, batch_size=bad)
+
+
+def test_batch_size_does_not_change_scores():
+    lt = make()
+    assert torch.equal(lt.score_texts(TEXTS, batch_size=1), lt.score_texts(TEXTS, batch_size=64))
+
+
+def test_pair_model_takes_pairs_and_refuses_single_texts():
+    lt = make()
+    lt.config.text_pairs = True  # as train() / PairCollator set it for (premise, hypothesis) data
+    pair = ("the movie was good", "it was fun")
+    one = lt.predict(pair)
+    assert one in lt.label_names  # one pair in, one label out
+    assert lt.predict([pair, pair]) == [one, one]
+    with pytest.raises(DataError, match="pairs"):
+        lt.predict("the movie was good")
+    with pytest.raises(DataError, match="text 1 is a single text"):
+        lt.predict([pair, "bad plot"])
+    with pytest.raises(DataError, match="text 1 is a single text"):
+        lt.score_texts([pair, "bad plot"])
+    with pytest.raises(DataError, match="3 parts"):
+        lt.predict([("a", "b", "c")])
+
+
+def test_single_text_model_reads_a_tuple_of_two_texts_as_two_texts():
+    lt = make()
+    out = lt.predict(("the movie was good", "bad plot"))
+    assert isinstance(out, list) and len(out) == 2
+    assert out == lt.predict(["the movie was good", "bad plot"])
+
+
+def test_candidate_labels_as_a_comma_string_like_the_pipeline():
+    lt = make(label_length=4)
+    assert lt.predict(TEXTS, candidate_labels="bad, good", return_scores=True) == \
+        lt.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True)
+    for empty in ("", " , "):
+        with pytest.raises(ConfigError, match="candidate_labels is empty"):
+            lt.predict(TEXTS, candidate_labels=empty)
+
+
+@pytest.mark.parametrize("bad", [1.01, -0.1, float("nan"), "0.5"])
+def test_threshold_must_be_a_probability(bad):
+    with pytest.raises(ConfigError, match="threshold"):
+        make().predict(TEXTS, multi_label=True, threshold=bad)
+
+
+def test_candidates_identical_within_label_length_are_an_error():
+    lt = make()  # l = 3: [CLS] negative [SEP]
+    assert lt.config.label_length == 3
+    # "the review is bad ." keeps [CLS] the [SEP] for both labels: always a tie
+    with pytest.raises(ConfigError, match="identical within the adapter's label_length=3"):
+        lt.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="the movie is {}.")
+    # LT-prompt reads candidate texts at full length: the same template works
+    lp = make("lt-prompt")
+    out = lp.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="the movie is {}.",
+                     return_scores=True)
+    assert all(len(set(o["scores"].values())) == 2 for o in out)
+
+
+def test_truncation_warning_points_at_the_caller():
+    lt = make()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lt.predict(TEXTS, candidate_labels=["bad movie", "good movie"])
+    mine = [w for w in caught if "truncated" in str(w.message)]
+    assert mine and mine[0].filename == __file__
+
+
+def test_hypothesis_template_needs_exactly_one_slot_and_keeps_other_braces():
+    from ltuning.api import _apply_template
+
+    assert _apply_template(["bad"], "x {} {0} {{") == ["x bad {0} {{"]
+    for bad in ("no slot", "{} and {}", 3):
+        with pytest.raises(ConfigError, match="exactly once"):
+            _apply_template(["bad"], bad)
+
+
+def test_long_texts_are_cut_to_what_the_position_table_holds():
+    lt = make(max_length=512)  # the tiny BERT has 64 positions
+    l = lt.config.label_length
+    assert lt.text_max_length == 64 - l
+    long_text = " ".join(["good"] * 300)
+    scores = lt.score_texts([long_text, "bad plot"])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    assert lt.predict(long_text) in lt.label_names
+
+
+def test_pair_collator_marks_pair_models():
+    from ltuning.hf import PairCollator
+
+    lt = make()
+    PairCollator(lt, text_columns=["premise", "hypothesis"])
+    assert lt.config.text_pairs is True
+    PairCollator(lt, text_columns="text")
+    assert lt.config.text_pairs is False
+    with pytest.raises(DataError, match="1 column"):
+        PairCollator(lt, text_columns=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("kw, key", [({"prefix_pooling": "x"}, "prefix_pooling"),
+                                     ({"text_pooling": "max"}, "text_pooling"),
+                                     ({"text_pairs": "yes"}, "text_pairs")])
+def test_config_enums_and_flags_are_config_errors(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        LTuningConfig(label_names=["a", "b"], **kw)
