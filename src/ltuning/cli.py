@@ -1,6 +1,7 @@
-"""Command line: ``ltuning train | evaluate | predict | params`` (also ``python -m ltuning``).
+"""Command line: ``ltuning train | evaluate | predict | params | report`` (also ``python -m ltuning``).
 
-Every user error ends in one line on stderr (``error: ...``) and exit status 2, with no partial output.
+Every user error ends in one line on stderr (``error: ...``; a malformed command line: ``ltuning train:
+error: ...`` and a pointer to ``--help``) and exit status 2, with no partial output.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from .data import TASKS
+from .data import DEFAULT_GLUE_DIRS, TASKS
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a malformed command line ends in one line (and a pointer to --help), not the usage."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
 
 
 def _methods() -> list[str]:
@@ -37,7 +45,8 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--task", choices=sorted(TASKS),
                    help="a known task: " + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()))
     g.add_argument("--data-dir", help="folder laid out like shared/data/glue (<task>/train.tsv, "
-                   "<task>/validation.tsv); default: $LTUNING_GLUE_DIR or ../shared/data/glue")
+                   "<task>/validation.tsv); default: $LTUNING_GLUE_DIR, else the first of "
+                   + " and ".join(DEFAULT_GLUE_DIRS) + " that exists")
     if train:
         g.add_argument("--train-file", help="training data: .csv, .tsv or .jsonl (with --text-column, --label-column)")
         g.add_argument("--validation-file", help="validation data in the same format as --train-file")
@@ -49,12 +58,16 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
         g.add_argument("--split", default="validation", help="split of --task (default: validation)")
         g.add_argument("--max-samples", type=int, help="evaluate a seeded random subset")
     g.add_argument("--text-column", action="append",
-                   help="text column of a data file; give it twice for sentence pairs (premise, hypothesis)")
+                   help="text column of a data file (a header name, or a 0-based index with --no-header); give "
+                        "it twice for sentence pairs (premise, hypothesis)")
     g.add_argument("--label-column", help="label column of a data file (label names or integer indices)")
+    g.add_argument("--no-header", action="store_true",
+                   help="the .csv/.tsv data files have no header row: give --text-column and --label-column as "
+                        "0-based column indices (e.g. CoLA: --text-column 3 --label-column 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ltuning",
         description="L-Tuning: train a few parameters, conditioned on the label texts, on a frozen transformer "
                     "to classify text (Kowsher et al., ICLR 2024 Tiny Papers).",
@@ -103,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
     g.add_argument("--output-dir", help="where the adapter and train_results.json go "
-                   "(default: runs/<task>-<method>-seed<seed>)")
+                   "(default: runs/<task>-<method>-seed<seed>); a folder that already holds a run is refused "
+                   "unless --overwrite (or --resume) is given")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train into an --output-dir that holds a previous run: first delete the files ltuning "
+                        "wrote there (adapter, README.md card, run_config.json, train_results.json, eval_*.json, "
+                        "plots, checkpoints/); other files are kept")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="batches per optimizer step (effective batch: N x --batch-size; default: 1)")
@@ -114,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int, default=2,
                    help="keep the newest K checkpoints, plus the one at the best validation step (default: 2)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --output-dir (same options; from step 0 if none)")
+                   help="continue from the latest checkpoint in --output-dir (same options; from step 0 if none); "
+                        "the folder's previous run is kept")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a step whose loss or gradient is NaN/inf instead of stopping the run")
     p.set_defaults(func=cmd_train)
@@ -126,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
     _add_data_args(p, train=False)
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--output", help="metrics JSON path (default: <adapter>/eval_<task or file>_<split>.json)")
+    p.add_argument("--output", help="metrics JSON path (default: <adapter>/eval_<task>_<split>.json for --task, "
+                   "<adapter>/eval_<file name without extension>_file.json for --file)")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,13 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     # predict
     p = sub.add_parser("predict", help="classify texts with a saved adapter",
-                       description="Print the predicted label and its score (softmax over the labels' scores) "
-                                   "for each text: from arguments, from --file (one per line), or from stdin.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Print the predicted label, its score (softmax over the labels' scores) and "
+                                   "the text, tab-separated,\nfor each text: from arguments, from --file (one per "
+                                   "line), or from stdin. Blank lines are skipped.\n\n"
+                                   "Sentence pairs: an adapter trained on pairs (e.g. --task rte, or two "
+                                   "--text-column) reads\neach line, and each argument, as PREMISE<TAB>HYPOTHESIS "
+                                   "(exactly one TAB), e.g.\n  ltuning predict --adapter runs/rte "
+                                   "$'A man sleeps.\\tSomeone is asleep.'\n  printf 'A man sleeps.\\tSomeone is "
+                                   "asleep.\\n' | ltuning predict --adapter runs/rte\nOther adapters take each "
+                                   "line or argument as one text, TABs included.")
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
-    p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", help="file with one text per line ('-' for stdin)")
+    p.add_argument("texts", nargs="*", help="texts to classify (PREMISE<TAB>HYPOTHESIS for a pair adapter); "
+                   "never read as key=value options")
+    p.add_argument("--file", help="file with one text per line, or one PREMISE<TAB>HYPOTHESIS pair per line for a "
+                   "pair adapter ('-' for stdin; \\n or \\r\\n line ends)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per text with all label scores")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text with all label scores "
+                   "(\"text\" is [premise, hypothesis] for a pair)")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.set_defaults(func=cmd_predict)
@@ -152,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="labels to count with (default: sst2)")
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")
-    p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text)")
+    p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text; at most the "
+                   "model's position table, or 8192 tokens for rotary / relative positions)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
@@ -170,14 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- config files, plots, run records
 CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names: max_steps or max-steps); options "
-               "on the command line and key=value arguments override it. A run's run_config.json reruns it")
+               "on the command line override it, and so do key=value arguments (e.g. max_steps=600) given with "
+               "--config. A run's run_config.json reruns it")
+CONFIG_HELP_POSITIONAL = ("read options from a YAML or JSON file (keys are option names, e.g. batch_size or "
+                          "batch-size); options on the command line override it. This command takes no key=value "
+                          "arguments: its positional arguments are read literally")
 RUN_CONFIG_NAME = "run_config.json"
 
 
 def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
     """--config on every command, --plot on train and evaluate, open-vocabulary options on predict."""
     for p in commands.values():
-        p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        p.add_argument("--config", metavar="FILE",
+                       help=CONFIG_HELP_POSITIONAL if _positionals(p) else CONFIG_HELP)
     commands["train"].add_argument("--plot", action="store_true",
                                    help="also write loss.png and accuracy.png into the output folder (needs matplotlib)")
     commands["evaluate"].add_argument("--plot", action="store_true",
@@ -186,11 +223,18 @@ def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
     p = commands["predict"]
     g = p.add_argument_group("open-vocabulary labels (lt-prefix, lt-prompt)")
     g.add_argument("--candidate-labels", help="score these label names instead of the adapter's (comma-separated "
-                   "or a JSON list); the frozen model encodes them, the trained adapter scores them")
-    g.add_argument("--hypothesis-template", help="label text for each label name, e.g. 'The review is {}.'")
+                   "or a JSON list of names); the frozen model encodes them, the trained adapter scores them")
+    g.add_argument("--hypothesis-template", help="label text for each label name, e.g. 'The review is {}.': "
+                   "exactly one {} where the name goes; other braces are kept as written")
     g.add_argument("--multi-label", action="store_true",
                    help="an independent sigmoid per label; print every label scoring >= --threshold")
-    g.add_argument("--threshold", type=float, default=0.5, help="--multi-label threshold (default: 0.5)")
+    g.add_argument("--threshold", type=float,
+                   help="--multi-label threshold, in [0, 1] (default: 0.5)")
+
+
+def _positionals(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A command's positional arguments (predict's texts, report's folders), which key=value never replaces."""
+    return [a for a in p._actions if not a.option_strings and a.dest != "help"]
 
 
 def _load_config_file(path: str) -> dict:
@@ -258,9 +302,22 @@ def _convert(action: argparse.Action, key: str, value):
     return [one(v) for v in value] if many else one(value)
 
 
+def _option_action(cmd_parser: argparse.ArgumentParser, tok: str) -> argparse.Action | None:
+    """The option a command-line token names (exactly, or by a unique prefix as argparse allows)."""
+    exact = cmd_parser._option_string_actions.get(tok)
+    if exact is not None or not tok.startswith("--"):
+        return exact
+    hits = {a for s, a in cmd_parser._option_string_actions.items() if s.startswith(tok)}
+    return hits.pop() if len(hits) == 1 else None
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], str | None]:
-    """Read ``--config FILE`` and ``key=value`` arguments of the command in ``argv`` into its parser's
-    defaults, so options given on the command line still win. Returns argv without them, and the file."""
+    """Read ``--config FILE`` and its ``key=value`` overrides into the command's parser defaults, so options
+    given on the command line still win. Returns argv without them, and the file.
+
+    ``key=value`` is an override only where the user asked for a config: with ``--config``, on a command
+    without positional arguments (train, evaluate, params), and never as the value of an option
+    (``--label-texts a=b``). predict's texts and report's folders are always taken literally."""
     from .errors import ConfigError
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -268,6 +325,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
         return argv, None
     command, cmd_parser = argv[0], sub.choices[argv[0]]
     actions = {a.dest: a for a in cmd_parser._actions if a.dest not in ("help", "config")}
+    takes_overrides = not _positionals(cmd_parser)
     rest, path, overrides, i = [argv[0]], None, {}, 1
     while i < len(argv):
         tok = argv[i]
@@ -280,14 +338,26 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
         if tok.startswith("--config="):
             path, i = tok.split("=", 1)[1], i + 1
             continue
+        action = _option_action(cmd_parser, tok) if tok.startswith("-") and "=" not in tok else None
+        if action is not None and action.nargs is None and i + 1 < len(argv):
+            rest += [tok, argv[i + 1]]  # an option and its value, whatever the value looks like
+            i += 2
+            continue
         key, eq, val = tok.partition("=")
-        if eq and not tok.startswith("-") and key.replace("-", "_") in actions:
-            overrides[key.replace("-", "_")] = _override_value(val)
+        if takes_overrides and eq and not tok.startswith("-") and key.replace("-", "_") in actions:
+            overrides[key.replace("-", "_")] = (tok, _override_value(val))
         else:
             rest.append(tok)
         i += 1
-    if path is None and not overrides:
+    if overrides and path is None:
+        dest, (tok, _) = next(iter(overrides.items()))
+        action = actions[dest]
+        option = action.option_strings[-1] + ("" if action.nargs == 0 else " VALUE")
+        raise ConfigError(f"{tok!r}: key=value overrides apply to a --config FILE; on the command line write "
+                          f"{option}")
+    if path is None:
         return argv, None
+    overrides = {k: v for k, (_, v) in overrides.items()}
     values = {}
     for k, v in (_load_config_file(path) if path else {}).items():
         values[str(k).replace("-", "_")] = v
@@ -364,9 +434,14 @@ def _read_data(args, split: str, file: str | None, label_names: list[str] | None
         label_col = args.label_column if args.label_column is not None else (task.label_column if task else None)
         if not text_cols or label_col is None:
             raise DataError(f"{file}: give --text-column and --label-column (or a --task whose columns it has)")
-        header = task.header if task and not args.text_column else True
-        return read_table(file, text_cols, label_col, label_names or (task.label_names if task else None),
-                          header=header)
+        header = False if getattr(args, "no_header", False) else task.header if task and not args.text_column else True
+        try:
+            return read_table(file, text_cols, label_col, label_names or (task.label_names if task else None),
+                              header=header)
+        except DataError as e:
+            if header and any(str(c).isdigit() for c in [*text_cols, label_col]) and "column" in str(e):
+                raise DataError(f"{e}; a file without a header row takes column indices with --no-header") from None
+            raise
     if task is None:
         raise DataError("no data: give --task, or a data file with --text-column and --label-column")
     return read_glue(task, split, args.data_dir)
@@ -377,6 +452,158 @@ def _check_positive(name: str, value: int | None) -> None:
 
     if value is not None and value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def _check_writable_parent(path: Path, option: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder we may write into."""
+    from .errors import ConfigError
+
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write into {parent} (permission denied)")
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    from .errors import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write into it (permission denied)")
+    _check_writable_parent(path, option)
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    from .errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file path such as {path / 'metrics.json'}")
+    _check_writable_parent(path, option)
+
+
+# Files `ltuning train` / `evaluate --plot` write into a run folder: what --overwrite removes, nothing else.
+_RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_config.json", "train_results.json",
+              "loss.png", "accuracy.png")
+_RUN_GLOBS = ("eval_*.json", "eval_*.png")
+
+
+def _is_card(path: Path) -> bool:
+    """A README.md that ltuning's model card wrote (not a user's own notes)."""
+    from .card import CARD_NAME
+
+    if path.name != CARD_NAME or not path.is_file():
+        return False
+    try:
+        return "library_name: ltuning" in path.read_text(encoding="utf-8", errors="replace")[:400]
+    except OSError:
+        return False
+
+
+def _previous_run(out: Path) -> list[Path]:
+    """What a previous run left in ``out``: adapter, results, config, checkpoints (empty: not a run)."""
+    from .checkpoint import CHECKPOINTS_DIR
+
+    if not out.is_dir():
+        return []
+    found = [out / n for n in ("adapter_config.json", "train_results.json", "run_config.json") if (out / n).is_file()]
+    ckpt = out / CHECKPOINTS_DIR
+    if ckpt.is_dir() and any(ckpt.iterdir()):
+        found.append(ckpt)
+    return found
+
+
+def _remove_previous_run(out: Path) -> list[Path]:
+    """Delete the files a previous ltuning run wrote in ``out`` (only those); returns what was removed."""
+    import shutil
+
+    from .card import CARD_NAME
+    from .checkpoint import CHECKPOINTS_DIR
+
+    removed = [out / n for n in _RUN_FILES if (out / n).is_file()]
+    removed += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
+    if _is_card(out / CARD_NAME):
+        removed.append(out / CARD_NAME)
+    for f in removed:
+        f.unlink()
+    if (out / CHECKPOINTS_DIR).is_dir():
+        shutil.rmtree(out / CHECKPOINTS_DIR)
+        removed.append(out / CHECKPOINTS_DIR)
+    return removed
+
+
+def _predict_inputs(args, pairs: bool) -> list:
+    """predict's inputs: arguments, else the lines of --file, else stdin (blank lines skipped, \\r\\n or \\n
+    line ends). For a pair adapter each one is split at its one TAB into (premise, hypothesis)."""
+    from .errors import DataError
+
+    if args.texts:
+        where, numbered = "text", list(enumerate(args.texts, 1))
+    elif args.file and args.file != "-":
+        path = Path(args.file)
+        if not path.exists():
+            raise DataError(f"file not found: {path}")
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; give a text file")
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
+        where = f"{path}, line"
+    else:
+        numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
+        where = "stdin, line"
+    numbered = [(n, t) for n, t in numbered if t.strip()]
+    if not numbered:
+        raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
+    if not pairs:
+        return [t for _, t in numbered]
+    items = []
+    for n, t in numbered:
+        parts = t.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            found = f"{len(parts) - 1} TABs" if len(parts) != 2 else "an empty side"
+            raise DataError(f"{where} {n}: this adapter was trained on sentence pairs; give PREMISE<TAB>HYPOTHESIS "
+                            f"(exactly one TAB, text on both sides), found {found}")
+        items.append((parts[0], parts[1]))
+    return items
+
+
+def _parse_candidates(spec: str) -> list[str]:
+    """--candidate-labels: comma-separated names, or a JSON list of names."""
+    from .errors import ConfigError
+
+    if not spec.strip():
+        raise ConfigError("--candidate-labels is empty; give label names, comma-separated or as a JSON list")
+    if spec.lstrip().startswith(("[", "{", '"')):
+        try:
+            value = json.loads(spec)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"--candidate-labels: invalid JSON ({str(e)[:200]})") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"--candidate-labels must be comma-separated names or a JSON list of names, got a "
+                              f"JSON {type(value).__name__.replace('dict', 'object').replace('str', 'string')}")
+    else:
+        value = spec.split(",")
+    names = []
+    for i, v in enumerate(value, 1):
+        if isinstance(v, list | dict) or v is None:
+            raise ConfigError(f"--candidate-labels: label {i} must be a name, got {json.dumps(v)}")
+        if not str(v).strip():
+            raise ConfigError(f"--candidate-labels: label {i} is empty")
+        names.append(str(v).strip())
+    return names
+
+
+def _check_template(template: str) -> None:
+    """--hypothesis-template, checked by the rule predict applies (one ``{}``), before any work."""
+    from .api import _apply_template
+
+    _apply_template(["label"], template)  # ConfigError: the usual one-line error
 
 
 def _position_table(backbone) -> int | None:
@@ -425,6 +652,16 @@ def cmd_train(args) -> int:
                       resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".")
     if not args.train_file and not args.task:
         raise ConfigError("no training data: give --task (e.g. --task demo) or --train-file")
+    name = args.task or Path(args.train_file).stem
+    out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
+    # The output folder first: a run that cannot be saved, or would mix with an older one, never starts.
+    _check_output_dir(out_dir, "--output-dir")
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite deletes the run that --resume continues; give one of them")
+    previous = _previous_run(out_dir)
+    if previous and not args.overwrite and not args.resume:
+        raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
+                          "give --overwrite to replace it, --resume to continue it, or another --output-dir")
     # Read and check all input before anything is written.
     train_data = _read_data(args, "train", args.train_file, None)
     if args.train_file and not args.validation_file:
@@ -455,11 +692,12 @@ def cmd_train(args) -> int:
         (print if is_main_process() else (lambda *a: None))(f"note: --max-length {config.max_length} is more than {backbone.name} fits with a "
               f"{config.label_length}-token prefix/prompt; texts are truncated to {fits} tokens")
         config.max_length = fits
-    name = args.task or Path(args.train_file).stem
-    out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
     targs.output_dir = str(out_dir)
     main_process = is_main_process()  # under `accelerate launch` only the main process prints and writes
     say = print if main_process else (lambda *a, **k: None)
+    if args.overwrite and previous and main_process:
+        removed = _remove_previous_run(out_dir)
+        say(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
     say(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
           f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
           f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
@@ -500,15 +738,20 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, format_metrics
 
     _check_positive("--max-samples", args.max_samples)
+    _check_positive("--batch-size", args.batch_size)
     config = read_adapter_config(args.adapter)
+    # A --file names its own output (eval_<stem>_file.json): it never replaces the task split's metrics.
+    name, part = (Path(args.file).stem, "file") if args.file else (args.task, args.split)
+    out = Path(args.output) if args.output else Path(args.adapter) / f"eval_{name}_{part}.json"
+    _check_output_file(out, "--output")
+    if args.plot:
+        _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
     data = _read_data(args, args.split, args.file, config.label_names).subset(args.max_samples)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     t0 = time.perf_counter()
     metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     metrics["seconds"] = time.perf_counter() - t0
     metrics["data"] = data.source
-    name = args.task or Path(args.file).stem
-    out = Path(args.output) if args.output else Path(args.adapter) / f"eval_{name}_{args.split if args.task else 'file'}.json"
     metrics["run_config"] = _resolved_config(args)
     atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     print(f"{config.method} on {config.base_model}: {data.source}")
@@ -518,34 +761,36 @@ def cmd_evaluate(args) -> int:
         from .plots import plot_confusion
 
         png = plot_confusion(metrics["confusion_matrix"], config.label_names, out.with_suffix(".png"),
-                             title=f"{config.method}: {name} {args.split if args.task else ''}".strip())
+                             title=f"{config.method}: {name} {part if args.task and not args.file else ''}".strip())
         print(f"confusion matrix written to {png}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from .adapter import load_adapter, read_adapter_config
-    from .data import read_texts
+    from .errors import ConfigError
 
-    read_adapter_config(args.adapter)  # fail fast on a bad folder before reading stdin
-    candidates = None
-    if args.candidate_labels:
-        from .data import load_label_texts
-
-        try:
-            candidates = json.loads(args.candidate_labels)
-        except json.JSONDecodeError:
-            candidates = [c.strip() for c in args.candidate_labels.split(",")]
-        if not isinstance(candidates, list):
-            candidates = load_label_texts(args.candidate_labels, [])  # raises the usual DataError
-    texts = read_texts(args.file, args.texts)
+    # Every option and the adapter folder are checked before stdin is read or the model loaded.
+    _check_positive("--batch-size", args.batch_size)
+    config = read_adapter_config(args.adapter)
+    candidates = None if args.candidate_labels is None else _parse_candidates(args.candidate_labels)
+    if args.hypothesis_template is not None:
+        _check_template(args.hypothesis_template)
+    if args.threshold is not None:
+        if not args.multi_label:
+            raise ConfigError("--threshold applies to --multi-label only")
+        if not 0 <= args.threshold <= 1:  # a sigmoid score is in [0, 1]; 0 shows every label, 1 none
+            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    texts = _predict_inputs(args, pairs=bool(getattr(config, "text_pairs", False)))
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
                             hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
-                            threshold=args.threshold, return_scores=True)
-    for text, r in zip(texts, results, strict=True):
+                            threshold=threshold, return_scores=True)
+    for item, r in zip(texts, results, strict=True):
+        text = "\t".join(item) if isinstance(item, tuple) else item
         if args.json:
-            print(json.dumps({"text": text, **r}))
+            print(json.dumps({"text": list(item) if isinstance(item, tuple) else item, **r}))
         elif args.multi_label:
             print(f"{','.join(r['labels']) or '-'}\t" + " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
                   + f"\t{text}")
@@ -555,22 +800,30 @@ def cmd_predict(args) -> int:
 
 
 def cmd_params(args) -> int:
+    import torch
+
     from .backbones import load_backbone
     from .config import LTuningConfig
     from .data import get_task, load_label_texts
+    from .errors import ConfigError
     from .methods import METHODS
 
+    _check_positive("--label-length", args.label_length)
     task = get_task(args.task)
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
-    l = args.label_length or backbone.label_token_length(texts)
-    _check_positive("--label-length", l)
+    # the bound train uses: l label tokens run through the model itself
+    context = _position_table(backbone) or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
+    if args.label_length is not None and args.label_length > context:
+        raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
+    l = args.label_length if args.label_length is not None else backbone.label_token_length(texts)
     K = len(task.label_names)
     dims = backbone.dims
     config = LTuningConfig(label_names=task.label_names, label_texts=texts, label_length=l)
     rows = []
     for name, cls in sorted(METHODS.items()):
-        counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
+        with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
+            counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
         expr, value = cls.formula(dims, l, K)
         rows.append({"method": name, "trainable": counted, "formula": expr, "formula_value": value,
                      "match": counted == value})
@@ -590,6 +843,20 @@ def cmd_params(args) -> int:
     return 0
 
 
+def _interrupted_message(args) -> str:
+    """What a Ctrl-C leaves: for train, the newest checkpoint it can --resume from, if one was written."""
+    if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
+        from .checkpoint import latest_checkpoint
+
+        try:
+            last = latest_checkpoint(args.output_dir)
+        except OSError:
+            last = None
+        if last is not None:
+            return f"interrupted; last checkpoint: {last}; continue with the same command and --resume"
+    return "interrupted; nothing was saved"
+
+
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
@@ -598,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    args = None
     try:
         argv, config_file = _apply_config(parser, argv)
     except LTuningError as e:
@@ -633,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
     finally:
         card.set_command(None)  # an in-process caller's later save_pretrained is not this command

@@ -61,7 +61,9 @@ def summarize(run: Path) -> dict:
     row["evals"] = {}
     for f in sorted(run.glob("eval_*.json")):
         m = _read_json(f)
-        row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples")}
+        # eval_<task>_<split>.json from --task, eval_<file stem>_file.json from --file; "data" says which
+        row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples",
+                                                                     "data")}
     return row
 
 
