@@ -192,3 +192,103 @@ def test_corrupted_adapter_config_names_the_key(tiny_model, tmp_path, key, value
     assert says in str(e.value) and CONFIG_NAME in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(AdapterError, match=says):
         load_adapter(folder, backbone=tiny_model.backbone)
+
+
+# ---------------------------------------------------------------------- 7. no NaN adapter
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
+
+    root = tmp_path_factory.mktemp("nan")
+    return {"model": str(save_tiny_bert(root / "m")), "train": str(write_csv(root / "t.csv", TRAIN)),
+            "valid": str(write_csv(root / "v.csv", VALID))}
+
+
+def _train_argv(f, out, *extra, validation=True):
+    return ["train", "--model", f["model"], "--train-file", f["train"],
+            *(["--validation-file", f["valid"]] if validation else []), "--text-column", "text",
+            "--label-column", "label", "--method", "lt-prompt", "--max-steps", "6", "--batch-size", "4",
+            "--eval-every", "2", "--output-dir", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_huge_learning_rate_with_skip_nonfinite_saves_no_nan_adapter(run_files, tmp_path, capsys, validation):
+    from ltuning.cli import main
+
+    out = tmp_path / "out"
+    rc = main(_train_argv(run_files, out, "--learning-rate", "1e30", "--skip-nonfinite", "--checkpoint-every", "2",
+                           validation=validation))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "no adapter is saved" in err[0] and "--learning-rate" in err[0]
+    if validation:
+        assert "no evaluation had a finite validation loss" in err[0]
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "train_results.json").exists()
+    # the checkpoints written on the way are strict JSON (a NaN validation loss is null)
+    import json
+
+    for state in out.glob("checkpoints/step-*/trainer_state.json"):
+        text = state.read_text()
+        assert "NaN" not in text and "Infinity" not in text, state
+        ts = json.loads(text)
+        if validation:
+            assert any(r["loss"] is None and r.get("nonfinite") for r in ts["history"])
+
+
+def test_nan_evaluation_is_never_the_best(run_files, tmp_path, monkeypatch):
+    """One evaluation with a NaN loss among finite ones: recorded as null, never kept; the rest train on."""
+    import json
+
+    import ltuning.train as train_mod
+
+    orig = train_mod.evaluate
+    calls = [0]
+
+    def evaluate(*a, **k):
+        calls[0] += 1
+        m = orig(*a, **k)
+        if calls[0] == 2:  # step 4: a NaN loss with the best accuracy there could be
+            m = {**m, "loss": float("nan"), "accuracy": 1.0}
+        return m
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    from ltuning.cli import main
+
+    out = tmp_path / "out"
+    assert main(_train_argv(run_files, out)) == 0
+    text = (out / "train_results.json").read_text()
+    assert "NaN" not in text
+    res = json.loads(text)
+    assert res["best_step"] != 4 and res["best_metrics"]["loss"] is not None
+    assert [r["loss"] is None for r in res["history"]] == [False, True, False]
+
+
+def test_history_jsonl_and_result_dict_are_strict_json():
+    import json
+
+    from ltuning.train import TrainResult, history_jsonl
+
+    r = TrainResult(best_step=2, best_metrics={"loss": 0.5},
+                    history=[{"step": 2, "loss": float("nan"), "train_loss": float("inf")}])
+    assert json.loads(history_jsonl(r)) == {"step": 2, "loss": None, "train_loss": None}
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+# ---------------------------------------------------------------------- 8. text_pairs
+@pytest.mark.parametrize("pairs", [True, False])
+def test_training_records_whether_texts_are_pairs(tiny_model, tmp_path, pairs):
+    import json
+
+    from ltuning.adapter import CONFIG_NAME, read_adapter_config, save_adapter
+    from ltuning.data import TextDataset
+    from ltuning.train import TrainArgs, train
+
+    texts = [("it rains", "it is wet"), ("it rains", "it is dry"), ("a good film", "the film is good"),
+             ("bad plot", "the plot is great")]
+    data = TextDataset(texts if pairs else [p for p, _ in texts], [0, 1, 0, 1], ["negative", "positive"])
+    tiny_model.config.text_pairs = not pairs  # whatever it held before, training sets it from the data
+    train(tiny_model, data, None, TrainArgs(max_steps=1, batch_size=4, progress=False))
+    assert tiny_model.config.text_pairs is pairs
+    folder = save_adapter(tiny_model, tmp_path / "a")
+    assert json.loads((folder / CONFIG_NAME).read_text())["text_pairs"] is pairs
+    assert read_adapter_config(folder).text_pairs is pairs

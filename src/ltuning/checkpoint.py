@@ -16,6 +16,7 @@ at any moment leaves either a whole checkpoint or none (a stale ``.tmp-*`` folde
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -61,6 +62,18 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: strict JSON (``allow_nan=False``) has no
+    NaN or Infinity, and a NaN validation loss is recorded, not hidden."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------- RNG
@@ -128,7 +141,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
         save_file(_cpu_state(best_weights), str(tmp / BEST_NAME), metadata={"format": "pt"})
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
-        (tmp / STATE_NAME).write_text(json.dumps(trainer_state, indent=1) + "\n", encoding="utf-8")
+        (tmp / STATE_NAME).write_text(json.dumps(json_safe(trainer_state), indent=1, allow_nan=False) + "\n",
+                                      encoding="utf-8")
         for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .checkpoint import json_safe
 from .config import LabelPosition
 from .data import TextDataset
 from .errors import ConfigError, DataError
@@ -96,7 +97,7 @@ class TrainResult:
     skipped_steps: list[int] = field(default_factory=list)  # steps skipped for a non-finite loss
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 def set_seed(seed: int) -> None:
@@ -142,6 +143,25 @@ def _all_reduce_(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
+def _finite_weights(params) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _check_final_state(model: LTuningModel, probe: list, step: int) -> None:
+    """The state about to be returned (and saved) must hold finite weights that give finite scores: weights
+    of ~1e30 are finite, yet score NaN."""
+    if not _finite_weights(model.method.parameters()):
+        problem = "hold non-finite values"
+    else:
+        with torch.no_grad():
+            scores = model.score_texts(probe, batch_size=len(probe))
+        if bool(torch.isfinite(scores).all()):
+            return
+        problem = "give non-finite scores (weights too large)"
+    raise NonFiniteLossError(
+        f"the trained weights (step {step}) {problem}; no adapter is saved. Lower --learning-rate or check the data")
+
+
 def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs, lr: float) -> dict:
     """Options a checkpoint must share with the run that resumes it (the data order and schedule)."""
     return {"method": model.config.method, "label_names": list(model.label_names),
@@ -185,6 +205,8 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
         raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
     if len(train_data) < 2:
         raise DataError(f"need at least 2 training examples, got {len(train_data)}")
+    # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
+    model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
     state = distributed_state()
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
     if args.batch_size < world:
@@ -308,9 +330,13 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
             # every process evaluates the same (identical) weights, so all keep the same best state
             metrics = evaluate(model, validation_data, batch_size=args.eval_batch_size)
             model.train()
-            row = {"step": step, "loss": metrics["loss"], "accuracy": metrics["accuracy"], "mcc": metrics["mcc"],
-                   "macro_f1": metrics["macro_f1"], "train_loss": running,
-                   "elapsed_seconds": elapsed_before + time.perf_counter() - start}
+            # a NaN validation loss (weights too large to score) is recorded as null and is never the best
+            finite_eval = math.isfinite(metrics["loss"]) and _finite_weights(params)
+            row = json_safe({"step": step, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                             "mcc": metrics["mcc"], "macro_f1": metrics["macro_f1"], "train_loss": running,
+                             "elapsed_seconds": elapsed_before + time.perf_counter() - start})
+            if not finite_eval:
+                row["nonfinite"] = True
             result.history.append(row)
             if main:
                 if on_eval is not None:
@@ -318,7 +344,7 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
                 bar.write(f"step {step}: validation accuracy {metrics['accuracy']:.4f}, mcc {metrics['mcc']:.4f}, "
                           f"loss {metrics['loss']:.4f}")
             key = (metrics["accuracy"], -metrics["loss"])
-            if key > best_key:
+            if finite_eval and key > best_key:
                 best_key = key
                 best_state = copy.deepcopy(model.method.state_dict())
                 result.best_step = step
@@ -340,12 +366,20 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
     if validation_data is None:
         best_state = copy.deepcopy(model.method.state_dict())
         result.best_step = args.max_steps
+    elif not result.best_metrics:
+        bad = [r["step"] for r in result.history if r.get("nonfinite")]
+        raise NonFiniteLossError(
+            f"no evaluation had a finite validation loss (non-finite at steps {bad[:8]}"
+            f"{'...' if len(bad) > 8 else ''}{', ' + str(len(result.skipped_steps)) + ' steps skipped' if result.skipped_steps else ''}); "
+            "the weights became non-finite or too large to score, and no adapter is saved. Lower --learning-rate "
+            "or check the data")
     model.method.load_state_dict(best_state)
     model.eval()
+    _check_final_state(model, (validation_data or train_data).texts[:8], result.best_step)
     result.seconds = elapsed_before + time.perf_counter() - start
     result.train_seconds = train_time
     return result
 
 
 def history_jsonl(result: TrainResult) -> str:
-    return "".join(json.dumps(r) + "\n" for r in result.history)
+    return "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in result.history)
