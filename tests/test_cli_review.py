@@ -312,3 +312,24 @@ def test_docstring_and_data_dir_help():
     flat = " ".join(helptext.split())
     assert "LTUNING_GLUE_DIR" in flat and all(d in flat for d in DEFAULT_GLUE_DIRS)
     assert "../../shared/data/glue" in flat
+
+
+# --bf16 for evaluate / predict (the review's item 11: BENCHMARKS.md credits bf16 prediction) -----------
+def test_predict_and_evaluate_take_bf16(trained, files, tmp_path, capsys):
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no bf16 autocast on this CPU build")
+    texts = ["the movie was good", "awful boring film"]
+    assert main(["predict", "--adapter", str(trained), "--json", *texts]) == 0
+    fp32 = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--adapter", str(trained), "--json", "--bf16", *texts]) == 0
+    bf16 = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in bf16] == texts
+    for a, b in zip(fp32, bf16, strict=True):  # same scores up to bfloat16 rounding
+        assert a["scores"].keys() == b["scores"].keys()
+        assert all(abs(a["scores"][k] - b["scores"][k]) < 0.05 for k in a["scores"])
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--adapter", str(trained), "--file", str(files["valid"]), "--text-column", "text",
+                 "--label-column", "label", "--output", str(out), "--bf16", "--quiet"]) == 0
+    assert 0.0 <= json.loads(out.read_text())["accuracy"] <= 1.0
