@@ -154,11 +154,13 @@ def test_cli_outputs_are_not_private(tmp_path):
         assert main(["train", "--model", str(model), "--train-file", str(write_csv(tmp_path / "t.csv", TRAIN)),
                      "--validation-file", str(write_csv(tmp_path / "v.csv", VALID)), "--text-column", "text",
                      "--label-column", "label", "--max-steps", "2", "--batch-size", "4", "--quiet",
-                     "--output-dir", str(tmp_path / "out")]) == 0
+                     "--checkpoint-every", "1", "--output-dir", str(tmp_path / "out")]) == 0
     finally:
         os.umask(old)
-    written = [f for f in (tmp_path / "out").iterdir() if f.is_file()]
-    assert {"adapter_model.safetensors", "train_results.json", "README.md"} <= {f.name for f in written}
+    written = [f for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    names = {str(f.relative_to(tmp_path / "out")) for f in written}
+    assert {"adapter_model.safetensors", "train_results.json", "README.md", "run_config.json",
+            "checkpoints/step-2/adapter_model.safetensors", "checkpoints/step-2/best_model.safetensors"} <= names
     for f in written:
         assert f.stat().st_mode & 0o777 == 0o644, f.name
 

@@ -36,6 +36,13 @@ def _umask() -> int:
     return mask
 
 
+def set_normal_mode(path: str | Path) -> None:
+    """Give ``path`` the mode a new file gets (0o666 less the umask). ``mkstemp`` makes files 0o600, and so
+    does ``safetensors.torch.save_file`` (0.8: it writes through a private temporary file), which would
+    leave adapters and checkpoints unreadable to other users and containers."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (same folder, so the rename is atomic).
 
@@ -46,7 +53,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
+        set_normal_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -118,6 +118,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
     """
     from safetensors.torch import save_file
 
+    from .adapter import set_normal_mode
+
     rank = accelerator.process_index if accelerator is not None else 0
     main = accelerator is None or accelerator.is_main_process
 
@@ -144,6 +146,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
         (tmp / STATE_NAME).write_text(json.dumps(json_safe(trainer_state), indent=1, allow_nan=False) + "\n",
                                       encoding="utf-8")
         for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+            set_normal_mode(f)  # safetensors writes 0o600 whatever the umask
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if final.exists():  # only when a run is resumed from an older step; replace it whole
