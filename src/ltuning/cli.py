@@ -610,23 +610,9 @@ def _check_template(template: str) -> None:
     _apply_template(["label"], template)  # ConfigError: the usual one-line error
 
 
-def _position_table(backbone) -> int | None:
-    """Size of a backbone's learned absolute position table (None: rotary / relative / ALiBi positions)."""
-    cfg = backbone.model.config
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or getattr(cfg, "rope_theta", None) \
-            or getattr(cfg, "rope_parameters", None) or getattr(cfg, "alibi", False):
-        return None
-    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-    return limit if isinstance(limit, int) else None
-
-
-def _fitting_max_length(model) -> int | None:
-    """Most text tokens a model with learned absolute positions takes beside its l injected positions."""
-    limit = _position_table(model.backbone)
-    if limit is None:
-        return None
-    start = model.backbone._position_start() if hasattr(model.backbone, "_position_start") else 2
-    return max(1, limit - start - model.config.label_length)
+def _context_limit(backbone) -> int:
+    """The most label tokens the model itself can run (its position table, or its context)."""
+    return backbone.position_table_size() or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
 
 
 # ---------------------------------------------------------------------- commands
@@ -680,7 +666,7 @@ def cmd_train(args) -> int:
     set_seed(args.seed)
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
     # the label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)
-    context = _position_table(backbone) or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
+    context = _context_limit(backbone)
     if args.label_length is not None and not 1 <= args.label_length <= context:
         raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
     config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
@@ -688,8 +674,8 @@ def cmd_train(args) -> int:
                            max_length=args.max_length, prefix_pooling=args.prefix_pooling,
                            text_pooling=args.text_pooling, label_position=args.label_position)
     model = LTuningModel(backbone, config)
-    fits = _fitting_max_length(model)
-    if fits is not None and config.max_length > fits:
+    fits = model.text_max_length
+    if config.max_length > fits:
         # Longer texts would index past the model's position table (a crash mid-training, or in predict).
         (print if is_main_process() else (lambda *a: None))(f"note: --max-length {config.max_length} is more than {backbone.name} fits with a "
               f"{config.label_length}-token prefix/prompt; texts are truncated to {fits} tokens")
@@ -840,7 +826,7 @@ def cmd_params(args) -> int:
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
     # the bound train uses: l label tokens run through the model itself
-    context = _position_table(backbone) or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
+    context = _context_limit(backbone)
     if args.label_length is not None and args.label_length > context:
         raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
     l = args.label_length if args.label_length is not None else backbone.label_token_length(texts)
