@@ -610,6 +610,13 @@ def _check_template(template: str) -> None:
     _apply_template(["label"], template)  # ConfigError: the usual one-line error
 
 
+def _strict_json(value) -> str:
+    """Indented strict JSON (no NaN / Infinity: a non-finite number is written as null)."""
+    from .checkpoint import json_safe
+
+    return json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n"
+
+
 def _context_limit(backbone) -> int:
     """The most label tokens the model itself can run (its position table, or its context)."""
     return backbone.position_table_size() or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
@@ -713,7 +720,7 @@ def cmd_train(args) -> int:
         "resumed_from_step": result.resumed_from,
         "skipped_steps": result.skipped_steps,
     }
-    atomic_write_text(out_dir / "train_results.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
     if result.best_metrics:
         print(f"best validation (step {result.best_step}):")
         print(format_metrics(result.best_metrics, config.label_names))
@@ -764,7 +771,7 @@ def cmd_evaluate(args) -> int:
     metrics["seconds"] = time.perf_counter() - t0
     metrics["data"] = data.source
     metrics["run_config"] = _resolved_config(args)
-    atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out, _strict_json(metrics))
     print(f"{config.method} on {config.base_model}: {data.source}")
     print(format_metrics(metrics, config.label_names))
     print(f"metrics written to {out}")
