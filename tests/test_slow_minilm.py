@@ -11,21 +11,26 @@ import torch
 pytestmark = pytest.mark.slow
 
 
+def minilm_and_demo(n_train: int, n_val: int):
+    """The packaged minilm and seeded subsets of the packaged demo data; skip where they are not installed."""
+    from ltuning.backbones import load_backbone
+    from ltuning.data import read_demo
+
+    try:
+        return (load_backbone("minilm"), read_demo("train").subset(n_train, seed=0),
+                read_demo("validation").subset(n_val, seed=0))
+    except Exception as e:  # packaged model or data not installed here
+        pytest.skip(f"packaged minilm / demo data unavailable: {e}")
+
+
 def test_minilm_lt_prefix_demo(tmp_path):
     from ltuning.adapter import load_adapter, save_adapter
-    from ltuning.backbones import load_backbone
     from ltuning.config import LTuningConfig
-    from ltuning.data import read_demo
     from ltuning.evaluate import evaluate
     from ltuning.model import LTuningModel
     from ltuning.train import TrainArgs, train
 
-    try:
-        backbone = load_backbone("minilm")
-        train_data = read_demo("train").subset(2000, seed=0)
-        val_data = read_demo("validation").subset(200, seed=0)
-    except Exception as e:  # packaged model or data not installed here
-        pytest.skip(f"packaged minilm / demo data unavailable: {e}")
+    backbone, train_data, val_data = minilm_and_demo(2000, 200)
     dims = backbone.dims
     assert (dims.num_layers, dims.hidden_size, dims.num_kv_heads) == (6, 384, 12)
 
@@ -61,18 +66,12 @@ def test_demo_defaults_learn():
     """The README's demo settings (default lt-prefix config and label texts on minilm) learn: a short run
     ends clearly above the majority class. Guards the defaults themselves (pooling, prefix pooling,
     learning rate): with the BERT pooler instead of the model's mean pooling this run stayed at majority."""
-    from ltuning.backbones import load_backbone
     from ltuning.config import LTuningConfig, TextPooling
-    from ltuning.data import get_task, read_demo
+    from ltuning.data import get_task
     from ltuning.model import LTuningModel
     from ltuning.train import TrainArgs, train
 
-    try:
-        backbone = load_backbone("minilm")
-        train_data = read_demo("train").subset(3000, seed=0)
-        val_data = read_demo("validation").subset(300, seed=0)
-    except Exception as e:  # packaged model or data not installed here
-        pytest.skip(f"packaged minilm / demo data unavailable: {e}")
+    backbone, train_data, val_data = minilm_and_demo(3000, 300)
     task = get_task("demo")
     model = LTuningModel(backbone, LTuningConfig(method="lt-prefix", base_model="minilm",
                                                  label_names=task.label_names, label_texts=task.label_texts))

@@ -154,20 +154,37 @@ def _open_text(path: Path, encoding: str = "utf-8-sig"):
     return open(path, encoding=encoding, newline="")
 
 
+def _parse_json(path: Path, text: str, lineno: int | None = None):
+    """json.loads with errors that name the file (and, for JSONL, the file's line)."""
+    where = "" if lineno is None else f" at line {lineno}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = lineno if lineno is not None else e.lineno
+        raise DataError(f"{path}: invalid JSON at line {line}: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
+        raise DataError(f"{path}: invalid JSON{where} ({str(e)[:200]})") from None
+
+
 def _json_rows(path: Path, text: str, suffix: str) -> list[dict]:
     """Rows of a JSON array file or a JSONL file (one object a line); errors name the file's line."""
     if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
-            raise DataError(f"{path}: invalid JSON ({str(e)[:200]})") from None
+        rows = _parse_json(path, text)
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
                 raise DataError(f"{path}: item {i + 1} of the array is not a JSON object "
                                 f"(got {type(r).__name__}); every row must map column -> value")
         return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        r = _parse_json(path, line, lineno)
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(r).__name__}); "
+                            "every line must be an object of column -> value")
+        rows.append(r)
+    return rows
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
