@@ -84,3 +84,20 @@ def test_auto_pooling_without_sentence_config():
     assert bb.native_pooling is None and bb.resolve_pooling(TextPooling.AUTO) == TextPooling.POOLER
     dec_model, dec_tok = tiny_llama()
     assert Backbone(dec_model, dec_tok).resolve_pooling(TextPooling.AUTO) == TextPooling.LAST
+
+
+def test_adapter_saved_with_auto_keeps_the_old_rule(tmp_path):
+    """Adapters saved before 'auto' followed sentence-transformers folders say "auto" and were trained with
+    the pooler: they load with the pooler, not with the folder's mean pooling."""
+    bb = _bert_in_folder(tmp_path / "st", {"pooling_mode_mean_tokens": True})
+    model = LTuningModel(bb, LTuningConfig(method="lt-prefix", label_names=["neg", "pos"], text_pooling="pooler"))
+    save_adapter(model, tmp_path / "adapter")
+    path = tmp_path / "adapter" / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    assert raw["text_pooling"] == "pooler"
+    raw["text_pooling"] = "auto"  # what an older ltuning wrote for this model
+    path.write_text(json.dumps(raw))
+    loaded = load_adapter(tmp_path / "adapter", backbone=bb)
+    assert loaded.pooling == TextPooling.POOLER
+    texts = ["good movie", "bad film here"]
+    assert torch.equal(loaded.score_texts(texts), model.score_texts(texts))

@@ -14,7 +14,7 @@ import torch
 
 from . import __version__, card
 from .backbones import Backbone, load_backbone
-from .config import LTuningConfig
+from .config import LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
 from .methods import get_method
 from .model import LTuningModel
@@ -175,6 +175,10 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, model:
     if config.label_length is not None and not (isinstance(config.label_length, int) and
                                                 1 <= config.label_length <= context):
         raise AdapterError(f"{directory / CONFIG_NAME}: label_length {config.label_length!r} is not in [1, {context}]")
+    if config.text_pooling == TextPooling.AUTO:
+        # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
+        # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.
+        config.text_pooling = backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False)
     if config.backbone_fingerprint and backbone.fingerprint != config.backbone_fingerprint:
         raise AdapterError(
             f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "

@@ -256,14 +256,16 @@ class Backbone(nn.Module):
     def has_pooler(self) -> bool:
         return getattr(self.model, "pooler", None) is not None
 
-    def resolve_pooling(self, pooling: TextPooling) -> TextPooling:
+    def resolve_pooling(self, pooling: TextPooling, follow_folder: bool = True) -> TextPooling:
+        """The concrete pooling for ``pooling``. ``auto`` follows a sentence-transformers folder's declared
+        pooling unless ``follow_folder`` is False (the rule of ltuning 0.1.0 adapters, which saved "auto")."""
         if pooling != TextPooling.AUTO:
             if pooling == TextPooling.POOLER and not self.has_pooler():
                 raise ConfigError(f"text_pooling='pooler' but {self.name} has no pooler; use cls, mean or last")
             return pooling
         if self.kind == "decoder":
             return TextPooling.LAST
-        if self.native_pooling is not None:  # a sentence encoder: the pooling it was trained with
+        if follow_folder and self.native_pooling is not None:  # a sentence encoder: its trained pooling
             return self.native_pooling
         return TextPooling.POOLER if self.has_pooler() else TextPooling.CLS
 
