@@ -60,6 +60,9 @@ def test_pair_model_takes_pairs_and_refuses_single_texts():
 
 def test_single_text_model_reads_a_tuple_of_two_texts_as_two_texts():
     lt = make()
+    assert lt.config.text_pairs is None  # not known before training: a 2-tuple is one pair, as before
+    assert lt.predict(("the movie was good", "bad plot")) in lt.label_names
+    lt.config.text_pairs = False  # as train() sets it for single-text data
     out = lt.predict(("the movie was good", "bad plot"))
     assert isinstance(out, list) and len(out) == 2
     assert out == lt.predict(["the movie was good", "bad plot"])
@@ -127,8 +130,8 @@ def test_pair_collator_marks_pair_models():
     lt = make()
     PairCollator(lt, text_columns=["premise", "hypothesis"])
     assert lt.config.text_pairs is True
-    PairCollator(lt, text_columns="text")
-    assert lt.config.text_pairs is False
+    PairCollator(lt, text_columns="text")  # e.g. over pre-tokenized pair rows: must not unmark the model
+    assert lt.config.text_pairs is True
     with pytest.raises(DataError, match="1 column"):
         PairCollator(lt, text_columns=["a", "b", "c"])
 
@@ -139,3 +142,36 @@ def test_pair_collator_marks_pair_models():
 def test_config_enums_and_flags_are_config_errors(kw, key):
     with pytest.raises(ConfigError, match=key):
         LTuningConfig(label_names=["a", "b"], **kw)
+
+
+def test_mixed_single_texts_and_pairs_are_refused():
+    lt = make()
+    with pytest.raises(DataError, match="all single texts or all"):
+        lt.predict(["a long text about a good movie", ("the movie", "it was good")])
+    with pytest.raises(DataError, match="all single texts or all"):
+        lt.score_texts([("the movie", "it was good"), "a long text about a good movie"])
+
+
+def test_config_is_not_changed_by_building_a_model():
+    from conftest import tiny_llama
+
+    cfg = LTuningConfig(method="lt-prefix", label_names=["neg", "pos"])
+    model, tok = tiny_bert()
+    enc = get_ltuning_model(Backbone(model, tok), cfg, labels=["neg", "pos"])
+    from ltuning.model import LTuningModel
+
+    direct = LTuningModel(Backbone(model, tok), cfg)
+    assert cfg.text_pooling.value == "auto" and cfg.label_length is None and cfg.backbone_fingerprint is None
+    assert direct.config.text_pooling.value == "pooler" and enc.config.label_length == direct.config.label_length
+    dec_model, dec_tok = tiny_llama()
+    assert LTuningModel(Backbone(dec_model, dec_tok), cfg).pooling.value == "last"  # the same config, reused
+
+
+def test_autocast_does_not_leak_a_bf16_injection_into_float32_calls():
+    lt = make()
+    fp32 = lt.score_texts(TEXTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lt.score_texts(TEXTS)
+        assert lt.injection().prefix.dtype == torch.bfloat16
+    assert lt.injection().prefix.dtype == torch.float32
+    assert torch.equal(lt.score_texts(TEXTS), fp32)

@@ -215,8 +215,20 @@ def test_bad_hypothesis_template(trained, capsys, template):
 
 
 @pytest.mark.filterwarnings("ignore:.*truncated")
-def test_hypothesis_template_keeps_other_braces(trained, capsys):
-    assert main(["predict", "--adapter", str(trained), "--hypothesis-template", "{} {0} {", "good"]) == 0
+def test_hypothesis_template_keeps_other_braces(trained, capsys, monkeypatch):
+    import ltuning.api as api
+
+    seen = []
+    original = api.candidate_injection
+
+    def spy(model, label_texts):
+        seen.append(list(label_texts))
+        return original(model, label_texts)
+
+    monkeypatch.setattr(api, "candidate_injection", spy)
+    assert main(["predict", "--adapter", str(trained), "--candidate-labels", "good,bad",
+                 "--hypothesis-template", "{} {0} {", "a good film"]) == 0
+    assert seen == [["good {0} {", "bad {0} {"]]  # the labels go in the slot; other braces stay as written
 
 
 # 9 ---------------------------------------------------------------------------------------------------
@@ -333,3 +345,12 @@ def test_predict_and_evaluate_take_bf16(trained, files, tmp_path, capsys):
     assert main(["evaluate", "--adapter", str(trained), "--file", str(files["valid"]), "--text-column", "text",
                  "--label-column", "label", "--output", str(out), "--bf16", "--quiet"]) == 0
     assert 0.0 <= json.loads(out.read_text())["accuracy"] <= 1.0
+
+
+def test_run_config_does_not_keep_one_shot_actions():
+    """--overwrite / --resume act once: a rerun from run_config.json must not delete or resume unasked."""
+    from ltuning.cli import _resolved_config
+
+    args = build_parser().parse_args(["train", "--task", "demo", "--overwrite", "--output-dir", "x"])
+    resolved = _resolved_config(args)
+    assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == "x"

@@ -70,7 +70,8 @@ def test_auto_pooling_follows_the_folder_and_is_saved_resolved(tmp_path):
     assert bb.resolve_pooling(TextPooling.CLS) == TextPooling.CLS  # an explicit choice wins
     config = LTuningConfig(method="lt-prefix", label_names=["neg", "pos"])
     model = LTuningModel(bb, config)
-    assert model.pooling == TextPooling.MEAN and config.text_pooling == TextPooling.MEAN
+    assert model.pooling == TextPooling.MEAN and model.config.text_pooling == TextPooling.MEAN
+    assert config.text_pooling == TextPooling.AUTO  # the caller's config is not changed
     save_adapter(model, tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["text_pooling"] == "mean"
@@ -101,3 +102,20 @@ def test_adapter_saved_with_auto_keeps_the_old_rule(tmp_path):
     assert loaded.pooling == TextPooling.POOLER
     texts = ["good movie", "bad film here"]
     assert torch.equal(loaded.score_texts(texts), model.score_texts(texts))
+
+
+def test_hub_id_pooling_is_read_from_the_local_hub_cache(tmp_path, monkeypatch):
+    """A hub id (not a folder) is looked up in the local hub cache; nothing is downloaded."""
+    import huggingface_hub
+
+    folder = _sentence_folder(tmp_path / "cached", {"pooling_mode_cls_token": True})
+
+    def fake_cache(repo_id, filename, **kw):
+        assert repo_id == "org/sentence-model"
+        path = folder / filename
+        return str(path) if path.exists() else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", fake_cache)
+    assert sentence_transformers_pooling("org/sentence-model") == TextPooling.CLS
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # not cached
+    assert sentence_transformers_pooling("org/sentence-model") is None

@@ -227,3 +227,33 @@ def test_nan_step_leaves_weights_untouched(nan_at, monkeypatch):
     assert len(snapshots) == 2  # steps 1 and 2
     for k, v in model.method.state_dict().items():
         assert torch.equal(v, snapshots[-1][k])
+
+
+def test_resume_with_other_text_pooling_is_refused(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3", "--text-pooling", "cls")) == 0
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--max-steps", "3", "--text-pooling", "mean", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and "text_pooling" in err
+
+
+@pytest.mark.parametrize("again, ok", [((), True), (("--text-pooling", "pooler"), True),
+                                       (("--text-pooling", "cls"), False)])
+def test_checkpoint_without_text_pooling_means_autos_old_rule(setup, tmp_path, capsys, again, ok):
+    """Checkpoints written before the signature held text_pooling were trained with 'auto' under its old
+    rule (the pooler, on this BERT): they resume with that, and not with another pooling."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    for _, folder in list_checkpoints(out):
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        assert state["run"]["text_pooling"] == "pooler"
+        del state["run"]["text_pooling"]
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    rc = main(args_for(setup, out, "--max-steps", "3", *again, "--resume"))
+    err = capsys.readouterr().err
+    assert (rc == 0) == ok, err
+    if not ok:
+        assert "text_pooling" in err

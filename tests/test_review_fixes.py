@@ -176,7 +176,7 @@ def test_cli_outputs_are_not_private(tmp_path):
     ("label_texts", [1, 2], "label_texts must be a list of strings"),
     ("method", 3, "method must be a string"),
     ("prefix_pooling", None, "prefix_pooling must be a string"),
-    ("text_pairs", "yes", "text_pairs must be true or false"),
+    ("text_pairs", "yes", "text_pairs must be true, false or null"),
     ("backbone_fingerprint", 7, "backbone_fingerprint must be a string or null"),
 ])
 def test_corrupted_adapter_config_names_the_key(tiny_model, tmp_path, key, value, says):

@@ -105,7 +105,7 @@ _CONFIG_TYPES = {
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
     "text_pooling": (lambda v: isinstance(v, str), "a string"),
     "label_position": (lambda v: isinstance(v, str), "a string"),
-    "text_pairs": (lambda v: isinstance(v, bool), "true or false"),
+    "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
 
@@ -170,8 +170,7 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, model:
         backbone = load_backbone(model or config.base_model, trust_remote_code=trust_remote_code)
     # the label texts are padded to l tokens and run through the backbone: an edited l of 10^9 must not
     # allocate that much before the weights' shapes are checked
-    context = getattr(backbone.model.config, "max_position_embeddings", None) or getattr(
-        backbone.model.config, "n_positions", None) or 8192
+    context = backbone.max_label_tokens()
     if config.label_length is not None and not (isinstance(config.label_length, int) and
                                                 1 <= config.label_length <= context):
         raise AdapterError(f"{directory / CONFIG_NAME}: label_length {config.label_length!r} is not in [1, {context}]")

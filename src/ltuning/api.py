@@ -225,9 +225,9 @@ def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_s
             return_scores: bool = False):
     """Classify texts; see :meth:`LTuningModel.predict`."""
     pairs = model.config.text_pairs
-    # One input: a string, or (for a model trained on pairs) one (premise, hypothesis) tuple. Otherwise a
-    # sequence of inputs; a tuple of two strings given to a single-text model is two texts.
-    single = isinstance(texts, str) or (pairs and isinstance(texts, tuple) and len(texts) == 2
+    # One input: a string, or one (premise, hypothesis) tuple, unless the model is known to be trained on
+    # single texts (text_pairs False): then a tuple of two strings is two texts.
+    single = isinstance(texts, str) or (pairs is not False and isinstance(texts, tuple) and len(texts) == 2
                                         and all(isinstance(t, str) for t in texts))
     items = [texts] if single else list(texts)
     if isinstance(candidate_labels, str):  # "bad, good", as the zero-shot-classification pipeline takes

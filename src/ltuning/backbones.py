@@ -310,6 +310,13 @@ class Backbone(nn.Module):
             return None
         return max(1, limit - self._position_start() - injected)
 
+    def max_label_tokens(self) -> int:
+        """The most label tokens the model itself can run: its position table, else its context (8192 when
+        the config names none). Bounds ``label_length`` wherever it is given."""
+        cfg = self.model.config
+        return (self.position_table_size() or getattr(cfg, "max_position_embeddings", None)
+                or getattr(cfg, "n_positions", None) or 8192)
+
     def label_token_length(self, label_texts: list[str]) -> int:
         """Longest tokenized label text (special tokens included)."""
         return max(len(self.tokenizer(t)["input_ids"]) for t in label_texts)
@@ -630,27 +637,37 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling | None:
-    """The pooling a sentence-transformers model folder declares (``modules.json`` -> its Pooling module's
-    ``config.json``): ``mean`` or ``cls``; None for other folders, other modes, or anything unreadable.
+    """The pooling a sentence-transformers model declares (``modules.json`` -> its Pooling module's
+    ``config.json``), from a local folder or, for a hub id, the local hub cache: ``mean`` or ``cls``; None
+    for other models, other modes, or anything unreadable.
 
     Such models (all-MiniLM-L6-v2, the packaged ``minilm``) were trained to be read through that pooling;
     their BERT pooler layer is left over from pre-training and is a poor feature for a new head.
     """
     try:
         root = Path(model_dir)
-        if not root.is_dir():
+        if root.is_dir():
+            read = (lambda rel: (root / rel).read_text())
+        elif str(model_dir) and not root.is_absolute():  # a hub id: its files in the local hub cache, if any
+            from huggingface_hub import try_to_load_from_cache
+
+            def read(rel: str) -> str:
+                found = try_to_load_from_cache(str(model_dir), rel)
+                if not isinstance(found, str):
+                    raise FileNotFoundError(rel)
+                return Path(found).read_text()
+        else:
             return None
-        modules = json.loads((root / "modules.json").read_text())
-        for module in modules:
+        for module in json.loads(read("modules.json")):
             if str(module.get("type", "")).endswith(".Pooling"):
-                sub = (root / module.get("path", "")).resolve()
-                if root.resolve() not in (sub, *sub.parents):
+                sub = Path(module.get("path", ""))
+                if sub.is_absolute() or ".." in sub.parts:  # never outside the model's own files
                     return None
-                cfg = json.loads((sub / "config.json").read_text())
+                cfg = json.loads(read((sub / "config.json").as_posix()))
                 modes = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
                 return {"pooling_mode_mean_tokens": TextPooling.MEAN,
                         "pooling_mode_cls_token": TextPooling.CLS}.get(modes[0]) if len(modes) == 1 else None
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, ImportError):
         return None
     return None
 

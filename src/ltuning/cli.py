@@ -386,7 +386,8 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
 
 def _resolved_config(args) -> dict:
     """Every option of this run, as a config file that reruns it (``--config run_config.json``)."""
-    skip = {"func", "config", "command"}
+    # --overwrite and --resume act on the folder once; a rerun from this file must ask for them again.
+    skip = {"func", "config", "command", "overwrite", "resume"}
     return {"command": args.command, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}}
 
 
@@ -617,11 +618,6 @@ def _strict_json(value) -> str:
     return json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n"
 
 
-def _context_limit(backbone) -> int:
-    """The most label tokens the model itself can run (its position table, or its context)."""
-    return backbone.position_table_size() or getattr(backbone.model.config, "max_position_embeddings", None) or 8192
-
-
 # ---------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
 
@@ -673,7 +669,7 @@ def cmd_train(args) -> int:
     set_seed(args.seed)
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
     # the label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)
-    context = _context_limit(backbone)
+    context = backbone.max_label_tokens()
     if args.label_length is not None and not 1 <= args.label_length <= context:
         raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
     config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
@@ -681,6 +677,7 @@ def cmd_train(args) -> int:
                            max_length=args.max_length, prefix_pooling=args.prefix_pooling,
                            text_pooling=args.text_pooling, label_position=args.label_position)
     model = LTuningModel(backbone, config)
+    config = model.config  # with l, the fingerprint and the pooling filled in
     fits = model.text_max_length
     if config.max_length > fits:
         # Longer texts would index past the model's position table (a crash mid-training, or in predict).
@@ -801,7 +798,7 @@ def cmd_predict(args) -> int:
         if not 0 <= args.threshold <= 1:  # a sigmoid score is in [0, 1]; 0 shows every label, 1 none
             raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     threshold = 0.5 if args.threshold is None else args.threshold
-    texts = _predict_inputs(args, pairs=bool(getattr(config, "text_pairs", False)))
+    texts = _predict_inputs(args, pairs=bool(config.text_pairs))
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     with _scoring_precision(model, args.bf16):
         results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
@@ -833,7 +830,7 @@ def cmd_params(args) -> int:
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
     # the bound train uses: l label tokens run through the model itself
-    context = _context_limit(backbone)
+    context = backbone.max_label_tokens()
     if args.label_length is not None and args.label_length > context:
         raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
     l = args.label_length if args.label_length is not None else backbone.label_token_length(texts)

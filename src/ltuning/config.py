@@ -90,10 +90,10 @@ class LTuningConfig:
         metadata={"help": "lt-prompt on decoders: label prompt before the text (paper) or after it (text keys/values "
                   "shared by all labels at prediction)."},
     )
-    text_pairs: bool = field(
-        default=False,
-        metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE); set by training. Such a model "
-                  "classifies pairs only."},
+    text_pairs: bool | None = field(
+        default=None,
+        metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE): such a model classifies pairs only. "
+                  "Set by training; None: not known (not trained yet, or saved before ltuning recorded it)."},
     )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
@@ -105,8 +105,8 @@ class LTuningConfig:
                 setattr(self, name, kind(getattr(self, name)))
             except ValueError:
                 raise ConfigError(f"{name} must be one of {[k.value for k in kind]}, got {getattr(self, name)!r}") from None
-        if not isinstance(self.text_pairs, bool):
-            raise ConfigError(f"text_pairs must be true or false, got {self.text_pairs!r}")
+        if self.text_pairs is not None and not isinstance(self.text_pairs, bool):
+            raise ConfigError(f"text_pairs must be true, false or null, got {self.text_pairs!r}")
         try:
             self.label_position = LabelPosition(self.label_position)
         except ValueError:

@@ -185,21 +185,6 @@ def _json_rows(path: Path, text: str, suffix: str) -> list[dict]:
                             "every line must be an object of column -> value")
         rows.append(r)
     return rows
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {lineno}: {e.msg} (column {e.colno})") from None
-        except (ValueError, RecursionError) as e:  # a 5000-digit number, or arrays nested thousands deep
-            raise DataError(f"{path}: invalid JSON at line {lineno} ({str(e)[:200]})") from None
-        if not isinstance(r, dict):
-            raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(r).__name__}); "
-                            "every line must be an object of column -> value")
-        rows.append(r)
-    return rows
 
 
 def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[list[str]] | list[dict]]:

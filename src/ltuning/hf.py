@@ -89,6 +89,18 @@ class LTuningForTrainer(nn.Module):
         return self.model.save_pretrained(directory, **extra)
 
 
+def _text_columns(model: LTuningModel, text_columns: str | Sequence[str]) -> list[str]:
+    """The 1 (texts) or 2 (sentence pairs) text columns. Two columns mark the model as a pair model (saved
+    with the adapter: predict then takes pairs); one column changes nothing, since the collator of
+    pre-tokenized pair rows is built with the default single column."""
+    cols = [text_columns] if isinstance(text_columns, str) else list(text_columns)
+    if len(cols) not in (1, 2):
+        raise DataError(f"text_columns must name 1 column (texts) or 2 (sentence pairs), got {cols}")
+    if len(cols) == 2:
+        model.config.text_pairs = True
+    return cols
+
+
 class PairCollator:
     """Rows (dicts) -> a Trainer batch of NLI pairs.
 
@@ -102,10 +114,7 @@ class PairCollator:
         self.backbone = model.backbone
         self.max_length = model.text_max_length
         self.label_names = list(model.label_names)
-        self.text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
-        if len(self.text_columns) not in (1, 2):
-            raise DataError(f"text_columns must name 1 column (texts) or 2 (sentence pairs), got {self.text_columns}")
-        model.config.text_pairs = len(self.text_columns) == 2  # saved with the adapter: predict takes pairs
+        self.text_columns = _text_columns(model, text_columns)
         self.label_column = label_column
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -160,10 +169,7 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 def tokenize_dataset(dataset, model: LTuningModel, text_columns: Sequence[str] = ("text",)):
     """``datasets.Dataset.map`` that adds input_ids / attention_mask (unpadded; :class:`PairCollator` pads),
     so the Trainer may drop the text columns (its default ``remove_unused_columns=True``)."""
-    cols = [text_columns] if isinstance(text_columns, str) else list(text_columns)
-    if len(cols) not in (1, 2):
-        raise DataError(f"text_columns must name 1 column (texts) or 2 (sentence pairs), got {cols}")
-    model.config.text_pairs = len(cols) == 2
+    cols = _text_columns(model, text_columns)
     backbone, max_length = model.backbone, model.text_max_length
 
     def encode(rows):

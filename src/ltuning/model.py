@@ -16,9 +16,10 @@ from .methods import Injection, get_method
 from .methods.prompt import Prompt
 
 
-def check_texts(texts: list, batch_size: int | None = None, pairs: bool = False) -> None:
-    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them; every item a pair
-    for a model trained on pairs (``config.text_pairs``). A ``batch_size`` must be a positive integer.
+def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None = None) -> None:
+    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them, not mixed; every
+    item a pair for a model trained on pairs (``config.text_pairs`` True). A ``batch_size`` must be a
+    positive integer.
 
     Raises: DataError (texts), ConfigError (batch size).
     """
@@ -31,6 +32,9 @@ def check_texts(texts: list, batch_size: int | None = None, pairs: bool = False)
             raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
         if not all(isinstance(p, str) and p.strip() for p in parts):
             raise DataError(f"text {i} is empty or not a string: {t!r}")
+        if is_pair != isinstance(texts[0], tuple | list):
+            raise DataError(f"text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
+                            "all single texts or all (premise, hypothesis) pairs in one call")
         if pairs and not is_pair:
             raise DataError(f"text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
                             f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {t!r}")
@@ -54,6 +58,9 @@ class LTuningModel(nn.Module):
         if config.num_labels < 2:
             raise ConfigError(f"need at least 2 labels, got {config.label_names}")
         method_cls = get_method(config.method)
+        # The model's own copy: filling in l, the fingerprint and the resolved pooling must not change the
+        # caller's config (which may build another model, on another backbone).
+        config = LTuningConfig.from_dict(config.to_dict())
         if config.backbone_fingerprint is None:
             config.backbone_fingerprint = backbone.fingerprint
         self.backbone = backbone
@@ -131,7 +138,12 @@ class LTuningModel(nn.Module):
         """
         if self.training or torch.is_grad_enabled():
             return self.method(self.label_states, self.label_mask)
-        key = self._injection_key()
+        # Under autocast the injection comes out in the autocast dtype: the key holds the autocast state,
+        # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
+        device = self.label_states.device.type
+        autocast = (torch.is_autocast_enabled(device),
+                    torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+        key = (*self._injection_key(), autocast)
         cached = self.__dict__.get("_injection_cache")
         if cached is None or cached[0] != key:
             cached = (key, self.method(self.label_states, self.label_mask))

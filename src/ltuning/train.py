@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import json_safe
-from .config import LabelPosition
+from .config import LabelPosition, PrefixPooling, TextPooling
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
@@ -171,9 +171,12 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
             "eval_every": args.eval_every,
             "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
+            "text_pooling": model.pooling.value,
             # only when not the default, so checkpoints written before the option still resume
             **({"label_position": model.config.label_position.value}
-               if model.config.label_position != LabelPosition.BEFORE else {})}
+               if model.config.label_position != LabelPosition.BEFORE else {}),
+            **({"prefix_pooling": model.config.prefix_pooling.value}
+               if model.config.prefix_pooling != PrefixPooling.RAW else {})}
 
 
 def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
@@ -242,7 +245,9 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
         else:
             ckpt = load_checkpoint(folder, rank)
             ts = ckpt["trainer_state"]
-            saved = ts.get("run", {})
+            saved = dict(ts.get("run", {}))
+            if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
+                saved["text_pooling"] = model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
             diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
             if diff:
                 shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:4])
