@@ -647,7 +647,8 @@ def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling |
     try:
         root = Path(model_dir)
         if root.is_dir():
-            read = (lambda rel: (root / rel).read_text())
+            def read(rel: str) -> str:
+                return (root / rel).read_text()
         elif str(model_dir) and not root.is_absolute():  # a hub id: its files in the local hub cache, if any
             from huggingface_hub import try_to_load_from_cache
 
