@@ -354,3 +354,23 @@ def test_run_config_does_not_keep_one_shot_actions():
     args = build_parser().parse_args(["train", "--task", "demo", "--overwrite", "--output-dir", "x"])
     resolved = _resolved_config(args)
     assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == "x"
+
+
+def test_evaluate_refuses_integer_labels_for_an_adapter_with_file_names(models, tmp_path, capsys):
+    """An adapter whose label names came from a file (not a task): an integer label in an evaluation file
+    is not a known class index, so it is an error, not a guess by sorted position."""
+    rows = [("the movie was very good", "good"), ("bad plot", "bad"), ("it was fine", "meh"),
+            ("i loved it", "good"), ("awful boring film", "bad"), ("not good not bad", "meh")]
+    out = tmp_path / "three"
+    assert main(["train", "--model", models["tiny"], "--train-file", str(write_csv(tmp_path / "t.csv", rows)),
+                 "--text-column", "text", "--label-column", "label", "--max-steps", "2", "--batch-size", "6",
+                 "--output-dir", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    ints = write_csv(tmp_path / "ints.csv", [("a great film", "2"), ("terrible story", "0")])
+    rc = main(["evaluate", "--adapter", str(out), "--file", str(ints), "--text-column", "text",
+               "--label-column", "label"])
+    one_error_line(capsys, rc, "are integers")
+    assert not list(out.glob("eval_ints*"))
+    named = write_csv(tmp_path / "named.csv", [("a great film", "good"), ("terrible story", "bad")])
+    assert main(["evaluate", "--adapter", str(out), "--file", str(named), "--text-column", "text",
+                 "--label-column", "label", "--quiet"]) == 0

@@ -748,6 +748,7 @@ def _scoring_precision(model, bf16: bool):
 
 def cmd_evaluate(args) -> int:
     from .adapter import atomic_write_text, load_adapter, read_adapter_config
+    from .data import TASKS, FileLabels
     from .evaluate import evaluate, format_metrics
 
     _check_positive("--max-samples", args.max_samples)
@@ -760,7 +761,11 @@ def cmd_evaluate(args) -> int:
     _check_output_file(out, "--output")
     if args.plot:
         _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
-    data = _read_data(args, args.split, args.file, config.label_names).subset(args.max_samples)
+    names = config.label_names
+    if args.file and not any(t.label_names == list(names) for t in TASKS.values()):
+        # names not from a task: an integer in the file is not a known class index (see data.FileLabels)
+        names = FileLabels(names, source=f"the adapter {args.adapter}")
+    data = _read_data(args, args.split, args.file, names).subset(args.max_samples)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     t0 = time.perf_counter()
     with _scoring_precision(model, args.bf16):
