@@ -37,7 +37,7 @@ def test_minilm_lt_prefix_demo(tmp_path):
     config = LTuningConfig(method="lt-prefix", base_model="minilm", label_names=train_data.label_names,
                            label_texts=["The review is negative.", "The review is positive."])
     model = LTuningModel(backbone, config)
-    l = config.label_length
+    l = model.config.label_length  # filled in by the model (on its own copy of the config)
     assert model.num_trainable_parameters() == 2 * l * l * dims.num_layers * dims.hidden_size + 3 * dims.hidden_size
     initial = {k: v.clone() for k, v in model.method.state_dict().items()}
     before = evaluate(model, val_data)
