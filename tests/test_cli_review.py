@@ -314,6 +314,13 @@ def test_predict_file_with_windows_line_ends(trained, tmp_path, capsys):
     assert [json.loads(s)["text"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
 
 
+def test_predict_file_with_a_byte_order_mark(trained, tmp_path, capsys):
+    f = tmp_path / "texts.txt"
+    f.write_bytes("good film\nbad plot\n".encode("utf-8-sig"))  # as Excel / Notepad save "UTF-8"
+    assert main(["predict", "--adapter", str(trained), "--json", "--file", str(f)]) == 0
+    assert [json.loads(s)["text"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
+
+
 # 14 --------------------------------------------------------------------------------------------------
 def test_docstring_and_data_dir_help():
     import ltuning.cli

@@ -543,28 +543,11 @@ def _remove_previous_run(out: Path) -> list[Path]:
 def _predict_inputs(args, pairs: bool) -> list:
     """predict's inputs: arguments, else the lines of --file, else stdin (blank lines skipped, \\r\\n or \\n
     line ends). For a pair adapter each one is split at its one TAB into (premise, hypothesis)."""
+    from .data import read_text_lines
     from .errors import DataError
 
-    if args.texts:
-        where, numbered = "text", list(enumerate(args.texts, 1))
-    elif args.file and args.file != "-":
-        path = Path(args.file)
-        if not path.exists():
-            raise DataError(f"file not found: {path}")
-        if path.is_dir():
-            raise DataError(f"{path} is a folder; give a text file")
-        try:
-            with open(path, encoding="utf-8", newline="") as f:
-                numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
-        where = f"{path}, line"
-    else:
-        numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
-        where = "stdin, line"
-    numbered = [(n, t) for n, t in numbered if t.strip()]
-    if not numbered:
-        raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
+    numbered = read_text_lines(args.file, args.texts)
+    where = "text" if args.texts else "stdin, line" if args.file in (None, "-") else f"{args.file}, line"
     if not pairs:
         return [t for _, t in numbered]
     items = []

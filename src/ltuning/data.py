@@ -387,23 +387,30 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
     return TextDataset(texts, labels, list(label_names), source)
 
 
-def read_texts(path: str | Path | None, inline: list[str] | None = None) -> list[str]:
-    """Texts to classify: from arguments, else one per line of a file, else stdin (``-`` or no file)."""
+def read_text_lines(path: str | Path | None, inline: list[str] | None = None) -> list[tuple[int, str]]:
+    """Texts to classify with their 1-based numbers: the arguments, else the lines of a file, else stdin
+    (``-`` or no file). Blank lines are skipped but counted; ``\n`` or ``\r\n`` line ends; a file's
+    byte-order mark is dropped."""
     if inline:
-        texts = list(inline)
+        numbered = list(enumerate(inline, 1))
     elif path and str(path) != "-":
         p = Path(path)
         try:
             with _open_text(p) as f:
-                texts = [line.rstrip("\n") for line in f]
+                numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
         except UnicodeDecodeError:
             raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
     else:
-        texts = [line.rstrip("\n") for line in sys.stdin]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
+        numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
+    numbered = [(n, t) for n, t in numbered if t.strip()]
+    if not numbered:
         raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
-    return texts
+    return numbered
+
+
+def read_texts(path: str | Path | None, inline: list[str] | None = None) -> list[str]:
+    """Texts to classify: from arguments, else one per line of a file, else stdin (``-`` or no file)."""
+    return [t for _, t in read_text_lines(path, inline)]
 
 
 def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | None:
