@@ -731,7 +731,7 @@ def _scoring_precision(model, bf16: bool):
 
 def cmd_evaluate(args) -> int:
     from .adapter import atomic_write_text, load_adapter, read_adapter_config
-    from .data import TASKS, FileLabels
+    from .data import FileLabels
     from .evaluate import evaluate, format_metrics
 
     _check_positive("--max-samples", args.max_samples)

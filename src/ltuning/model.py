@@ -25,6 +25,7 @@ def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None =
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    first_is_pair = bool(texts) and isinstance(texts[0], tuple | list)
     for i, t in enumerate(texts):
         is_pair = isinstance(t, tuple | list)
         parts = t if is_pair else (t,)
@@ -32,7 +33,7 @@ def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None =
             raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
         if not all(isinstance(p, str) and p.strip() for p in parts):
             raise DataError(f"text {i} is empty or not a string: {t!r}")
-        if is_pair != isinstance(texts[0], tuple | list):
+        if is_pair != first_is_pair:
             raise DataError(f"text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
                             "all single texts or all (premise, hypothesis) pairs in one call")
         if pairs and not is_pair:
@@ -138,12 +139,7 @@ class LTuningModel(nn.Module):
         """
         if self.training or torch.is_grad_enabled():
             return self.method(self.label_states, self.label_mask)
-        # Under autocast the injection comes out in the autocast dtype: the key holds the autocast state,
-        # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
-        device = self.label_states.device.type
-        autocast = (torch.is_autocast_enabled(device),
-                    torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
-        key = (*self._injection_key(), autocast)
+        key = self._injection_key()
         cached = self.__dict__.get("_injection_cache")
         if cached is None or cached[0] != key:
             cached = (key, self.method(self.label_states, self.label_mask))
@@ -152,7 +148,11 @@ class LTuningModel(nn.Module):
 
     def _injection_key(self) -> tuple:
         tensors = [*self.method.parameters(), *self.method.buffers(), self.label_states, self.label_mask]
-        return (id(self.method),) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        # Under autocast the injection comes out in the autocast dtype: the key holds the autocast state,
+        # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
+        device = self.label_states.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        return (id(self.method), autocast) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
     def clear_injection_cache(self) -> None:
         """Forget the cached prediction-time prefixes / prompts (they are recomputed on the next call)."""
