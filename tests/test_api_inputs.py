@@ -38,7 +38,9 @@ def test_batch_size_must_be_a_positive_integer(bad):
 
 def test_batch_size_does_not_change_scores():
     lt = make()
-    assert torch.equal(lt.score_texts(TEXTS, batch_size=1), lt.score_texts(TEXTS, batch_size=64))
+    # equal up to float rounding: other batch shapes take other matmul blockings (oneDNN / AMX kernels)
+    torch.testing.assert_close(lt.score_texts(TEXTS, batch_size=1), lt.score_texts(TEXTS, batch_size=64),
+                               atol=1e-5, rtol=0)
 
 
 def test_pair_model_takes_pairs_and_refuses_single_texts():

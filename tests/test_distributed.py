@@ -70,7 +70,9 @@ def compare(one: Path, two: Path, atol: float, weights: bool = True) -> None:
     for k in wa:
         assert torch.isfinite(wb[k]).all()
         if weights:
-            torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0)
+            # Adam divides by sqrt(v): a gradient that differs in its last bits (another summation order
+            # across processes) moves a weight by a few 1e-5 more or less after a few steps at lr 0.05
+            torch.testing.assert_close(wa[k], wb[k], atol=max(atol, 1e-4), rtol=0)
     # the runs trained: the last checkpoint's weights differ from the first's
     first, last = (load_file(str(two / "checkpoints" / s / WEIGHTS_NAME)) for s in ("step-3", "step-6"))
     moved = any(not torch.equal(first[k], last[k]) for k in first)

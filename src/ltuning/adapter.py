@@ -105,6 +105,7 @@ _CONFIG_TYPES = {
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
     "text_pooling": (lambda v: isinstance(v, str), "a string"),
     "label_position": (lambda v: isinstance(v, str), "a string"),
+    "score_head": (lambda v: isinstance(v, str), "a string"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
@@ -136,6 +137,8 @@ def read_adapter_config(directory: str | Path) -> LTuningConfig:
         raise AdapterError(f"{path} must hold a JSON object")
     raw.pop("_meta", None)
     _check_config_types(raw, path)
+    # Adapters saved before score_head existed were trained with the paper's head.
+    raw.setdefault("score_head", "paper")
     try:
         config = LTuningConfig.from_dict(raw)
         get_method(config.method)  # an unknown method is a bad adapter file, not a bad option

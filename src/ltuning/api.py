@@ -180,7 +180,10 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
     else:
         length = longest
     states, mask = backbone.encode_labels(texts, length)  # (K', l, d), (K', l)
-    return model.method(states.to(model.label_states.dtype), mask)
+    inj = model.method(states.to(model.label_states.dtype), mask)
+    if model.method.uses_label_vectors:
+        inj.label_vectors = backbone.encode_label_vectors(texts, model.pooling).to(model.label_states.dtype)
+    return inj
 
 
 @torch.inference_mode()

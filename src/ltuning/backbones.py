@@ -338,6 +338,15 @@ class Backbone(nn.Module):
         states = hidden * mask.unsqueeze(-1)  # right-padded in and out: row positions are unchanged
         return states.float(), mask
 
+    @torch.no_grad()
+    def encode_label_vectors(self, label_texts: list[str], pooling: TextPooling) -> torch.Tensor:
+        """(K, d) the frozen model's pooled embedding of each label text, whole (not cut to l), read as a
+        text is read (same tokenization, no prefix or prompt, same pooling): the sentence embedding that
+        the zero-shot similarity baseline compares texts with."""
+        enc = self.tokenize(list(label_texts), self.max_label_tokens())
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        return self(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), pooling=pooling).float()
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, n) -> (B, n, d) frozen input embeddings."""
         return self.model.get_input_embeddings()(input_ids)

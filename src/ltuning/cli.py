@@ -31,6 +31,12 @@ def _methods() -> list[str]:
     return sorted(METHODS)
 
 
+def _default_score_head() -> str:
+    from .config import LTuningConfig
+
+    return LTuningConfig().score_head.value
+
+
 # ---------------------------------------------------------------------- argument groups
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm",
@@ -94,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
                    help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
+    g.add_argument("--score-head", choices=["paper", "similarity"], default=_default_score_head(),
+                   help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
+                        "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
+                        "model's zero-shot ranking) or 'paper' (A.3's 2-way head, random init). Default: "
+                        "%(default)s")
     g.add_argument("--text-pooling", choices=["auto", "pooler", "cls", "mean", "last"], default="auto",
                    help="vector the head reads (auto: the pooling a sentence-transformers folder declares, e.g. mean for "
                         "minilm; else the pooler or [CLS] for encoders, the last token for decoders)")
@@ -658,7 +669,8 @@ def cmd_train(args) -> int:
     config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
                            label_texts=label_texts or [], label_length=args.label_length,
                            max_length=args.max_length, prefix_pooling=args.prefix_pooling,
-                           text_pooling=args.text_pooling, label_position=args.label_position)
+                           text_pooling=args.text_pooling, label_position=args.label_position,
+                           score_head=args.score_head if args.method.startswith("lt-") else "paper")
     model = LTuningModel(backbone, config)
     config = model.config  # with l, the fingerprint and the pooling filled in
     fits = model.text_max_length
@@ -829,7 +841,7 @@ def cmd_params(args) -> int:
     for name, cls in sorted(METHODS.items()):
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
             counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
-        expr, value = cls.formula(dims, l, K)
+        expr, value = cls.formula(dims, l, K, config.score_head)
         rows.append({"method": name, "trainable": counted, "formula": expr, "formula_value": value,
                      "match": counted == value})
     info = {"model": args.model, "m": dims.num_layers, "d": dims.hidden_size, "n_heads": dims.num_heads,

@@ -55,6 +55,23 @@ class LabelPosition(str, enum.Enum):
     AFTER = "after"
 
 
+class ScoreHead(str, enum.Enum):
+    """How an LT method turns the pooled (text, label) state into a pair logit.
+
+    ``paper``: C_zeta of A.3, a randomly initialised Linear(d, 2) on the pooled vector; LT-prefix's Z
+    starts random too. The label reaches the score only through the prefix / prompt.
+    ``similarity``: ``s * cos(W p, e(y)) + b + C_zeta(p)``: p the pooled vector of the text under the label's
+    prefix / prompt, e(y) the frozen model's own pooled embedding of the label text, W a d x d map
+    initialised at the identity, s and b a learned scale and bias, C_zeta (the paper's head) and LT-prefix's
+    Z initialised at zero. Before any update the model ranks labels as the frozen model's text-label
+    similarity does (the zero-shot baseline), and training starts from there: the paper's "head start"
+    (A.1), which the ``paper`` head, with random maps, does not have.
+    """
+
+    PAPER = "paper"
+    SIMILARITY = "similarity"
+
+
 # Methods that accept label_position="after", and why the others do not.
 _AFTER_REFUSED = {
     "lt-prefix": "lt-prefix injects the label as per-layer keys/values that every text token attends to; there "
@@ -90,6 +107,11 @@ class LTuningConfig:
         metadata={"help": "lt-prompt on decoders: label prompt before the text (paper) or after it (text keys/values "
                   "shared by all labels at prediction)."},
     )
+    score_head: ScoreHead = field(
+        default=ScoreHead.PAPER,
+        metadata={"help": "LT methods: paper (C_zeta, random init) or similarity (starts at the frozen model's "
+                  "text-label similarity). Adapters saved without the key use paper."},
+    )
     text_pairs: bool | None = field(
         default=None,
         metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE): such a model classifies pairs only. "
@@ -100,7 +122,8 @@ class LTuningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling)):
+        for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling),
+                           ("score_head", ScoreHead)):
             try:
                 setattr(self, name, kind(getattr(self, name)))
             except ValueError:

@@ -101,6 +101,9 @@ class LTuningModel(nn.Module):
                     f"got text_pooling={self.pooling.value!r}"
                 )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
+        vectors = (backbone.encode_label_vectors(config.label_texts, self.pooling) if self.method.uses_label_vectors
+                   else None)
+        self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
         if isinstance(self.method, Prompt):
             self.method.init_from_vocab(backbone.model.get_input_embeddings().weight.detach())
 
@@ -138,16 +141,22 @@ class LTuningModel(nn.Module):
         seen: call :meth:`clear_injection_cache` after one.
         """
         if self.training or torch.is_grad_enabled():
-            return self.method(self.label_states, self.label_mask)
+            return self._method_injection()
         key = self._injection_key()
         cached = self.__dict__.get("_injection_cache")
         if cached is None or cached[0] != key:
-            cached = (key, self.method(self.label_states, self.label_mask))
+            cached = (key, self._method_injection())
             self.__dict__["_injection_cache"] = cached
         return cached[1]
 
+    def _method_injection(self) -> Injection:
+        inj = self.method(self.label_states, self.label_mask)
+        inj.label_vectors = self.label_vectors
+        return inj
+
     def _injection_key(self) -> tuple:
-        tensors = [*self.method.parameters(), *self.method.buffers(), self.label_states, self.label_mask]
+        tensors = [*self.method.parameters(), *self.method.buffers(), self.label_states, self.label_mask,
+                   *([] if self.label_vectors is None else [self.label_vectors])]
         # Under autocast the injection comes out in the autocast dtype: the key holds the autocast state,
         # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
         device = self.label_states.device.type
@@ -163,13 +172,12 @@ class LTuningModel(nn.Module):
             self.clear_injection_cache()
         return super().train(mode)
 
-    def _run(self, batch: dict[str, torch.Tensor], inj: Injection) -> torch.Tensor:
-        pooled = self.backbone(
+    def _pooled(self, batch: dict[str, torch.Tensor], inj: Injection) -> torch.Tensor:
+        return self.backbone(
             batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
             prefix=inj.prefix, prompt=inj.prompt, prompt_mask=inj.prompt_mask, pooling=self.pooling,
             prompt_after=self.prompt_after,
-        )  # (B, d)
-        return self.method.head(pooled.float())
+        ).float()  # (B, d)
 
     def forward(self, batch: dict[str, torch.Tensor], label_ids: torch.Tensor | None = None,
                 injection: Injection | None = None) -> torch.Tensor:
@@ -183,10 +191,10 @@ class LTuningModel(nn.Module):
         if self.label_conditioned:
             if label_ids is None:
                 raise ConfigError(f"{self.config.method} scores (text, label) pairs: pass label_ids")
-            two = self._run(batch, inj.select(label_ids))  # (B, 2)
-            return two[:, 1] - two[:, 0]
+            rows = inj.select(label_ids)
+            return self.method.pair_logit(self._pooled(batch, rows), rows.label_vectors)  # (B,)
         idx = torch.zeros(B, dtype=torch.long, device=batch["input_ids"].device)
-        return self._run(batch, inj.select(idx))  # (B, K)
+        return self.method.head(self._pooled(batch, inj.select(idx)))  # (B, K)
 
     def class_scores(self, batch: dict[str, torch.Tensor], injection: Injection | None = None) -> torch.Tensor:
         """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward.
@@ -198,12 +206,12 @@ class LTuningModel(nn.Module):
             return self(batch, injection=injection)
         inj = injection if injection is not None else self.injection()
         B = batch["input_ids"].shape[0]
-        K = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]  # labels of this injection
+        K = inj.groups  # labels of this injection
         if self.shares_text():
             pooled = self.backbone.last_of_prompt_after_shared_text(
                 batch["input_ids"], batch["attention_mask"], inj.prompt, inj.prompt_mask)  # (B, K, d)
-            two = self.method.head(pooled.float())  # (B, K, 2)
-            return two[..., 1] - two[..., 0]
+            vectors = None if inj.label_vectors is None else inj.label_vectors.unsqueeze(0)  # (1, K, d)
+            return self.method.pair_logit(pooled.float(), vectors)  # (B, K)
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
         return self(rows, label_ids, injection=inj).view(B, K)
@@ -256,7 +264,7 @@ class LTuningModel(nn.Module):
         self.eval()
         try:
             inj = injection if injection is not None else self.injection()  # once for all batches
-            groups = (inj.prefix if inj.prefix is not None else inj.prompt).shape[0]
+            groups = inj.groups
             K = groups if self.label_conditioned else self.num_labels
             rows_per_text = groups if self.label_conditioned else 1
             if self.shares_text():  # a text of n tokens costs n + K*l positions, not K*(n + l)

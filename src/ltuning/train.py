@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import json_safe
-from .config import LabelPosition, PrefixPooling, TextPooling
+from .config import LabelPosition, PrefixPooling, ScoreHead, TextPooling
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
@@ -176,7 +176,9 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             **({"label_position": model.config.label_position.value}
                if model.config.label_position != LabelPosition.BEFORE else {}),
             **({"prefix_pooling": model.config.prefix_pooling.value}
-               if model.config.prefix_pooling != PrefixPooling.RAW else {})}
+               if model.config.prefix_pooling != PrefixPooling.RAW else {}),
+            **({"score_head": model.config.score_head.value}
+               if model.config.score_head != ScoreHead.PAPER else {})}
 
 
 def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,

@@ -11,29 +11,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Dims
-from ..config import LTuningConfig
+from ..config import LTuningConfig, ScoreHead
 
 
 @dataclass
 class Injection:
     """What a method hands the backbone, for G groups (G = K labels, or 1 shared).
 
-    prefix: (G, m, 2, n_kv, l, d_h) or None; prompt: (G, l, d) and prompt_mask (G, l) or None.
+    prefix: (G, m, 2, n_kv, l, d_h) or None; prompt: (G, l, d) and prompt_mask (G, l) or None;
+    label_vectors: (G, d), the frozen model's pooled embedding of each label text, for methods whose pair
+    score reads it (``Method.uses_label_vectors``), else None.
     """
 
     prefix: torch.Tensor | None = None
     prompt: torch.Tensor | None = None
     prompt_mask: torch.Tensor | None = None
+    label_vectors: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Injection:
         """Rows for a batch: index (B,) into the G groups."""
         def pick(t):
             return (None if t is None else t.index_select(0, index))
-        return Injection(pick(self.prefix), pick(self.prompt), pick(self.prompt_mask))
+        return Injection(pick(self.prefix), pick(self.prompt), pick(self.prompt_mask), pick(self.label_vectors))
+
+    @property
+    def groups(self) -> int:
+        return (self.prefix if self.prefix is not None else self.prompt).shape[0]
 
 
 class Method(nn.Module):
@@ -51,12 +61,48 @@ class Method(nn.Module):
         self.label_length = label_length
         out = 2 if self.label_conditioned else num_labels
         self.head = nn.Linear(dims.hidden_size, out, bias=False)  # C_zeta
+        self.score_head = ScoreHead(config.score_head) if self.label_conditioned else ScoreHead.PAPER
+        if self.score_head == ScoreHead.SIMILARITY:
+            d = dims.hidden_size
+            self.text_map = nn.Linear(d, d, bias=False)  # W, at the identity: p is compared as it is
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(self.initial_scale)))  # s = exp(.)
+            self.logit_bias = nn.Parameter(torch.tensor(self.initial_bias))
+            with torch.no_grad():
+                self.text_map.weight.copy_(torch.eye(d))
+                self.head.weight.zero_()  # C_zeta adds to the similarity, from nothing
+
+    #: similarity head: s at initialisation (cosines of a sentence encoder differ by a few hundredths between
+    #: labels; s = 20 makes that a logit difference of about one) and b (typical text-label cosines of
+    #: MiniLM are 0.1-0.3: b = -4 puts the initial pair probabilities near one half).
+    initial_scale: ClassVar[float] = 20.0
+    initial_bias: ClassVar[float] = -4.0
+
+    @property
+    def uses_label_vectors(self) -> bool:
+        """Whether the pair score reads the labels' pooled frozen embeddings (``Injection.label_vectors``)."""
+        return self.score_head == ScoreHead.SIMILARITY
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         """label_states (K, l, d), label_mask (K, l) -> Injection for K labels or 1 shared group."""
         raise NotImplementedError
 
+    def pair_logit(self, pooled: torch.Tensor, label_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Label-conditioned methods: (..., d) pooled states of (text, label) rows -> (...,) log-odds that the
+        label is the text's. ``label_vectors`` (..., d): the rows' label embeddings (similarity head)."""
+        two = self.head(pooled)
+        logit = two[..., 1] - two[..., 0]
+        if self.score_head == ScoreHead.SIMILARITY:
+            cos = F.cosine_similarity(self.text_map(pooled), label_vectors.to(pooled.dtype), dim=-1)
+            logit = logit + self.logit_scale.exp() * cos + self.logit_bias
+        return logit
+
+    def similarity_parameters(self) -> int:
+        """Trainable parameters of the similarity head beyond C_zeta: W (d^2), s and b."""
+        return self.dims.hidden_size ** 2 + 2 if self.score_head == ScoreHead.SIMILARITY else 0
+
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
-        """Trainable-parameter count as written in the paper (A.5), with its value here."""
+    def formula(dims: Dims, label_length: int, num_labels: int,
+                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
+        """Trainable-parameter count as written in the paper (A.5), with its value here (LT methods: plus
+        the similarity head's d^2 + 2 with ``score_head`` similarity)."""
         raise NotImplementedError

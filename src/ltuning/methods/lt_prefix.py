@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..backbones import Dims
-from ..config import LTuningConfig, PrefixPooling
+from ..config import LTuningConfig, PrefixPooling, ScoreHead
 from .base import Injection, Method
 
 
@@ -29,6 +29,10 @@ class LTPrefix(Method):
         l = label_length
         self.pool = nn.Linear(dims.hidden_size, 1, bias=False)  # F_Phi
         self.transform = nn.Linear(l, 2 * dims.num_layers * l * dims.kv_dim, bias=False)  # Z_Psi
+        if self.score_head == ScoreHead.SIMILARITY:
+            # Every label starts with the same all-zero prefix: the text's pooled state is (nearly) the frozen
+            # model's own, so the similarity head starts at the zero-shot ranking; Z learns from there.
+            nn.init.zeros_(self.transform.weight)
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         K, l, _ = label_states.shape
@@ -42,8 +46,10 @@ class LTPrefix(Method):
         return Injection(prefix=kv.view(K, d.num_layers, 2, d.num_kv_heads, l, d.head_dim))
 
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
+    def formula(dims: Dims, label_length: int, num_labels: int,
+                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
         l, m, d, dkv = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim
+        sim, sim_n = (" + d^2 + 2", d * d + 2) if score_head == ScoreHead.SIMILARITY else ("", 0)
         if dkv == d:
-            return "2*l^2*m*d + 3*d", 2 * l * l * m * d + 3 * d
-        return "2*l^2*m*d_kv + 3*d", 2 * l * l * m * dkv + 3 * d
+            return "2*l^2*m*d + 3*d" + sim, 2 * l * l * m * d + 3 * d + sim_n
+        return "2*l^2*m*d_kv + 3*d" + sim, 2 * l * l * m * dkv + 3 * d + sim_n

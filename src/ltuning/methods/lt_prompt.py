@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..backbones import Dims
-from ..config import LTuningConfig
+from ..config import LTuningConfig, ScoreHead
 from .base import Injection, Method
 
 
@@ -31,6 +31,9 @@ class LTPrompt(Method):
         return Injection(prompt=self.project(label_states), prompt_mask=label_mask)  # (K, l, d), (K, l)
 
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
+    def formula(dims: Dims, label_length: int, num_labels: int,
+                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
         d = dims.hidden_size
+        if score_head == ScoreHead.SIMILARITY:
+            return "2*d^2 + 2*d + 2", 2 * d * d + 2 * d + 2
         return "d^2 + 2*d", d * d + 2 * d

@@ -32,7 +32,7 @@ class Prefix(Method):
         return Injection(prefix=self.prefix)
 
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int) -> tuple[str, int]:
+    def formula(dims: Dims, label_length: int, num_labels: int, score_head=None) -> tuple[str, int]:
         l, m, d, dkv, K = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim, num_labels
         if dkv == d:
             return "2*l*m*d + d*K", 2 * l * m * d + d * K
