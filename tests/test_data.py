@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
-from ltuning.data import TASKS, get_task, load_label_texts, read_glue, read_table, read_texts
+from ltuning.data import (
+    TASKS,
+    from_hf_dataset,
+    get_task,
+    load_label_texts,
+    read_glue,
+    read_table,
+    read_text_lines,
+)
 from ltuning.errors import DataError
 
 GLUE = Path("/work/shared/data/glue")
@@ -205,15 +214,35 @@ def test_text_column_count(tmp_path):
         read_table(p, ["text", "text", "text"], "label")
 
 
-def test_read_texts(tmp_path):
-    assert read_texts(None, ["a", "b"]) == ["a", "b"]
+def test_read_text_lines(tmp_path, monkeypatch):
+    assert read_text_lines(None, ["a", "b"]) == [(1, "a"), (2, "b")]
     (tmp_path / "t.txt").write_text("one\n\n two\n", encoding="utf-8")
-    assert read_texts(tmp_path / "t.txt") == ["one", " two"]
+    assert read_text_lines(tmp_path / "t.txt") == [(1, "one"), (3, " two")]  # blank lines skipped but counted
     with pytest.raises(DataError, match="file not found"):
-        read_texts(tmp_path / "none.txt")
+        read_text_lines(tmp_path / "none.txt")
     (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
     with pytest.raises(DataError, match="no texts"):
-        read_texts(tmp_path / "blank.txt")
+        read_text_lines(tmp_path / "blank.txt")
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\r\n\nsecond\n"))
+    assert read_text_lines("-") == [(1, "from stdin"), (3, "second")]
+
+
+def test_from_hf_dataset():
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["entailment", "not_entailment"])})
+    ds = datasets.Dataset.from_dict({"premise": ["it rains", "it rains"], "hypothesis": ["it is wet", "it is dry"],
+                                     "label": [0, 1]}, features=features)
+    pairs = from_hf_dataset(ds, ["premise", "hypothesis"], "label")
+    assert pairs.texts == [("it rains", "it is wet"), ("it rains", "it is dry")]
+    assert pairs.label_names == ["entailment", "not_entailment"] and pairs.labels == [0, 1]  # the ClassLabel names
+    plain = datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": ["pos", "neg", "pos"]})
+    single = from_hf_dataset(plain, ["text"], "label")
+    assert single.texts == ["good", "bad", "fine"] and single.label_names == ["neg", "pos"] and single.labels == [1, 0, 1]
+    with pytest.raises(DataError, match="column 'sentence' not in"):
+        from_hf_dataset(plain, ["sentence"], "label")
+    with pytest.raises(DataError, match=r"row 0: label 'pos' is not in the label set \['neg', 'neutral'\]"):
+        from_hf_dataset(plain, ["text"], "label", label_names=["neg", "neutral"])
 
 
 # ---------------------------------------------------------------------- label texts

@@ -354,20 +354,6 @@ def read_demo(split: str, validation_size: int = 1000, seed: int = 0) -> TextDat
                        f"{path} ({split})")
 
 
-def read_hf(name: str, split: str, text_columns: list[str], label_column: str,
-            config_name: str | None = None) -> TextDataset:
-    """A split of a Hugging Face dataset (needs ``datasets`` and network or a local cache)."""
-    if importlib.util.find_spec("datasets") is None:
-        raise DataError("reading a hub dataset needs `pip install datasets`")
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config_name, split=split)
-    except Exception as e:  # network, missing dataset or split: report in one line
-        raise DataError(f"cannot load dataset {name!r} ({config_name}, {split}): {str(e).splitlines()[0]}") from None
-    return from_hf_dataset(ds, text_columns, label_column, source=f"{name}:{config_name}:{split}")
-
-
 def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names: list[str] | None = None,
                     source: str = "datasets.Dataset") -> TextDataset:
     """Convert a ``datasets.Dataset`` (ClassLabel names are used when present)."""
@@ -406,11 +392,6 @@ def read_text_lines(path: str | Path | None, inline: list[str] | None = None) ->
     if not numbered:
         raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
     return numbered
-
-
-def read_texts(path: str | Path | None, inline: list[str] | None = None) -> list[str]:
-    """Texts to classify: from arguments, else one per line of a file, else stdin (``-`` or no file)."""
-    return [t for _, t in read_text_lines(path, inline)]
 
 
 def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | None:
