@@ -184,8 +184,9 @@ def test_encoder_refuses_after():
 
 @pytest.mark.parametrize("method", ["lt-prefix", "prefix", "prompt"])
 def test_other_methods_refuse_after(method):
+    # the method's own check (Method.check_config), before anything is built
     with pytest.raises(ConfigError, match=f"not supported for method '{method}'.*--method lt-prompt"):
-        LTuningConfig(method=method, label_names=LABELS, label_position="after")
+        LTuningModel(llama(), LTuningConfig(method=method, label_names=LABELS, label_position="after"))
 
 
 def test_after_needs_last_token_pooling():

@@ -159,26 +159,23 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
             raise ConfigError(f"empty candidate label in {texts}")
     backbone = model.backbone
     longest = backbone.label_token_length(texts)
-    if model.method.injection == "prefix":
-        length = model.config.label_length
-        if longest > length:
-            ids = [tuple(backbone.tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in texts]
-            seen: dict[tuple, str] = {}
-            for t, i in zip(texts, ids, strict=True):
-                if i in seen:  # the same l tokens: the same prefix, so the same score for every text
-                    raise ConfigError(
-                        f"{model.config.method}: candidate labels {seen[i]!r} and {t!r} are identical within the "
-                        f"adapter's label_length={length} tokens ({backbone.tokenizer.decode(list(i))!r}): its Z "
-                        f"reads exactly l={length} label tokens, so they would always tie. Use label texts that "
-                        "differ within their first tokens (e.g. no hypothesis_template that puts the label "
-                        "last), or train with a larger --label-length")
-                seen[i] = t
-            cut = [t for t in texts if backbone.label_token_length([t]) > length]
-            _warn_caller(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
-                         f"label_length={length} tokens and are truncated; train with a larger "
-                         "label_length to score longer label texts")
-    else:
-        length = longest
+    length = model.method.candidate_label_length(longest)
+    if longest > length:
+        ids = [tuple(backbone.tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in texts]
+        seen: dict[tuple, str] = {}
+        for t, i in zip(texts, ids, strict=True):
+            if i in seen:  # the same l tokens: the same prefix, so the same score for every text
+                raise ConfigError(
+                    f"{model.config.method}: candidate labels {seen[i]!r} and {t!r} are identical within the "
+                    f"adapter's label_length={length} tokens ({backbone.tokenizer.decode(list(i))!r}): its Z "
+                    f"reads exactly l={length} label tokens, so they would always tie. Use label texts that "
+                    "differ within their first tokens (e.g. no hypothesis_template that puts the label "
+                    "last), or train with a larger --label-length")
+            seen[i] = t
+        cut = [t for t in texts if backbone.label_token_length([t]) > length]
+        _warn_caller(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
+                     f"label_length={length} tokens and are truncated; train with a larger "
+                     "label_length to score longer label texts")
     states, mask = backbone.encode_labels(texts, length)  # (K', l, d), (K', l)
     inj = model.method(states.to(model.label_states.dtype), mask)
     if model.method.uses_label_vectors:
@@ -186,29 +183,13 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
     return inj
 
 
-@torch.inference_mode()
 def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_texts: Sequence[str],
                      batch_size: int = 64) -> torch.Tensor:
-    """(N, K') pair logits of N texts against K' label texts the adapter need not have seen.
-
-    ``batch_size`` counts texts; each batch runs ``batch_size * K'`` (text, label) rows in one forward.
-    """
-    texts = list(texts)
-    check_texts(texts, batch_size, pairs=model.config.text_pairs)
-    was_training = model.training
-    model.eval()
-    try:
+    """(N, K') pair logits of N texts against K' label texts the adapter need not have seen: the model's
+    own scoring (:meth:`LTuningModel.score_texts`) with the candidates' injection."""
+    with torch.inference_mode():
         inj = candidate_injection(model, label_texts)
-        K = len(label_texts)
-        out = torch.empty(len(texts), K)
-        order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))  # similar lengths pad less
-        for s in range(0, len(texts), batch_size):
-            idx = order[s:s + batch_size]
-            batch = model.tokenize([texts[i] for i in idx])
-            out[idx] = model.class_scores(batch, injection=inj).float().cpu()  # B*K' rows, or shared texts
-    finally:
-        model.train(was_training)
-    return out
+    return model.score_texts(list(texts), batch_size, injection=inj)
 
 
 def _apply_template(names: list[str], template: str | None) -> list[str]:

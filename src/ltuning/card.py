@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from .methods import get_method
+
 CARD_NAME = "README.md"
 
 _command: str | None = None
@@ -57,8 +59,7 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
         f"| label length l | {config.get('label_length')} |",
         f"| max text length | {config.get('max_length')} |",
     ]
-    if method == "lt-prefix":
-        lines.append(f"| prefix pooling | {config.get('prefix_pooling')} |")
+    lines += [f"| {name} | {value} |" for name, value in get_method(method).card_rows(config)]
     lines.append(f"| text pooling | {config.get('text_pooling')} |")
     if config.get("label_position", "before") != "before":
         lines.append(f"| label position | {config['label_position']} (label prompt after the text) |")

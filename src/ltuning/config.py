@@ -7,7 +7,6 @@ The config is everything needed to rebuild the trainable modules around a backbo
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -72,16 +71,6 @@ class ScoreHead(str, enum.Enum):
     SIMILARITY = "similarity"
 
 
-# Methods that accept label_position="after", and why the others do not.
-_AFTER_REFUSED = {
-    "lt-prefix": "lt-prefix injects the label as per-layer keys/values that every text token attends to; there "
-                 "is no 'after' form of it",
-    "prefix": "classic prefix tuning has no label in its prefix",
-    "prompt": "classic prompt tuning has no label in its prompt (and runs one row per text whatever the order, "
-              "so there is nothing to share)",
-}
-
-
 @dataclass
 class LTuningConfig:
     """Config of one adapter. String options round-trip through JSON."""
@@ -134,12 +123,6 @@ class LTuningConfig:
             self.label_position = LabelPosition(self.label_position)
         except ValueError:
             raise ConfigError(f"label_position must be 'before' or 'after', got {self.label_position!r}") from None
-        if self.label_position == LabelPosition.AFTER and self.method in _AFTER_REFUSED:
-            raise ConfigError(
-                f"label_position='after' is not supported for method {self.method!r}: "
-                f"{_AFTER_REFUSED[self.method]}. Use --method lt-prompt with --label-position after (decoders), "
-                "or keep --label-position before"
-            )
         self.label_names = [str(n) for n in self.label_names]
         if not self.label_texts:
             self.label_texts = list(self.label_names)
@@ -170,9 +153,6 @@ class LTuningConfig:
             if isinstance(v, enum.Enum):
                 d[k] = v.value
         return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LTuningConfig:

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, Texts
-from .config import LabelPosition, LTuningConfig, PrefixPooling, TextPooling
-from .errors import ConfigError, DataError, UnsupportedModelError
+from .config import LabelPosition, LTuningConfig, TextPooling
+from .errors import ConfigError, DataError
 from .methods import Injection, get_method
-from .methods.prompt import Prompt
 
 
 def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None = None) -> None:
@@ -62,8 +61,10 @@ class LTuningModel(nn.Module):
         # The model's own copy: filling in l, the fingerprint and the resolved pooling must not change the
         # caller's config (which may build another model, on another backbone).
         config = LTuningConfig.from_dict(config.to_dict())
-        if config.backbone_fingerprint is None:
-            config.backbone_fingerprint = backbone.fingerprint
+        method_cls.check_config(config)
+        # The fingerprint names the backbone this model is built on (a config copied from another model, or
+        # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
+        config.backbone_fingerprint = backbone.fingerprint
         self.backbone = backbone
         self.config = config
         if config.label_length is None:
@@ -71,22 +72,15 @@ class LTuningModel(nn.Module):
         self.pooling = backbone.resolve_pooling(config.text_pooling)
         config.text_pooling = self.pooling  # saved adapters name the pooling they were trained with, not "auto"
         states, mask = backbone.encode_labels(config.label_texts, config.label_length)
+        if states.shape[1] != config.label_length:  # a tokenizer cannot cut below its own special tokens
+            raise ConfigError(
+                f"label_length={config.label_length} is shorter than the {states.shape[1]} tokens {backbone.name} "
+                f"gives the label texts {config.label_texts} at the least (its special tokens); use a larger "
+                "label_length, or none (the longest label)")
         # Not saved with the adapter: recomputed from the frozen backbone and the label texts.
         self.register_buffer("label_states", states, persistent=False)  # (K, l, d)
         self.register_buffer("label_mask", mask, persistent=False)  # (K, l)
-        if config.method == "lt-prefix" and config.prefix_pooling == PrefixPooling.SOFTMAX and bool(
-                (mask.sum(-1) == 1).all()):
-            # softmax over one real token is always 1: every label would get the same prefix.
-            raise ConfigError(
-                f"lt-prefix with softmax pooling cannot tell labels apart when every label text is one token "
-                f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw or longer label texts "
-                "(e.g. --label-texts 'The review is negative.,The review is positive.')"
-            )
-        if method_cls.injection == "prompt" and backbone.embedding_size != backbone.dims.hidden_size:
-            raise UnsupportedModelError(
-                f"{config.method} needs input embeddings of width d={backbone.dims.hidden_size}, but "
-                f"{backbone.name} embeds tokens in {backbone.embedding_size} dimensions; use a prefix method"
-            )
+        method_cls.check_backbone(config, backbone, mask)
         self.prompt_after = config.label_position == LabelPosition.AFTER
         if self.prompt_after:
             if backbone.kind != "decoder":
@@ -104,8 +98,7 @@ class LTuningModel(nn.Module):
         vectors = (backbone.encode_label_vectors(config.label_texts, self.pooling) if self.method.uses_label_vectors
                    else None)
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
-        if isinstance(self.method, Prompt):
-            self.method.init_from_vocab(backbone.model.get_input_embeddings().weight.detach())
+        self.method.init_from_backbone(backbone)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -229,15 +222,21 @@ class LTuningModel(nn.Module):
         return F.cross_entropy(self(batch), labels)
 
     # ------------------------------------------------------------------ prediction
-    def tokenize(self, texts: Texts) -> dict[str, torch.Tensor]:
-        enc = self.backbone.tokenize(texts, self.text_max_length)
+    def tokenize(self, texts: Texts, injected: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokens of ``texts``, cut to what fits beside ``injected`` prefix / prompt positions (default: the
+        adapter's l; candidate labels may be longer, see :meth:`max_text_length`)."""
+        enc = self.backbone.tokenize(texts, self.max_text_length(injected))
         return {k: v.to(self.backbone.device) for k, v in enc.items()}
 
     @property
     def text_max_length(self) -> int:
         """Tokens a text is truncated to: ``config.max_length``, or less where the backbone's learned position
         table cannot hold that many beside the l prefix / prompt positions."""
-        fits = self.backbone.max_text_tokens(self.config.label_length)
+        return self.max_text_length()
+
+    def max_text_length(self, injected: int | None = None) -> int:
+        """:attr:`text_max_length` beside ``injected`` prefix / prompt positions instead of l."""
+        fits = self.backbone.max_text_tokens(self.config.label_length if injected is None else injected)
         return self.config.max_length if fits is None else min(self.config.max_length, fits)
 
     #: Token budget of one prediction forward on CPU (rows x padded length). On CPU, per-row time grows
@@ -279,7 +278,7 @@ class LTuningModel(nn.Module):
             out = torch.empty(len(texts), K)
             for s in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="scoring", unit="batch"):
                 idx = order[s:s + batch_size]
-                enc = self.tokenize([texts[i] for i in idx])
+                enc = self.tokenize([texts[i] for i in idx], injected=inj.length)
                 real = enc["attention_mask"].bool()
                 lengths = real.sum(-1).tolist()
                 by_len = sorted(range(len(idx)), key=lengths.__getitem__)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Dims
-from ..config import LTuningConfig, ScoreHead
+from ..backbones import Backbone, Dims
+from ..config import LabelPosition, LTuningConfig, ScoreHead
+from ..errors import ConfigError, UnsupportedModelError
 
 
 @dataclass
@@ -45,14 +46,61 @@ class Injection:
     def groups(self) -> int:
         return (self.prefix if self.prefix is not None else self.prompt).shape[0]
 
+    @property
+    def length(self) -> int:
+        """Prefix / prompt positions each row carries (l, or a candidate label set's own length)."""
+        return self.prefix.shape[4] if self.prefix is not None else self.prompt.shape[1]
+
 
 class Method(nn.Module):
-    """Base class. Subclasses set the class attributes and implement ``forward`` and ``formula``."""
+    """Base class. Subclasses set the class attributes and implement ``forward`` and ``formula``; the
+    hooks below (config checks, initialisation from the backbone, candidate label length, model-card rows)
+    have defaults a method overrides where it differs. A new method is one module in ``methods/`` plus its
+    entry in ``METHODS``: nothing outside ``methods/`` branches on a method's name or class.
+    """
 
     name: ClassVar[str]
     injection: ClassVar[Literal["prefix", "prompt"]]
     label_conditioned: ClassVar[bool]  # True: NLI pairs + BCE; False: K-way cross-entropy
     description: ClassVar[str]
+    #: AdamW learning rate when the user gives none.
+    default_learning_rate: ClassVar[float] = 1e-2
+    #: Why ``label_position="after"`` is refused for this method (None: it is supported).
+    label_after_refusal: ClassVar[str | None] = None
+
+    # ------------------------------------------------------------------ hooks (checks, initialisation)
+    @classmethod
+    def check_config(cls, config: LTuningConfig) -> None:
+        """Refuse options this method cannot honour (before anything is built). Raises: ConfigError."""
+        if config.label_position == LabelPosition.AFTER and cls.label_after_refusal is not None:
+            raise ConfigError(
+                f"label_position='after' is not supported for method {cls.name!r}: {cls.label_after_refusal}. "
+                "Use --method lt-prompt with --label-position after (decoders), or keep --label-position before"
+            )
+
+    @classmethod
+    def check_backbone(cls, config: LTuningConfig, backbone: Backbone, label_mask: torch.Tensor) -> None:
+        """Refuse a backbone or label encodings this method cannot work with (``label_mask`` (K, l): the
+        label texts' real tokens). Raises: ConfigError, UnsupportedModelError."""
+        if cls.injection == "prompt" and backbone.embedding_size != backbone.dims.hidden_size:
+            raise UnsupportedModelError(
+                f"{cls.name} needs input embeddings of width d={backbone.dims.hidden_size}, but "
+                f"{backbone.name} embeds tokens in {backbone.embedding_size} dimensions; use a prefix method"
+            )
+
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        """Initialisation that reads the frozen backbone (e.g. vocabulary embeddings); default: none."""
+
+    def candidate_label_length(self, longest: int) -> int:
+        """Tokens new (open-vocabulary) label texts are padded / cut to, given the longest one's length."""
+        return longest
+
+    @classmethod
+    def card_rows(cls, config: dict) -> list[tuple[str, str]]:
+        """Method-specific (name, value) rows of the adapter's model card, from ``config.to_dict()``."""
+        if cls.label_conditioned:
+            return [("score head", str(config.get("score_head", ScoreHead.PAPER.value)))]
+        return []
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..backbones import Dims
 from ..config import LTuningConfig, PrefixPooling, ScoreHead
+from ..errors import ConfigError
 from .base import Injection, Method
 
 
@@ -22,6 +23,26 @@ class LTPrefix(Method):
     injection = "prefix"
     label_conditioned = True
     description = "L-Tuning prefix: per-label keys/values computed from the frozen label encoding"
+    label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
+                           "to; there is no 'after' form of it")
+
+    @classmethod
+    def check_backbone(cls, config: LTuningConfig, backbone, label_mask: torch.Tensor) -> None:
+        super().check_backbone(config, backbone, label_mask)
+        if config.prefix_pooling == PrefixPooling.SOFTMAX and bool((label_mask.sum(-1) == 1).all()):
+            # softmax over one real token is always 1: every label would get the same prefix.
+            raise ConfigError(
+                f"lt-prefix with softmax pooling cannot tell labels apart when every label text is one token "
+                f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw or longer label texts "
+                "(e.g. --label-texts 'The review is negative.,The review is positive.')"
+            )
+
+    def candidate_label_length(self, longest: int) -> int:
+        return self.label_length  # Z reads exactly l label tokens
+
+    @classmethod
+    def card_rows(cls, config: dict) -> list[tuple[str, str]]:
+        return [("prefix pooling", str(config.get("prefix_pooling"))), *super().card_rows(config)]
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)

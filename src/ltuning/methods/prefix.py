@@ -22,6 +22,7 @@ class Prefix(Method):
     label_conditioned = False
     description = "classic prefix tuning: shared learned keys/values, K-way head"
     init_std = 0.2  # about the scale of LT-prefix's keys/values at initialisation
+    label_after_refusal = "classic prefix tuning has no label in its prefix"
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)

@@ -22,6 +22,8 @@ class Prompt(Method):
     label_conditioned = False
     description = "classic prompt tuning: shared learned soft prompt, K-way head"
     init_std = 0.02
+    label_after_refusal = ("classic prompt tuning has no label in its prompt (and runs one row per text whatever "
+                           "the order, so there is nothing to share)")
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)
@@ -32,6 +34,9 @@ class Prompt(Method):
         idx = torch.randint(0, embeddings.shape[0], (self.label_length,), generator=generator)
         with torch.no_grad():
             self.prompt.copy_(embeddings[idx].float().unsqueeze(0))
+
+    def init_from_backbone(self, backbone) -> None:
+        self.init_from_vocab(backbone.model.get_input_embeddings().weight.detach())
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         mask = torch.ones(1, self.label_length, dtype=torch.bool, device=self.prompt.device)

@@ -1,0 +1,180 @@
+"""The similarity score head (``score_head="similarity"``), adapters saved before it existed, and the
+method hooks that keep method logic inside ``methods/``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_bert
+from safetensors.torch import save_file
+
+from ltuning import LTuningConfig, get_ltuning_model
+from ltuning.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter
+from ltuning.backbones import Backbone
+from ltuning.data import TextDataset
+from ltuning.errors import ConfigError
+from ltuning.methods import METHODS, Injection, Method
+from ltuning.model import LTuningModel
+from ltuning.train import TrainArgs, train
+
+TEXTS = ["the movie was very good", "bad plot", "i loved it"]
+LABELS = {"neg": "negative", "pos": "positive"}
+
+# adapter_config.json as ltuning wrote it before score_head existed (commit 26fe4bd), for a tiny BERT
+# built right after torch.manual_seed(0); weights: a seeded draw of the shapes below; scores: what that
+# commit's load_adapter(...).score_texts(TEXTS) returned.
+OLD_CONFIG = {"backbone_fingerprint": "92c5c32ff04cb949", "base_model": "tiny-bert", "label_length": 3,
+              "label_names": ["neg", "pos"], "label_position": "before", "label_texts": ["negative", "positive"],
+              "max_length": 128, "prefix_pooling": "raw", "text_pairs": None, "text_pooling": "pooler"}
+OLD_ADAPTERS = {
+    "lt-prefix": ([("head.weight", (2, 32)), ("pool.weight", (1, 32)), ("transform.weight", (384, 3))],
+                  [[-0.23605, -0.235816], [-0.233661, -0.233306], [-0.234145, -0.233842]]),
+    "lt-prompt": ([("head.weight", (2, 32)), ("project.weight", (32, 32))],
+                  [[-0.239078, -0.239832], [-0.239025, -0.240102], [-0.238862, -0.239801]]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(OLD_ADAPTERS))
+def test_adapter_saved_before_score_head_loads_and_scores_as_before(tmp_path, method):
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    shapes, expected = OLD_ADAPTERS[method]
+    g = torch.Generator().manual_seed(1)
+    save_file({k: torch.randn(shape, generator=g) * 0.3 for k, shape in shapes}, str(tmp_path / WEIGHTS_NAME))
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**OLD_CONFIG, "method": method}))
+    model = load_adapter(tmp_path, backbone=bb)
+    assert model.config.score_head.value == "paper"
+    torch.testing.assert_close(model.score_texts(TEXTS), torch.tensor(expected), atol=2e-6, rtol=0)
+
+
+def lt(method="lt-prefix", backbone=None, labels=LABELS, **kw) -> LTuningModel:
+    bb = backbone or Backbone(*tiny_bert(), name="tiny-bert")
+    return get_ltuning_model(bb, LTuningConfig(method=method, score_head="similarity", text_pooling="mean", **kw),
+                             labels=labels)
+
+
+def pooled(bb: Backbone, texts, **inject) -> torch.Tensor:
+    enc = bb.tokenize(texts, 64)
+    return bb(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), pooling="mean", **inject)
+
+
+def test_label_vectors_are_the_frozen_models_own_label_embeddings():
+    model = lt()
+    torch.testing.assert_close(model.label_vectors, pooled(model.backbone, ["negative", "positive"]))
+
+
+def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label():
+    """Step 0: Z and C_zeta are zero, W the identity, so every label gets the same all-zero prefix and the
+    pair logit is s * cos(p, e(y)) + b with p the text's pooled state under that prefix."""
+    model = lt().eval()
+    inj = model.injection()
+    assert torch.count_nonzero(inj.prefix) == 0
+    p = pooled(model.backbone, TEXTS, prefix=inj.prefix[:1].expand(len(TEXTS), -1, -1, -1, -1, -1))
+    expected = 20.0 * F.cosine_similarity(p.unsqueeze(1), model.label_vectors.unsqueeze(0), dim=-1) - 4.0
+    torch.testing.assert_close(model.score_texts(TEXTS), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lt_prompt_similarity_starts_with_the_similarity_of_text_and_label():
+    model = lt("lt-prompt").eval()
+    inj = model.injection()
+    scores = model.score_texts(TEXTS)
+    for k in range(2):  # rows [CLS] prompt_k text [SEP]: the head part is zero at step 0
+        p = pooled(model.backbone, TEXTS, prompt=inj.prompt[k:k + 1].expand(len(TEXTS), -1, -1),
+                   prompt_mask=inj.prompt_mask[k:k + 1].expand(len(TEXTS), -1))
+        cos = F.cosine_similarity(p, model.label_vectors[k:k + 1], dim=-1)
+        torch.testing.assert_close(scores[:, k], 20.0 * cos - 4.0, atol=1e-5, rtol=1e-5)
+
+
+DATA = TextDataset(["the movie was very good", "bad plot", "i loved it", "awful and boring", "great fun",
+                    "i hated it", "wonderful story", "dull film"], [1, 0, 1, 0, 1, 0, 1, 0], ["neg", "pos"])
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_similarity_head_trains_saves_and_loads_identically(tmp_path, method):
+    model = lt(method)
+    expected = METHODS[method].formula(model.backbone.dims, model.config.label_length, 2, "similarity")[1]
+    assert model.num_trainable_parameters() == expected
+    before = {k: v.clone() for k, v in model.method.state_dict().items()}
+    train(model, DATA, DATA, TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False))
+    assert any(not torch.equal(before[k], v) for k, v in model.method.state_dict().items())
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["score_head"] == "similarity"
+    assert "score head | similarity" in (tmp_path / "README.md").read_text()
+    loaded = load_adapter(tmp_path, backbone=model.backbone)
+    assert torch.equal(loaded.score_texts(TEXTS), model.eval().score_texts(TEXTS))
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_candidate_labels_score_as_a_model_built_on_them(method):
+    """Open vocabulary: candidates get their own prefixes / prompts and their own label vectors, exactly as
+    a model whose label texts they were."""
+    model = lt(method, label_length=3).eval()
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    other = lt(method, backbone=model.backbone, labels={"bad": "bad", "good": "good"}, label_length=3).eval()
+    other.method.load_state_dict(model.method.state_dict())
+    got = model.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True)
+    want = torch.softmax(other.score_texts(TEXTS), -1)
+    for g, w in zip(got, want, strict=True):
+        assert [g["scores"]["bad"], g["scores"]["good"]] == pytest.approx(w.tolist(), abs=1e-5)
+
+
+def test_a_config_from_another_backbone_gets_this_backbones_fingerprint(tmp_path):
+    """Bug A: a config that carries another backbone's fingerprint (copied from another model, or read from
+    an adapter) is rebuilt with the fingerprint of the backbone it is built on, and saves / loads there."""
+    from transformers import BertConfig, BertModel
+
+    model, tok = tiny_bert()
+    deeper = Backbone(BertModel(BertConfig(**{**model.config.to_dict(), "num_hidden_layers": 3})), tok, "deeper")
+    bert = Backbone(model, tok, name="tiny-bert")
+    first = get_ltuning_model(deeper, LTuningConfig(method="lt-prefix"), labels=LABELS)
+    assert first.config.backbone_fingerprint == deeper.fingerprint
+    second = LTuningModel(bert, first.config)
+    assert second.config.backbone_fingerprint == bert.fingerprint != deeper.fingerprint
+    second.save_pretrained(tmp_path)
+    assert torch.equal(load_adapter(tmp_path, backbone=bert).score_texts(TEXTS), second.eval().score_texts(TEXTS))
+
+
+def test_a_label_length_below_the_special_tokens_is_a_config_error():
+    with pytest.raises(ConfigError, match="label_length=1 is shorter than the 3 tokens"):
+        get_ltuning_model(Backbone(*tiny_bert(), name="tiny-bert"), LTuningConfig(label_length=1), labels=LABELS)
+
+
+def test_long_candidate_labels_cut_texts_for_the_labels_scored():
+    """Bug B: an LT-prompt's candidate labels longer than its training labels take more of a learned
+    position table (64 here): texts are cut for the labels actually scored, not the training l."""
+    model = get_ltuning_model(Backbone(*tiny_bert(), name="tiny-bert"), LTuningConfig(method="lt-prompt"),
+                              labels=LABELS).eval()
+    long_text = " ".join(["the movie was very good and"] * 12)  # 72 words, past the 64 positions
+    candidates = ["a very very bad and awful and boring film", "a very very good and great and fun film"]
+    scores = model.predict([long_text, "bad plot"], candidate_labels=candidates, return_scores=True)
+    assert all(abs(sum(s["scores"].values()) - 1) < 1e-5 for s in scores)
+
+
+class Echo(Method):
+    """A toy method added in a test: a new method needs its own module and nothing else."""
+
+    name = "echo"
+    injection = "prompt"
+    label_conditioned = True
+    description = "the label encoding itself as the prompt"
+
+    def forward(self, label_states, label_mask):
+        return Injection(prompt=label_states, prompt_mask=label_mask)
+
+    @staticmethod
+    def formula(dims, label_length, num_labels, score_head="paper"):
+        return "2*d", 2 * dims.hidden_size
+
+
+def test_a_new_method_needs_no_edit_outside_methods(monkeypatch, tmp_path):
+    monkeypatch.setitem(METHODS, "echo", Echo)
+    model = get_ltuning_model(Backbone(*tiny_bert(), name="tiny-bert"), LTuningConfig(method="echo"), labels=LABELS)
+    train(model, DATA, DATA, TrainArgs(max_steps=2, batch_size=4, eval_every=2, progress=False))
+    model.save_pretrained(tmp_path)
+    assert load_adapter(tmp_path, backbone=model.backbone).predict(["great fun"]) == model.predict(["great fun"])
+    with pytest.raises(ConfigError, match="not supported for method 'prefix'"):
+        LTuningModel(model.backbone, LTuningConfig(method="prefix", label_names=["a", "b"], label_position="after"))
