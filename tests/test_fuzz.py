@@ -2,7 +2,8 @@
 
 Every case must end in a clear error (an LTuningError subclass, or one ``error:`` line from the CLI) or
 a documented behaviour (a valid dataset / a loaded adapter) -- never another exception, a traceback, a
-hang or a half-written file. ``CASES`` counts the cases tried; the last test prints the total.
+hang or a half-written file. ``CASES`` counts each test's cases by outcome; the last test checks that
+every outcome was reached (a fuzz test whose cases all end in errors checks little) and prints the counts.
 """
 
 from __future__ import annotations
@@ -34,7 +35,22 @@ row = st.lists(cell, min_size=0, max_size=5)
 @st.composite
 def table_file(draw):
     suffix = draw(st.sampled_from([".csv", ".tsv", ".jsonl", ".json", ".txt", ""]))
-    kind = draw(st.sampled_from(["rows", "bytes", "huge", "deep", "jsonrows"]))
+    kind = draw(st.sampled_from(["rows", "bytes", "huge", "deep", "jsonrows", "table"]))
+    if kind == "table":  # a well-formed file in the suffix's format, with the quirks real files have
+        cell = st.sampled_from(["a good film", "bad", "it was fun", "日本", "é", 'she said "no"', "x, y", "1.0"])
+        label = st.sampled_from(["negative", "positive", "0", "1"])
+        rows = [{"text": draw(cell), "other": draw(cell), "label": draw(label)} for _ in range(draw(st.integers(1, 6)))]
+        if suffix in (".jsonl", ".json"):
+            lines = [json.dumps(r, ensure_ascii=draw(st.booleans())) for r in rows]
+            text = "[" + ",\n".join(lines) + "]" if suffix == ".json" and draw(st.booleans()) else "\n".join(lines)
+        else:
+            sep = "," if suffix == ".csv" else "\t"
+            quote = (lambda v: '"' + v.replace('"', '""') + '"') if sep == "," else (lambda v: v)
+            text = "\n".join(sep.join(map(quote, r)) for r in [["text", "other", "label"], *map(dict.values, rows)])
+        text = text.replace("\n", draw(st.sampled_from(["\n", "\r\n"]))) + draw(st.sampled_from(["", "\n", "\n\n"]))
+        data = draw(st.sampled_from([b"", b"\xef\xbb\xbf"])) + text.encode()
+        return (suffix, data, draw(st.sampled_from([["text"], ["text", "other"], ["other"]])), "label",
+                draw(st.sampled_from([None, ["negative", "positive"], ["0", "1"]])), True)
     if kind == "bytes":
         data = draw(st.binary(max_size=400))
     elif kind == "huge":  # one field far over any default csv limit
@@ -68,12 +84,13 @@ def test_readers_fuzz(tmp_path_factory, case):
     suffix, data, text_cols, label_col, label_names, header = case
     path = tmp_path_factory.mktemp("f") / f"data{suffix}"
     path.write_bytes(data)
-    CASES["readers"] += 1
     try:
         ds = read_table(path, text_cols, label_col, label_names, header=header)
     except DataError as e:
-        assert str(e) and "\n" not in str(e).strip()[:1] and len(str(e)) < 2000
+        CASES["readers", "error"] += 1
+        assert str(e) and "\n" not in str(e) and len(str(e)) < 2000, str(e)  # one short line
         return
+    CASES["readers", "read"] += 1
     # documented behaviour: a consistent dataset
     assert len(ds) == len(ds.labels) > 0
     assert len(ds.label_names) >= 2 and len(set(ds.label_names)) == len(ds.label_names)
@@ -91,11 +108,12 @@ def test_readers_fuzz(tmp_path_factory, case):
 def test_label_texts_fuzz(spec, names):
     from ltuning.data import load_label_texts
 
-    CASES["label_texts"] += 1
     try:
         texts = load_label_texts(spec, names)
     except DataError:
+        CASES["label_texts", "error"] += 1
         return
+    CASES["label_texts", "read"] += 1
     assert len(texts) == len(names) and all(isinstance(t, str) and t.strip() for t in texts)
 
 
@@ -158,7 +176,6 @@ def test_adapter_loader_fuzz(adapter, tmp_path_factory, mutation):
 
     from ltuning.adapter import load_adapter
 
-    CASES["adapter"] += 1
     folder = tmp_path_factory.mktemp("mut")
     config, weights = dict(adapter["config"]), adapter["weights"]
     kind, arg = mutation
@@ -195,12 +212,14 @@ def test_adapter_loader_fuzz(adapter, tmp_path_factory, mutation):
     try:
         model = load_adapter(folder, backbone=adapter["backbone"])
     except AdapterError as e:
+        CASES["adapter", "error"] += 1
         assert str(e) and "\n" not in str(e)
         if kind == "config-field" and arg[0] not in ("_meta", "weights", "unknown", "base_model"):
             # a bad field is named (the model's own checks name theirs: label texts, lengths, fingerprints)
             assert arg[0] in str(e) or arg[0].replace("_", " ") in str(e) or "label" in str(e), (arg, str(e))
         return
     # documented behaviour: a field the loader does not need, or a byte it does not read, was changed
+    CASES["adapter", "loaded"] += 1
     assert model.predict(["a good film"])[0] in model.label_names
 
 
@@ -261,7 +280,6 @@ def test_cli_train_flags_fuzz(cli_env, tmp_path_factory, extra, capsys, monkeypa
     argv = ["train", "--model", cli_env["model"], "--train-file", cli_env["train"], "--validation-file",
             cli_env["valid"], "--text-column", "text", "--label-column", "label", "--max-steps", "2",
             "--batch-size", "4", "--output-dir", str(out), "--quiet", *extra]
-    CASES["cli"] += 1
     capsys.readouterr()
     try:
         rc = main(argv)
@@ -269,9 +287,11 @@ def test_cli_train_flags_fuzz(cli_env, tmp_path_factory, extra, capsys, monkeypa
         rc = e.code
         assert rc in (0, 2)
         assert not out.exists()
+        CASES["cli", "usage" if rc == 2 else "help"] += 1
         return
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    CASES["cli", "trained" if rc == 0 else "error"] += 1
     if rc == 0:
         assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     else:
@@ -282,10 +302,22 @@ def test_cli_train_flags_fuzz(cli_env, tmp_path_factory, extra, capsys, monkeypa
     assert not [p for p in work.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
 
 
-def test_zz_report_fuzz_cases(capsys):
-    """Prints how many hostile cases the tests above tried (run this file alone to see it)."""
+# what each fuzz test above counts in CASES; a case that passes ends in one of these
+OUTCOMES = {"readers": {"read", "error"}, "label_texts": {"read", "error"}, "adapter": {"loaded", "error"},
+            "cli": {"trained", "error", "usage"}}
+
+
+def test_zz_each_fuzz_test_reached_every_outcome(capsys):
+    """A fuzz test passes when each case ends in a clear error or a documented behaviour, so it only checks
+    something when both happen: a reader that refused every file, a loader that refused every adapter or a
+    CLI that never trained would pass it. Each fuzz test that ran must have reached each of its outcomes
+    (they run before this one in file order; run the whole file). Also prints the counts."""
     with capsys.disabled():
         print(f"\nfuzz cases tried: {dict(CASES)}; total {sum(CASES.values())}")
-    if CASES:
-        assert all(v > 0 for v in CASES.values())
+    ran = {test for test, _ in CASES}
+    if not ran:
+        pytest.skip("no fuzz test ran before this one (run the whole file)")
+    for test in sorted(ran):
+        reached = {outcome for t, outcome in CASES if t == test}
+        assert OUTCOMES[test] <= reached, (test, dict(CASES))
     assert issubclass(AdapterError, LTuningError) and issubclass(DataError, LTuningError)
