@@ -133,7 +133,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ltuning.backbones import load_backbone
+    from ltuning.loading import load_backbone
 
     backbone = load_backbone(args.backbone)
     for task in args.tasks:

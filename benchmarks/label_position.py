@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=Path, default=OUT)
     a = ap.parse_args(argv)
 
-    from ltuning.backbones import load_backbone
     from ltuning.config import LTuningConfig
+    from ltuning.loading import load_backbone
     from ltuning.model import LTuningModel
 
     torch.set_num_threads(a.threads)

@@ -86,8 +86,8 @@ def main() -> None:
 
     import torch
 
-    from ltuning.backbones import load_backbone
     from ltuning.data import read_glue
+    from ltuning.loading import load_backbone
 
     torch.set_num_threads(2)
     started = common.now()

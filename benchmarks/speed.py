@@ -195,8 +195,8 @@ class TrainSetup:
     """The frozen backbone, the four methods around it, one fixed batch and a step function per variant."""
 
     def __init__(self, name: str, batch_size: int, max_length: int, bf16: bool = False) -> None:
-        from ltuning.backbones import load_backbone
         from ltuning.config import LTuningConfig
+        from ltuning.loading import load_backbone
         from ltuning.model import LTuningModel
 
         torch.manual_seed(0)
@@ -278,7 +278,7 @@ class TrainSetup:
         return self.method_step(variant)
 
     def peft_setup_msg(self, threads: int) -> dict:
-        from ltuning.backbones import PACKAGED_MODELS, packaged_model_path
+        from ltuning.loading import PACKAGED_MODELS, packaged_model_path
 
         path = packaged_model_path(self.name) if self.name in PACKAGED_MODELS else self.name
         return {"cmd": "setup", "model_path": str(path), "batch": {k: v.tolist() for k, v in self.batch.items()},
@@ -376,7 +376,7 @@ def nli_pipeline(bb):
     """transformers' zero-shot-classification pipeline on the backbone's weights with a random 3-way NLI head."""
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    from ltuning.backbones import packaged_model_path
+    from ltuning.loading import packaged_model_path
 
     id2label = {0: "entailment", 1: "neutral", 2: "contradiction"}
     m = AutoModelForSequenceClassification.from_pretrained(
@@ -386,8 +386,8 @@ def nli_pipeline(bb):
 
 
 def bench_predict(name: str, args) -> dict:
-    from ltuning.backbones import load_backbone
     from ltuning.config import LTuningConfig
+    from ltuning.loading import load_backbone
     from ltuning.model import LTuningModel
 
     torch.manual_seed(0)

@@ -95,9 +95,9 @@ def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) 
     import torch
     import torch.nn.functional as F
 
-    from ltuning.backbones import load_backbone
     from ltuning.config import TextPooling
     from ltuning.data import get_task
+    from ltuning.loading import load_backbone
     from ltuning.train import linear_schedule, set_seed
 
     p = common.PROTOCOL[backbone]
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ltuning.backbones import load_backbone
+    from ltuning.loading import load_backbone
 
     if a.threads:
         torch.set_num_threads(a.threads)

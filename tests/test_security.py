@@ -113,7 +113,7 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
 
     from ltuning.errors import UnsupportedModelError as cli_error
 
-    monkeypatch.setattr("ltuning.backbones.load_backbone", fake_load_backbone)
+    monkeypatch.setattr("ltuning.loading.load_backbone", fake_load_backbone)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.csv").write_text("text,label\na,x\nb,y\n")
     base = ["train", "--model", "m", "--train-file", "t.csv", "--text-column", "text", "--label-column", "label",
@@ -126,7 +126,7 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
         assert cli.build_parser().parse_args(cmd).trust_remote_code is False
     import inspect
 
-    from ltuning.backbones import load_backbone
+    from ltuning.loading import load_backbone
 
     assert inspect.signature(load_backbone).parameters["trust_remote_code"].default is False
     assert inspect.signature(load_adapter).parameters["trust_remote_code"].default is False
@@ -134,7 +134,7 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
 
 def test_model_folder_code_does_not_run_without_flag(tmp_path, monkeypatch):
     """A model folder whose config asks for its own code: refused without --trust-remote-code."""
-    from ltuning.backbones import load_backbone
+    from ltuning.loading import load_backbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "custom"

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 
 def minilm_and_demo(n_train: int, n_val: int):
     """The packaged minilm and seeded subsets of the packaged demo data; skip where they are not installed."""
-    from ltuning.backbones import load_backbone
     from ltuning.data import read_demo
+    from ltuning.loading import load_backbone
 
     try:
         return (load_backbone("minilm"), read_demo("train").subset(n_train, seed=0),

@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 
 from .api import get_ltuning_model  # noqa: E402
-from .backbones import Backbone, load_backbone  # noqa: E402
+from .backbones import Backbone  # noqa: E402
 from .config import LTuningConfig  # noqa: E402
 from .errors import AdapterError, ConfigError, DataError, LTuningError, UnsupportedModelError  # noqa: E402
+from .loading import load_backbone  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .model import LTuningModel  # noqa: E402
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from . import __version__, card
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone
 from .config import LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
+from .loading import load_backbone
 from .methods import get_method
 from .model import LTuningModel
 

