@@ -154,3 +154,83 @@ def test_edited_json(saved, edit, match):
     _edit(path, edit)
     with pytest.raises(AdapterError, match=match):
         load_adapter(path, backbone=bb)
+
+
+@pytest.fixture
+def tiny_model():
+    from conftest import tiny_bert
+
+    from ltuning.backbones import Backbone
+    from ltuning.config import LTuningConfig
+    from ltuning.model import LTuningModel
+
+    return LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
+                        LTuningConfig(method="lt-prefix", label_names=["negative", "positive"]))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_normal_mode(tiny_model, tmp_path, umask):
+    import os
+
+    from ltuning.adapter import atomic_write_text, save_adapter
+
+    old = os.umask(umask)
+    try:
+        folder = save_adapter(tiny_model, tmp_path / "adapter")
+        atomic_write_text(tmp_path / "out" / "train_results.json", "{}\n")
+    finally:
+        os.umask(old)
+    files = [*folder.iterdir(), tmp_path / "out" / "train_results.json"]
+    assert {f.name for f in folder.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("label_length", "3", "label_length must be an integer or null"),
+    ("max_length", "128", "max_length must be an integer"),
+    ("max_length", 1.5, "max_length must be an integer"),
+    ("label_length", True, "label_length must be an integer or null"),
+    ("label_names", None, "label_names must be a list of strings"),
+    ("label_names", "negative", "label_names must be a list of strings"),
+    ("label_texts", [1, 2], "label_texts must be a list of strings"),
+    ("method", 3, "method must be a string"),
+    ("prefix_pooling", None, "prefix_pooling must be a string"),
+    ("text_pairs", "yes", "text_pairs must be true, false or null"),
+    ("backbone_fingerprint", 7, "backbone_fingerprint must be a string or null"),
+])
+def test_adapter_config_field_of_the_wrong_type_is_named(tiny_model, tmp_path, key, value, says):
+    import json
+
+    from ltuning.adapter import CONFIG_NAME, load_adapter, read_adapter_config, save_adapter
+    from ltuning.errors import AdapterError
+
+    folder = save_adapter(tiny_model, tmp_path / "adapter")
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    cfg[key] = value
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError) as e:
+        read_adapter_config(folder)
+    assert says in str(e.value) and CONFIG_NAME in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(AdapterError, match=says):
+        load_adapter(folder, backbone=tiny_model.backbone)
+
+
+@pytest.mark.parametrize("pairs", [True, False])
+def test_training_records_whether_texts_are_pairs(tiny_model, tmp_path, pairs):
+    import json
+
+    from ltuning.adapter import CONFIG_NAME, read_adapter_config, save_adapter
+    from ltuning.data import TextDataset
+    from ltuning.train import TrainArgs, train
+
+    texts = [("it rains", "it is wet"), ("it rains", "it is dry"), ("a good film", "the film is good"),
+             ("bad plot", "the plot is great")]
+    data = TextDataset(texts if pairs else [p for p, _ in texts], [0, 1, 0, 1], ["negative", "positive"])
+    tiny_model.config.text_pairs = not pairs  # whatever it held before, training sets it from the data
+    train(tiny_model, data, None, TrainArgs(max_steps=1, batch_size=4, progress=False))
+    assert tiny_model.config.text_pairs is pairs
+    folder = save_adapter(tiny_model, tmp_path / "a")
+    assert json.loads((folder / CONFIG_NAME).read_text())["text_pairs"] is pairs
+    assert read_adapter_config(folder).text_pairs is pairs

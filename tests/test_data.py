@@ -109,6 +109,40 @@ def test_generic_readers_with_integer_labels(tmp_path, fmt):
     assert ds.label_names == ["0", "1", "2"] and ds.labels == [1, 0, 2, 1]
 
 
+def _csv(path: Path, rows) -> Path:
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+def test_integer_validation_labels_against_named_training_labels_are_an_error(tmp_path):
+    train = read_table(_csv(tmp_path / "train.csv", [("a", "neg"), ("b", "neu"), ("c", "pos")]), ["text"], "label")
+    val = _csv(tmp_path / "val.csv", [("a", "0"), ("b", "1")])
+    with pytest.raises(DataError) as e:
+        read_table(val, ["text"], "label", train.label_names)
+    msg = str(e.value)
+    assert "\n" not in msg and "val.csv" in msg and "['0', '1']" in msg and "['neg', 'neu', 'pos']" in msg
+    # after subset (what the CLI does) too
+    with pytest.raises(DataError, match="are integers"):
+        read_table(val, ["text"], "label", train.subset(2, seed=0).label_names)
+    # names still map by name
+    ok = _csv(tmp_path / "ok.csv", [("a", "pos"), ("b", "neg")])
+    assert read_table(ok, ["text"], "label", train.label_names).labels == [2, 0]
+
+
+def test_integer_labels_map_by_index_for_a_task_or_integer_training_labels(tmp_path):
+    val = _csv(tmp_path / "val.csv", [("a", "0"), ("b", "1"), ("c", "1.0")])
+    # an explicit (task's) label set: GLUE files hold 0/1
+    assert read_table(val, ["text"], "label", ["negative", "positive"]).labels == [0, 1, 1]
+    # integer training labels: the same integers
+    train = read_table(_csv(tmp_path / "t.csv", [("a", "1"), ("b", "0")]), ["text"], "label")
+    assert train.label_names == ["0", "1"]
+    assert read_table(val, ["text"], "label", train.label_names).labels == [0, 1, 1]
+    # integer training labels that are not indices: an unknown integer is not in the set (no index guess)
+    train = read_table(_csv(tmp_path / "s.csv", [("a", "1"), ("b", "2")]), ["text"], "label")
+    with pytest.raises(DataError, match=r"label '0' is not in the label set \['1', '2'\]"):
+        read_table(_csv(tmp_path / "z.csv", [("a", "0"), ("b", "1")]), ["text"], "label", train.label_names)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
 def test_sentence_pairs(tmp_path, fmt):
     rows = [("it rains", "it is wet", "entailment"), ("it rains", "it is dry", "not_entailment")]
@@ -125,6 +159,19 @@ def test_csv_quoting_and_commas(tmp_path):
     assert ds.texts == ["good, really good", 'she said "no"']
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_files_with_a_utf8_byte_order_mark_read(tmp_path, fmt):
+    if fmt == "jsonl":
+        body = '{"text": "a good film", "label": "pos"}\n{"text": "bad", "label": "neg"}\n'
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        body = f"text{sep}label\na good film{sep}pos\nbad{sep}neg\n"
+    p = tmp_path / f"bom.{fmt}"
+    p.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    ds = read_table(p, ["text"], "label")
+    assert ds.texts == ["a good film", "bad"] and ds.label_names == ["neg", "pos"] and ds.labels == [1, 0]
+
+
 def test_headerless_file_with_column_indices(tmp_path):
     p = write(tmp_path / "h.tsv", [["x", "1", "", "fine text"], ["y", "0", "*", "bad text"]], "tsv")
     ds = read_table(p, [3], 1, ["unacceptable", "acceptable"], header=False)
@@ -138,6 +185,26 @@ def test_missing_file(tmp_path):
     assert "nope.csv" in str(e.value)
     with pytest.raises(DataError, match="folder"):
         read_table(tmp_path, ["text"], "label")
+
+
+def test_missing_file_folder_and_non_object_rows_are_not_called_invalid_json(tmp_path, capsys, monkeypatch):
+    from ltuning.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--train-file", "nope.csv", "--text-column", "text", "--label-column", "label"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: file not found: nope.csv"]
+    with pytest.raises(DataError) as e:
+        read_table(tmp_path, ["text"], "label")
+    assert "is a folder" in str(e.value) and "JSON" not in str(e.value)
+    (tmp_path / "rows.jsonl").write_text('{"text": "a", "label": "x"}\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3 is not a JSON object") as e:
+        read_table(tmp_path / "rows.jsonl", ["text"], "label")
+    assert "invalid JSON" not in str(e.value)
+    (tmp_path / "rows.json").write_text('[{"text": "a", "label": "x"}, "b"]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"item 2 of the array is not a JSON object"):
+        read_table(tmp_path / "rows.json", ["text"], "label")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
@@ -204,6 +271,16 @@ def test_invalid_json_and_not_utf8(tmp_path):
     (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,a\nb,b\n".encode("latin-1"))
     with pytest.raises(DataError, match="UTF-8"):
         read_table(tmp_path / "latin.csv", ["text"], "label")
+
+
+def test_jsonl_parse_error_names_the_files_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl: invalid JSON at line 4"):
+        read_table(p, ["text"], "label")
+    p.write_text('{"text": "a", "label": "x"}\n{"text": "a", "label": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"invalid JSON at line 2"):
+        read_table(p, ["text"], "label")
 
 
 def test_text_column_count(tmp_path):

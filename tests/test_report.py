@@ -1,5 +1,6 @@
-"""CLI runs from config files, the run_config.json that reruns them, --plot, the model card's command,
-`ltuning report`, and open-vocabulary `ltuning predict` (tiny BERT saved to a folder, in-process)."""
+"""CLI runs from config files and their key=value overrides, the run_config.json that reruns them, --plot,
+the model card's command, `ltuning report`, and open-vocabulary `ltuning predict` (tiny BERT saved to a
+folder, in-process)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 import sys
 
 import pytest
-from test_cli import _offline, files, models, train_args  # noqa: F401 - fixtures
+from test_cli import _offline, files, models, one_error_line, train_args  # noqa: F401 - fixtures
 
-from ltuning.cli import main
+from ltuning.adapter import CONFIG_NAME
+from ltuning.cli import build_parser, main
 
 pytest.importorskip("matplotlib")
 
@@ -120,3 +122,28 @@ def test_predict_open_vocabulary_from_the_command_line(models, files, tmp_path, 
     capsys.readouterr()
     assert main(["predict", "--adapter", str(prefix), "--candidate-labels", "bad,good", "fine"]) == 2
     assert "label-conditioned" in capsys.readouterr().err
+
+
+def test_key_value_overrides_need_a_config_file(models, files, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "out"
+    one_error_line(capsys, main([*train_args(models, files, out), "max_steps=2"]), "--max-steps VALUE")
+    assert not out.exists()
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"quiet": True}))
+    args = train_args(models, files, out, "--config", str(cfg))
+    del args[args.index("--max-steps"):args.index("--max-steps") + 2]  # the command line would win
+    assert main([*args, "max_steps=2", "label_texts=bad film,good film"]) == 0
+    assert json.loads((out / "train_results.json").read_text())["args"]["max_steps"] == 2
+    # an option's value is never an override, even one shaped like key=value
+    out2 = tmp_path / "out2"
+    assert main([*train_args(models, files, out2, "--config", str(cfg)), "--label-texts", "method=no,method=yes"]) == 0
+    assert json.loads((out2 / CONFIG_NAME).read_text())["label_texts"] == ["method=no", "method=yes"]
+
+
+def test_run_config_does_not_keep_overwrite_or_resume():
+    """--overwrite / --resume act once: a rerun from run_config.json must not delete or resume unasked."""
+    from ltuning.cli import _resolved_config
+
+    args = build_parser().parse_args(["train", "--task", "demo", "--overwrite", "--output-dir", "x"])
+    resolved = _resolved_config(args)
+    assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == "x"

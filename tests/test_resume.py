@@ -257,3 +257,98 @@ def test_checkpoint_without_text_pooling_means_autos_old_rule(setup, tmp_path, c
     assert (rc == 0) == ok, err
     if not ok:
         assert "text_pooling" in err
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+SHORT = ("--max-steps", "4")
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_resume_continues(setup, tmp_path, capsys, monkeypatch):
+    import ltuning.checkpoint as ckpt
+
+    real = ckpt.save_checkpoint
+
+    def save_then_interrupt(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_interrupt)
+    out = tmp_path / "run"
+    assert main(args_for(setup, out, *SHORT, "--checkpoint-every", "1")) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted; last checkpoint: {out / 'checkpoints' / 'step-1'}; continue with the same " \
+                  "command and --resume"
+    monkeypatch.setattr(ckpt, "save_checkpoint", real)
+    assert main(args_for(setup, out, *SHORT, "--checkpoint-every", "1", "--resume")) == 0
+
+
+def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(setup, tmp_path, capsys, monkeypatch):
+    import ltuning.train
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ltuning.train, "train", interrupt)
+    assert main(args_for(setup, tmp_path / "run", *SHORT)) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; nothing was saved"
+
+
+# ------------------------------------------------------------------- no adapter with NaN weights, strict JSON
+def nonfinite_args(setup, out, *extra, validation=True):
+    return ["train", "--model", setup["model"], "--train-file", setup["train"],
+            *(["--validation-file", setup["valid"]] if validation else []), "--text-column", "text",
+            "--label-column", "label", "--method", "lt-prompt", "--max-steps", "6", "--batch-size", "4",
+            "--eval-every", "2", "--output-dir", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_huge_learning_rate_with_skip_nonfinite_saves_no_nan_adapter(setup, tmp_path, capsys, validation):
+    out = tmp_path / "out"
+    rc = main(nonfinite_args(setup, out, "--learning-rate", "1e30", "--skip-nonfinite", "--checkpoint-every", "2",
+                              validation=validation))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "no adapter is saved" in err[0] and "--learning-rate" in err[0]
+    if validation:
+        assert "no evaluation had a finite validation loss" in err[0]
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "train_results.json").exists()
+    # the checkpoints written on the way are strict JSON (a NaN validation loss is null)
+    for state in out.glob("checkpoints/step-*/trainer_state.json"):
+        text = state.read_text()
+        assert "NaN" not in text and "Infinity" not in text, state
+        ts = json.loads(text)
+        if validation:
+            assert any(r["loss"] is None and r.get("nonfinite") for r in ts["history"])
+
+
+def test_nan_evaluation_is_never_the_best(setup, tmp_path, monkeypatch):
+    """One evaluation with a NaN loss among finite ones: recorded as null, never kept; the rest train on."""
+    import ltuning.train as train_mod
+
+    orig = train_mod.evaluate
+    calls = [0]
+
+    def evaluate(*a, **k):
+        calls[0] += 1
+        m = orig(*a, **k)
+        if calls[0] == 2:  # step 4: a NaN loss with the best accuracy there could be
+            m = {**m, "loss": float("nan"), "accuracy": 1.0}
+        return m
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    out = tmp_path / "out"
+    assert main(nonfinite_args(setup, out)) == 0
+    text = (out / "train_results.json").read_text()
+    assert "NaN" not in text
+    res = json.loads(text)
+    assert res["best_step"] != 4 and res["best_metrics"]["loss"] is not None
+    assert [r["loss"] is None for r in res["history"]] == [False, True, False]
+
+
+def test_history_jsonl_and_result_dict_are_strict_json():
+    from ltuning.train import TrainResult, history_jsonl
+
+    r = TrainResult(best_step=2, best_metrics={"loss": 0.5},
+                    history=[{"step": 2, "loss": float("nan"), "train_loss": float("inf")}])
+    assert json.loads(history_jsonl(r)) == {"step": 2, "loss": None, "train_loss": None}
+    json.dumps(r.to_dict(), allow_nan=False)
