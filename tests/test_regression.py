@@ -1,0 +1,66 @@
+"""Stored values: a seeded tiny run per method whose final training loss and label scores are pinned, so a
+refactor that changes the numbers (initialisation, pair sampling, the loss, the score head, the order of
+random draws) fails here. A change that should move them: rerun with LTUNING_PRINT_PINNED=1 -s, check why
+they moved, and paste the new values."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import tiny_bert
+
+from ltuning.backbones import Backbone
+from ltuning.config import LTuningConfig
+from ltuning.data import TextDataset
+from ltuning.model import LTuningModel
+from ltuning.train import TrainArgs, train
+
+TRAIN = [("the movie was very good", 1), ("bad plot", 0), ("i loved it", 1), ("awful boring film", 0),
+         ("great actors and story", 1), ("it was dull", 0), ("wonderful", 1), ("not good", 0),
+         ("a fun film", 1), ("i hated the story", 0), ("really great", 1), ("terrible acting", 0),
+         ("the plot was fun", 1), ("quite boring", 0), ("i am wowed", 1), ("this was awful", 0)]
+PROBE = ["what a wonderful film", "boring and dull", "the actors were great"]
+
+CASES = {
+    "lt-prefix-paper": dict(method="lt-prefix", score_head="paper"),
+    "lt-prefix-similarity": dict(method="lt-prefix", score_head="similarity"),
+    "prefix": dict(method="prefix"),
+}
+
+# printed by a first run (LTUNING_PRINT_PINNED=1): the last step's training loss, and score_texts(PROBE)
+PINNED = {
+    "lt-prefix-paper": (0.6931549310684204, [[0.009483840316534042, 0.00922299548983574],
+                                             [0.009310606867074966, 0.00901833176612854],
+                                             [0.009194742888212204, 0.00893545150756836]]),
+    "lt-prefix-similarity": (4.434372901916504, [[8.602751731872559, 8.54611873626709],
+                                                 [8.605828285217285, 8.544177055358887],
+                                                 [8.607695579528809, 8.55089282989502]]),
+    "prefix": (0.693462610244751, [[0.010446842759847641, 0.06110341474413872],
+                                   [0.010456234216690063, 0.06114187091588974],
+                                   [0.010648705065250397, 0.06097240746021271]]),
+}
+
+
+def run(case: str) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(0)  # the backbone's random weights, then the method's initialisation
+    model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
+                         LTuningConfig(label_names=["negative", "positive"], **CASES[case]))
+    data = TextDataset([t for t, _ in TRAIN], [y for _, y in TRAIN], ["negative", "positive"])
+    result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, seed=0, progress=False))
+    with torch.no_grad():
+        scores = model.eval().score_texts(PROBE)
+    return result.train_log[-1]["loss"], scores
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seeded_tiny_run_gives_the_stored_numbers(case):
+    loss, scores = run(case)
+    assert scores.shape == (len(PROBE), 2)
+    if os.environ.get("LTUNING_PRINT_PINNED"):
+        print(f"\n    {case!r}: ({loss!r}, {scores.tolist()!r}),")
+    want_loss, want_scores = PINNED[case]
+    torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), torch.tensor(want_loss, dtype=torch.float64),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores, torch.tensor(want_scores, dtype=scores.dtype), atol=1e-5, rtol=1e-4)
