@@ -90,13 +90,21 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
                       trainable_params=0)
     else:
 
-        score_head = "paper" if variant.endswith("-paper") else "similarity"
-        method = variant.removesuffix("-paper").removesuffix("-similarity")
+        # "<lt method>-similarity-frozen-injection": the similarity head alone, its prefix / prompt maps kept
+        # at their initial values (the ablation: what does the label-conditioned injection add?)
+        frozen_injection = variant.endswith("-frozen-injection")
+        base = variant.removesuffix("-frozen-injection")
+        score_head = "paper" if base.endswith("-paper") else "similarity"
+        method = base.removesuffix("-paper").removesuffix("-similarity")
         set_seed(seed)
         cfg = LTuningConfig(method=method, base_model=backbone_name, label_names=names, label_texts=label_texts,
                             text_pooling=pooling, max_length=common.MAX_LENGTH,
                             score_head=score_head if method.startswith("lt-") else "paper")
         model = LTuningModel(backbone, cfg)
+        if frozen_injection:
+            keep = {"head.weight", "text_map.weight", "logit_scale", "logit_bias"}
+            for name, p in model.method.named_parameters():
+                p.requires_grad_(name in keep)
         m0 = evaluate(model, dev)
         curve = [{"step": 0, "dev_accuracy": m0["accuracy"], "dev_mcc": m0["mcc"], "dev_loss": m0["loss"]}]
         print(f"  {variant} seed {seed} step 0: dev acc {m0['accuracy']:.4f}", flush=True)

@@ -224,6 +224,88 @@ def plots(runs) -> list[str]:
     return [str(p.relative_to(common.ROOT)) for p in written]
 
 
+# ----------------------------------------------------------------------------- head start (issue 12 B)
+HEADSTART_DIR = common.RESULTS / "headstart"
+HEADSTART_ORDER = ["zero-shot-similarity", "lt-prefix-similarity", "lt-prefix-paper", "prefix",
+                   "lt-prompt-similarity", "lt-prompt-paper", "prompt", "lt-prefix-similarity-frozen-injection"]
+
+
+def headstart_runs() -> list[dict]:
+    return load(HEADSTART_DIR)
+
+
+def _steps_to(curve: list[dict], frac: float = 0.95):
+    best = max(c["dev_accuracy"] for c in curve)
+    return next(c["step"] for c in curve if c["dev_accuracy"] >= frac * best)
+
+
+def headstart_table(runs) -> str:
+    """Dev-split curves from step 0: one row per (task, variant), seeds averaged where there are several."""
+    if not runs:
+        return "No results yet: run benchmarks/headstart.py."
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["task"], r["variant"])].append(r)
+    steps = sorted({c["step"] for r in runs for c in r["curve"]})
+    shown = [s for s in steps if s in (0, 50, 100, 200, 300, 400)]
+    head = ("| task | variant | trainable params | seeds | " + " | ".join(f"step {s}" for s in shown)
+            + " | best | steps to 95% of own best | forward rows per text at prediction |")
+    lines = [head, "|" + "---|" * (len(shown) + 7)]
+    for task in sorted({t for t, _ in cells}):
+        for variant in [v for v in HEADSTART_ORDER if (task, v) in cells] + sorted(
+                v for t, v in cells if t == task and v not in HEADSTART_ORDER):
+            rs = sorted(cells[(task, variant)], key=lambda r: r["seed"])
+            by_step = [[next((c["dev_accuracy"] for c in r["curve"] if c["step"] == s), None) for r in rs]
+                       for s in shown]
+            vals = [fmt_ms([v for v in col if v is not None]) if any(v is not None for v in col) else "–"
+                    for col in by_step]
+            best = fmt_ms([max(c["dev_accuracy"] for c in r["curve"]) for r in rs])
+            stt = ", ".join(str(_steps_to(r["curve"])) for r in rs) if rs[0]["steps"] else "–"
+            K = len(rs[0].get("label_texts") or [])
+            rows = ("1 (+ K label texts once)" if variant == "zero-shot-similarity"
+                    else (f"K = {K}" if variant.startswith("lt-") else "1"))
+            lines.append(f"| {task} | {variant} | {rs[0].get('trainable_params', 0):,} | "
+                         f"{','.join(str(r['seed']) for r in rs)} | " + " | ".join(vals)
+                         + f" | {best} | {stt} | {rows} |")
+    return "\n".join(lines)
+
+
+def headstart_plots(runs) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in sorted({r["task"] for r in runs}):
+        rs = [r for r in runs if r["task"] == task]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, family in zip(axes, ("prefix", "prompt"), strict=True):
+            for r in sorted(rs, key=lambda r: (r["variant"], r["seed"])):
+                v = r["variant"]
+                if v == "zero-shot-similarity":
+                    ax.axhline(r["curve"][0]["dev_accuracy"], color="grey", ls=":", lw=1, label="zero-shot similarity")
+                    continue
+                if family not in v.split("-"):
+                    continue
+                style = "-" if v.startswith("lt-") and "similarity" in v else ("--" if v.startswith("lt-") else ":")
+                ax.plot([c["step"] for c in r["curve"]], [c["dev_accuracy"] for c in r["curve"]], style, marker="o",
+                        ms=3, label=f"{v} seed {r['seed']}")
+            ax.set_title(f"{task} dev accuracy: {family} family", fontsize=9)
+            ax.set_xlabel("training step (batch 16)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        out = FIG_DIR / f"headstart-{task}.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return [str(p.relative_to(common.ROOT)) for p in written]
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -262,6 +344,9 @@ def main(argv=None) -> int:
     doc = splice(doc, "figure2", "\n".join(
         [*(f"![{Path(p).stem}]({p})" for p in pngs), "", convergence(runs)]))
     doc = splice(doc, "table1-runs", per_run(runs))
+    hs = headstart_runs()
+    doc = splice(doc, "headstart", "\n".join([*(f"![{Path(p).stem}]({p})" for p in headstart_plots(hs)), "",
+                                             headstart_table(hs)]))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
