@@ -51,6 +51,14 @@ def load(task: str):
     return train, t.label_names, t.label_texts
 
 
+def held_out(task: str):
+    """The reported split, read only after every choice was made on dev: GLUE validation (all rows), or
+    the packaged demo's validation rows."""
+    from ltuning.data import read_demo, read_glue
+
+    return read_demo("validation") if task == "demo" else read_glue(task, "validation", common.GLUE_DIR)
+
+
 def zero_shot(backbone, texts, label_texts, pooling):
     """(N, K) cosine between each text's and each label text's frozen pooled embedding."""
     import torch
@@ -86,8 +94,11 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
     if variant == "zero-shot-similarity":
         scores = zero_shot(backbone, dev.texts, label_texts, pooling)
         m = classification_metrics(scores.argmax(-1).tolist(), dev.labels, len(names))
+        val = held_out(task)
+        vscores = zero_shot(backbone, val.texts, label_texts, pooling)
+        v = classification_metrics(vscores.argmax(-1).tolist(), val.labels, len(names))
         record.update(curve=[{"step": 0, "dev_accuracy": m["accuracy"], "dev_mcc": m["mcc"]}], steps=0,
-                      trainable_params=0)
+                      trainable_params=0, validation={"rows": len(val), "accuracy": v["accuracy"], "mcc": v["mcc"]})
     else:
 
         # "<lt method>-similarity-frozen-injection": the similarity head alone, its prefix / prompt maps kept
@@ -113,6 +124,11 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         res = train(model, train_ds, dev, targs)
         curve += [{"step": r["step"], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"], "dev_loss": r["loss"],
                    "train_loss": r.get("train_loss")} for r in res.history]
+        # the state train() kept is the best on dev; the held-out split is scored once, never chosen on
+        val = held_out(task)
+        v = evaluate(model, val)
+        record["validation"] = {"rows": len(val), "accuracy": v["accuracy"], "mcc": v["mcc"],
+                                "checkpoint": f"best dev accuracy (step {res.best_step})"}
         record.update(curve=curve, steps=args.steps, batch_size=args.batch_size, learning_rate=res.learning_rate,
                       trainable_params=model.num_trainable_parameters(), adapter=model.config.to_dict(),
                       forward_rows_per_step=args.batch_size)
