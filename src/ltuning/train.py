@@ -1,10 +1,18 @@
 """The training loop (A.3): NLI pair batches and BCE for LT methods, K-way cross-entropy for the classic
 baselines; AdamW with linear warmup and decay; validation every N steps; the best state kept.
 
-Runs on Accelerate: the same loop places tensors on a GPU when there is one, mixes precision when asked,
-and under ``accelerate launch`` splits each global batch across processes and sums the gradients of the
-trainable parameters (the backbone is frozen, so nothing else needs synchronizing). Checkpoints
-(``ltuning.checkpoint``) let a killed run continue bit-exactly with ``resume``.
+Processes and devices come from Accelerate's ``PartialState`` (one process, or one per device under
+``accelerate launch``); the rest is plain PyTorch, not Accelerate's ``Accelerator`` or DDP. The loop moves
+the model to its process's device and autocasts to bfloat16 when asked (``--bf16``, or ``accelerate launch
+--mixed_precision bf16``). With several processes it broadcasts the main process's initial trainable
+weights, gives each of the N processes every N-th pair of each global batch, and sums the trainable
+parameters' gradients and the loss with one ``torch.distributed`` all-reduce per optimizer step (the
+backbone is frozen, so nothing else needs synchronizing). Checkpoints (``ltuning.checkpoint``) let a killed
+run continue bit-exactly with ``resume``.
+
+:func:`train` is the entry point; ``_TrainingLoop`` holds one run's state, one method per part (setup,
+resume, an optimizer step with accumulation and the all-reduce, non-finite steps, evaluation and the best
+state, checkpoints, the final state).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from . import checkpoint
 from .checkpoint import json_safe
 from .config import LabelPosition, PrefixPooling, ScoreHead, TextPooling
 from .data import TextDataset
@@ -131,6 +140,14 @@ def shard(pb: PairBatch, rank: int, world: int) -> PairBatch:
                      pb.labels[rank::world])
 
 
+def _broadcast_(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` in place with the main process's values."""
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
 def _all_reduce_(tensors: list[torch.Tensor]) -> None:
     """Sum ``tensors`` in place across processes (one flat buffer, one collective)."""
     import torch.distributed as dist
@@ -196,196 +213,259 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
         NonFiniteLossError: a NaN/inf loss or gradient (unless ``skip_nonfinite``); the weights and the
             checkpoints on disk stay as they were before that step.
     """
-    from tqdm.auto import tqdm
-
-    from .checkpoint import (
-        CheckpointError,
-        latest_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-        set_rng_state,
-    )
-
-    if train_data.label_names != model.label_names:
-        raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
-    if len(train_data) < 2:
-        raise DataError(f"need at least 2 training examples, got {len(train_data)}")
-    # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
-    model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
-    state = distributed_state()
-    world, rank, main = state.num_processes, state.process_index, state.is_main_process
-    if args.batch_size < world:
-        raise ConfigError(f"--batch-size {args.batch_size} is smaller than the {world} processes; "
-                          "the batch is split across processes")
-    dev = state.device
-    model.to(dev)
-    # bf16 from --bf16, or from `accelerate launch --mixed_precision bf16`
-    bf16 = args.mixed_precision == "bf16" or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
-    lr = args.learning_rate or DEFAULT_LEARNING_RATES.get(model.config.method, 1e-2)
-    params = model.trainable_parameters()
-    if world > 1:  # every process starts from the main process's initial weights
-        import torch.distributed as dist
-
-        for p in params:
-            dist.broadcast(p.data, src=0)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
-    warmup = int(args.warmup_ratio * args.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, args.max_steps, warmup))
-    sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
-    signature = _run_signature(model, train_data, args, lr)
-
-    result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
-    best_state = copy.deepcopy(model.method.state_dict())
-    best_key = (-math.inf, -math.inf)
-    train_time, n_texts, running, elapsed_before, start_step = 0.0, 0, 0.0, 0.0, 0
-    last_checkpoint = None
+    loop = _TrainingLoop(model, train_data, validation_data, args, on_eval)
     if args.resume:
-        folder = latest_checkpoint(args.output_dir)
-        if folder is None:
-            if main:
-                print(f"--resume: no checkpoint in {args.output_dir}/checkpoints; starting from step 0")
-        else:
-            ckpt = load_checkpoint(folder, rank)
-            ts = ckpt["trainer_state"]
-            saved = dict(ts.get("run", {}))
-            if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
-                saved["text_pooling"] = model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
-            diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
-            if diff:
-                shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:4])
-                raise CheckpointError(f"cannot resume from {folder}: it was written with other options ({shown}); "
-                                      "rerun with the same options or another --output-dir")
-            try:
-                model.method.load_state_dict(ckpt["weights"])
-                best_state = {k: v.to(dev) for k, v in ckpt["best_weights"].items()}
-                model.method.load_state_dict(best_state)  # checks names and shapes
-                model.method.load_state_dict(ckpt["weights"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
-                sampler.load_state_dict(ts["sampler"])
-                set_rng_state(ckpt["rng"])
-                start_step = int(ts["step"])
-                result.best_step, result.best_metrics = ts["best_step"], ts["best_metrics"]
-                best_key = tuple(ts["best_key"]) if ts["best_key"] is not None else best_key
-                result.history, result.train_log = ts["history"], ts["train_log"]
-                result.skipped_steps = ts.get("skipped_steps", [])
-                train_time, n_texts, running = ts["train_seconds"], ts["n_texts"], ts["running_loss"]
-                elapsed_before = ts["elapsed_seconds"]
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(f"cannot resume from {folder}: {type(e).__name__}: "
-                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-            result.resumed_from = start_step
-            last_checkpoint = folder
-            if main:
-                print(f"resumed from {folder} (step {start_step} of {args.max_steps})")
+        loop.resume()
+    return loop.run()
 
-    start = time.perf_counter()
-    A = args.gradient_accumulation_steps
-    bar = tqdm(total=args.max_steps, initial=start_step, desc=f"train {model.config.method}", unit="step",
-               disable=not (args.progress and main))
-    started = any(r.get("loss") is not None for r in result.train_log)  # running loss has a value
-    model.train()
-    for step in range(start_step + 1, args.max_steps + 1):
+
+class _TrainingLoop:
+    """The state of one :func:`train` call (optimizer, schedule, data order, best state, counters) and the
+    parts of the recipe that move it: setup, resume, one optimizer step, non-finite steps, evaluation with
+    best-state tracking, checkpoints, and the final state."""
+
+    def __init__(self, model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
+                 args: TrainArgs, on_eval: Callable[[dict], None] | None) -> None:
+        if train_data.label_names != model.label_names:
+            raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
+        if len(train_data) < 2:
+            raise DataError(f"need at least 2 training examples, got {len(train_data)}")
+        self.model, self.train_data, self.validation_data = model, train_data, validation_data
+        self.args, self.on_eval = args, on_eval
+        # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
+        model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
+        self.state = state = distributed_state()
+        self.world, self.rank, self.main = state.num_processes, state.process_index, state.is_main_process
+        if args.batch_size < self.world:
+            raise ConfigError(f"--batch-size {args.batch_size} is smaller than the {self.world} processes; "
+                              "the batch is split across processes")
+        self.dev = state.device
+        model.to(self.dev)
+        # bf16 from --bf16, or from `accelerate launch --mixed_precision bf16`
+        self.bf16 = args.mixed_precision == "bf16" or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
+        lr = args.learning_rate or DEFAULT_LEARNING_RATES.get(model.config.method, 1e-2)
+        self.params = model.trainable_parameters()
+        if self.world > 1:  # every process starts from the main process's initial weights
+            _broadcast_(self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=args.weight_decay)
+        warmup = int(args.warmup_ratio * args.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: linear_schedule(s, args.max_steps, warmup))
+        self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
+        self.signature = _run_signature(model, train_data, args, lr)
+        self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
+        self.best_state = copy.deepcopy(model.method.state_dict())
+        self.best_key = (-math.inf, -math.inf)
+        self.train_time, self.n_texts, self.running, self.elapsed_before, self.start_step = 0.0, 0, 0.0, 0.0, 0
+        self.last_checkpoint = None
+        self.start, self.bar, self.started = 0.0, None, False
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        """Continue from the latest checkpoint in ``output_dir`` (from step 0 if there is none)."""
+        folder = checkpoint.latest_checkpoint(self.args.output_dir)
+        if folder is None:
+            if self.main:
+                print(f"--resume: no checkpoint in {self.args.output_dir}/checkpoints; starting from step 0")
+            return
+        ckpt = checkpoint.load_checkpoint(folder, self.rank)
+        self._check_signature(folder, ckpt["trainer_state"])
+        try:
+            self._restore(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"cannot resume from {folder}: {type(e).__name__}: "
+                                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        self.result.resumed_from = self.start_step
+        self.last_checkpoint = folder
+        if self.main:
+            print(f"resumed from {folder} (step {self.start_step} of {self.args.max_steps})")
+
+    def _check_signature(self, folder, ts: dict) -> None:
+        """The checkpoint was written with this run's options (data order, schedule, shapes)."""
+        saved = dict(ts.get("run", {}))
+        if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
+            saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
+        signature = self.signature
+        diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:4])
+            raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
+                                             f"({shown}); rerun with the same options or another --output-dir")
+
+    def _restore(self, ckpt: dict) -> None:
+        """Weights, best state, optimizer, schedule, data position, RNG and counters from a checkpoint."""
+        ts, method, result = ckpt["trainer_state"], self.model.method, self.result
+        method.load_state_dict(ckpt["weights"])
+        self.best_state = {k: v.to(self.dev) for k, v in ckpt["best_weights"].items()}
+        method.load_state_dict(self.best_state)  # checks names and shapes
+        method.load_state_dict(ckpt["weights"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ts["sampler"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        self.start_step = int(ts["step"])
+        result.best_step, result.best_metrics = ts["best_step"], ts["best_metrics"]
+        self.best_key = tuple(ts["best_key"]) if ts["best_key"] is not None else self.best_key
+        result.history, result.train_log = ts["history"], ts["train_log"]
+        result.skipped_steps = ts.get("skipped_steps", [])
+        self.train_time, self.n_texts, self.running = ts["train_seconds"], ts["n_texts"], ts["running_loss"]
+        self.elapsed_before = ts["elapsed_seconds"]
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        args = self.args
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=args.max_steps, initial=self.start_step, desc=f"train {self.model.config.method}",
+                        unit="step", disable=not (args.progress and self.main))
+        self.started = any(r.get("loss") is not None for r in self.result.train_log)  # running loss has a value
+        self.model.train()
+        for step in range(self.start_step + 1, args.max_steps + 1):
+            self._step(step)
+            if self.validation_data is not None and (step % args.eval_every == 0 or step == args.max_steps):
+                self._evaluate(step)
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                self._checkpoint(step)
+        self.bar.close()
+        return self._finish()
+
+    def _step(self, step: int) -> None:
+        """One optimizer step: the accumulated micro-batches, summed across processes; a step whose loss or
+        gradients are not finite leaves the weights as they were."""
         t0 = time.perf_counter()
+        loss_sum = self._accumulate()
+        grads = self._sum_across_processes(loss_sum)
+        loss_value = loss_sum.item()
+        finite = math.isfinite(loss_value) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.train_time += time.perf_counter() - t0
+        if not finite:
+            self._skip_nonfinite(step, loss_value)
+        else:
+            self.running = loss_value if not self.started else 0.9 * self.running + 0.1 * loss_value
+            self.started = True
+            self.result.train_log.append({"step": step, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0]})
+        self.bar.set_postfix(loss=f"{self.running:.4f}",
+                             texts_per_s=f"{self.n_texts / max(self.train_time, 1e-9):.1f}")
+        self.bar.update(1)
+
+    def _accumulate(self) -> torch.Tensor:
+        """Forward and backward over ``gradient_accumulation_steps`` global batches (this process's share of
+        each); returns this process's part of the mean loss."""
+        model, dev, A = self.model, self.dev, self.args.gradient_accumulation_steps
         loss_sum = torch.zeros((), device=dev)
         for _ in range(A):
-            pb = sampler.next()
+            pb = self.sampler.next()
             B = len(pb.indices)
-            local = shard(pb, rank, world)
-            batch = model.tokenize([train_data.texts[i] for i in local.indices.tolist()])
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            local = shard(pb, self.rank, self.world)
+            batch = model.tokenize([self.train_data.texts[i] for i in local.indices.tolist()])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev))
             # this process's share of the global mean: summed over processes and micro-batches it is the
             # mean loss of the A * B pairs
             part = loss.float() * (len(local.indices) / B) / A
             part.backward()
             loss_sum += part.detach()
-            n_texts += B
-        for p in params:
+            self.n_texts += B
+        return loss_sum
+
+    def _sum_across_processes(self, loss_sum: torch.Tensor) -> list[torch.Tensor]:
+        """Sum the gradients and ``loss_sum`` (in place) over the processes; returns the gradients."""
+        world = self.world
+        for p in self.params:
             if p.grad is None and world > 1:  # every process must send the same tensors
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in self.params if p.grad is not None]
         if world > 1:
             _all_reduce_([*grads, loss_sum.view(1)])
-        loss_value = loss_sum.item()
-        finite = math.isfinite(loss_value) and all(bool(torch.isfinite(g).all()) for g in grads)
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        train_time += time.perf_counter() - t0
-        if not finite:
-            if not args.skip_nonfinite:
-                bar.close()
-                where = (f"the last good checkpoint is {last_checkpoint}; continue from it with --resume"
-                         if last_checkpoint is not None else "no checkpoint was written yet")
-                raise NonFiniteLossError(
-                    f"non-finite training {'loss ' + str(loss_value) if not math.isfinite(loss_value) else 'gradient'} "
-                    f"at step {step}; the weights were not updated with it and {where}. Lower --learning-rate, "
-                    "check the data, or pass --skip-nonfinite to skip such steps")
-            result.skipped_steps.append(step)
-            result.train_log.append({"step": step, "loss": None, "lr": scheduler.get_last_lr()[0], "skipped": True})
-            if main:
-                bar.write(f"step {step}: non-finite loss {loss_value}; step skipped (--skip-nonfinite)")
-        else:
-            running = loss_value if not started else 0.9 * running + 0.1 * loss_value
-            started = True
-            result.train_log.append({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{running:.4f}", texts_per_s=f"{n_texts / max(train_time, 1e-9):.1f}")
-        bar.update(1)
-        if validation_data is not None and (step % args.eval_every == 0 or step == args.max_steps):
-            # every process evaluates the same (identical) weights, so all keep the same best state
-            metrics = evaluate(model, validation_data, batch_size=args.eval_batch_size)
-            model.train()
-            # a NaN validation loss (weights too large to score) is recorded as null and is never the best
-            finite_eval = math.isfinite(metrics["loss"]) and _finite_weights(params)
-            row = json_safe({"step": step, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
-                             "mcc": metrics["mcc"], "macro_f1": metrics["macro_f1"], "train_loss": running,
-                             "elapsed_seconds": elapsed_before + time.perf_counter() - start})
-            if not finite_eval:
-                row["nonfinite"] = True
-            result.history.append(row)
-            if main:
-                if on_eval is not None:
-                    on_eval(row)
-                bar.write(f"step {step}: validation accuracy {metrics['accuracy']:.4f}, mcc {metrics['mcc']:.4f}, "
-                          f"loss {metrics['loss']:.4f}")
-            key = (metrics["accuracy"], -metrics["loss"])
-            if finite_eval and key > best_key:
-                best_key = key
-                best_state = copy.deepcopy(model.method.state_dict())
-                result.best_step = step
-                result.best_metrics = metrics
-        if args.checkpoint_every and step % args.checkpoint_every == 0:
-            trainer_state = {
-                "step": step, "sampler": sampler.state_dict(), "best_step": result.best_step,
-                "best_key": list(best_key) if result.best_metrics else None, "best_metrics": result.best_metrics,
-                "history": result.history, "train_log": result.train_log, "skipped_steps": result.skipped_steps,
-                "running_loss": running, "train_seconds": train_time, "n_texts": n_texts,
-                "elapsed_seconds": elapsed_before + time.perf_counter() - start, "run": signature,
-            }
-            last_checkpoint = save_checkpoint(
-                args.output_dir, step, weights=model.method.state_dict(), best_weights=best_state,
-                optimizer=optimizer, scheduler=scheduler, trainer_state=trainer_state,
-                keep=args.keep_checkpoints, best_step=result.best_step or None,
-                accelerator=state if world > 1 else None) or last_checkpoint
-    bar.close()
-    if validation_data is None:
-        best_state = copy.deepcopy(model.method.state_dict())
-        result.best_step = args.max_steps
-    elif not result.best_metrics:
-        bad = [r["step"] for r in result.history if r.get("nonfinite")]
-        raise NonFiniteLossError(
-            f"no evaluation had a finite validation loss (non-finite at steps {bad[:8]}"
-            f"{'...' if len(bad) > 8 else ''}{', ' + str(len(result.skipped_steps)) + ' steps skipped' if result.skipped_steps else ''}); "
-            "the weights became non-finite or too large to score, and no adapter is saved. Lower --learning-rate "
-            "or check the data")
-    model.method.load_state_dict(best_state)
-    model.eval()
-    _check_final_state(model, (validation_data or train_data).texts[:8], result.best_step)
-    result.seconds = elapsed_before + time.perf_counter() - start
-    result.train_seconds = train_time
-    return result
+        return grads
+
+    def _skip_nonfinite(self, step: int, loss_value: float) -> None:
+        """A step with a NaN/inf loss or gradient: stop (the default) or record it as skipped."""
+        if not self.args.skip_nonfinite:
+            self.bar.close()
+            where = (f"the last good checkpoint is {self.last_checkpoint}; continue from it with --resume"
+                     if self.last_checkpoint is not None else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"non-finite training {'loss ' + str(loss_value) if not math.isfinite(loss_value) else 'gradient'} "
+                f"at step {step}; the weights were not updated with it and {where}. Lower --learning-rate, "
+                "check the data, or pass --skip-nonfinite to skip such steps")
+        self.result.skipped_steps.append(step)
+        self.result.train_log.append({"step": step, "loss": None, "lr": self.scheduler.get_last_lr()[0],
+                                      "skipped": True})
+        if self.main:
+            self.bar.write(f"step {step}: non-finite loss {loss_value}; step skipped (--skip-nonfinite)")
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    # ------------------------------------------------------------------ evaluation and the best state
+    def _evaluate(self, step: int) -> None:
+        """Validate, record the row (and show it), and keep the state if it is the best so far."""
+        # every process evaluates the same (identical) weights, so all keep the same best state
+        metrics = evaluate(self.model, self.validation_data, batch_size=self.args.eval_batch_size)
+        self.model.train()
+        # a NaN validation loss (weights too large to score) is recorded as null and is never the best
+        finite_eval = math.isfinite(metrics["loss"]) and _finite_weights(self.params)
+        row = json_safe({"step": step, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                         "mcc": metrics["mcc"], "macro_f1": metrics["macro_f1"], "train_loss": self.running,
+                         "elapsed_seconds": self._elapsed()})
+        if not finite_eval:
+            row["nonfinite"] = True
+        self.result.history.append(row)
+        if self.main:
+            if self.on_eval is not None:
+                self.on_eval(row)
+            self.bar.write(f"step {step}: validation accuracy {metrics['accuracy']:.4f}, mcc {metrics['mcc']:.4f}, "
+                           f"loss {metrics['loss']:.4f}")
+        key = (metrics["accuracy"], -metrics["loss"])
+        if finite_eval and key > self.best_key:
+            self.best_key = key
+            self.best_state = copy.deepcopy(self.model.method.state_dict())
+            self.result.best_step = step
+            self.result.best_metrics = metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, step: int) -> None:
+        result = self.result
+        trainer_state = {
+            "step": step, "sampler": self.sampler.state_dict(), "best_step": result.best_step,
+            "best_key": list(self.best_key) if result.best_metrics else None, "best_metrics": result.best_metrics,
+            "history": result.history, "train_log": result.train_log, "skipped_steps": result.skipped_steps,
+            "running_loss": self.running, "train_seconds": self.train_time, "n_texts": self.n_texts,
+            "elapsed_seconds": self._elapsed(), "run": self.signature,
+        }
+        self.last_checkpoint = checkpoint.save_checkpoint(
+            self.args.output_dir, step, weights=self.model.method.state_dict(), best_weights=self.best_state,
+            optimizer=self.optimizer, scheduler=self.scheduler, trainer_state=trainer_state,
+            keep=self.args.keep_checkpoints, best_step=result.best_step or None,
+            accelerator=self.state if self.world > 1 else None) or self.last_checkpoint
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self) -> TrainResult:
+        """Load the best state (the last one without validation) and check it before it is returned."""
+        model, result = self.model, self.result
+        if self.validation_data is None:
+            self.best_state = copy.deepcopy(model.method.state_dict())
+            result.best_step = self.args.max_steps
+        elif not result.best_metrics:
+            bad = [r["step"] for r in result.history if r.get("nonfinite")]
+            skipped = f", {len(result.skipped_steps)} steps skipped" if result.skipped_steps else ""
+            raise NonFiniteLossError(
+                f"no evaluation had a finite validation loss (non-finite at steps {bad[:8]}"
+                f"{'...' if len(bad) > 8 else ''}{skipped}); "
+                "the weights became non-finite or too large to score, and no adapter is saved. Lower --learning-rate "
+                "or check the data")
+        model.method.load_state_dict(self.best_state)
+        model.eval()
+        _check_final_state(model, (self.validation_data or self.train_data).texts[:8], result.best_step)
+        result.seconds = self._elapsed()
+        result.train_seconds = self.train_time
+        return result
 
 
 def history_jsonl(result: TrainResult) -> str:
