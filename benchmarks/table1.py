@@ -48,29 +48,25 @@ def protocol_record(backbone: str, task: str, method: str, seed: int, lr: float,
 
 
 def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> dict:
-    from ltuning.config import LTuningConfig
-    from ltuning.model import LTuningModel
-    from ltuning.train import TrainArgs, set_seed, train
+    from ltuning.data import get_task
+    from ltuning.recipe import build_and_train
+    from ltuning.train import TrainArgs
 
     p = common.PROTOCOL[backbone]
     train_ds, val = load_task(task, backbone)
-    from ltuning.data import get_task
-
     t = get_task(task)
     real_method, pooling, position = {"lt-prefix-softmax": ("lt-prefix", "softmax", "before"),
                                       "lt-prompt-after": ("lt-prompt", "raw", "after")}.get(method,
                                                                                               (method, "raw", "before"))
-    set_seed(seed)
-    t0 = time.perf_counter()
-    cfg = LTuningConfig(method=real_method, base_model=backbone, label_names=t.label_names,
-                        label_texts=t.label_texts, prefix_pooling=pooling, text_pooling=p["text_pooling"],
-                        max_length=common.MAX_LENGTH, label_position=position)
-    model = LTuningModel(backbone_obj, cfg)
-    build_s = time.perf_counter() - t0
     args = TrainArgs(max_steps=p["steps"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                      eval_every=p["eval_every"], seed=seed, progress=False)
-    res = train(model, train_ds, val, args, on_eval=lambda r: print(
-        f"    step {r['step']}: acc {r['accuracy']:.4f} mcc {r['mcc']:.4f} loss {r['loss']:.4f}", flush=True))
+    # the library's recipe (the same as `ltuning train`) on the shared backbone: seeds, builds, trains
+    run = build_and_train(backbone_obj, train_ds, val, args, method=real_method, task=t, base_model=backbone,
+                          prefix_pooling=pooling, text_pooling=p["text_pooling"], max_length=common.MAX_LENGTH,
+                          label_position=position, on_eval=lambda r: print(
+                              f"    step {r['step']}: acc {r['accuracy']:.4f} mcc {r['mcc']:.4f} "
+                              f"loss {r['loss']:.4f}", flush=True))
+    model, res, build_s = run.model, run.result, run.build_seconds
     best = res.best_metrics
     return {
         "accuracy": best["accuracy"], "mcc": best["mcc"], "macro_f1": best["macro_f1"],
@@ -82,8 +78,9 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
         "seconds": res.seconds + build_s, "timings": {"build_seconds": build_s, "train_loop_seconds": res.seconds,
                                                       "train_step_seconds": res.train_seconds},
         "curve": res.history,
-        "config": {"adapter": cfg.to_dict(), "protocol": protocol_record(backbone, task, method, seed,
-                                                                         res.learning_rate, val),
+        # the model's own config: label_length, the backbone fingerprint and the resolved pooling filled in
+        "config": {"adapter": model.config.to_dict(), "protocol": protocol_record(backbone, task, method, seed,
+                                                                                  res.learning_rate, val),
                    "label_texts": t.label_texts},
     }
 

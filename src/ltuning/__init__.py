@@ -9,8 +9,10 @@ from .errors import AdapterError, ConfigError, DataError, LTuningError, Unsuppor
 from .loading import load_backbone  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .model import LTuningModel  # noqa: E402
+from .recipe import TrainingRun, build_and_train  # noqa: E402
 
 __all__ = [
     "METHODS", "AdapterError", "Backbone", "ConfigError", "DataError", "LTuningConfig", "LTuningError",
-    "LTuningModel", "UnsupportedModelError", "__version__", "get_ltuning_model", "load_backbone",
+    "LTuningModel", "TrainingRun", "UnsupportedModelError", "__version__", "build_and_train", "get_ltuning_model",
+    "load_backbone",
 ]

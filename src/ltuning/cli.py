@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DEFAULT_GLUE_DIRS, TASKS
@@ -18,11 +19,52 @@ from .data import DEFAULT_GLUE_DIRS, TASKS
 EXIT_USAGE = 2
 
 
+@dataclass(frozen=True, eq=False)
+class _Option:
+    """One declared option or positional argument: the action ``add_argument`` returned (read through its
+    public attributes: dest, option_strings, nargs, type, choices, required) and its ``action=`` keyword
+    ("store", "store_true", "append", ...), which the action's attributes do not tell apart."""
+
+    action: argparse.Action
+    kind: str
+
+    @property
+    def many(self) -> bool:
+        """Takes a list: repeated (append) or several values at once."""
+        return self.kind == "append" or self.action.nargs in ("*", "+")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a malformed command line ends in one line (and a pointer to --help), not the usage."""
+    """argparse, but a malformed command line ends in one line (and a pointer to --help), not the usage.
+
+    It also keeps what ``--config`` needs and argparse holds only in private attributes: ``options``, the
+    table of its options as declared (dest -> :class:`_Option`, filled by ``add_argument`` and by the
+    :class:`_Group` s on it), and, on the root parser, ``commands`` (name -> the command's parser)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.options: dict[str, _Option] = {}
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:  # noqa: D102 - argparse's, recorded
+        return self.record(super().add_argument(*args, **kwargs), kwargs)
+
+    def record(self, action: argparse.Action, kwargs: dict) -> argparse.Action:
+        self.options[action.dest] = _Option(action, kwargs.get("action", "store"))
+        return action
+
+
+class _Group:
+    """An argument group (for --help) whose options also go into its parser's table."""
+
+    def __init__(self, parser: _Parser, title: str) -> None:
+        self.parser, self.group = parser, parser.add_argument_group(title)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self.parser.record(self.group.add_argument(*args, **kwargs), kwargs)
 
 
 def _methods() -> list[str]:
@@ -38,7 +80,7 @@ def _default_score_head() -> str:
 
 
 # ---------------------------------------------------------------------- argument groups
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: _Parser) -> None:
     p.add_argument("--model", default="minilm",
                    help="backbone: a packaged short name (minilm: BERT MiniLM-L6, default; smollm2: Llama "
                         "SmolLM2-135M), a local model folder, or a hub id")
@@ -46,8 +88,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="allow model code from the model folder or hub (off by default: it runs arbitrary code)")
 
 
-def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
-    g = p.add_argument_group("data")
+def _add_data_args(p: _Parser, train: bool) -> None:
+    g = _Group(p, "data")
     g.add_argument("--task", choices=sorted(TASKS),
                    help="a known task: " + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()))
     g.add_argument("--data-dir", help="folder laid out like shared/data/glue (<task>/train.tsv, "
@@ -72,7 +114,7 @@ def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
                         "0-based column indices (e.g. CoLA: --text-column 3 --label-column 1)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="ltuning",
         description="L-Tuning: train a few parameters, conditioned on the label texts, on a frozen transformer "
@@ -83,16 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ltuning {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    def command(name: str, **kwargs) -> _Parser:
+        parser.commands[name] = sub.add_parser(name, **kwargs)
+        return parser.commands[name]
+
     # train
-    p = sub.add_parser("train", help="train an adapter and save it",
-                       description="Train one method on a frozen backbone, evaluate on validation every "
-                                   "--eval-every steps, keep the best state and save it as an adapter.")
+    p = command("train", help="train an adapter and save it",
+                description="Train one method on a frozen backbone, evaluate on validation every "
+                            "--eval-every steps, keep the best state and save it as an adapter.")
     _add_model_args(p)
     p.add_argument("--method", default="lt-prefix", choices=_methods(),
                    help="lt-prefix (default), lt-prompt (label-tuned, paper Eq. 1-2) or the classic "
                         "prefix / prompt baselines")
     _add_data_args(p, train=True)
-    g = p.add_argument_group("labels")
+    g = _Group(p, "labels")
     g.add_argument("--label-texts", help="label texts the model reads: a JSON file or inline JSON (a list in "
                    "label order, or an object name -> text), or comma-separated texts in label order")
     g.add_argument("--label-length", type=int,
@@ -114,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "each text once for all K labels (n + K*l positions instead of K*(n + l)). It is a "
                         "different model: the adapter is trained and predicts in the order it was trained with. "
                         "Not for encoders or other methods")
-    g = p.add_argument_group("training")
+    g = _Group(p, "training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
     g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
     g.add_argument("--learning-rate", type=float,
@@ -136,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="batches per optimizer step (effective batch: N x --batch-size; default: 1)")
-    g = p.add_argument_group("checkpoints and faults")
+    g = _Group(p, "checkpoints and faults")
     g.add_argument("--checkpoint-every", type=int, default=0,
                    help="write <output-dir>/checkpoints/step-N every N steps: weights, optimizer, scheduler, "
                         "RNG and data position, best-so-far state (default: 0, none)")
@@ -150,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     # evaluate
-    p = sub.add_parser("evaluate", help="evaluate a saved adapter (argmax over all labels)",
-                       description="Score every text against all labels, take the argmax (paper A.4), and "
-                                   "report accuracy, Matthews correlation, macro-F1 and the confusion matrix.")
+    p = command("evaluate", help="evaluate a saved adapter (argmax over all labels)",
+                description="Score every text against all labels, take the argmax (paper A.4), and "
+                            "report accuracy, Matthews correlation, macro-F1 and the confusion matrix.")
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
     _add_data_args(p, train=False)
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
@@ -166,17 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     # predict
-    p = sub.add_parser("predict", help="classify texts with a saved adapter",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Print the predicted label, its score (softmax over the labels' scores) and "
-                                   "the text, tab-separated,\nfor each text: from arguments, from --file (one per "
-                                   "line), or from stdin. Blank lines are skipped.\n\n"
-                                   "Sentence pairs: an adapter trained on pairs (e.g. --task rte, or two "
-                                   "--text-column) reads\neach line, and each argument, as PREMISE<TAB>HYPOTHESIS "
-                                   "(exactly one TAB), e.g.\n  ltuning predict --adapter runs/rte "
-                                   "$'A man sleeps.\\tSomeone is asleep.'\n  printf 'A man sleeps.\\tSomeone is "
-                                   "asleep.\\n' | ltuning predict --adapter runs/rte\nOther adapters take each "
-                                   "line or argument as one text, TABs included.")
+    p = command("predict", help="classify texts with a saved adapter",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Print the predicted label, its score (softmax over the labels' scores) and "
+                            "the text, tab-separated,\nfor each text: from arguments, from --file (one per "
+                            "line), or from stdin. Blank lines are skipped.\n\n"
+                            "Sentence pairs: an adapter trained on pairs (e.g. --task rte, or two "
+                            "--text-column) reads\neach line, and each argument, as PREMISE<TAB>HYPOTHESIS "
+                            "(exactly one TAB), e.g.\n  ltuning predict --adapter runs/rte "
+                            "$'A man sleeps.\\tSomeone is asleep.'\n  printf 'A man sleeps.\\tSomeone is "
+                            "asleep.\\n' | ltuning predict --adapter runs/rte\nOther adapters take each "
+                            "line or argument as one text, TABs included.")
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
     p.add_argument("texts", nargs="*", help="texts to classify (PREMISE<TAB>HYPOTHESIS for a pair adapter); "
                    "never read as key=value options")
@@ -192,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     # params
-    p = sub.add_parser("params", help="trainable parameters of each method, next to the paper's formulas",
-                       description="Count each method's trainable parameters on a backbone and show the "
-                                   "paper's formula (A.5) with this backbone's m, d, d_kv, l, K.")
+    p = command("params", help="trainable parameters of each method, next to the paper's formulas",
+                description="Count each method's trainable parameters on a backbone and show the "
+                            "paper's formula (A.5) with this backbone's m, d, d_kv, l, K.")
     _add_model_args(p)
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="labels to count with (default: sst2)")
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")
@@ -204,14 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     # report
-    p = sub.add_parser("report", help="summary table of saved runs",
-                       description="One line per run folder (method, model, trainable parameters, best validation "
-                                   "metrics, time) from train_results.json / adapter_config.json, and one per "
-                                   "eval_*.json. A folder whose subfolders are runs lists them all.")
+    p = command("report", help="summary table of saved runs",
+                description="One line per run folder (method, model, trainable parameters, best validation "
+                            "metrics, time) from train_results.json / adapter_config.json, and one per "
+                            "eval_*.json. A folder whose subfolders are runs lists them all.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of run folders")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_report)
-    _add_run_options(sub.choices)
+    _add_run_options(parser.commands)
     return parser
 
 
@@ -225,7 +271,7 @@ CONFIG_HELP_POSITIONAL = ("read options from a YAML or JSON file (keys are optio
 RUN_CONFIG_NAME = "run_config.json"
 
 
-def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
+def _add_run_options(commands: dict[str, _Parser]) -> None:
     """--config on every command, --plot on train and evaluate, open-vocabulary options on predict."""
     for p in commands.values():
         p.add_argument("--config", metavar="FILE",
@@ -236,7 +282,7 @@ def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
                                       help="also write the confusion matrix as a PNG beside the metrics JSON "
                                            "(needs matplotlib)")
     p = commands["predict"]
-    g = p.add_argument_group("open-vocabulary labels (lt-prefix, lt-prompt)")
+    g = _Group(p, "open-vocabulary labels (lt-prefix, lt-prompt)")
     g.add_argument("--candidate-labels", help="score these label names instead of the adapter's (comma-separated "
                    "or a JSON list of names); the frozen model encodes them, the trained adapter scores them")
     g.add_argument("--hypothesis-template", help="label text for each label name, e.g. 'The review is {}.': "
@@ -247,9 +293,9 @@ def _add_run_options(commands: dict[str, argparse.ArgumentParser]) -> None:
                    help="--multi-label threshold, in [0, 1] (default: 0.5)")
 
 
-def _positionals(p: argparse.ArgumentParser) -> list[argparse.Action]:
+def _positionals(p: _Parser) -> list[argparse.Action]:
     """A command's positional arguments (predict's texts, report's folders), which key=value never replaces."""
-    return [a for a in p._actions if not a.option_strings and a.dest != "help"]
+    return [o.action for o in p.options.values() if not o.action.option_strings and o.action.dest != "help"]
 
 
 def _load_config_file(path: str) -> dict:
@@ -286,60 +332,59 @@ def _override_value(text: str):
         return text
 
 
-def _convert(action: argparse.Action, key: str, value):
-    """A config value as argparse would have parsed it from the command line (type, choices)."""
+def _flag_value(key: str, value) -> bool:
+    """A config value for an on/off option (true/false, yes/no, 1/0)."""
     from .errors import ConfigError
 
-    if isinstance(action, argparse._StoreTrueAction):
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            value = value.lower() in ("true", "yes", "1")
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
-        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        value = value.lower() in ("true", "yes", "1")
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    return value
+
+
+def _typed_value(action: argparse.Action, key: str, v):
+    """One config value through the option's type and choices, as argparse checks a command-line value."""
+    from .errors import ConfigError
+
+    v = v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v)
+    try:
+        out = action.type(v) if action.type else v
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r}: {v!r} is not a valid {action.type.__name__}") from None
+    if action.choices is not None and out not in action.choices:
+        raise ConfigError(f"config key {key!r}: {out!r} is not one of {sorted(action.choices)}")
+    return out
+
+
+def _convert(option: _Option, key: str, value):
+    """A config value as argparse would have parsed it from the command line (type, choices)."""
+    if option.kind == "store_true":
+        return _flag_value(key, value)
     if value is None:
         return None
-    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+")
-    if many and not isinstance(value, list):
+    if option.many and not isinstance(value, list):
         value = [value]
-    if not many and isinstance(value, list | dict):
+    if not option.many and isinstance(value, list | dict):
         value = json.dumps(value)  # e.g. label_texts given as a YAML list: the JSON the option accepts
-
-    def one(v):
-        v = v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v)
-        try:
-            out = action.type(v) if action.type else v
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r}: {v!r} is not a valid {action.type.__name__}") from None
-        if action.choices is not None and out not in action.choices:
-            raise ConfigError(f"config key {key!r}: {out!r} is not one of {sorted(action.choices)}")
-        return out
-
-    return [one(v) for v in value] if many else one(value)
+    if option.many:
+        return [_typed_value(option.action, key, v) for v in value]
+    return _typed_value(option.action, key, value)
 
 
-def _option_action(cmd_parser: argparse.ArgumentParser, tok: str) -> argparse.Action | None:
+def _option_action(cmd_parser: _Parser, tok: str) -> _Option | None:
     """The option a command-line token names (exactly, or by a unique prefix as argparse allows)."""
-    exact = cmd_parser._option_string_actions.get(tok)
+    by_string = {s: o for o in cmd_parser.options.values() for s in o.action.option_strings}
+    exact = by_string.get(tok)
     if exact is not None or not tok.startswith("--"):
         return exact
-    hits = {a for s, a in cmd_parser._option_string_actions.items() if s.startswith(tok)}
+    hits = {o for s, o in by_string.items() if s.startswith(tok)}
     return hits.pop() if len(hits) == 1 else None
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], str | None]:
-    """Read ``--config FILE`` and its ``key=value`` overrides into the command's parser defaults, so options
-    given on the command line still win. Returns argv without them, and the file.
-
-    ``key=value`` is an override only where the user asked for a config: with ``--config``, on a command
-    without positional arguments (train, evaluate, params), and never as the value of an option
-    (``--label-texts a=b``). predict's texts and report's folders are always taken literally."""
-    from .errors import ConfigError
-
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if not argv or argv[0] not in sub.choices:
-        return argv, None
-    command, cmd_parser = argv[0], sub.choices[argv[0]]
-    actions = {a.dest: a for a in cmd_parser._actions if a.dest not in ("help", "config")}
+def _split_config_args(cmd_parser: _Parser, argv: list[str], options: dict[str, _Option]):
+    """A command's argv sorted into the command line proper (``rest``), the ``--config`` path (None: not
+    given) and the ``key=value`` overrides (dest -> (token, value))."""
     takes_overrides = not _positionals(cmd_parser)
     rest, path, overrides, i = [argv[0]], None, {}, 1
     while i < len(argv):
@@ -353,26 +398,24 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
         if tok.startswith("--config="):
             path, i = tok.split("=", 1)[1], i + 1
             continue
-        action = _option_action(cmd_parser, tok) if tok.startswith("-") and "=" not in tok else None
-        if action is not None and action.nargs is None and i + 1 < len(argv):
+        option = _option_action(cmd_parser, tok) if tok.startswith("-") and "=" not in tok else None
+        if option is not None and option.action.nargs is None and i + 1 < len(argv):
             rest += [tok, argv[i + 1]]  # an option and its value, whatever the value looks like
             i += 2
             continue
         key, eq, val = tok.partition("=")
-        if takes_overrides and eq and not tok.startswith("-") and key.replace("-", "_") in actions:
+        if takes_overrides and eq and not tok.startswith("-") and key.replace("-", "_") in options:
             overrides[key.replace("-", "_")] = (tok, _override_value(val))
         else:
             rest.append(tok)
         i += 1
-    if overrides and path is None:
-        dest, (tok, _) = next(iter(overrides.items()))
-        action = actions[dest]
-        option = action.option_strings[-1] + ("" if action.nargs == 0 else " VALUE")
-        raise ConfigError(f"{tok!r}: key=value overrides apply to a --config FILE; on the command line write "
-                          f"{option}")
-    if path is None:
-        return argv, None
-    overrides = {k: v for k, (_, v) in overrides.items()}
+    return rest, path, overrides
+
+
+def _config_values(path: str, command: str, overrides: dict, options: dict[str, _Option]) -> dict:
+    """The config file's options (keys as destinations), with the key=value overrides on top."""
+    from .errors import ConfigError
+
     values = {}
     for k, v in (_load_config_file(path) if path else {}).items():
         values[str(k).replace("-", "_")] = v
@@ -380,17 +423,43 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[lis
     if file_command != command:
         raise ConfigError(f"{path} is a config for `ltuning {file_command}`, not `ltuning {command}`")
     values.update(overrides)
-    unknown = sorted(set(values) - set(actions))
+    unknown = sorted(set(values) - set(options))
     if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for `ltuning {command}`; known: {sorted(actions)}")
+        raise ConfigError(f"unknown option(s) {unknown} for `ltuning {command}`; known: {sorted(options)}")
+    return values
+
+
+def _apply_config(parser: _Parser, argv: list[str]) -> tuple[list[str], str | None]:
+    """Read ``--config FILE`` and its ``key=value`` overrides into the command's parser defaults, so options
+    given on the command line still win. Returns argv without them, and the file.
+
+    ``key=value`` is an override only where the user asked for a config: with ``--config``, on a command
+    without positional arguments (train, evaluate, params), and never as the value of an option
+    (``--label-texts a=b``). predict's texts and report's folders are always taken literally."""
+    from .errors import ConfigError
+
+    if not argv or argv[0] not in parser.commands:
+        return argv, None
+    command, cmd_parser = argv[0], parser.commands[argv[0]]
+    options = {dest: o for dest, o in cmd_parser.options.items() if dest not in ("help", "config")}
+    rest, path, overrides = _split_config_args(cmd_parser, argv, options)
+    if overrides and path is None:
+        dest, (tok, _) = next(iter(overrides.items()))
+        action = options[dest].action
+        option = action.option_strings[-1] + ("" if action.nargs == 0 else " VALUE")
+        raise ConfigError(f"{tok!r}: key=value overrides apply to a --config FILE; on the command line write "
+                          f"{option}")
+    if path is None:
+        return argv, None
+    values = _config_values(path, command, {k: v for k, (_, v) in overrides.items()}, options)
     given = {s for s in rest if s.startswith("--")} | {s.split("=", 1)[0] for s in rest if s.startswith("--")}
     defaults = {}
     for key, value in values.items():
-        action = actions[key]
-        if isinstance(action, argparse._AppendAction) and given & set(action.option_strings):
+        option = options[key]
+        if option.kind == "append" and given & set(option.action.option_strings):
             continue  # the command line's --text-column replaces the file's, not adds to it
-        defaults[key] = _convert(action, key, value)
-        action.required = False  # given by the file
+        defaults[key] = _convert(option, key, value)
+        option.action.required = False  # given by the file
     cmd_parser.set_defaults(**defaults)
     return rest, path
 
@@ -613,28 +682,27 @@ def _strict_json(value) -> str:
 
 
 # ---------------------------------------------------------------------- commands
-def cmd_train(args) -> int:
-
-    from .adapter import atomic_write_text, save_adapter
-    from .config import LTuningConfig
-    from .data import get_task, load_label_texts
-    from .errors import ConfigError
-    from .evaluate import format_metrics
-    from .loading import load_backbone
-    from .model import LTuningModel
-    from .train import TrainArgs, is_main_process, set_seed, train
+def _train_args(args):
+    """train's options, checked, as :class:`ltuning.train.TrainArgs` (the output folder is set later)."""
+    from .train import TrainArgs
 
     _check_positive("--max-train-samples", args.max_train_samples)
     _check_positive("--max-eval-samples", args.max_eval_samples)
     _check_positive("--max-length", args.max_length)
     _check_bf16(args.bf16)
-    targs = TrainArgs(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, eval_every=args.eval_every,
-                      eval_batch_size=args.eval_batch_size, seed=args.seed,
-                      mixed_precision="bf16" if args.bf16 else "no", progress=not args.quiet,
-                      gradient_accumulation_steps=args.gradient_accumulation_steps,
-                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                      resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".")
+    return TrainArgs(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                     weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, eval_every=args.eval_every,
+                     eval_batch_size=args.eval_batch_size, seed=args.seed,
+                     mixed_precision="bf16" if args.bf16 else "no", progress=not args.quiet,
+                     gradient_accumulation_steps=args.gradient_accumulation_steps,
+                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                     resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".")
+
+
+def _train_output(args) -> tuple[Path, list[Path]]:
+    """The output folder and what a previous run left there, refused unless --overwrite or --resume."""
+    from .errors import ConfigError
+
     if not args.train_file and not args.task:
         raise ConfigError("no training data: give --task (e.g. --task demo) or --train-file")
     name = args.task or Path(args.train_file).stem
@@ -647,75 +715,70 @@ def cmd_train(args) -> int:
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
                           "give --overwrite to replace it, --resume to continue it, or another --output-dir")
-    # Read and check all input before anything is written.
+    return out_dir, previous
+
+
+def _train_data(args):
+    """Training data, validation data (None for a --train-file without --validation-file), label texts."""
+    from .data import load_label_texts
+
     train_data = _read_data(args, "train", args.train_file, None)
     if args.train_file and not args.validation_file:
         val_data = None
     else:
         val_data = _read_data(args, "validation", args.validation_file, train_data.label_names)
-    task = get_task(args.task) if args.task else None
     label_texts = load_label_texts(args.label_texts, train_data.label_names)
-    if label_texts is None and task is not None and task.label_names == train_data.label_names:
-        label_texts = task.label_texts
     train_data = train_data.subset(args.max_train_samples, seed=args.seed)
     eval_data = val_data.subset(args.max_eval_samples, seed=args.seed) if val_data is not None else None
+    return train_data, eval_data, label_texts
 
-    set_seed(args.seed)
-    backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
-    # the label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)
-    context = backbone.max_label_tokens()
-    if args.label_length is not None and not 1 <= args.label_length <= context:
-        raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
-    config = LTuningConfig(method=args.method, base_model=args.model, label_names=train_data.label_names,
-                           label_texts=label_texts or [], label_length=args.label_length,
-                           max_length=args.max_length, prefix_pooling=args.prefix_pooling,
-                           text_pooling=args.text_pooling, label_position=args.label_position,
-                           score_head=args.score_head if args.method.startswith("lt-") else "paper")
-    model = LTuningModel(backbone, config)
-    config = model.config  # with l, the fingerprint and the pooling filled in
-    fits = model.text_max_length
-    if config.max_length > fits:
-        # Longer texts would index past the model's position table (a crash mid-training, or in predict).
-        (print if is_main_process() else (lambda *a: None))(f"note: --max-length {config.max_length} is more than {backbone.name} fits with a "
-              f"{config.label_length}-token prefix/prompt; texts are truncated to {fits} tokens")
-        config.max_length = fits
-    targs.output_dir = str(out_dir)
-    main_process = is_main_process()  # under `accelerate launch` only the main process prints and writes
-    say = print if main_process else (lambda *a, **k: None)
-    if args.overwrite and previous and main_process:
-        removed = _remove_previous_run(out_dir)
-        say(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
-    say(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
-          f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
-          f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
-          f"{dict(zip(config.label_names, config.label_texts, strict=False))}, l={config.label_length}")
-    if main_process:
+
+def cmd_train(args) -> int:
+    from .adapter import atomic_write_text, save_adapter
+    from .evaluate import format_metrics
+    from .recipe import build_and_train
+    from .train import is_main_process
+
+    targs = _train_args(args)
+    out_dir, previous = _train_output(args)
+    # Read and check all input before anything is written.
+    train_data, eval_data, label_texts = _train_data(args)
+
+    def before_training(model) -> None:
+        # under `accelerate launch` only the main process prints and writes
+        if not is_main_process():
+            return
+        if args.overwrite and previous:
+            removed = _remove_previous_run(out_dir)
+            print(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
+        config, backbone = model.config, model.backbone
+        print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
+              f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
+              f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
+              f"{dict(zip(config.label_names, config.label_texts, strict=False))}, l={config.label_length}")
         model.print_trainable_parameters()
-    result = train(model, train_data, eval_data, targs)
-    if not main_process:
-        return 0
 
+    targs.output_dir = str(out_dir)
+    run = build_and_train(args.model, train_data, eval_data, targs, trust_remote_code=args.trust_remote_code,
+                          on_built=before_training, method=args.method, label_texts=label_texts, task=args.task,
+                          label_length=args.label_length, max_length=args.max_length,
+                          prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
+                          label_position=args.label_position, score_head=args.score_head, base_model=args.model)
+    if not is_main_process():
+        return 0
+    model, result = run.model, run.result
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
              "validation": {k: v for k, v in result.best_metrics.items() if k != "confusion_matrix"}}
     save_adapter(model, out_dir, extra=extra)
     summary = {
         "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "learning_rate": result.learning_rate,
-        "best_step": result.best_step,
-        "best_metrics": result.best_metrics,
-        "history": result.history,
-        "train_log": result.train_log,
-        "seconds": result.seconds,
-        "train_seconds": result.train_seconds,
-        "trainable_parameters": model.num_trainable_parameters(),
-        "resumed_from_step": result.resumed_from,
-        "skipped_steps": result.skipped_steps,
+        **run.summary(),
     }
     atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
     if result.best_metrics:
         print(f"best validation (step {result.best_step}):")
-        print(format_metrics(result.best_metrics, config.label_names))
+        print(format_metrics(result.best_metrics, model.config.label_names))
     print(f"trained {args.max_steps} steps in {result.seconds:.1f} s; adapter saved to {out_dir}")
     return 0
 

@@ -1,0 +1,159 @@
+"""Build a model for training and train it: the one recipe behind ``ltuning train`` and the benchmarks.
+
+:func:`build_and_train` seeds, loads the backbone (or takes a loaded one, so several runs share it), builds
+the model with :func:`prepare_model` (the task's label texts by default, ``label_length`` bounded by what
+the backbone can run, ``max_length`` cut to what fits beside the prefix / prompt) and runs
+:func:`ltuning.train.train`. The returned :class:`TrainingRun` holds the trained model (in its best
+validation state), the training result and the summary ``ltuning train`` writes as ``train_results.json``.
+
+For example (the Python form of ``ltuning train --task sst2 --method lt-prefix``)::
+
+    from ltuning import build_and_train, load_backbone
+    from ltuning.data import read_glue
+    from ltuning.train import TrainArgs
+
+    backbone = load_backbone("minilm")  # loaded once, reused by every run
+    run = build_and_train(backbone, read_glue("sst2", "train"), read_glue("sst2", "validation"),
+                          TrainArgs(max_steps=300), method="lt-prefix", task="sst2")
+    run.model.save_pretrained("runs/sst2-lt-prefix")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import train as training
+from .backbones import Backbone
+from .config import LTuningConfig
+from .data import Task, TextDataset, get_task
+from .errors import ConfigError
+from .model import LTuningModel
+from .train import TrainArgs, TrainResult
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`build_and_train` returns: the trained model (best validation state), the training result
+    and the seconds spent building the model (label encodings) on the loaded backbone."""
+
+    model: LTuningModel
+    result: TrainResult
+    build_seconds: float
+
+    def summary(self) -> dict:
+        """The run's results, as ``ltuning train`` writes them to ``train_results.json`` (after its command
+        and arguments)."""
+        r = self.result
+        return {
+            "learning_rate": r.learning_rate,
+            "best_step": r.best_step,
+            "best_metrics": r.best_metrics,
+            "history": r.history,
+            "train_log": r.train_log,
+            "seconds": r.seconds,
+            "train_seconds": r.train_seconds,
+            "trainable_parameters": self.model.num_trainable_parameters(),
+            "resumed_from_step": r.resumed_from,
+            "skipped_steps": r.skipped_steps,
+        }
+
+
+def default_label_texts(label_names: Sequence[str], label_texts: Sequence[str] | None,
+                        task: Task | str | None) -> list[str] | None:
+    """``label_texts`` if given, else the task's label texts where its labels are ``label_names``, else None
+    (the model then reads the label names)."""
+    if label_texts is not None:
+        return list(label_texts)
+    task = get_task(task) if isinstance(task, str) else task
+    if task is not None and task.label_names == list(label_names):
+        return list(task.label_texts)
+    return None
+
+
+def check_label_length(backbone: Backbone, label_length: int | None, model_name: str) -> None:
+    """The label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)."""
+    context = backbone.max_label_tokens()
+    if label_length is not None and not 1 <= label_length <= context:
+        raise ConfigError(f"--label-length must be in [1, {context}] for {model_name}, got {label_length}")
+
+
+def _say_on_main(say: Callable[[str], None] | None, message: str) -> None:
+    """Under ``accelerate launch`` only the main process prints."""
+    if say is not None and training.is_main_process():
+        say(message)
+
+
+def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str = "lt-prefix",
+                  label_texts: Sequence[str] | None = None, task: Task | str | None = None,
+                  label_length: int | None = None, max_length: int = 128, prefix_pooling: str = "raw",
+                  text_pooling: str = "auto", label_position: str = "before", score_head: str | None = None,
+                  base_model: str | None = None,
+                  say: Callable[[str], None] | None = print) -> LTuningModel:
+    """An untrained model on ``backbone`` for the labels ``label_names``, as ``ltuning train`` builds it.
+
+    - ``label_texts``: one text per label, in label order; default: the ``task``'s label texts if its
+      labels are ``label_names``, else the names themselves.
+    - ``label_length`` (l) must be in [1, ``backbone.max_label_tokens()``]; default: the longest label.
+    - ``score_head`` (None: :class:`~ltuning.config.LTuningConfig`'s default) applies to the label-conditioned
+      methods (lt-*); the others are built with ``paper``.
+    - ``max_length`` is cut to what the backbone's position table holds beside the l prefix / prompt
+      positions (``say`` gets a note on the main process), so the saved adapter states what it read.
+    - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
+
+    The returned model's ``config`` is its own copy, with l, the backbone fingerprint and the resolved
+    pooling filled in. Seed first (:func:`ltuning.train.set_seed`): the method's weights are drawn here.
+
+    Raises: ConfigError for an out-of-range ``label_length`` or an option the method or backbone refuses.
+    """
+    base_model = backbone.name if base_model is None else base_model
+    check_label_length(backbone, label_length, base_model)
+    texts = default_label_texts(label_names, label_texts, task)
+    if not method.startswith("lt-"):
+        score_head = "paper"  # the classic baselines score no label: their config says so
+    head = {} if score_head is None else {"score_head": score_head}  # None: the config's default
+    config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
+                           label_texts=texts or [], label_length=label_length, max_length=max_length,
+                           prefix_pooling=prefix_pooling, text_pooling=text_pooling, label_position=label_position,
+                           **head)
+    model = LTuningModel(backbone, config)
+    config = model.config  # with l, the fingerprint and the pooling filled in
+    fits = model.text_max_length
+    if config.max_length > fits:
+        # Longer texts would index past the model's position table (a crash mid-training, or in predict).
+        _say_on_main(say, f"note: --max-length {config.max_length} is more than {backbone.name} fits with a "
+                          f"{config.label_length}-token prefix/prompt; texts are truncated to {fits} tokens")
+        config.max_length = fits
+    return model
+
+
+def build_and_train(backbone: Backbone | str, train_data: TextDataset, validation_data: TextDataset | None,
+                    args: TrainArgs, *, trust_remote_code: bool = False,
+                    on_built: Callable[[LTuningModel], None] | None = None,
+                    on_eval: Callable[[dict], None] | None = None,
+                    say: Callable[[str], None] | None = print, **model_options) -> TrainingRun:
+    """Seed with ``args.seed``, load ``backbone`` if it is a name (short name, folder or hub id), build the
+    model for ``train_data``'s labels with :func:`prepare_model` (``model_options`` are its keyword
+    arguments: method, label_texts, task, label_length, max_length, prefix_pooling, text_pooling,
+    label_position, score_head, base_model) and train it with :func:`ltuning.train.train`.
+
+    ``on_built(model)`` runs between building and training (the CLI prints the model there); ``on_eval``
+    gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused
+    as it is (it stays frozen), so one backbone serves many runs.
+
+    Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
+    Raises: what :func:`prepare_model` and :func:`ltuning.train.train` raise.
+    """
+    training.set_seed(args.seed)
+    if isinstance(backbone, str):
+        from .loading import load_backbone
+
+        backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
+    t0 = time.perf_counter()
+    model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
+    build_seconds = time.perf_counter() - t0
+    if on_built is not None:
+        on_built(model)
+    result = training.train(model, train_data, validation_data, args, on_eval=on_eval)
+    return TrainingRun(model=model, result=result, build_seconds=build_seconds)

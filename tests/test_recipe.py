@@ -1,0 +1,115 @@
+"""ltuning.recipe (build a model for training and train it: the one recipe behind `ltuning train` and
+benchmarks/table1.py) and the CLI's option table that --config reads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import TRAIN, VALID, _offline, files, models, train_args  # noqa: F401 - fixtures
+
+from ltuning import TrainingRun, build_and_train, load_backbone
+from ltuning.cli import build_parser, main
+from ltuning.data import TextDataset, get_task
+from ltuning.errors import ConfigError
+from ltuning.recipe import default_label_texts, prepare_model
+from ltuning.train import TrainArgs
+
+NAMES = ["negative", "positive"]
+
+
+def dataset(rows, names=NAMES) -> TextDataset:
+    return TextDataset([t for t, _ in rows], [names.index(y) for _, y in rows], list(names))
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from test_cli import save_tiny_bert
+
+    return load_backbone(str(save_tiny_bert(tmp_path_factory.mktemp("recipe") / "tiny-bert")))
+
+
+def test_default_label_texts():
+    rte = get_task("rte")
+    assert default_label_texts(rte.label_names, None, "rte") == ["entailment", "not entailment"]
+    assert default_label_texts(rte.label_names, None, rte) == ["entailment", "not entailment"]
+    assert default_label_texts(rte.label_names, ["yes", "no"], rte) == ["yes", "no"]
+    assert default_label_texts(["a", "b"], None, rte) is None  # other labels: the names
+    assert default_label_texts(["a", "b"], None, None) is None
+
+
+def test_prepare_model_bounds_clamps_and_fills_in(backbone, capsys):
+    with pytest.raises(ConfigError, match=r"--label-length must be in \[1, 64\] for tiny, got 65"):
+        prepare_model(backbone, NAMES, label_length=65, base_model="tiny")
+    model = prepare_model(backbone, ["entailment", "not_entailment"], task="rte", max_length=128)
+    # the tiny BERT's 64 positions hold 64 - l text tokens beside the prefix
+    assert model.config.max_length == model.text_max_length < 128
+    assert "note: --max-length 128 is more than" in capsys.readouterr().out
+    assert model.config.label_texts == ["entailment", "not entailment"]
+    assert model.config.label_length is not None and model.config.backbone_fingerprint
+    assert model.config.base_model == backbone.name
+    assert prepare_model(backbone, NAMES, max_length=16, say=None).config.max_length == 16
+    # the score head is for the label-conditioned methods; the classic ones are built with the paper's
+    assert prepare_model(backbone, NAMES, method="prefix", score_head="similarity").config.score_head.value == "paper"
+    assert prepare_model(backbone, NAMES, score_head="similarity").config.score_head.value == "similarity"
+
+
+def test_build_and_train_on_a_loaded_backbone_and_by_name(backbone, models, tmp_path):  # noqa: F811
+    args = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False)
+    built, rows = [], []
+    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt",
+                          on_built=built.append, on_eval=rows.append, say=None)
+    assert isinstance(run, TrainingRun) and built == [run.model] and [r["step"] for r in rows] == [2, 4]
+    assert run.build_seconds >= 0 and run.result.best_step in (2, 4)
+    summary = run.summary()
+    assert list(summary) == ["learning_rate", "best_step", "best_metrics", "history", "train_log", "seconds",
+                             "train_seconds", "trainable_parameters", "resumed_from_step", "skipped_steps"]
+    assert summary["trainable_parameters"] == run.model.num_trainable_parameters()
+    # seeded from args.seed before the model is built: the same run twice is the same model
+    again = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None)
+    for a, b in zip(run.model.method.state_dict().values(), again.model.method.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    by_name = build_and_train(models["tiny"], dataset(TRAIN), None, args, method="prefix", say=None)
+    assert by_name.model.config.base_model == models["tiny"] and by_name.result.best_step == 4
+
+
+def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    assert main(train_args(models, files, out)) == 0
+    results = json.loads((out / "train_results.json").read_text())
+    assert list(results)[:2] == ["command", "args"]
+    assert set(results) == {"command", "args", "learning_rate", "best_step", "best_metrics", "history",
+                            "train_log", "seconds", "train_seconds", "trainable_parameters", "resumed_from_step",
+                            "skipped_steps"}
+
+
+def test_table1_records_the_models_own_config(backbone, monkeypatch):
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    sys.modules.pop("table1", None)
+    import common
+    import table1
+
+    monkeypatch.setitem(common.PROTOCOL, "tiny", {"steps": 2, "batch_size": 4, "eval_every": 2,
+                                                  "learning_rate": 1e-2, "max_validation": None,
+                                                  "text_pooling": "mean", "seeds": [0]})
+    monkeypatch.setattr(table1, "load_task", lambda task, bb: (dataset(TRAIN), dataset(VALID)))
+    out = table1.run_ours(backbone, "tiny", "sst2", "lt-prefix", 0)
+    adapter = out["config"]["adapter"]
+    assert adapter["label_length"] is not None and adapter["backbone_fingerprint"]
+    assert adapter["text_pooling"] == "mean" and adapter["base_model"] == "tiny"
+    # the recipe's max_length clamp: what the tiny BERT fits beside the prefix, not the protocol's 128
+    assert adapter["max_length"] < common.MAX_LENGTH
+
+
+@pytest.mark.parametrize("argv", [["train"], ["evaluate", "--adapter", "x"], ["predict", "--adapter", "x"],
+                                  ["params"], ["report", "x"]])
+def test_option_table_covers_every_option(argv):
+    """--config reads each command's option table: every option argparse parses must be in it."""
+    parser = build_parser()
+    parsed = set(vars(parser.parse_args(argv))) - {"func", "command"}
+    table = set(parser.commands[argv[0]].options) - {"help"}
+    assert table == parsed
