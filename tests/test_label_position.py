@@ -53,7 +53,7 @@ def test_config_round_trip_and_default():
     assert LTuningConfig().label_position == LabelPosition.BEFORE
     cfg = LTuningConfig(method="lt-prompt", label_names=["a", "b"], label_position="after")
     assert cfg.to_dict()["label_position"] == "after"
-    assert LTuningConfig.from_dict(json.loads(cfg.to_json())).label_position == LabelPosition.AFTER
+    assert LTuningConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).label_position == LabelPosition.AFTER
 
 
 def test_after_row_is_text_then_prompt():

@@ -26,7 +26,7 @@ PROBE = ["what a wonderful film", "boring and dull", "the actors were great"]
 CASES = {
     "lt-prefix-paper": dict(method="lt-prefix", score_head="paper"),
     "lt-prefix-similarity": dict(method="lt-prefix", score_head="similarity"),
-    "prefix": dict(method="prefix"),
+    "prefix": dict(method="prefix", score_head="paper"),  # the classic methods take paper only
 }
 
 # printed by a first run (LTUNING_PRINT_PINNED=1): the last step's training loss, and score_texts(PROBE)
