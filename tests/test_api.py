@@ -67,14 +67,14 @@ def test_save_pretrained_from_pretrained_by_folder_name(bert_folder, tmp_path, c
     lt = nudge(get_ltuning_model(str(bert_folder), LTuningConfig(method="lt-prompt"), labels=["negative", "positive"]))
     assert lt.config.base_model == str(bert_folder)
     lt.print_trainable_parameters()
-    assert "trainable params: 1,088 || all params:" in capsys.readouterr().out
+    assert "trainable params: 2,114 || all params:" in capsys.readouterr().out  # d^2 + 2d + (d^2 + 2): similarity
     out = lt.save_pretrained(tmp_path / "adapter", validation={"accuracy": 0.75})
     assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     loaded = LTuningModel.from_pretrained(out)  # the backbone named in the adapter
     assert torch.equal(loaded.score_texts(TEXTS), lt.score_texts(TEXTS))
     card = (out / "README.md").read_text()
     for needle in ("base_model:", str(bert_folder), "`lt-prompt`", "| 0 | negative | negative |",
-                   "| trainable parameters | 1,088", "| accuracy | 0.7500 |", "LTuningModel.from_pretrained"):
+                   "| trainable parameters | 2,114", "| score head | similarity |", "| accuracy | 0.7500 |", "LTuningModel.from_pretrained"):
         assert needle in card, needle
     assert json.loads((out / CONFIG_NAME).read_text())["_meta"]["validation"] == {"accuracy": 0.75}
 

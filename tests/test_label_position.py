@@ -58,7 +58,7 @@ def test_config_round_trip_and_default():
 
 def test_after_row_is_text_then_prompt():
     """One text, one label, no padding: the model run by hand on [text embeddings][real prompt vectors]."""
-    model = make(llama())
+    model = make(llama(), score_head="paper")  # the head computed by hand / its parameters
     inj = model.injection()
     emb = model.backbone.model.get_input_embeddings()
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_shared_text_every_decoder_family(family):
 
 
 def test_candidate_labels_use_the_same_order():
-    model = make(llama())
+    model = make(llama(), score_head="paper")  # the head computed by hand / its parameters
     names = ["bad", "good", "fun", "dull"]
     probs = model.predict(TEXTS, candidate_labels=names, return_scores=True)
     inj = model.method(*model.backbone.encode_labels(names, model.backbone.label_token_length(names)))
@@ -135,7 +135,7 @@ def test_candidate_labels_use_the_same_order():
 
 
 def test_gradients_reach_only_the_method():
-    model = make(llama())
+    model = make(llama(), score_head="paper")  # the head computed by hand / its parameters
     model.train()
     frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)

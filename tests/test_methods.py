@@ -26,6 +26,8 @@ LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 
 
 def make_model(backbone, method: str, label_length: int | None = None, **options) -> LTuningModel:
+    """The paper's recipe unless ``score_head`` says otherwise (A.5's counts are the paper head's)."""
+    options.setdefault("score_head", "paper")
     cfg = LTuningConfig(method=method, base_model=backbone.name, label_names=LABEL_NAMES,
                         label_texts=LABEL_TEXTS, label_length=label_length, **options)
     return LTuningModel(backbone, cfg)
@@ -49,10 +51,19 @@ def one_loss(model: LTuningModel) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method,options", [(m, {}) for m in METHOD_NAMES]
-                         + [("lt-prefix", {"prefix_pooling": p}) for p in ("softmax", "raw")])
+                         + [("lt-prefix", {"prefix_pooling": p}) for p in ("softmax", "raw")]
+                         + [(m, {"score_head": "similarity"}) for m in ("lt-prefix", "lt-prompt")])
 def test_gradients_reach_only_the_method(backbone, method, options):
     model = make_model(backbone, method, **options)
     model.train()
+    if options.get("score_head") == "similarity" and method == "lt-prefix":
+        # Z starts at zero (the head start), so F's first gradient, through Z, is zero; after one update of
+        # Z it is not: take one step first.
+        first = one_loss(model)
+        first.backward()
+        assert model.method.pool.weight.grad.abs().sum() == 0
+        torch.optim.SGD(model.trainable_parameters(), lr=0.1).step()
+        model.method.zero_grad()
     loss = one_loss(model)
     assert torch.isfinite(loss)
     loss.backward()
@@ -88,12 +99,14 @@ def test_training_changes_only_the_method(backbone, method):
     assert changed == list(method_before), f"only {changed} of {list(method_before)} were updated"
 
 
-def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: int) -> int:
+def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: int,
+                   score_head: str = "paper") -> int:
     d_kv = n_kv * d_h
+    similarity = d * d + 2 if score_head == "similarity" else 0  # W: d*d, scale s and bias b
     if method == "lt-prefix":  # F: d, Z: l * 2*m*l*d_kv, head: 2*d
-        return 2 * l * l * m * d_kv + 3 * d
+        return 2 * l * l * m * d_kv + 3 * d + similarity
     if method == "lt-prompt":  # G: d*d, head: 2*d
-        return d * d + 2 * d
+        return d * d + 2 * d + similarity
     if method == "prefix":  # (l, 2*m*d_kv) keys/values + K-way head
         return 2 * l * m * d_kv + d * K
     if method == "prompt":  # (l, d) soft prompt + K-way head
@@ -101,10 +114,12 @@ def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: 
     raise AssertionError(method)
 
 
+@pytest.mark.parametrize("score_head", ["paper", "similarity"])
 @pytest.mark.parametrize("label_length", [None, 6])
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_parameter_count_matches_paper(backbone, method, label_length):
-    model = make_model(backbone, method, label_length)
+def test_parameter_count_matches_paper(backbone, method, label_length, score_head):
+    model = make_model(backbone, method, label_length, score_head=score_head)
+    score_head = score_head if method.startswith("lt-") else "paper"  # classic methods have no pair head
     dims = config_dims(backbone)
     K = len(LABEL_NAMES)
     if label_length is None:  # the longest tokenized label text
@@ -112,11 +127,11 @@ def test_parameter_count_matches_paper(backbone, method, label_length):
     else:
         l = label_length
     assert model.config.label_length == l
-    expected = expected_count(method, l=l, K=K, **dims)
+    expected = expected_count(method, l=l, K=K, score_head=score_head, **dims)
     assert model.num_trainable_parameters() == expected
     assert sum(p.numel() for p in model.method.parameters()) == expected
     # the method's own formula agrees with the independent count
-    assert METHODS[method].formula(backbone.dims, l, K)[1] == expected
+    assert METHODS[method].formula(backbone.dims, l, K, score_head)[1] == expected
 
 
 def test_paper_formulas_on_mha_bert():

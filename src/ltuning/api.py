@@ -20,7 +20,7 @@ Example (a tiny random BERT, so the predictions are arbitrary but the shapes are
     >>> model = get_ltuning_model(bert, LTuningConfig(method="lt-prompt"), labels=["negative", "positive"],
     ...                           tokenizer=tokenizer)
     >>> model.print_trainable_parameters()
-    trainable params: 1,088 || all params: 37,792 || trainable%: 2.8789
+    trainable params: 2,114 || all params: 38,818 || trainable%: 5.4459
     >>> model.predict(["what a boring film", "i loved it"])  # doctest: +ELLIPSIS
     ['...', '...']
     >>> out = model.predict(["i loved it"], candidate_labels=["bad", "good", "fun"], return_scores=True)

@@ -97,7 +97,7 @@ class LTuningConfig:
                   "shared by all labels at prediction)."},
     )
     score_head: ScoreHead = field(
-        default=ScoreHead.PAPER,
+        default=ScoreHead.SIMILARITY,
         metadata={"help": "LT methods: paper (C_zeta, random init) or similarity (starts at the frozen model's "
                   "text-label similarity). Adapters saved without the key use paper."},
     )

@@ -95,6 +95,7 @@ class LTuningModel(nn.Module):
                     f"got text_pooling={self.pooling.value!r}"
                 )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
+        config.score_head = self.method.score_head  # what the method uses (classic methods: their K-way head)
         vectors = (backbone.encode_label_vectors(config.label_texts, self.pooling) if self.method.uses_label_vectors
                    else None)
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None

@@ -8,10 +8,9 @@ shared injection and classify with a K-way head.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
-
-import math
 
 import torch
 import torch.nn.functional as F
