@@ -110,9 +110,9 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     base_model = backbone.name if base_model is None else base_model
     check_label_length(backbone, label_length, base_model)
     texts = default_label_texts(label_names, label_texts, task)
-    if not method.startswith("lt-"):
-        score_head = "paper"  # the classic baselines score no label: their config says so
-    head = {} if score_head is None else {"score_head": score_head}  # None: the config's default
+    # None: the config's default; a classic method records "paper" whatever is given (LTuningModel keeps
+    # the head the method uses)
+    head = {} if score_head is None else {"score_head": score_head}
     config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
                            label_texts=texts or [], label_length=label_length, max_length=max_length,
                            prefix_pooling=prefix_pooling, text_pooling=text_pooling, label_position=label_position,

@@ -38,8 +38,6 @@ from .evaluate import evaluate
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler
 
-DEFAULT_LEARNING_RATES = {"lt-prefix": 1e-2, "lt-prompt": 1e-2, "prefix": 1e-2, "prompt": 1e-2}
-
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss or gradients became NaN or infinite (the weights were not updated with them)."""
@@ -49,7 +47,7 @@ class NonFiniteLossError(FloatingPointError):
 class TrainArgs:
     max_steps: int = 300
     batch_size: int = 16  # global: split across processes when distributed
-    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATES[method]
+    learning_rate: float | None = None  # None: the method's default_learning_rate
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     eval_every: int = 50
@@ -243,7 +241,7 @@ class _TrainingLoop:
         model.to(self.dev)
         # bf16 from --bf16, or from `accelerate launch --mixed_precision bf16`
         self.bf16 = args.mixed_precision == "bf16" or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
-        lr = args.learning_rate or DEFAULT_LEARNING_RATES.get(model.config.method, 1e-2)
+        lr = args.learning_rate or model.method.default_learning_rate
         self.params = model.trainable_parameters()
         if self.world > 1:  # every process starts from the main process's initial weights
             _broadcast_(self.params)
