@@ -44,7 +44,10 @@ def setup(tmp_path_factory):
 
 
 def args_for(setup, out, *extra):
-    return ["train", "--model", setup["model"], "--train-file", setup["train"], "--validation-file", setup["valid"],
+    # the paper head: what is compared here is the distribution, and its logits stay small on a tiny random
+    # model (the similarity head's s = 20 times cosines near 1 between any two of its pooled vectors gives
+    # logits of ~14, where the last bits of a reduction order show more)
+    return ["train", "--score-head", "paper", "--model", setup["model"], "--train-file", setup["train"], "--validation-file", setup["valid"],
             "--text-column", "text", "--label-column", "label", "--method", "lt-prompt", "--learning-rate", "0.05",
             "--max-steps", "6", "--batch-size", "4", "--eval-every", "3", "--output-dir", str(out), "--quiet", *extra]
 

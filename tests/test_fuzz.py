@@ -166,7 +166,8 @@ def adapter_mutation(draw, config_keys):
 
 
 CONFIG_KEYS = ["method", "base_model", "label_names", "label_texts", "label_length", "max_length", "prefix_pooling",
-               "text_pooling", "label_position", "text_pairs", "backbone_fingerprint", "_meta", "weights", "unknown"]
+               "text_pooling", "label_position", "score_head", "text_pairs", "backbone_fingerprint", "_meta", "weights",
+               "unknown"]
 
 
 @settings(max_examples=200, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -204,7 +205,7 @@ def test_adapter_loader_fuzz(adapter, tmp_path_factory, mutation):
 
         (folder / "w.safetensors").write_bytes(weights)
         state = load_file(str(folder / "w.safetensors"))
-        state = {k: torch.zeros(*[max(1, s + d - 2) for s, d in zip(v.shape, arg, strict=False)]) for k, v in state.items()}
+        state = {k: torch.zeros([max(1, s + d - 2) for s, d in zip(v.shape, arg, strict=False)]) for k, v in state.items()}
         save_file(state, str(folder / "w.safetensors"))
         weights = (folder / "w.safetensors").read_bytes()
     (folder / "adapter_model.safetensors").write_bytes(weights)

@@ -12,8 +12,8 @@ from ltuning.errors import ConfigError
 TEXTS = ["the movie was very good", "bad plot", "i loved it", "awful boring film", "it was dull"]
 
 
-def make(backbone, method, label_length=None):
-    lt = get_ltuning_model(backbone, LTuningConfig(method=method, label_length=label_length),
+def make(backbone, method, label_length=None, **options):
+    lt = get_ltuning_model(backbone, LTuningConfig(method=method, label_length=label_length, **options),
                            labels={"neg": "negative", "pos": "positive", "neu": "neutral"})
     with torch.no_grad():
         for p in lt.method.parameters():
@@ -74,7 +74,9 @@ def test_multi_label_is_an_independent_sigmoid_per_label(backbone):
 
 
 def test_lt_prefix_truncates_longer_candidates_to_label_length_with_a_warning(backbone):
-    lt = make(backbone, "lt-prefix")  # label_length = the longest training label
+    # label_length = the longest training label; the paper head: the similarity head's e(y) reads the whole
+    # label text, so there only the prefix is built from the first l tokens
+    lt = make(backbone, "lt-prefix", score_head="paper")
     length = lt.config.label_length
     with pytest.warns(UserWarning, match="truncated"):
         scores = score_candidates(lt, TEXTS, ["the movie was very bad", "good"])

@@ -39,7 +39,7 @@ def test_train_with_plot_writes_run_config_and_reruns_from_it(models, files, tmp
     capsys.readouterr()
     assert main(["report", str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    assert "run " in table and "rerun" in table and "lt-prompt" in table and "1,088" in table
+    assert "run " in table and "rerun" in table and "lt-prompt" in table and "2,114" in table
 
 
 def test_yaml_config_and_command_line_precedence(models, files, tmp_path):  # noqa: F811

@@ -28,8 +28,10 @@ LABELS = ["negative", "positive", "neutral"]
 METHODS = ["lt-prefix", "lt-prompt", "prefix", "prompt"]
 
 
-def make(backbone, method: str) -> LTuningModel:
-    model = LTuningModel(backbone, LTuningConfig(method=method, label_names=LABELS,
+def make(backbone, method: str, score_head: str = "paper") -> LTuningModel:
+    """The paper head unless asked: these tests are about batching and caching, and build injections with
+    the method itself (the similarity head also needs the label vectors, which plain_scores adds)."""
+    model = LTuningModel(backbone, LTuningConfig(method=method, label_names=LABELS, score_head=score_head,
                                                  label_texts=["it is negative", "it is positive", "neutral"]))
     with torch.no_grad():  # move off the initialisation so that every label scores differently
         for p in model.method.parameters():
@@ -43,13 +45,15 @@ def plain_scores(model: LTuningModel, texts) -> torch.Tensor:
     with torch.no_grad():
         for t in texts:
             inj = model.method(model.label_states, model.label_mask)
+            inj.label_vectors = model.label_vectors
             rows.append(model.class_scores(model.tokenize([t]), injection=inj)[0])
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("score_head", ["paper", "similarity"])
 @pytest.mark.parametrize("method", METHODS)
-def test_score_texts_equals_one_text_per_forward(backbone, method):
-    model = make(backbone, method)
+def test_score_texts_equals_one_text_per_forward(backbone, method, score_head):
+    model = make(backbone, method, score_head)
     ref = plain_scores(model, TEXTS)
     for max_tokens in (None, 1, 24, 10**9):
         for batch_size in (1, 3, 64):
@@ -64,7 +68,7 @@ def test_score_texts_equals_one_pair_per_forward(backbone, method):
     with torch.no_grad():
         for i, t in enumerate(TEXTS):
             for k in range(len(LABELS)):
-                inj = model.method(model.label_states, model.label_mask)
+                inj = model.injection()
                 logit = model(model.tokenize([t]), torch.tensor([k]), injection=inj)
                 torch.testing.assert_close(got[i, k], logit[0], atol=1e-5, rtol=1e-5)
 

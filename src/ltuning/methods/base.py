@@ -139,6 +139,11 @@ class Method(nn.Module):
         two = self.head(pooled)
         logit = two[..., 1] - two[..., 0]
         if self.score_head == ScoreHead.SIMILARITY:
+            if label_vectors is None:
+                raise ConfigError(
+                    f"{self.name} with the similarity head needs the labels' embeddings in the injection "
+                    "(Injection.label_vectors): build it with LTuningModel.injection() or "
+                    "ltuning.api.candidate_injection(), not by calling the method directly")
             cos = F.cosine_similarity(self.text_map(pooled), label_vectors.to(pooled.dtype), dim=-1)
             logit = logit + self.logit_scale.exp() * cos + self.logit_bias
         return logit
