@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         models = {}
         for pos in ("before", "after"):
             m = LTuningModel(bb, LTuningConfig(method="lt-prompt", base_model=a.model, label_names=names,
-                                               max_length=a.length, label_position=pos))
+                                               max_length=a.length, label_position=pos,
+                                               score_head="paper"))  # as the stored results
             with torch.no_grad():
                 for p in m.method.parameters():
                     p.add_(torch.randn_like(p) * 0.01)

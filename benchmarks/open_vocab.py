@@ -53,7 +53,8 @@ def run(method: str, seed: int, steps: int, backbone, train, val) -> dict:
     p = common.PROTOCOL["minilm"]
     set_seed(seed)
     config = LTuningConfig(method=method, base_model="minilm", label_length=LABEL_LENGTH,
-                           max_length=MAX_LENGTH, text_pooling=p["text_pooling"])
+                           max_length=MAX_LENGTH, text_pooling=p["text_pooling"],
+                           score_head="paper")  # the stored results predate the similarity head
     model = get_ltuning_model(backbone, config, labels={"negative": "negative", "positive": "positive"})
     t0 = time.perf_counter()
     fit(model, train, None, TrainArgs(max_steps=steps, batch_size=p["batch_size"], learning_rate=p["learning_rate"],

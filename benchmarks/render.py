@@ -244,8 +244,8 @@ def headstart_table(runs) -> str:
     if not runs:
         return "No results yet: run benchmarks/headstart.py."
     cells = defaultdict(list)
-    for r in runs:
-        cells[(r["task"], r["variant"])].append(r)
+    for r in runs:  # runs written with --tag (e.g. another lr) are their own rows
+        cells[(r["task"], r["variant"] + ((r.get("cli") or {}).get("tag") or ""))].append(r)
     steps = sorted({c["step"] for r in runs for c in r["curve"]})
     shown = [s for s in steps if s in (0, 50, 100, 200, 300, 400)]
     head = ("| task | variant | trainable params | seeds | " + " | ".join(f"step {s}" for s in shown)

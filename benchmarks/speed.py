@@ -204,7 +204,8 @@ class TrainSetup:
         self.bb = load_backbone(name)
         self.bf16 = bf16
         self.models = {m: LTuningModel(self.bb, LTuningConfig(method=m, base_model=name, label_names=LABEL_NAMES,
-                                                              label_texts=LABEL_TEXTS, max_length=max_length))
+                                                              label_texts=LABEL_TEXTS, max_length=max_length,
+                                                              score_head="paper"))  # as the stored results
                        for m in METHOD_NAMES}
         for m in self.models.values():
             m.train()
@@ -402,7 +403,7 @@ def bench_predict(name: str, args) -> dict:
     for K in args.ks:
         names = MANY_LABELS[:K]
         model = LTuningModel(bb, LTuningConfig(method="lt-prefix", base_model=name, label_names=names,
-                                               max_length=args.max_length))
+                                               max_length=args.max_length, score_head="paper"))
         model.eval()
         models[K] = model
         fns[f"ours_k{K}"] = (lambda m=model: m.score_texts(texts, batch_size=64))

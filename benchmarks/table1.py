@@ -63,7 +63,8 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
     # the library's recipe (the same as `ltuning train`) on the shared backbone: seeds, builds, trains
     run = build_and_train(backbone_obj, train_ds, val, args, method=real_method, task=t, base_model=backbone,
                           prefix_pooling=pooling, text_pooling=p["text_pooling"], max_length=common.MAX_LENGTH,
-                          label_position=position, on_eval=lambda r: print(
+                          label_position=position, score_head="paper",  # Table 1 is the paper's recipe
+                          on_eval=lambda r: print(
                               f"    step {r['step']}: acc {r['accuracy']:.4f} mcc {r['mcc']:.4f} "
                               f"loss {r['loss']:.4f}", flush=True))
     model, res, build_s = run.model, run.result, run.build_seconds
