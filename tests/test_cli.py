@@ -504,7 +504,7 @@ def test_predict_refuses_a_bad_hypothesis_template(trained, capsys, template):
 
 @pytest.mark.filterwarnings("ignore:.*truncated")
 def test_predict_hypothesis_template_keeps_other_braces(trained, capsys, monkeypatch):
-    import ltuning.api as api
+    import ltuning.prediction as api
 
     seen = []
     original = api.candidate_injection

@@ -118,7 +118,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
     """
     from safetensors.torch import save_file
 
-    from .adapter import set_normal_mode
+    from .fileio import set_normal_mode
 
     rank = accelerator.process_index if accelerator is not None else 0
     main = accelerator is None or accelerator.is_main_process

@@ -120,7 +120,7 @@ def build_parser() -> _Parser:
         description="L-Tuning: train a few parameters, conditioned on the label texts, on a frozen transformer "
                     "to classify text (Kowsher et al., ICLR 2024 Tiny Papers).",
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"ltuning {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -240,12 +240,15 @@ def build_parser() -> _Parser:
     # params
     p = command("params", help="trainable parameters of each method, next to the paper's formulas",
                 description="Count each method's trainable parameters on a backbone and show the "
-                            "paper's formula (A.5) with this backbone's m, d, d_kv, l, K.")
+                            "paper's formula (A.5) with this backbone's m, d, d_kv, l, K (plus d^2 + 2 for the LT "
+                            "methods' similarity head; --score-head paper gives the paper's counts).")
     _add_model_args(p)
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="labels to count with (default: sst2)")
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")
     p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text; at most the "
                    "model's position table, or 8192 tokens for rotary / relative positions)")
+    p.add_argument("--score-head", choices=["paper", "similarity"], default=_default_score_head(),
+                   help="LT methods' score head to count (default: %(default)s, as train)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
@@ -422,6 +425,10 @@ def _config_values(path: str, command: str, overrides: dict, options: dict[str, 
     file_command = values.pop("command", command)
     if file_command != command:
         raise ConfigError(f"{path} is a config for `ltuning {file_command}`, not `ltuning {command}`")
+    if command == "train" and "score_head" not in values and {"label_position", "prefix_pooling"} <= set(values):
+        # a run_config.json written by ltuning before --score-head existed (it lists every option): that run
+        # used the paper's head, so rerunning it "exactly" keeps it
+        values["score_head"] = "paper"
     values.update(overrides)
     unknown = sorted(set(values) - set(options))
     if unknown:
@@ -669,7 +676,7 @@ def _parse_candidates(spec: str) -> list[str]:
 
 def _check_template(template: str) -> None:
     """--hypothesis-template, checked by the rule predict applies (one ``{}``), before any work."""
-    from .api import _apply_template
+    from .prediction import _apply_template
 
     _apply_template(["label"], template)  # ConfigError: the usual one-line error
 
@@ -899,7 +906,8 @@ def cmd_params(args) -> int:
     l = args.label_length if args.label_length is not None else backbone.label_token_length(texts)
     K = len(task.label_names)
     dims = backbone.dims
-    config = LTuningConfig(label_names=task.label_names, label_texts=texts, label_length=l)
+    config = LTuningConfig(label_names=task.label_names, label_texts=texts, label_length=l,
+                           score_head=args.score_head)
     rows = []
     for name, cls in sorted(METHODS.items()):
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
@@ -916,9 +924,9 @@ def cmd_params(args) -> int:
     print(f"{args.model}: m={dims.num_layers} d={dims.hidden_size} heads={dims.num_heads} n_kv={dims.num_kv_heads} "
           f"d_h={dims.head_dim} d_kv={dims.kv_dim}; labels {texts} -> l={l}, K={K}; "
           f"backbone {info['backbone_params']:,} params (frozen)")
-    print(f"{'method':<10} {'trainable':>12} {'paper formula':<22} {'= value':>12}  match")
+    print(f"{'method':<10} {'trainable':>12} {'formula':<30} {'= value':>12}  match")
     for r in rows:
-        print(f"{r['method']:<10} {r['trainable']:>12,} {r['formula']:<22} {r['formula_value']:>12,}  "
+        print(f"{r['method']:<10} {r['trainable']:>12,} {r['formula']:<30} {r['formula_value']:>12,}  "
               f"{'yes' if r['match'] else 'NO'}")
     return 0
 

@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .backbones import Backbone
-from .errors import UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError
 
 # Short names of the packaged offline models (DESIGN.md section 4).
 PACKAGED_MODELS = {
@@ -120,3 +121,26 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
             f"a local model folder, or a reachable hub id ({first})"
         ) from None
     return Backbone(model, tokenizer, name=name_or_path)
+
+
+def as_backbone(model, tokenizer=None, trust_remote_code: bool = False) -> Backbone:
+    """A Backbone from a Backbone, a transformers model (+ tokenizer) or a name / folder / hub id."""
+    if isinstance(model, Backbone):
+        return model
+    if isinstance(model, str | Path):
+        if tokenizer is not None:
+            raise ConfigError("tokenizer= is only for a model object; a name or folder brings its own tokenizer")
+        return load_backbone(str(model), trust_remote_code=trust_remote_code)
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ConfigError(f"model must be a transformers model, a Backbone, or a name / folder; got {type(model).__name__}")
+    name = getattr(model.config, "_name_or_path", "") or "custom"
+    if tokenizer is None:
+        if name == "custom":
+            raise ConfigError(f"{type(model).__name__} was not loaded from a folder or hub id: pass tokenizer=")
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load the tokenizer of {name!r} ({str(e).splitlines()[0]}); pass tokenizer=") from None
+    return Backbone(model, tokenizer, name=name)

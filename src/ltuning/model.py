@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,35 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import prediction
+from ._version import __version__
+from .adapter_io import (
+    CONFIG_NAME,
+    check_adapter_weights,
+    fit_config_to_backbone,
+    read_adapter_config,
+    read_adapter_weights,
+    write_adapter,
+)
 from .backbones import Backbone, Texts
 from .config import LabelPosition, LTuningConfig, TextPooling
-from .errors import ConfigError, DataError
+from .errors import AdapterError, ConfigError
+from .loading import as_backbone, load_backbone
 from .methods import Injection, get_method
+from .prediction import check_texts
 
-
-def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None = None) -> None:
-    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them, not mixed; every
-    item a pair for a model trained on pairs (``config.text_pairs`` True). A ``batch_size`` must be a
-    positive integer.
-
-    Raises: DataError (texts), ConfigError (batch size).
-    """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    first_is_pair = bool(texts) and isinstance(texts[0], tuple | list)
-    for i, t in enumerate(texts):
-        is_pair = isinstance(t, tuple | list)
-        parts = t if is_pair else (t,)
-        if is_pair and len(parts) != 2:
-            raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
-        if not all(isinstance(p, str) and p.strip() for p in parts):
-            raise DataError(f"text {i} is empty or not a string: {t!r}")
-        if is_pair != first_is_pair:
-            raise DataError(f"text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
-                            "all single texts or all (premise, hypothesis) pairs in one call")
-        if pairs and not is_pair:
-            raise DataError(f"text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
-                            f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {t!r}")
+__all__ = ["LTuningModel", "check_texts"]
 
 
 class LTuningModel(nn.Module):
@@ -72,11 +62,13 @@ class LTuningModel(nn.Module):
         self.pooling = backbone.resolve_pooling(config.text_pooling)
         config.text_pooling = self.pooling  # saved adapters name the pooling they were trained with, not "auto"
         states, mask = backbone.encode_labels(config.label_texts, config.label_length)
-        if states.shape[1] != config.label_length:  # a tokenizer cannot cut below its own special tokens
+        # A tokenizer cannot cut a label below its own special tokens; only the LT methods read label tokens
+        # (for the classic ones l is just their number of virtual tokens).
+        if method_cls.label_conditioned and states.shape[1] != config.label_length:
             raise ConfigError(
-                f"label_length={config.label_length} is shorter than the {states.shape[1]} tokens {backbone.name} "
-                f"gives the label texts {config.label_texts} at the least (its special tokens); use a larger "
-                "label_length, or none (the longest label)")
+                f"label_length={config.label_length} is too short for {backbone.name}, whose tokenizer keeps "
+                f"{states.shape[1]} tokens of the label texts {config.label_texts} (its special tokens around each "
+                "text); use a larger label_length, or none (the longest label)")
         # Not saved with the adapter: recomputed from the frozen backbone and the label texts.
         self.register_buffer("label_states", states, persistent=False)  # (K, l, d)
         self.register_buffer("label_mask", mask, persistent=False)  # (K, l)
@@ -326,24 +318,47 @@ class LTuningModel(nn.Module):
             >>> model.predict("I'm wowed!", candidate_labels=["bad", "good"], return_scores=True)  # doctest: +SKIP
             {'label': 'good', 'scores': {'bad': 0.08, 'good': 0.92}}
         """
-        from .api import predict
-
-        return predict(self, texts, batch_size, candidate_labels=candidate_labels,
+        return prediction.predict(self, texts, batch_size, candidate_labels=candidate_labels,
                        hypothesis_template=hypothesis_template, multi_label=multi_label, threshold=threshold,
                        return_scores=return_scores)
 
     # ------------------------------------------------------------------ saving (peft-style)
     def save_pretrained(self, directory: str | Path, **extra) -> Path:
         """Write the adapter (config, trainable weights, README.md model card) into ``directory``."""
-        from .adapter import save_adapter
-
-        return save_adapter(self, directory, extra=extra or None)
+        meta = {
+            "ltuning_version": __version__,
+            "trainable_parameters": self.num_trainable_parameters(),
+            "backbone_dims": dataclasses.asdict(self.backbone.dims),
+            **extra,
+        }
+        total = meta["trainable_parameters"] + sum(p.numel() for p in self.backbone.parameters())
+        return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model=None, tokenizer=None,
                         trust_remote_code: bool = False) -> LTuningModel:
         """Load an adapter folder onto the backbone it names, or onto ``model`` (a name, folder, transformers
-        model + ``tokenizer``, or Backbone)."""
-        from .api import load_ltuning_model
+        model + ``tokenizer``, or Backbone).
 
-        return load_ltuning_model(directory, model, tokenizer, trust_remote_code)
+        Raises:
+            AdapterError: missing or corrupt files, a backbone whose config fingerprint differs from the one
+                the adapter was trained on, or weights whose names or shapes do not match.
+        """
+        backbone = None
+        if model is not None and not isinstance(model, str | Path):
+            backbone = as_backbone(model, tokenizer, trust_remote_code)
+        directory = Path(directory)
+        config = read_adapter_config(directory)
+        state = read_adapter_weights(directory)
+        if backbone is None:
+            name = None if model is None else str(model)
+            backbone = load_backbone(name or config.base_model, trust_remote_code=trust_remote_code)
+        fit_config_to_backbone(directory, config, backbone)
+        try:
+            lt_model = cls(backbone, config)
+        except ConfigError as e:
+            raise AdapterError(f"{directory / CONFIG_NAME}: {e}") from None
+        check_adapter_weights(directory, config.method, lt_model.method.state_dict(), state)
+        lt_model.method.load_state_dict(state)
+        lt_model.eval()
+        return lt_model

@@ -286,7 +286,10 @@ class _TrainingLoop:
         signature = self.signature
         diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
         if diff:
-            shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:4])
+            # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
+            defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before"}
+            shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
+                              for k in diff[:4])
             raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
                                              f"({shown}); rerun with the same options or another --output-dir")
 

@@ -1,0 +1,161 @@
+"""The adapter folder's files, without the model: ``adapter_config.json`` + ``adapter_model.safetensors``
+(trainable weights only, never pickle) + the ``README.md`` model card. Reading checks every field and
+tensor; writing goes through :mod:`ltuning.fileio`, so a failure leaves nothing half-written.
+
+:class:`~ltuning.model.LTuningModel` writes and loads its adapter through these functions;
+:mod:`ltuning.adapter` keeps the model-level ``save_adapter`` / ``load_adapter``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import card
+from .config import LTuningConfig, TextPooling
+from .errors import AdapterError, ConfigError
+from .fileio import atomic_write, atomic_write_text
+from .methods import get_method
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch.Tensor], meta: dict,
+                  total_parameters: int) -> Path:
+    """Write an adapter folder: ``config`` (+ ``meta`` under ``_meta``), the method's ``state`` and the model
+    card (``total_parameters``: backbone + trainable); returns the folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n")
+    # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
+    card_meta = {**meta, "command": meta.get("command") or card.current_command()}
+    atomic_write_text(directory / card.CARD_NAME, card.render_card(config, card_meta, total_parameters))
+    return directory
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
+_CONFIG_TYPES = {
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "base_model": (lambda v: isinstance(v, str), "a string"),
+    "label_names": (_is_str_list, "a list of strings"),
+    "label_texts": (_is_str_list, "a list of strings"),
+    "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "max_length": (_is_int, "an integer"),
+    "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
+    "text_pooling": (lambda v: isinstance(v, str), "a string"),
+    "label_position": (lambda v: isinstance(v, str), "a string"),
+    "score_head": (lambda v: isinstance(v, str), "a string"),
+    "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def _check_config_types(raw: dict, path: Path) -> None:
+    """Refuse a hand-edited or corrupted config field by its type, naming the file and the key (the
+    config's own checks then compare values: a string label_length would fail there with a TypeError)."""
+    for key, value in raw.items():
+        check = _CONFIG_TYPES.get(key)
+        if check is not None and not check[0](value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise AdapterError(f"{path}: {key} must be {check[1]}, got {shown}")
+
+
+def read_adapter_config(directory: str | Path) -> LTuningConfig:
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise AdapterError(f"adapter folder not found: {directory}")
+    if not path.exists():
+        raise AdapterError(f"{directory} is not an adapter folder: {CONFIG_NAME} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    raw.pop("_meta", None)
+    _check_config_types(raw, path)
+    # Adapters saved before score_head existed were trained with the paper's head.
+    raw.setdefault("score_head", "paper")
+    try:
+        config = LTuningConfig.from_dict(raw)
+        # an unknown method, or an option it refuses, is a bad adapter file: said before a backbone is loaded
+        get_method(config.method).check_config(config)
+        return config
+    except (ConfigError, TypeError, ValueError) as e:
+        raise AdapterError(f"{path}: {e}") from None
+
+
+def read_adapter_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``adapter_model.safetensors`` (names and shapes are checked by
+    :func:`check_adapter_weights` against the method built from the config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.exists():
+        raise AdapterError(f"{directory} has no {WEIGHTS_NAME}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{weights} is not a readable safetensors file ({e})") from None
+
+
+def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbone: Backbone) -> None:
+    """Check the adapter's config against the backbone it is loaded onto (label_length within the
+    backbone's context, the backbone fingerprint) and resolve a legacy ``text_pooling="auto"``."""
+    directory = Path(directory)
+    # the label texts are padded to l tokens and run through the backbone: an edited l of 10^9 must not
+    # allocate that much before the weights' shapes are checked
+    context = backbone.max_label_tokens()
+    if config.label_length is not None and not (isinstance(config.label_length, int) and
+                                                1 <= config.label_length <= context):
+        raise AdapterError(f"{directory / CONFIG_NAME}: label_length {config.label_length!r} is not in [1, {context}]")
+    if config.text_pooling == TextPooling.AUTO:
+        # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
+        # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.
+        config.text_pooling = backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False)
+    if config.backbone_fingerprint and backbone.fingerprint != config.backbone_fingerprint:
+        raise AdapterError(
+            f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "
+            f"{config.backbone_fingerprint}), but {backbone.name!r} has fingerprint {backbone.fingerprint}; "
+            "load it with the backbone it was trained on"
+        )
+
+
+def check_adapter_weights(directory: str | Path, method: str, expected: Mapping[str, torch.Tensor],
+                          state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights whose names or shapes differ from the method's ``expected`` state dict, or that hold
+    non-finite values."""
+    weights = Path(directory) / WEIGHTS_NAME
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(f"{weights}: weights do not match method {method!r} "
+                           f"(missing {missing}, unexpected {unexpected})")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise AdapterError(f"{weights}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+        if not torch.isfinite(state[k]).all():
+            raise AdapterError(f"{weights}: {k} holds non-finite values")

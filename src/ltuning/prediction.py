@@ -1,0 +1,233 @@
+"""Prediction below the model: input checks, open-vocabulary scoring and :func:`predict`.
+
+:class:`~ltuning.model.LTuningModel` imports this module (its ``predict`` delegates to :func:`predict`);
+this module never imports the model at run time, it only calls the model object it is given.
+:mod:`ltuning.api` re-exports :func:`predict`, :func:`candidate_injection` and :func:`score_candidates`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from .methods import Injection
+    from .model import LTuningModel
+
+TextInput = str | tuple[str, str]
+
+
+def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None = None) -> None:
+    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them, not mixed; every
+    item a pair for a model trained on pairs (``config.text_pairs`` True). A ``batch_size`` must be a
+    positive integer.
+
+    Raises: DataError (texts), ConfigError (batch size).
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    first_is_pair = bool(texts) and isinstance(texts[0], tuple | list)
+    for i, t in enumerate(texts):
+        is_pair = isinstance(t, tuple | list)
+        parts = t if is_pair else (t,)
+        if is_pair and len(parts) != 2:
+            raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
+        if not all(isinstance(p, str) and p.strip() for p in parts):
+            raise DataError(f"text {i} is empty or not a string: {t!r}")
+        if is_pair != first_is_pair:
+            raise DataError(f"text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
+                            "all single texts or all (premise, hypothesis) pairs in one call")
+        if pairs and not is_pair:
+            raise DataError(f"text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
+                            f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {t!r}")
+
+
+# ---------------------------------------------------------------------- open-vocabulary scoring
+def _warn_caller(message: str) -> None:
+    """A UserWarning attributed to the first frame outside ltuning and torch (the user's call)."""
+    skip = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
+
+
+def _check_candidate_prefixes(model: LTuningModel, texts: list[str], length: int) -> None:
+    """Refuse candidate label texts that are identical within the adapter's ``length`` label tokens."""
+    backbone = model.backbone
+    ids = [tuple(backbone.tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in texts]
+    seen: dict[tuple, str] = {}
+    for t, i in zip(texts, ids, strict=True):
+        if i in seen:  # the same l tokens: the same prefix, so the same score for every text
+            raise ConfigError(
+                f"{model.config.method}: candidate labels {seen[i]!r} and {t!r} are identical within the "
+                f"adapter's label_length={length} tokens ({backbone.tokenizer.decode(list(i))!r}): its Z "
+                f"reads exactly l={length} label tokens, so they would always tie. Use label texts that "
+                "differ within their first tokens (e.g. no hypothesis_template that puts the label "
+                "last), or train with a larger --label-length")
+        seen[i] = t
+
+
+def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Injection:
+    """The trained method's prefix or prompt for new label texts.
+
+    The label texts are encoded by the frozen backbone. LT-prefix's Z takes exactly l = the adapter's
+    ``label_length`` inputs, so its label texts are padded / truncated to l (a warning names the ones cut);
+    LT-prompt maps each token on its own and takes the texts at their full length.
+    """
+    if not model.label_conditioned:
+        raise ConfigError(
+            f"{model.config.method} has a fixed {model.num_labels}-way head over its training labels "
+            f"{model.label_names}; it cannot score other label texts. Open-vocabulary labels need a "
+            "label-conditioned method (lt-prefix or lt-prompt)"
+        )
+    texts = [str(t) for t in label_texts]
+    for t in texts:
+        if not t.strip():
+            raise ConfigError(f"empty candidate label in {texts}")
+    backbone = model.backbone
+    longest = backbone.label_token_length(texts)
+    length = model.method.candidate_label_length(longest)
+    if longest > length:
+        _check_candidate_prefixes(model, texts, length)
+        cut = [t for t in texts if backbone.label_token_length([t]) > length]
+        _warn_caller(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
+                     f"label_length={length} tokens and are truncated; train with a larger "
+                     "label_length to score longer label texts")
+    states, mask = backbone.encode_labels(texts, length)  # (K', l, d), (K', l)
+    inj = model.method(states.to(model.label_states.dtype), mask)
+    if model.method.uses_label_vectors:
+        inj.label_vectors = backbone.encode_label_vectors(texts, model.pooling).to(model.label_states.dtype)
+    return inj
+
+
+def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_texts: Sequence[str],
+                     batch_size: int = 64) -> torch.Tensor:
+    """(N, K') pair logits of N texts against K' label texts the adapter need not have seen: the model's
+    own scoring (:meth:`LTuningModel.score_texts`) with the candidates' injection."""
+    with torch.inference_mode():
+        inj = candidate_injection(model, label_texts)
+    return model.score_texts(list(texts), batch_size, injection=inj)
+
+
+def _apply_template(names: list[str], template: str | None) -> list[str]:
+    """Label text of each name: the template with its one ``{}`` replaced by the name (other braces are
+    kept as written)."""
+    if template is None:
+        return list(names)
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ConfigError(f"hypothesis_template must contain '{{}}' exactly once, where the label goes, "
+                          f"got {template!r}")
+    return [template.replace("{}", str(n)) for n in names]
+
+
+# ---------------------------------------------------------------------- predict
+def _is_single_input(texts, pairs: bool | None) -> bool:
+    """One input: a string, or one (premise, hypothesis) tuple, unless the model is known to be trained on
+    single texts (text_pairs False): then a tuple of two strings is two texts."""
+    return isinstance(texts, str) or (pairs is not False and isinstance(texts, tuple) and len(texts) == 2
+                                      and all(isinstance(t, str) for t in texts))
+
+
+def _split_candidates(candidate_labels):
+    """``"bad, good"`` as the zero-shot-classification pipeline takes it: a list of names; other values as
+    given."""
+    if not isinstance(candidate_labels, str):
+        return candidate_labels
+    names = [c.strip() for c in candidate_labels.split(",") if c.strip()]
+    if not names:
+        raise ConfigError("candidate_labels is empty: give label names, e.g. ['bad', 'good'] or 'bad,good'")
+    return names
+
+
+def _check_label_conditioned(model: LTuningModel, candidate_labels, hypothesis_template: str | None,
+                             multi_label: bool) -> None:
+    """Candidate labels, a template or multi_label need a label-conditioned method."""
+    conditioned = candidate_labels is not None or hypothesis_template is not None or multi_label
+    if conditioned and not model.label_conditioned:
+        what = ("candidate_labels" if candidate_labels is not None else
+                "hypothesis_template" if hypothesis_template is not None else "multi_label")
+        raise ConfigError(
+            f"{what} needs a label-conditioned method (lt-prefix or lt-prompt): {model.config.method} has a "
+            f"fixed {model.num_labels}-way softmax head over {model.label_names}"
+        )
+
+
+def _label_sets(model: LTuningModel, n_items: int, candidate_labels, multi_label: bool) -> list[tuple[str, ...]]:
+    """The label set of each text: the training labels, one candidate list for all, or one list per text."""
+    if candidate_labels is None:
+        label_sets = [tuple(model.label_names)] * n_items
+    elif len(candidate_labels) and not isinstance(candidate_labels[0], str):
+        if len(candidate_labels) != n_items:
+            raise ConfigError(f"{len(candidate_labels)} candidate label lists for {n_items} texts; give one "
+                              "list per text, or one list for all")
+        label_sets = [tuple(str(c) for c in cs) for cs in candidate_labels]
+    else:
+        label_sets = [tuple(str(c) for c in candidate_labels)] * n_items
+    for ls in set(label_sets):
+        if len(ls) < (1 if multi_label else 2):
+            raise ConfigError(f"need at least {1 if multi_label else 2} candidate labels, got {list(ls)}")
+        if len(set(ls)) != len(ls):
+            raise ConfigError(f"candidate labels must be unique, got {list(ls)}")
+    return label_sets
+
+
+def _logits(model: LTuningModel, items: list, label_sets: list[tuple[str, ...]], batch_size: int,
+            candidate_labels, hypothesis_template: str | None) -> list[torch.Tensor]:
+    """The logits of each text over its label set: texts that share a label set are scored together."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, ls in enumerate(label_sets):
+        groups.setdefault(ls, []).append(i)
+    logits: list[torch.Tensor | None] = [None] * len(items)
+    for ls, idx in groups.items():
+        if candidate_labels is None and hypothesis_template is None:
+            scores = model.score_texts([items[i] for i in idx], batch_size)  # the cached training labels
+        else:
+            names = list(ls)
+            if candidate_labels is None:  # a template over the adapter's own label texts
+                names = model.config.label_texts
+            scores = score_candidates(model, [items[i] for i in idx], _apply_template(names, hypothesis_template),
+                                      batch_size)
+        for j, i in enumerate(idx):
+            logits[i] = scores[j]
+    return logits
+
+
+def _result(ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, threshold: float, return_scores: bool):
+    """One text's prediction: the top label (softmax) or the labels over ``threshold`` (sigmoids)."""
+    probs = torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)
+    scores = dict(zip(ls, (round(float(p), 6) for p in probs), strict=True))
+    if multi_label:
+        chosen: Any = [n for n, p in zip(ls, probs.tolist(), strict=True) if p >= threshold]
+        return {"labels": chosen, "scores": scores} if return_scores else chosen
+    top = ls[int(z.argmax())]
+    return {"label": top, "scores": scores} if return_scores else top
+
+
+def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
+            candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+            hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
+            return_scores: bool = False):
+    """Classify texts; see :meth:`LTuningModel.predict`."""
+    pairs = model.config.text_pairs
+    single = _is_single_input(texts, pairs)
+    items = [texts] if single else list(texts)
+    candidate_labels = _split_candidates(candidate_labels)
+    if not (isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0):
+        raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    check_texts(items, batch_size, pairs=pairs)
+    if not items:
+        return []
+    _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
+    label_sets = _label_sets(model, len(items), candidate_labels, multi_label)
+    logits = _logits(model, items, label_sets, batch_size, candidate_labels, hypothesis_template)
+    results = [_result(ls, z, multi_label, threshold, return_scores)
+               for ls, z in zip(label_sets, logits, strict=True)]
+    return results[0] if single else results
