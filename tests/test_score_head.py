@@ -139,8 +139,11 @@ def test_a_config_from_another_backbone_gets_this_backbones_fingerprint(tmp_path
 
 
 def test_a_label_length_below_the_special_tokens_is_a_config_error():
-    with pytest.raises(ConfigError, match="label_length=1 is shorter than the 3 tokens"):
-        get_ltuning_model(Backbone(*tiny_bert(), name="tiny-bert"), LTuningConfig(label_length=1), labels=LABELS)
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    with pytest.raises(ConfigError, match="label_length=1 is too short for tiny-bert"):
+        get_ltuning_model(bb, LTuningConfig(label_length=1), labels=LABELS)
+    # the classic methods read no label tokens: l is only their number of virtual tokens
+    assert get_ltuning_model(bb, LTuningConfig(method="prefix", label_length=1), labels=LABELS).config.label_length == 1
 
 
 def test_long_candidate_labels_cut_texts_for_the_labels_scored():
@@ -178,3 +181,20 @@ def test_a_new_method_needs_no_edit_outside_methods(monkeypatch, tmp_path):
     assert load_adapter(tmp_path, backbone=model.backbone).predict(["great fun"]) == model.predict(["great fun"])
     with pytest.raises(ConfigError, match="not supported for method 'prefix'"):
         LTuningModel(model.backbone, LTuningConfig(method="prefix", label_names=["a", "b"], label_position="after"))
+
+
+def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_path):
+    """`ltuning train --config runs/x/run_config.json` reruns a run exactly: a run_config.json from before
+    --score-head lists every other option and no score_head, and that run used the paper's head."""
+    from ltuning.cli import _apply_config, build_parser
+
+    old = {"command": "train", "method": "lt-prefix", "task": "sst2", "label_position": "before",
+           "prefix_pooling": "raw", "text_pooling": "auto", "max_steps": 3}
+    new = {**old, "score_head": "similarity"}
+    for content, expected in ((old, "paper"), (new, "similarity"), ({"command": "train", "method": "lt-prefix"},
+                                                                     "similarity")):
+        path = tmp_path / "run_config.json"
+        path.write_text(json.dumps(content))
+        parser = build_parser()
+        argv, _ = _apply_config(parser, ["train", "--config", str(path)])
+        assert parser.parse_args(argv).score_head == expected
