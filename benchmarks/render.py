@@ -216,12 +216,16 @@ def plots(runs) -> list[str]:
             axes[2][col].set_xlabel("training step")
         fig.suptitle(f"Figure 2 (reproduction): {task} validation, {backbone}. LT loss = pair BCE; classic loss = "
                      "K-way CE (different scales)", fontsize=9)
-        fig.tight_layout()
-        out = FIG_DIR / f"figure2-{backbone}-{task}.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        written.append(out)
+        written.append(_save(plt, fig, f"figure2-{backbone}-{task}.png"))
     return [str(p.relative_to(common.ROOT)) for p in written]
+
+
+def _save(plt, fig, name: str) -> Path:
+    fig.tight_layout()
+    out = FIG_DIR / name
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 # ----------------------------------------------------------------------------- head start (issue 12 B)
@@ -298,11 +302,7 @@ def headstart_plots(runs) -> list[str]:
             ax.set_xlabel("training step (batch 16)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        out = FIG_DIR / f"headstart-{task}.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        written.append(out)
+        written.append(_save(plt, fig, f"headstart-{task}.png"))
     return [str(p.relative_to(common.ROOT)) for p in written]
 
 
