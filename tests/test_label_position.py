@@ -238,4 +238,4 @@ def test_resume_refuses_the_other_order(tiny_llama_folder, tmp_path, capsys, mon
     assert cli_train(tiny_llama_folder, tmp_path, out, "--label-position", "after", "--checkpoint-every", "1") == 0
     capsys.readouterr()
     rc = cli_train(tiny_llama_folder, tmp_path, out, "--checkpoint-every", "1", "--resume")
-    assert_clean_error(capsys, rc, match="label_position: checkpoint 'after', now None")
+    assert_clean_error(capsys, rc, match="label_position: checkpoint 'after', now 'before'")  # the default, shown by name
