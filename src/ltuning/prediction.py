@@ -1,7 +1,7 @@
 """Prediction below the model: input checks, open-vocabulary scoring and :func:`predict`.
 
 :class:`~ltuning.model.LTuningModel` imports this module (its ``predict`` delegates to :func:`predict`);
-this module never imports the model at run time, it only calls the model object it is given.
+this module never imports the model, it only calls the model object it is given.
 :mod:`ltuning.api` re-exports :func:`predict`, :func:`candidate_injection` and :func:`score_candidates`.
 """
 
@@ -19,7 +19,10 @@ from .errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from .methods import Injection
-    from .model import LTuningModel
+
+#: What this module is handed: an :class:`ltuning.model.LTuningModel` (not imported here, not even for type
+#: checking: the model imports this module, and imports run one way).
+LTuningModel = torch.nn.Module
 
 TextInput = str | tuple[str, str]
 
