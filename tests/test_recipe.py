@@ -66,7 +66,8 @@ def test_build_and_train_on_a_loaded_backbone_and_by_name(backbone, models, tmp_
     assert run.build_seconds >= 0 and run.result.best_step in (2, 4)
     summary = run.summary()
     assert list(summary) == ["learning_rate", "best_step", "best_metrics", "history", "train_log", "seconds",
-                             "train_seconds", "trainable_parameters", "resumed_from_step", "skipped_steps"]
+                             "train_seconds", "trainable_parameters", "resumed_from_step", "skipped_steps",
+                             "stopped_early_at"]
     assert summary["trainable_parameters"] == run.model.num_trainable_parameters()
     # seeded from args.seed before the model is built: the same run twice is the same model
     again = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None)
@@ -76,6 +77,30 @@ def test_build_and_train_on_a_loaded_backbone_and_by_name(backbone, models, tmp_
     assert by_name.model.config.base_model == models["tiny"] and by_name.result.best_step == 4
 
 
+def test_early_stopping_and_the_metric_that_chooses_the_best_state(backbone, monkeypatch):
+    """--metric-for-best picks the kept state by MCC where accuracy disagrees; --early-stopping-patience 2
+    ends the run two evaluations after the best one."""
+    import ltuning.train as train_module
+
+    script = iter([(0.5, 0.0), (0.8, 0.1), (0.6, 0.4), (0.7, 0.3), (0.7, 0.2), (0.9, 0.0), (0.9, 0.0)])
+
+    def scripted(model, data, batch_size=64):
+        acc, mcc = next(script)
+        return {"accuracy": acc, "mcc": mcc, "macro_f1": acc, "loss": 1.0}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    args = TrainArgs(max_steps=14, batch_size=4, eval_every=2, progress=False, metric_for_best="mcc",
+                     early_stopping_patience=2)
+    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="prefix", say=None)
+    assert [r["step"] for r in run.result.history] == [2, 4, 6, 8, 10]
+    assert run.result.best_step == 6 and run.result.best_metrics["mcc"] == 0.4
+    assert run.result.stopped_early_at == 10 and run.summary()["stopped_early_at"] == 10
+    with pytest.raises(ConfigError, match="metric-for-best"):
+        TrainArgs(metric_for_best="f1")
+    with pytest.raises(ConfigError, match="early-stopping-patience"):
+        TrainArgs(early_stopping_patience=-1)
+
+
 def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     assert main(train_args(models, files, out)) == 0
@@ -83,7 +108,7 @@ def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noq
     assert list(results)[:2] == ["command", "args"]
     assert set(results) == {"command", "args", "learning_rate", "best_step", "best_metrics", "history",
                             "train_log", "seconds", "train_seconds", "trainable_parameters", "resumed_from_step",
-                            "skipped_steps"}
+                            "skipped_steps", "stopped_early_at"}
 
 
 def test_table1_records_the_models_own_config(backbone, monkeypatch):

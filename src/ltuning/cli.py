@@ -169,6 +169,11 @@ def build_parser() -> _Parser:
     g.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup share of the steps (default: 0.06)")
     g.add_argument("--eval-every", type=int, default=50, help="validate every N steps (default: 50)")
     g.add_argument("--eval-batch-size", type=int, default=64, help="texts per evaluation batch (default: 64)")
+    g.add_argument("--metric-for-best", choices=["accuracy", "mcc", "macro_f1"], default="accuracy",
+                   help="validation metric that chooses the saved state; ties go to the lower validation loss "
+                        "(default: accuracy)")
+    g.add_argument("--early-stopping-patience", type=int, default=0,
+                   help="stop after N evaluations without a better --metric-for-best (default: 0, never)")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
@@ -703,7 +708,8 @@ def _train_args(args):
                      mixed_precision="bf16" if args.bf16 else "no", progress=not args.quiet,
                      gradient_accumulation_steps=args.gradient_accumulation_steps,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                     resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".")
+                     resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".",
+                     metric_for_best=args.metric_for_best, early_stopping_patience=args.early_stopping_patience)
 
 
 def _train_output(args) -> tuple[Path, list[Path]]:

@@ -57,6 +57,7 @@ class TrainingRun:
             "trainable_parameters": self.model.num_trainable_parameters(),
             "resumed_from_step": r.resumed_from,
             "skipped_steps": r.skipped_steps,
+            "stopped_early_at": r.stopped_early_at,
         }
 
 

@@ -43,6 +43,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss or gradients became NaN or infinite (the weights were not updated with them)."""
 
 
+# validation metrics that may choose the kept state (higher is better; ties go to the lower validation loss)
+BEST_METRICS = ("accuracy", "mcc", "macro_f1")
+
+
 @dataclass
 class TrainArgs:
     max_steps: int = 300
@@ -61,6 +65,8 @@ class TrainArgs:
     keep_checkpoints: int = 2  # newest checkpoints kept (plus the best)
     resume: bool = False  # continue from the latest checkpoint in output_dir
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
+    metric_for_best: str = "accuracy"  # validation metric that picks the kept state: accuracy | mcc | macro_f1
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better metric (0: never)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -83,6 +89,10 @@ class TrainArgs:
             raise ConfigError(f"--seed must be in [0, 999999], got {self.seed}")
         if self.gradient_accumulation_steps < 1:
             raise ConfigError(f"--gradient-accumulation-steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.metric_for_best not in BEST_METRICS:
+            raise ConfigError(f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"--early-stopping-patience must be >= 0 (0: off), got {self.early_stopping_patience}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
@@ -102,6 +112,7 @@ class TrainResult:
     learning_rate: float = 0.0
     resumed_from: int = 0  # the checkpoint step this run continued from (0: from scratch)
     skipped_steps: list[int] = field(default_factory=list)  # steps skipped for a non-finite loss
+    stopped_early_at: int | None = None  # the step early stopping ended the run at (None: ran to max_steps)
 
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -185,6 +196,7 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": lr,
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
             "eval_every": args.eval_every,
+            **({"metric_for_best": args.metric_for_best} if args.metric_for_best != "accuracy" else {}),
             "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
             "text_pooling": model.pooling.value,
             # only when not the default, so checkpoints written before the option still resume
@@ -328,6 +340,13 @@ class _TrainingLoop:
                 self._evaluate(step)
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 self._checkpoint(step)
+            if self._patience_spent():
+                self.result.stopped_early_at = step
+                if self.main:
+                    self.bar.write(f"step {step}: no better validation {args.metric_for_best} in "
+                                   f"{args.early_stopping_patience} evaluations since step {self.result.best_step}; "
+                                   "stopping early")
+                break
         self.bar.close()
         return self._finish()
 
@@ -423,12 +442,20 @@ class _TrainingLoop:
                 self.on_eval(row)
             self.bar.write(f"step {step}: validation accuracy {metrics['accuracy']:.4f}, mcc {metrics['mcc']:.4f}, "
                            f"loss {metrics['loss']:.4f}")
-        key = (metrics["accuracy"], -metrics["loss"])
+        key = (metrics[self.args.metric_for_best], -metrics["loss"])
         if finite_eval and key > self.best_key:
             self.best_key = key
             self.best_state = copy.deepcopy(self.model.method.state_dict())
             self.result.best_step = step
             self.result.best_metrics = metrics
+
+    def _patience_spent(self) -> bool:
+        """Early stopping: ``early_stopping_patience`` evaluations have passed since the best one."""
+        patience = self.args.early_stopping_patience
+        if not patience or self.validation_data is None:
+            return False
+        since_best = [r for r in self.result.history if r["step"] > self.result.best_step]
+        return len(since_best) >= patience
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, step: int) -> None:
