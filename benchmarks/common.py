@@ -155,23 +155,30 @@ def logits_metrics(logits, labels, num_labels: int) -> dict:
 
 
 class RunTracker:
-    """Validation curve and best evaluation (highest accuracy, ties: lower loss) of one benchmark run,
+    """Validation curve and best evaluation (highest ``metric``, ties: lower loss) of one benchmark run,
     and the result record every Table 1 runner writes."""
 
-    def __init__(self):
+    def __init__(self, metric: str = "accuracy"):
+        self.metric = metric
         self.history: list[dict] = []
         self.best: dict | None = None
         self.best_step = 0
         self._best_key = (-math.inf, -math.inf)
         self.start = time.perf_counter()
 
-    def record(self, step: int, m: dict, train_loss: float) -> None:
+    def record(self, step: int, m: dict, train_loss: float | None) -> bool:
+        """Add an evaluation; True when it is the new best."""
         self.history.append({"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
                              "macro_f1": m["macro_f1"], "train_loss": train_loss,
                              "elapsed_seconds": time.perf_counter() - self.start})
         print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
-        if (m["accuracy"], -m["loss"]) > self._best_key:
-            self._best_key, self.best, self.best_step = (m["accuracy"], -m["loss"]), m, step
+        if (m[self.metric], -m["loss"]) > self._best_key:
+            self._best_key, self.best, self.best_step = (m[self.metric], -m["loss"]), m, step
+            return True
+        return False
+
+    def evals_since_best(self) -> int:
+        return sum(1 for r in self.history if r["step"] > self.best_step)
 
     def result(self, val_labels, num_labels: int, trainable: int, build_s: float, step_s: float,
                config: dict) -> dict:

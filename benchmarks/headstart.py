@@ -68,9 +68,9 @@ def zero_shot(backbone, texts, label_texts, pooling):
     out = []
     with torch.inference_mode():
         for s in range(0, len(texts), 64):
-            enc = backbone.tokenize(texts[s:s + 64], common.MAX_LENGTH)
+            enc = {k: v.to(backbone.device) for k, v in backbone.tokenize(texts[s:s + 64], common.MAX_LENGTH).items()}
             v = backbone(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), pooling=pooling)
-            out.append(F.cosine_similarity(v.float().unsqueeze(1), labels.unsqueeze(0), dim=-1))
+            out.append(F.cosine_similarity(v.float().unsqueeze(1), labels.float().unsqueeze(0), dim=-1).cpu())
     return torch.cat(out)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import peer_loop  # noqa: E402
 
 IN_PROCESS_PEERS = ["linear-probe", "full-finetune"]
 
@@ -90,74 +90,20 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
 def run_peer(backbone: str, task: str, method: str, seed: int, shared_backbone) -> dict:
     """linear-probe: Linear(d, K) on the frozen pooled vector (same pooling as our methods).
     full-finetune: every backbone weight + Linear(d, K), AdamW lr 2e-5 (minilm only)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ltuning.config import TextPooling
     from ltuning.data import get_task
     from ltuning.loading import load_backbone
-    from ltuning.train import linear_schedule, set_seed
 
     p = common.PROTOCOL[backbone]
     train_ds, val = load_task(task, backbone)
     K = len(get_task(task).label_names)
-    set_seed(seed)
-    t0 = time.perf_counter()
-    if method == "full-finetune":
-        bb = load_backbone(backbone)  # a private copy: its weights change
-        bb.model.requires_grad_(True)
-        lr = common.FULL_FINETUNE_LR
-    else:
-        bb = shared_backbone
-        lr = p["learning_rate"]
-    pooling = bb.resolve_pooling(TextPooling(p["text_pooling"]))
-    head = torch.nn.Linear(bb.dims.hidden_size, K)
-    params = list(head.parameters()) + ([q for q in bb.model.parameters()] if method == "full-finetune" else [])
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = int(0.06 * p["steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, p["steps"], warmup))
-    g = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(train_ds), generator=g), 0
-
-    def pooled(texts, grad):
-        enc = bb.tokenize(texts, common.MAX_LENGTH)
-        with torch.set_grad_enabled(grad):
-            return bb(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), pooling=pooling).float()
-
-    def evaluate():
-        vt = list(val.texts)
-        idx = sorted(range(len(vt)), key=lambda i: len(str(vt[i])))
-        logits = torch.empty(len(vt), K)
-        with torch.no_grad():
-            for s in range(0, len(vt), 64):
-                b = idx[s:s + 64]
-                logits[b] = head(pooled([vt[i] for i in b], False))
-        return common.logits_metrics(logits, torch.as_tensor(val.labels), K)
-
-    build_s = time.perf_counter() - t0
-    tracker, running, step_s = common.RunTracker(), 0.0, 0.0
-    for step in range(1, p["steps"] + 1):
-        ts = time.perf_counter()
-        if pos + p["batch_size"] > len(order):
-            order, pos = torch.randperm(len(train_ds), generator=g), 0
-        b = order[pos:pos + p["batch_size"]].tolist()
-        pos += p["batch_size"]
-        logits = head(pooled([train_ds.texts[i] for i in b], method == "full-finetune"))
-        loss = F.cross_entropy(logits, torch.as_tensor([train_ds.labels[i] for i in b]))
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step_s += time.perf_counter() - ts
-        running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
-        if step % p["eval_every"] == 0 or step == p["steps"]:
-            tracker.record(step, evaluate(), running)
-    n_train = sum(q.numel() for q in params)
-    if method == "full-finetune":
-        del bb
-    return tracker.result(val.labels, K, n_train, build_s, step_s,
-                          {"head": f"Linear(d, {K}) with bias, K-way cross-entropy",
-                           "protocol": protocol_record(backbone, task, method, seed, lr, val)})
+    lr = common.FULL_FINETUNE_LR if method == "full-finetune" else p["learning_rate"]
+    run = peer_loop.train_peer(method, shared_backbone, lambda: load_backbone(backbone), train_ds, val,
+                               num_labels=K, lr=lr, steps=p["steps"], batch_size=p["batch_size"],
+                               eval_every=p["eval_every"], seed=seed, text_pooling=p["text_pooling"],
+                               max_length=common.MAX_LENGTH, eval_at_start=False)
+    return run.tracker.result(val.labels, K, run.trainable, run.build_seconds, run.step_seconds,
+                              {"head": f"Linear(d, {K}) with bias, K-way cross-entropy",
+                               "protocol": protocol_record(backbone, task, method, seed, lr, val)})
 
 
 def _locked(lock: Path) -> bool:

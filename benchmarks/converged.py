@@ -1,0 +1,345 @@
+"""Issue 12 part A: a comparison that can tell methods apart. Learning rates chosen on a dev split carved
+from the training data, runs trained until the dev metric stops improving, reported once on the full GLUE
+validation split.
+
+    python benchmarks/converged.py --list                      # the jobs and which are done
+    python benchmarks/converged.py --workers 2 --threads 1     # run what is missing (CPU: hours)
+    python benchmarks/converged.py --workers 8 --model-path DIR --deadline 420   # a GPU machine
+
+Protocol (PROTOCOL below; BENCHMARKS.md states it):
+
+1. **Dev split.** A seeded 10% of each task's training rows (at most 1,000; the same rows for every method,
+   `headstart.dev_split`) is held out; the rest is trained on. GLUE validation is read only to report.
+2. **Learning rate.** Every row trains seed 0 for ``lr_steps`` steps at each learning rate of its grid and
+   keeps the one with the best dev metric (accuracy; MCC on CoLA) at any evaluation; ties go to the earlier
+   grid entry. One JSON per (row, learning rate) under ``results/converged/lr/``.
+3. **Final runs.** Seeds 0-2 at the chosen rate, evaluated on dev every ``eval_every`` steps (step 0
+   included), stopped ``patience`` evaluations after the best or at ``max_steps``; the best dev state is
+   scored once on the full validation split. One JSON per run under
+   ``results/converged/<backbone>-<task>-<method>-seed<N>.json``.
+
+Rows: ``prefix``, ``prompt``, ``lt-prefix``, ``lt-prompt`` (the library's defaults: the similarity score
+head), ``lt-prefix-paper`` / ``lt-prompt-paper`` (the paper's head, A.3), ``linear-probe``, ``full-finetune``
+and ``zero-shot-similarity`` (no training). Workers claim jobs in priority order (all learning-rate runs,
+then seed 0, then seeds 1-2) through lock files, so several processes (or machines writing to copies of the
+folder) fill the table; a job whose JSON exists is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import headstart  # noqa: E402
+import peer_loop  # noqa: E402
+
+OUT = common.RESULTS / "converged"
+TASKS = ["sst2", "cola", "rte"]
+ROWS = ["prefix", "prompt", "lt-prefix", "lt-prompt", "lt-prefix-paper", "lt-prompt-paper", "linear-probe",
+        "full-finetune"]
+LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2]
+# all 22.7M weights: the grid above diverges; the usual fine-tuning range instead
+FULL_FINETUNE_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
+PROTOCOL = {"batch_size": 32, "lr_steps": 500, "max_steps": 3000, "eval_every": 100, "patience": 6,
+            "seeds": [0, 1, 2], "max_length": common.MAX_LENGTH, "text_pooling": "mean"}
+
+
+def metric_of(task: str) -> str:
+    return "mcc" if task == "cola" else "accuracy"
+
+
+def grid(row: str) -> list[float]:
+    return FULL_FINETUNE_GRID if row == "full-finetune" else LR_GRID
+
+
+def lr_path(backbone: str, task: str, row: str, lr: float) -> Path:
+    return OUT / "lr" / f"{backbone}-{task}-{row}-lr{lr:g}.json"
+
+
+def final_path(backbone: str, task: str, row: str, seed: int) -> Path:
+    return OUT / f"{backbone}-{task}-{row}-seed{seed}.json"
+
+
+def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None) -> list[tuple]:
+    """(kind, task, row, lr_or_seed, path) in priority order."""
+    seeds = PROTOCOL["seeds"] if seeds is None else seeds
+    out = [("zero-shot", t, "zero-shot-similarity", 0, final_path(backbone, t, "zero-shot-similarity", 0))
+           for t in tasks]
+    out += [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in grid(r)]
+    for first in (True, False):
+        out += [("final", t, r, s, final_path(backbone, t, r, s)) for s in seeds if (s == seeds[0]) == first
+                for r in rows for t in tasks]
+    return out
+
+
+def chosen_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
+    """The learning rate with the best dev metric once every rate of the grid has its JSON, else None."""
+    scores = {}
+    for lr in grid(row):
+        p = lr_path(backbone, task, row, lr)
+        if not p.exists():
+            return None
+        r = json.loads(p.read_text())
+        scores[lr] = r["best_dev_metric"] if r.get("best_dev_metric") is not None else float("-inf")
+    best = max(grid(row), key=lambda lr: (scores[lr], -grid(row).index(lr)))
+    return best, {f"{lr:g}": scores[lr] for lr in grid(row)}
+
+
+# ----------------------------------------------------------------------------- one run
+def split(task: str):
+    from ltuning.data import get_task
+
+    full, names, label_texts = headstart.load(task)
+    train_ds, dev = headstart.dev_split(full, seed=0)
+    return train_ds, dev, get_task(task), label_texts
+
+
+def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps: int, patience: int,
+             device, report: bool) -> dict:
+    from ltuning.evaluate import evaluate
+    from ltuning.recipe import build_and_train
+    from ltuning.train import TrainArgs
+
+    train_ds, dev, t, label_texts = split(task)
+    method = row.removesuffix("-paper")
+    score_head = "paper" if row.endswith("-paper") or not method.startswith("lt-") else "similarity"
+    metric = metric_of(task)
+    curve = []
+
+    def at_start(model):
+        model.to(device)
+        m = evaluate(model, dev)
+        curve.append({"step": 0, "dev_metric": m[metric], "dev_accuracy": m["accuracy"], "dev_mcc": m["mcc"],
+                      "dev_loss": m["loss"], "train_loss": None})
+
+    args = TrainArgs(max_steps=steps, batch_size=PROTOCOL["batch_size"], learning_rate=lr,
+                     eval_every=PROTOCOL["eval_every"], seed=seed, progress=False, metric_for_best=metric,
+                     early_stopping_patience=patience)
+    run = build_and_train(bb, train_ds, dev, args, method=method, task=t, label_texts=label_texts,
+                          base_model=backbone, text_pooling=PROTOCOL["text_pooling"],
+                          max_length=PROTOCOL["max_length"], score_head=score_head, on_built=at_start, say=None)
+    res = run.result
+    curve += [{"step": r["step"], "dev_metric": r[metric], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"],
+               "dev_loss": r["loss"], "train_loss": r.get("train_loss")} for r in res.history]
+    model = run.model
+    K = model.num_labels
+    out = {"curve": curve, "best_step": res.best_step, "stopped_early_at": res.stopped_early_at,
+           "best_dev_metric": res.best_metrics.get(metric), "trainable_params": model.num_trainable_parameters(),
+           "adapter": model.config.to_dict(), "train_seconds": res.train_seconds, "seconds": res.seconds,
+           # forward rows: training feeds one (text, label) row per text (LT: half true, half false pairs;
+           # classic: the text once); prediction scores K rows per text for LT, one for classic methods
+           "train_rows_per_step": PROTOCOL["batch_size"],
+           "predict_rows_per_text": K if model.label_conditioned else 1}
+    if report:
+        val = headstart.held_out(task)
+        m = evaluate(model, val)
+        out.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], validation_rows=len(val),
+                   majority_accuracy=m["majority_accuracy"], confusion_matrix=m["confusion_matrix"])
+    return out
+
+
+def run_peer(bb, backbone: str, load_private, task: str, row: str, lr: float, seed: int, steps: int,
+             patience: int, device, report: bool) -> dict:
+    train_ds, dev, t, _ = split(task)
+    metric, K = metric_of(task), len(t.label_names)
+    run = peer_loop.train_peer(row, bb, load_private, train_ds, dev, num_labels=K, lr=lr, steps=steps,
+                               batch_size=PROTOCOL["batch_size"], eval_every=PROTOCOL["eval_every"], seed=seed,
+                               text_pooling=PROTOCOL["text_pooling"], max_length=PROTOCOL["max_length"],
+                               metric=metric, patience=patience, device=device)
+    tr = run.tracker
+    curve = [{"step": r["step"], "dev_metric": r[metric], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"],
+              "dev_loss": r["loss"], "train_loss": r["train_loss"]} for r in tr.history]
+    out = {"curve": curve, "best_step": tr.best_step, "stopped_early_at": run.stopped_early_at,
+           "best_dev_metric": tr.best[metric], "trainable_params": run.trainable,
+           "head": f"Linear(d, {K}) with bias, K-way cross-entropy", "train_seconds": run.step_seconds,
+           "seconds": time.perf_counter() - tr.start + run.build_seconds,
+           "train_rows_per_step": PROTOCOL["batch_size"], "predict_rows_per_text": 1}
+    if report:
+        import torch
+
+        val = headstart.held_out(task)
+        logits = peer_loop.peer_logits(run.backbone, run.pooling, run.head, list(val.texts), PROTOCOL["max_length"])
+        m = common.logits_metrics(logits, torch.as_tensor(val.labels), K)
+        out.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], validation_rows=len(val),
+                   majority_accuracy=max(val.label_counts()) / len(val), confusion_matrix=m["confusion_matrix"])
+    return out
+
+
+def run_zero_shot(bb, task: str) -> dict:
+    from ltuning.config import TextPooling
+    from ltuning.metrics import classification_metrics
+
+    _, dev, t, label_texts = split(task)
+    pooling = bb.resolve_pooling(TextPooling(PROTOCOL["text_pooling"]))
+    metric = metric_of(task)
+    d = classification_metrics(headstart.zero_shot(bb, dev.texts, label_texts, pooling).argmax(-1).tolist(),
+                               dev.labels, len(t.label_names))
+    val = headstart.held_out(task)
+    m = classification_metrics(headstart.zero_shot(bb, val.texts, label_texts, pooling).argmax(-1).tolist(),
+                               val.labels, len(t.label_names))
+    return {"curve": [{"step": 0, "dev_metric": d[metric], "dev_accuracy": d["accuracy"], "dev_mcc": d["mcc"],
+                       "dev_loss": None, "train_loss": None}],
+            "best_step": 0, "best_dev_metric": d[metric], "trainable_params": 0, "label_texts": label_texts,
+            "accuracy": m["accuracy"], "mcc": m["mcc"], "macro_f1": m["macro_f1"], "validation_rows": len(val),
+            "majority_accuracy": max(val.label_counts()) / len(val), "confusion_matrix": m["confusion_matrix"],
+            "predict_rows_per_text": 1}
+
+
+def device_record(device) -> dict:
+    import torch
+
+    rec = common.machine()
+    rec["device"] = str(device)
+    if device.type == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    return rec
+
+
+def run_job(job, bb, backbone: str, load_private, device) -> dict:
+    import torch
+
+    kind, task, row, arg, path = job
+    t0 = time.perf_counter()
+    rec = {"backbone": backbone, "task": task, "method": row, "metric": metric_of(task),
+           "dev_split": "seeded 10% of train (at most 1,000 rows), seed 0; the rest is trained on",
+           "protocol": PROTOCOL, "started": common.now()}
+    if kind == "zero-shot":
+        rec.update(seed=0, steps=0, learning_rate=None, lr_selected_on=None, **run_zero_shot(bb, task))
+    else:
+        if kind == "lr":
+            lr, seed, steps, patience, report = arg, 0, PROTOCOL["lr_steps"], 0, False
+            rec.update(role="learning-rate search (dev only)")
+        else:
+            lr, scores = chosen_lr(backbone, task, row)
+            seed, steps, patience, report = arg, PROTOCOL["max_steps"], PROTOCOL["patience"], True
+            rec.update(lr_selected_on="dev", lr_grid_dev_metric=scores)
+        rec.update(seed=seed, learning_rate=lr, steps=steps)
+        fn = run_peer if row in peer_loop.PEER_METHODS else run_ours
+        extra = (load_private,) if fn is run_peer else ()
+        rec.update(fn(bb, backbone, *extra, task, row, lr, seed, steps, patience, device, report))
+        last = rec["curve"][-1]["step"]
+        rec["steps_run"] = last
+        best = rec["best_dev_metric"]
+        rec["steps_to_95pct_best"] = next((c["step"] for c in rec["curve"] if best is not None
+                                           and c["dev_metric"] >= 0.95 * best), None) if best and best > 0 else None
+    rec.update(wall_seconds=time.perf_counter() - t0, finished=common.now(),
+               versions=common.versions("torch", "transformers"), git=common.git_commit(),
+               machine=device_record(device), torch_threads=torch.get_num_threads(), runner="benchmarks/converged.py")
+    return rec
+
+
+# ----------------------------------------------------------------------------- workers
+def claim(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def worker(a) -> int:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from ltuning.loading import load_backbone
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
+    source = a.model_path or a.backbone
+    bb = load_backbone(source)
+    bb.name = a.backbone
+    bb.model.to(device)
+    todo = jobs(a.backbone, a.tasks, a.rows, a.seeds)
+    end = time.time() + a.deadline if a.deadline else None
+    while True:
+        if end is not None and time.time() > end:
+            print(f"[worker {os.getpid()}] deadline reached", flush=True)
+            return 0
+        waiting, took = False, False
+        for job in todo:
+            path = job[4]
+            if path.exists() or path.with_suffix(".claim").exists():
+                continue
+            if job[0] == "final" and chosen_lr(a.backbone, job[1], job[2]) is None:
+                waiting = True
+                continue
+            if not claim(path):
+                continue
+            took = True
+            print(f"[{common.now()} worker {os.getpid()}] {job[0]} {job[1]} {job[2]} {job[3]}", flush=True)
+            try:
+                rec = run_job(job, bb, a.backbone, lambda: _private(source, device), device)
+            except Exception:  # noqa: BLE001 - a failed job is reported and left unclaimed for a rerun
+                traceback.print_exc()
+                path.with_suffix(".claim").unlink(missing_ok=True)
+                if a.stop_on_error:
+                    return 1
+                break
+            common.write_result(path, rec)
+            path.with_suffix(".claim").unlink(missing_ok=True)
+            summary = {k: rec.get(k) for k in ("best_dev_metric", "accuracy", "mcc", "steps_run", "wall_seconds")}
+            print(f"  -> {path.name}: {summary}", flush=True)
+            break
+        if not took:
+            if not waiting:
+                return 0
+            time.sleep(2)
+
+
+def _private(source: str, device):
+    from ltuning.loading import load_backbone
+
+    bb = load_backbone(source)
+    bb.model.to(device)
+    return bb
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--backbone", default="minilm", help="name recorded in the results (default: minilm)")
+    ap.add_argument("--model-path", help="load the backbone from this folder instead of the packaged name")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--rows", nargs="+", default=ROWS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
+    ap.add_argument("--deadline", type=float, default=0, help="claim no job after this many seconds (0: none)")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
+    ap.add_argument("--stop-on-error", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (a check of the runner)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.smoke:
+        global OUT
+        OUT = Path(os.environ.get("LTUNING_SMOKE_DIR", "/tmp/ltuning-converged-smoke"))
+        PROTOCOL.update(lr_steps=4, max_steps=6, eval_every=2, patience=1, seeds=[0])
+        headstart.DEV_MAX = 40
+        LR_GRID[:] = [1e-2, 3e-2]
+        FULL_FINETUNE_GRID[:] = [1e-5, 3e-5]
+    if a.list:
+        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds):
+            print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))
+        return 0
+    if a.worker or a.workers == 1:
+        return worker(a)
+    argv = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+    procs = [subprocess.Popen(argv) for _ in range(a.workers)]
+    return max(p.wait() for p in procs)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())
