@@ -18,7 +18,7 @@ mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_G
 RES=benchmarks/results/converged; mkdir -p $RES
 pack() { tar -czf "$OUT/converged.tar.gz.tmp" -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }
 # a check of every code path on the GPU first (tiny budgets, results in /tmp): stop early if it breaks
-LTUNING_SMOKE_DIR=/tmp/smoke timeout 120 python3 benchmarks/converged.py --smoke --tasks rte \
+LTUNING_SMOKE_DIR=/tmp/smoke timeout 90 python3 benchmarks/converged.py --smoke --tasks rte \
   --rows lt-prefix prompt full-finetune --model-path .devcarry/minilm --stop-on-error > "$OUT/smoke.log" 2>&1
 rc=$?; tail -5 "$OUT/smoke.log"; [ $rc -eq 0 ] || { echo "smoke failed ($rc)"; exit 3; }
 ( while true; do sleep 20; pack; done ) & PACKER=$!
