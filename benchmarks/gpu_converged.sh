@@ -4,7 +4,7 @@
 # stored as fp16; computed in fp32), glue.tar.xz (../shared/data/glue) and the transformers 5.24.0 wheel.
 # Results land in benchmarks/results/converged/ and, as a tarball, in $OUT (refreshed every 20 s, so a run
 # stopped at its limit still returns what it finished).
-# Usage: bash benchmarks/gpu_converged.sh WORKERS DEADLINE_SECONDS HARD_LIMIT_SECONDS
+# Usage: [SKIP_SMOKE=1] [EXTRA="--rows ... --seeds ..."] bash benchmarks/gpu_converged.sh WORKERS DEADLINE HARD_LIMIT
 set -u
 WORKERS=${1:-12}; DEADLINE=${2:-380}; HARD=${3:-500}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -18,11 +18,11 @@ mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_G
 RES=benchmarks/results/converged; mkdir -p $RES
 pack() { tar -czf "$OUT/converged.tar.gz.tmp" -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }
 # a check of every code path on the GPU first (tiny budgets, results in /tmp): stop early if it breaks
-LTUNING_SMOKE_DIR=/tmp/smoke timeout 90 python3 benchmarks/converged.py --smoke --tasks rte \
+[ -n "${SKIP_SMOKE:-}" ] || LTUNING_SMOKE_DIR=/tmp/smoke timeout 90 python3 benchmarks/converged.py --smoke --tasks rte \
   --rows lt-prefix prompt full-finetune --model-path .devcarry/minilm --stop-on-error > "$OUT/smoke.log" 2>&1
 rc=$?; tail -5 "$OUT/smoke.log"; [ $rc -eq 0 ] || { echo "smoke failed ($rc)"; exit 3; }
 ( while true; do sleep 20; pack; done ) & PACKER=$!
 timeout "$HARD" python3 benchmarks/converged.py --workers "$WORKERS" --model-path .devcarry/minilm \
-  --deadline "$DEADLINE" > "$OUT/run.log" 2>&1
+  --deadline "$DEADLINE" ${EXTRA:-} > "$OUT/run.log" 2>&1
 echo "runner rc $?"; kill $PACKER; rm -f $RES/*.claim $RES/lr/*.claim; pack
 grep -c -- "->" "$OUT/run.log"; ls $RES | wc -l; ls $RES/lr | wc -l; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
