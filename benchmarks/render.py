@@ -306,6 +306,109 @@ def headstart_plots(runs) -> list[str]:
     return [str(p.relative_to(common.ROOT)) for p in written]
 
 
+# ----------------------------------------------------------------------------- converged (issue 12 A)
+CONVERGED_DIR = common.RESULTS / "converged"
+CONVERGED_ORDER = ["zero-shot-similarity", "prefix", "lt-prefix", "lt-prefix-paper", "prompt", "lt-prompt",
+                   "lt-prompt-paper", "linear-probe", "full-finetune", "peft-prefix", "peft-prompt", "peft-lora"]
+CONVERGED_TASKS = ["sst2", "cola", "rte"]
+
+
+def converged_runs() -> tuple[list[dict], list[dict]]:
+    """(final runs, learning-rate search runs)."""
+    return load(CONVERGED_DIR), load(CONVERGED_DIR / "lr")
+
+
+def _order(methods) -> list[str]:
+    return [m for m in CONVERGED_ORDER if m in methods] + sorted(set(methods) - set(CONVERGED_ORDER))
+
+
+def converged_table(runs) -> str:
+    """Full GLUE validation, the dev-chosen learning rate and checkpoint: accuracy (MCC on CoLA)."""
+    if not runs:
+        return "No results yet: run benchmarks/converged.py."
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["task"], r["method"])].append(r)
+    tasks = [t for t in CONVERGED_TASKS if any(t == k[0] for k in cells)]
+    head = f"| method | trainable params ({' / '.join(tasks)}) | rows per text at prediction | " + " | ".join(
+        f"{t} {'MCC' if t == 'cola' else 'accuracy'} | {t} lr, steps run, steps to 95% | seeds" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (3 + 3 * len(tasks))]
+    for m in _order({k[1] for k in cells}):
+        row, params, rows = [], [], "–"
+        for t in tasks:
+            rs = sorted(cells.get((t, m), []), key=lambda r: r["seed"])
+            if not rs:
+                row += ["–", "–", "–"]
+                params.append("–")
+                continue
+            params.append(f"{rs[0].get('trainable_params', 0):,}")
+            rows = str(rs[0].get("predict_rows_per_text", 1))
+            metric = "mcc" if t == "cola" else "accuracy"
+            row.append(fmt_ms([r[metric] for r in rs]))
+            if m == "zero-shot-similarity":
+                row.append("no training")
+            else:
+                row.append(f"{rs[0]['learning_rate']:g}; " + ", ".join(str(r.get("steps_run")) for r in rs) + "; "
+                           + ", ".join(str(r.get("steps_to_95pct_best")) for r in rs))
+            row.append(",".join(str(r["seed"]) for r in rs))
+        lines.append(f"| {m} | {' / '.join(params)} | {rows} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def converged_lr_table(lr_runs) -> str:
+    """The learning-rate search on dev: best dev metric of each rate (seed 0, short runs)."""
+    if not lr_runs:
+        return "No learning-rate search results yet."
+    cells = defaultdict(dict)
+    for r in lr_runs:
+        cells[(r["task"], r["method"])][r["learning_rate"]] = r
+    steps = sorted({r["steps"] for r in lr_runs})
+    lines = [f"Best dev metric (accuracy; MCC on CoLA) within {', '.join(map(str, steps))} steps of batch "
+             f"{lr_runs[0]['protocol']['batch_size']}, seed 0, at each learning rate (chosen: **bold**); step 0 "
+             "is before any update.", "",
+             "| task | method | step 0 | lr: dev metric |", "|---|---|---|---|"]
+    for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in cells)]:
+        for m in _order({k[1] for k in cells if k[0] == t}):
+            by_lr = cells[(t, m)]
+            best = max(by_lr, key=lambda lr: (by_lr[lr]["best_dev_metric"], -sorted(by_lr).index(lr)))
+            parts = [(f"**{lr:g}: {r['best_dev_metric']:.3f}**" if lr == best else f"{lr:g}: {r['best_dev_metric']:.3f}")
+                     for lr, r in sorted(by_lr.items())]
+            step0 = next(iter(by_lr.values()))["curve"][0]["dev_metric"]
+            lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def converged_plots(runs) -> list[str]:
+    """Figure 2 from the converged runs: the dev metric against training steps (= forward rows / 32: every
+    method feeds one row per text in training) per task."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    tasks = [t for t in CONVERGED_TASKS if any(r["task"] == t for r in runs)]
+    if not tasks:
+        return []
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4))
+    for ax, t in zip(axes if len(tasks) > 1 else [axes], tasks, strict=True):
+        for r in sorted((r for r in runs if r["task"] == t), key=lambda r: (_order([r["method"]]), r["seed"])):
+            m = r["method"]
+            if m == "zero-shot-similarity":
+                ax.axhline(r["curve"][0]["dev_metric"], color="grey", ls=":", lw=1, label="zero-shot similarity")
+                continue
+            style = "-" if m.startswith("lt-") and not m.endswith("-paper") else ("--" if m.startswith("lt-") else ":")
+            ax.plot([c["step"] for c in r["curve"]], [c["dev_metric"] for c in r["curve"]], style, lw=1.2,
+                    label=f"{m} (seed {r['seed']})")
+        ax.set_title(f"{t}: dev {'MCC' if t == 'cola' else 'accuracy'}", fontsize=9)
+        ax.set_xlabel(f"training step (batch {runs[0]['protocol']['batch_size']}; forward rows = 32 x step)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return [str(_save(plt, fig, "converged-curves.png").relative_to(common.ROOT))]
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -347,6 +450,10 @@ def main(argv=None) -> int:
     hs = headstart_runs()
     doc = splice(doc, "headstart", "\n".join([*(f"![{Path(p).stem}]({p})" for p in headstart_plots(hs)), "",
                                              headstart_table(hs)]))
+    final, lr_search = converged_runs()
+    doc = splice(doc, "converged", "\n".join([*(f"![{Path(p).stem}]({p})" for p in converged_plots(final)), "",
+                                              converged_table(final)]))
+    doc = splice(doc, "converged-lr", converged_lr_table(lr_search))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
