@@ -110,7 +110,8 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     from ltuning.train import TrainArgs
 
     train_ds, dev, t, label_texts = split(task)
-    method = row.removesuffix("-paper")
+    objective = "listwise" if row.endswith("-listwise") else "pairwise"
+    method = row.removesuffix("-listwise").removesuffix("-paper")
     score_head = "paper" if row.endswith("-paper") or not method.startswith("lt-") else "similarity"
     metric = metric_of(task)
     curve = []
@@ -123,7 +124,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 
     args = TrainArgs(max_steps=steps, batch_size=PROTOCOL["batch_size"], learning_rate=lr,
                      eval_every=PROTOCOL["eval_every"], seed=seed, progress=False, metric_for_best=metric,
-                     early_stopping_patience=patience)
+                     early_stopping_patience=patience, objective=objective)
     run = build_and_train(bb, train_ds, dev, args, method=method, task=t, label_texts=label_texts,
                           base_model=backbone, text_pooling=PROTOCOL["text_pooling"],
                           max_length=PROTOCOL["max_length"], score_head=score_head, on_built=at_start, say=None)
@@ -135,9 +136,10 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     out = {"curve": curve, "best_step": res.best_step, "stopped_early_at": res.stopped_early_at,
            "best_dev_metric": res.best_metrics.get(metric), "trainable_params": model.num_trainable_parameters(),
            "adapter": model.config.to_dict(), "train_seconds": res.train_seconds, "seconds": res.seconds,
-           # forward rows: training feeds one (text, label) row per text (LT: half true, half false pairs;
-           # classic: the text once); prediction scores K rows per text for LT, one for classic methods
-           "train_rows_per_step": PROTOCOL["batch_size"],
+           # forward rows: training feeds one (text, label) row per text (LT pairwise: half true, half false pairs;
+           # classic: the text once; listwise: K rows); prediction scores K rows per text for LT, one for classic
+           "objective": objective,
+           "train_rows_per_step": PROTOCOL["batch_size"] * (K if objective == "listwise" else 1),
            "predict_rows_per_text": K if model.label_conditioned else 1}
     if report:
         val = headstart.held_out(task)

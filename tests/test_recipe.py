@@ -101,6 +101,26 @@ def test_early_stopping_and_the_metric_that_chooses_the_best_state(backbone, mon
         TrainArgs(early_stopping_patience=-1)
 
 
+def test_listwise_objective_is_cross_entropy_over_all_label_scores(backbone):
+    """--objective listwise: K-way cross-entropy over the K pair logits of each text (the scores prediction
+    takes the argmax of); refused for classic methods, which already train a K-way softmax."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = prepare_model(backbone, NAMES, method="lt-prefix", say=None)
+    texts, labels = [t for t, _ in TRAIN[:4]], torch.tensor([NAMES.index(y) for _, y in TRAIN[:4]])
+    batch = model.tokenize(texts)
+    expected = F.cross_entropy(model.class_scores(batch), labels)
+    assert torch.allclose(model.loss(batch, labels, objective="listwise"), expected)
+    args = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False, objective="listwise")
+    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None)
+    assert [r["step"] for r in run.result.history] == [2, 4]
+    with pytest.raises(ConfigError, match="objective listwise is for the label-conditioned"):
+        build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="prefix", say=None)
+    with pytest.raises(ConfigError, match="--objective must be one of"):
+        TrainArgs(objective="pointwise")
+
+
 def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     assert main(train_args(models, files, out)) == 0

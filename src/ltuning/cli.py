@@ -172,6 +172,10 @@ def build_parser() -> _Parser:
     g.add_argument("--metric-for-best", choices=["accuracy", "mcc", "macro_f1"], default="accuracy",
                    help="validation metric that chooses the saved state; ties go to the lower validation loss "
                         "(default: accuracy)")
+    g.add_argument("--objective", choices=["pairwise", "listwise"], default="pairwise",
+                   help="LT methods' loss: pairwise, the paper's BCE on one true or false (text, label) pair per "
+                        "text (A.3); listwise, a K-way softmax over the scores of all K labels of each text "
+                        "(K rows per text per step; default: pairwise)")
     g.add_argument("--early-stopping-patience", type=int, default=0,
                    help="stop after N evaluations without a better --metric-for-best (default: 0, never)")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
@@ -709,7 +713,8 @@ def _train_args(args):
                      gradient_accumulation_steps=args.gradient_accumulation_steps,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                      resume=args.resume, skip_nonfinite=args.skip_nonfinite, output_dir=".",
-                     metric_for_best=args.metric_for_best, early_stopping_patience=args.early_stopping_patience)
+                     metric_for_best=args.metric_for_best, early_stopping_patience=args.early_stopping_patience,
+                     objective=args.objective)
 
 
 def _train_output(args) -> tuple[Path, list[Path]]:

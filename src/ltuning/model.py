@@ -207,8 +207,12 @@ class LTuningModel(nn.Module):
         return self.prompt_after and self.label_conditioned and not torch.is_grad_enabled()
 
     def loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, label_ids: torch.Tensor | None = None,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Training loss: BCE on (text, label, target) pairs for LT methods (A.3); K-way CE otherwise."""
+             targets: torch.Tensor | None = None, objective: str = "pairwise") -> torch.Tensor:
+        """Training loss. LT methods: ``pairwise`` (A.3), BCE on one (text, label, target) pair per text;
+        ``listwise``, K-way cross-entropy over the pair logits of all K labels of each text (K rows per text).
+        Classic methods: K-way cross-entropy on their head."""
+        if self.label_conditioned and objective == "listwise":
+            return F.cross_entropy(self.class_scores(batch), labels)
         if self.label_conditioned:
             logits = self(batch, label_ids)
             return F.binary_cross_entropy_with_logits(logits, targets.float())

@@ -45,6 +45,8 @@ class NonFiniteLossError(FloatingPointError):
 
 # validation metrics that may choose the kept state (higher is better; ties go to the lower validation loss)
 BEST_METRICS = ("accuracy", "mcc", "macro_f1")
+# training objectives of the label-conditioned methods (classic methods always train a K-way softmax)
+OBJECTIVES = ("pairwise", "listwise")
 
 
 @dataclass
@@ -67,6 +69,7 @@ class TrainArgs:
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     metric_for_best: str = "accuracy"  # validation metric that picks the kept state: accuracy | mcc | macro_f1
     early_stopping_patience: int = 0  # stop after this many evaluations without a better metric (0: never)
+    objective: str = "pairwise"  # LT methods: "pairwise" (A.3: BCE, one pair per text) | "listwise" (K-way CE)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -91,6 +94,8 @@ class TrainArgs:
             raise ConfigError(f"--gradient-accumulation-steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.metric_for_best not in BEST_METRICS:
             raise ConfigError(f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.early_stopping_patience < 0:
             raise ConfigError(f"--early-stopping-patience must be >= 0 (0: off), got {self.early_stopping_patience}")
         if self.checkpoint_every < 0:
@@ -197,6 +202,7 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
             "eval_every": args.eval_every,
             **({"metric_for_best": args.metric_for_best} if args.metric_for_best != "accuracy" else {}),
+            **({"objective": args.objective} if args.objective != "pairwise" else {}),
             "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
             "text_pooling": model.pooling.value,
             # only when not the default, so checkpoints written before the option still resume
@@ -240,6 +246,9 @@ class _TrainingLoop:
             raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
         if len(train_data) < 2:
             raise DataError(f"need at least 2 training examples, got {len(train_data)}")
+        if args.objective != "pairwise" and not model.label_conditioned:
+            raise ConfigError(f"--objective {args.objective} is for the label-conditioned methods (lt-*); "
+                              f"{model.config.method} already trains a K-way softmax over its head")
         self.model, self.train_data, self.validation_data = model, train_data, validation_data
         self.args, self.on_eval = args, on_eval
         # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
@@ -384,7 +393,8 @@ class _TrainingLoop:
             local = shard(pb, self.rank, self.world)
             batch = model.tokenize([self.train_data.texts[i] for i in local.indices.tolist()])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev))
+                loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev),
+                                  objective=self.args.objective)
             # this process's share of the global mean: summed over processes and micro-batches it is the
             # mean loss of the A * B pairs
             part = loss.float() * (len(local.indices) / B) / A
