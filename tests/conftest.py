@@ -16,7 +16,7 @@ WORDS = (
 #: Short label names tests use. Two labels the vocabulary lacks both become [CLS] [UNK] [SEP], the same
 #: tokens, which ltuning refuses (they would always tie); these ids come after WORDS', so adding them moves
 #: no token of the texts above (nor the pinned numbers of test_regression.py).
-LABEL_WORDS = "neg pos neu b c".split()
+LABEL_WORDS = "neg pos neu b c 0 1 2 no yes method =".split()
 
 
 def make_tokenizer(kind: str):
