@@ -19,6 +19,7 @@ from . import card
 from .config import LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
 from .fileio import atomic_write, atomic_write_text
+from .labels import check_label_length
 from .methods import get_method
 
 if TYPE_CHECKING:
@@ -128,10 +129,10 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
     directory = Path(directory)
     # the label texts are padded to l tokens and run through the backbone: an edited l of 10^9 must not
     # allocate that much before the weights' shapes are checked
-    context = backbone.max_label_tokens()
-    if config.label_length is not None and not (isinstance(config.label_length, int) and
-                                                1 <= config.label_length <= context):
-        raise AdapterError(f"{directory / CONFIG_NAME}: label_length {config.label_length!r} is not in [1, {context}]")
+    try:
+        check_label_length(backbone, config.label_length)
+    except ConfigError as e:
+        raise AdapterError(f"{directory / CONFIG_NAME}: {e}") from None
     if config.text_pooling == TextPooling.AUTO:
         # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
         # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.

@@ -342,32 +342,40 @@ class Backbone(nn.Module):
         return max(1, limit - self._position_start() - injected)
 
     def max_label_tokens(self) -> int:
-        """The most label tokens the model itself can run: its position table, else its context (8192 when
-        the config names none). Bounds ``label_length`` wherever it is given."""
+        """The most label tokens the model itself can run: what its position table holds from the first
+        position id on (RoBERTa numbers from padding_idx + 1), else its context (8192 when the config names
+        none). Bounds ``label_length`` wherever it is given (:func:`ltuning.labels.check_label_length`)."""
         cfg = self.model.config
-        return (self.position_table_size() or getattr(cfg, "max_position_embeddings", None)
+        return (self.max_text_tokens(0) or getattr(cfg, "max_position_embeddings", None)
                 or getattr(cfg, "n_positions", None) or 8192)
 
     def label_token_length(self, label_texts: list[str]) -> int:
         """Longest tokenized label text (special tokens included)."""
         return max(len(self.tokenizer(t)["input_ids"]) for t in label_texts)
 
+    def label_tokens(self, label_texts: list[str], label_length: int) -> dict[str, torch.Tensor]:
+        """The label texts' tokens, cut and right-padded to ``label_length`` (on the model's device):
+        input_ids, attention_mask (K, l), token_type_ids where the tokenizer gives them. The rules on them
+        (length, distinct labels) are :mod:`ltuning.labels`'s."""
+        enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
+                             return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
     @torch.no_grad()
-    def encode_labels(self, label_texts: list[str], label_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the frozen model once over the label texts.
+    def encode_label_tokens(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen model once over label tokens (:meth:`label_tokens`).
 
         Returns: states (K, l, d) (last hidden states, zero at padding) and mask (K, l) (bool).
         """
-        enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
-                             return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         mask = enc["attention_mask"].bool()
-        if not mask.any(-1).all():
-            empty = [t for t, ok in zip(label_texts, mask.any(-1).tolist(), strict=True) if not ok]
-            raise ConfigError(f"label texts {empty} tokenize to nothing; give label texts with real words")
         _, hidden, _ = self.hidden_states(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
         states = hidden * mask.unsqueeze(-1)  # right-padded in and out: row positions are unchanged
         return states.float(), mask
+
+    def encode_labels(self, label_texts: list[str], label_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_label_tokens` of :meth:`label_tokens`, unchecked (the model and open-vocabulary
+        prediction go through :class:`ltuning.labels.LabelSet`, which checks them first)."""
+        return self.encode_label_tokens(self.label_tokens(label_texts, label_length))
 
     @torch.no_grad()
     def encode_label_vectors(self, label_texts: list[str], pooling: TextPooling) -> torch.Tensor:

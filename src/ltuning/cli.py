@@ -902,7 +902,7 @@ def cmd_params(args) -> int:
 
     from .config import LTuningConfig
     from .data import get_task, load_label_texts
-    from .errors import ConfigError
+    from .labels import check_label_length, default_label_length
     from .loading import load_backbone
     from .methods import METHODS
 
@@ -910,11 +910,9 @@ def cmd_params(args) -> int:
     task = get_task(args.task)
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
-    # the bound train uses: l label tokens run through the model itself
-    context = backbone.max_label_tokens()
-    if args.label_length is not None and args.label_length > context:
-        raise ConfigError(f"--label-length must be in [1, {context}] for {args.model}, got {args.label_length}")
-    l = args.label_length if args.label_length is not None else backbone.label_token_length(texts)
+    # the rules train uses: l label tokens run through the model itself
+    check_label_length(backbone, args.label_length, "--label-length", args.model)
+    l = args.label_length if args.label_length is not None else default_label_length(backbone, texts)
     K = len(task.label_names)
     dims = backbone.dims
     config = LTuningConfig(label_names=task.label_names, label_texts=texts, label_length=l,

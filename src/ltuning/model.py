@@ -23,6 +23,7 @@ from .adapter_io import (
 from .backbones import Backbone, Texts
 from .config import LabelPosition, LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
+from .labels import LabelSet
 from .loading import as_backbone, load_backbone
 from .methods import Injection, get_method
 from .prediction import check_texts
@@ -33,8 +34,9 @@ __all__ = ["LTuningModel", "check_texts"]
 class LTuningModel(nn.Module):
     """Frozen backbone + method + head.
 
-    The K label texts are encoded by the frozen backbone once, here, and kept as buffers
-    ``label_states`` (K, l, d) and ``label_mask`` (K, l); training and prediction only index them.
+    The K label texts are checked and encoded by the frozen backbone once, here (a
+    :class:`~ltuning.labels.LabelSet`), and kept as buffers ``label_states`` (K, l, d) and ``label_mask``
+    (K, l); training and prediction only index them.
 
     Example:
         >>> model = LTuningModel(load_backbone("minilm"), LTuningConfig(method="lt-prefix",
@@ -57,22 +59,18 @@ class LTuningModel(nn.Module):
         config.backbone_fingerprint = backbone.fingerprint
         self.backbone = backbone
         self.config = config
-        if config.label_length is None:
-            config.label_length = backbone.label_token_length(config.label_texts)
         self.pooling = backbone.resolve_pooling(config.text_pooling)
         config.text_pooling = self.pooling  # saved adapters name the pooling they were trained with, not "auto"
-        states, mask = backbone.encode_labels(config.label_texts, config.label_length)
-        # A tokenizer cannot cut a label below its own special tokens; only the LT methods read label tokens
-        # (for the classic ones l is just their number of virtual tokens).
-        if method_cls.label_conditioned and states.shape[1] != config.label_length:
-            raise ConfigError(
-                f"label_length={config.label_length} is too short for {backbone.name}, whose tokenizer keeps "
-                f"{states.shape[1]} tokens of the label texts {config.label_texts} (its special tokens around each "
-                "text); use a larger label_length, or none (the longest label)")
+        # The label rules (l within the position table and above the special tokens, distinct labels) hold
+        # here as for candidates; only the LT methods read label tokens (for the classic ones l is just
+        # their number of virtual tokens, and their K-way head tells labels apart by index).
+        labels = LabelSet.build(backbone, config.label_texts, config.label_length,
+                                label_conditioned=method_cls.label_conditioned, names=config.label_names)
+        config.label_length = labels.length
         # Not saved with the adapter: recomputed from the frozen backbone and the label texts.
-        self.register_buffer("label_states", states, persistent=False)  # (K, l, d)
-        self.register_buffer("label_mask", mask, persistent=False)  # (K, l)
-        method_cls.check_backbone(config, backbone, mask)
+        self.register_buffer("label_states", labels.states, persistent=False)  # (K, l, d)
+        self.register_buffer("label_mask", labels.mask, persistent=False)  # (K, l)
+        method_cls.check_backbone(config, backbone, labels.mask)
         self.prompt_after = config.label_position == LabelPosition.AFTER
         if self.prompt_after:
             if backbone.kind != "decoder":
@@ -88,8 +86,7 @@ class LTuningModel(nn.Module):
                 )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
         config.score_head = self.method.score_head  # what the method uses (classic methods: their K-way head)
-        vectors = (backbone.encode_label_vectors(config.label_texts, self.pooling) if self.method.uses_label_vectors
-                   else None)
+        vectors = labels.encode_vectors(backbone, self.pooling) if self.method.uses_label_vectors else None
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
         self.method.init_from_backbone(backbone)
 

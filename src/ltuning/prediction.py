@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ConfigError, DataError
+from .labels import LabelSet, label_token_lengths
 
 if TYPE_CHECKING:
     from .methods import Injection
@@ -62,28 +63,14 @@ def _warn_caller(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level + 1)
 
 
-def _check_candidate_prefixes(model: LTuningModel, texts: list[str], length: int) -> None:
-    """Refuse candidate label texts that are identical within the adapter's ``length`` label tokens."""
-    backbone = model.backbone
-    ids = [tuple(backbone.tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in texts]
-    seen: dict[tuple, str] = {}
-    for t, i in zip(texts, ids, strict=True):
-        if i in seen:  # the same l tokens: the same prefix, so the same score for every text
-            raise ConfigError(
-                f"{model.config.method}: candidate labels {seen[i]!r} and {t!r} are identical within the "
-                f"adapter's label_length={length} tokens ({backbone.tokenizer.decode(list(i))!r}): its Z "
-                f"reads exactly l={length} label tokens, so they would always tie. Use label texts that "
-                "differ within their first tokens (e.g. no hypothesis_template that puts the label "
-                "last), or train with a larger --label-length")
-        seen[i] = t
-
-
 def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Injection:
     """The trained method's prefix or prompt for new label texts.
 
-    The label texts are encoded by the frozen backbone. LT-prefix's Z takes exactly l = the adapter's
-    ``label_length`` inputs, so its label texts are padded / truncated to l (a warning names the ones cut);
-    LT-prompt maps each token on its own and takes the texts at their full length.
+    The label texts are checked and encoded by the frozen backbone (:class:`~ltuning.labels.LabelSet`:
+    candidates that tokenize to the same tokens the method reads are an error, not a tie). LT-prefix's Z
+    takes exactly l = the adapter's ``label_length`` inputs, so its label texts are padded / truncated to l
+    (a warning names the ones cut); LT-prompt maps each token on its own and takes the texts at their full
+    length.
     """
     if not model.label_conditioned:
         raise ConfigError(
@@ -92,22 +79,24 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
             "label-conditioned method (lt-prefix or lt-prompt)"
         )
     texts = [str(t) for t in label_texts]
-    for t in texts:
-        if not t.strip():
-            raise ConfigError(f"empty candidate label in {texts}")
     backbone = model.backbone
-    longest = backbone.label_token_length(texts)
+    longest = max(label_token_lengths(backbone, texts, "candidate label"))
     length = model.method.candidate_label_length(longest)
-    if longest > length:
-        _check_candidate_prefixes(model, texts, length)
-        cut = [t for t in texts if backbone.label_token_length([t]) > length]
-        _warn_caller(f"{model.config.method}: candidate labels {cut} are longer than the adapter's "
+    # length None where the method takes the texts whole: a text longer than the position table is then
+    # refused by name
+    labels = LabelSet.build(
+        backbone, texts, None if length == longest else length, what="candidate label",
+        length_name="the adapter's label_length",
+        remedy=("give candidates that differ, in words the tokenizer knows",
+                "use label texts that differ within their first tokens (e.g. no hypothesis_template that puts "
+                "the label last), or train with a larger --label-length"))
+    if labels.cut:
+        _warn_caller(f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
                      f"label_length={length} tokens and are truncated; train with a larger "
                      "label_length to score longer label texts")
-    states, mask = backbone.encode_labels(texts, length)  # (K', l, d), (K', l)
-    inj = model.method(states.to(model.label_states.dtype), mask)
+    inj = model.method(labels.states.to(model.label_states.dtype), labels.mask)  # (K', l, d), (K', l)
     if model.method.uses_label_vectors:
-        inj.label_vectors = backbone.encode_label_vectors(texts, model.pooling).to(model.label_states.dtype)
+        inj.label_vectors = labels.encode_vectors(backbone, model.pooling).to(model.label_states.dtype)
     return inj
 
 
@@ -177,8 +166,6 @@ def _label_sets(model: LTuningModel, n_items: int, candidate_labels, multi_label
     for ls in set(label_sets):
         if len(ls) < (1 if multi_label else 2):
             raise ConfigError(f"need at least {1 if multi_label else 2} candidate labels, got {list(ls)}")
-        if len(set(ls)) != len(ls):
-            raise ConfigError(f"candidate labels must be unique, got {list(ls)}")
     return label_sets
 
 

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import labels
 from . import train as training
 from .backbones import Backbone
 from .config import LTuningConfig
 from .data import Task, TextDataset, get_task
-from .errors import ConfigError
 from .model import LTuningModel
 from .train import TrainArgs, TrainResult
 
@@ -74,10 +74,9 @@ def default_label_texts(label_names: Sequence[str], label_texts: Sequence[str] |
 
 
 def check_label_length(backbone: Backbone, label_length: int | None, model_name: str) -> None:
-    """The label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens)."""
-    context = backbone.max_label_tokens()
-    if label_length is not None and not 1 <= label_length <= context:
-        raise ConfigError(f"--label-length must be in [1, {context}] for {model_name}, got {label_length}")
+    """The label texts run through the model itself, so l cannot exceed its context (nor pad to 10^9 tokens):
+    :func:`ltuning.labels.check_label_length`, worded for the command line's ``--label-length``."""
+    labels.check_label_length(backbone, label_length, "--label-length", model_name)
 
 
 def _say_on_main(say: Callable[[str], None] | None, message: str) -> None:
