@@ -42,7 +42,7 @@ def test_save_load_gives_identical_scores(backbone, method, tmp_path):
     model = make_model(backbone, method)
     before = model.score_texts(TEXTS)
     out = save_adapter(model, tmp_path / "a")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME, "config.json"]  # no temporary files left
     loaded = load_adapter(out, backbone=backbone)
     assert loaded.config.to_dict() == model.config.to_dict()
     for k, v in model.method.state_dict().items():

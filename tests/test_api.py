@@ -69,7 +69,7 @@ def test_save_pretrained_from_pretrained_by_folder_name(bert_folder, tmp_path, c
     lt.print_trainable_parameters()
     assert "trainable params: 2,114 || all params:" in capsys.readouterr().out  # d^2 + 2d + (d^2 + 2): similarity
     out = lt.save_pretrained(tmp_path / "adapter", validation={"accuracy": 0.75})
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME, "config.json"]
     loaded = LTuningModel.from_pretrained(out)  # the backbone named in the adapter
     assert torch.equal(loaded.score_texts(TEXTS), lt.score_texts(TEXTS))
     card = (out / "README.md").read_text()
@@ -97,10 +97,11 @@ def test_predict_scores_and_single_text():
     lt = nudge(get_ltuning_model(bert, LTuningConfig(method="prompt"), labels=["negative", "positive"], tokenizer=tok))
     names = lt.predict(TEXTS)
     scored = lt.predict(TEXTS, return_scores=True)
-    assert [s["label"] for s in scored] == names
+    # the zero-shot pipeline's dict: sequence, every label, scores sorted best first
+    assert [s["labels"][0] for s in scored] == names and [s["sequence"] for s in scored] == TEXTS
     for s in scored:
-        assert set(s["scores"]) == {"negative", "positive"}
-        assert abs(sum(s["scores"].values()) - 1) < 1e-5
-        assert s["scores"][s["label"]] == max(s["scores"].values())
+        assert set(s) == {"sequence", "labels", "scores"} and set(s["labels"]) == {"negative", "positive"}
+        assert abs(sum(s["scores"]) - 1) < 1e-5
+        assert s["scores"] == sorted(s["scores"], reverse=True)
     assert lt.predict(TEXTS[0]) == names[0]
     assert lt.predict([]) == []

@@ -105,8 +105,9 @@ def test_train_evaluate_predict_params(models, files, tmp_path, capsys):
         assert 0.5 <= float(prob) <= 1.0
     assert main(["predict", "--adapter", str(out), "--json", *texts]) == 0
     rows = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
-    assert [r["label"] for r in rows] == expected
-    assert all(abs(sum(r["scores"].values()) - 1) < 1e-4 for r in rows)
+    # the zero-shot pipeline's dict: every label, sorted by score
+    assert [r["labels"][0] for r in rows] == expected and [r["sequence"] for r in rows] == texts
+    assert all(abs(sum(r["scores"]) - 1) < 1e-4 and r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
 
     # params: the counted parameters equal the formula for every method (the paper's A.5, plus d^2 + 2 for
     # the LT methods' default similarity head)
@@ -272,6 +273,13 @@ def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):
     (out / "README.md").write_text("---\nlibrary_name: ltuning\n---\n# card")
     _remove_previous_run(out)
     assert not (out / "README.md").exists()
+    # config.json: the pipeline marker ltuning writes goes, a user's own stays
+    (out / "config.json").write_text('{"model_type": "bert"}')
+    _remove_previous_run(out)
+    assert (out / "config.json").exists()
+    (out / "config.json").write_text('{"model_type": "ltuning"}')
+    _remove_previous_run(out)
+    assert not (out / "config.json").exists()
 
 
 @pytest.mark.parametrize("extra,match", [(["--method", "lora"], "invalid choice: 'lora'"),
@@ -409,10 +417,11 @@ def test_predict_and_evaluate_take_bf16(trained, files, tmp_path, capsys):
     fp32 = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
     assert main(["predict", "--adapter", str(trained), "--json", "--bf16", *texts]) == 0
     bf16 = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
-    assert [r["text"] for r in bf16] == texts
+    assert [r["sequence"] for r in bf16] == texts
     for a, b in zip(fp32, bf16, strict=True):  # same scores up to bfloat16 rounding
-        assert a["scores"].keys() == b["scores"].keys()
-        assert all(abs(a["scores"][k] - b["scores"][k]) < 0.05 for k in a["scores"])
+        a_scores, b_scores = dict(zip(a["labels"], a["scores"], strict=True)), dict(zip(b["labels"], b["scores"], strict=True))
+        assert a_scores.keys() == b_scores.keys()
+        assert all(abs(a_scores[k] - b_scores[k]) < 0.05 for k in a_scores)
     out = tmp_path / "m.json"
     assert main(["evaluate", "--adapter", str(trained), "--file", str(files["valid"]), "--text-column", "text",
                  "--label-column", "label", "--output", str(out), "--bf16", "--quiet"]) == 0
@@ -448,7 +457,7 @@ def test_predict_pairs_from_arguments_file_and_stdin(pair_adapter, tmp_path, cap
     f.write_text("".join("\t".join(p) + "\n" for p in pairs), encoding="utf-8")
     assert main(["predict", "--adapter", str(pair_adapter), "--json", "--file", str(f)]) == 0
     rows = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
-    assert [r["label"] for r in rows] == expected and [tuple(r["text"]) for r in rows] == pairs
+    assert [r["labels"][0] for r in rows] == expected and [tuple(r["sequence"]) for r in rows] == pairs
     monkeypatch.setattr(sys, "stdin", io.StringIO("\t".join(pairs[0]) + "\n"))
     assert main(["predict", "--adapter", str(pair_adapter)]) == 0
     assert capsys.readouterr().out.split("\t")[0] == expected[0]
@@ -485,14 +494,14 @@ def test_predict_file_with_windows_line_ends(trained, tmp_path, capsys):
     f = tmp_path / "texts.txt"
     f.write_bytes(b"good film\r\n\r\nbad plot\r\n")
     assert main(["predict", "--adapter", str(trained), "--json", "--file", str(f)]) == 0
-    assert [json.loads(s)["text"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
+    assert [json.loads(s)["sequence"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
 
 
 def test_predict_file_with_a_byte_order_mark(trained, tmp_path, capsys):
     f = tmp_path / "texts.txt"
     f.write_bytes("good film\nbad plot\n".encode("utf-8-sig"))  # as Excel / Notepad save "UTF-8"
     assert main(["predict", "--adapter", str(trained), "--json", "--file", str(f)]) == 0
-    assert [json.loads(s)["text"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
+    assert [json.loads(s)["sequence"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
 
 
 @pytest.mark.parametrize("template", ["{", "no field", "{} and {}", "", "{0}"])

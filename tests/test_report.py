@@ -114,9 +114,12 @@ def test_predict_open_vocabulary_from_the_command_line(models, files, tmp_path, 
     assert main(["predict", "--adapter", str(out), "--candidate-labels", "bad,good,fun", "--json",
                  "i loved it", "boring"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [set(r["scores"]) for r in rows] == [{"bad", "good", "fun"}] * 2
+    assert [set(r["labels"]) for r in rows] == [{"bad", "good", "fun"}] * 2
     assert main(["predict", "--adapter", str(out), "--multi-label", "--threshold", "0", "i loved it"]) == 0
-    assert capsys.readouterr().out.startswith("negative,positive\t")
+    selected, scores, text = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert sorted(selected.split(",")) == ["negative", "positive"] and text == "i loved it"
+    values = [float(kv.split("=")[1]) for kv in scores.split()]
+    assert values == sorted(values, reverse=True)  # best first
     prefix = tmp_path / "classic"
     assert main(train_args(models, files, prefix, "--method", "prompt")) == 0
     capsys.readouterr()

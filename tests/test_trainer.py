@@ -3,6 +3,8 @@ evaluation by argmax over labels, adapter-only checkpoints."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -71,6 +73,8 @@ def test_trainer_trains_and_evaluates(method, tmp_path):
     from safetensors.torch import load_file
 
     ckpt = load_file(str(tmp_path / "out" / "checkpoint-4" / "model.safetensors"))
+    config = ckpt.pop("ltuning_adapter_config")  # the adapter config, so that the checkpoint loads as an adapter
+    assert json.loads(config.numpy().tobytes())["method"] == method
     assert ckpt and all(".method." in f".{k}" for k in ckpt)
     assert sum(v.numel() for v in ckpt.values()) == model.num_trainable_parameters()
     # and the trained adapter saves and reloads like any other

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import card
-from .config import LTuningConfig, TextPooling
+from .config import (
+    ADAPTER_CONFIG_NAME,
+    TRAINER_WEIGHTS_NAME,
+    TRAINER_WEIGHTS_PREFIX,
+    LTuningConfig,
+    TextPooling,
+    config_source,
+)
 from .errors import AdapterError, ConfigError
 from .fileio import atomic_write, atomic_write_text
 from .labels import check_label_length
@@ -25,8 +32,27 @@ from .methods import get_method
 if TYPE_CHECKING:
     from .backbones import Backbone
 
-CONFIG_NAME = "adapter_config.json"
+CONFIG_NAME = ADAPTER_CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"
+#: A marker for transformers: ``pipeline(task, model=<folder>)`` reads a folder's config.json before anything
+#: else (ltuning.pipelines registers this model_type); ltuning itself never reads it.
+HF_CONFIG_NAME = "config.json"
+HF_MODEL_TYPE = "ltuning"
+
+
+def hf_config(config: dict) -> dict:
+    """The ``config.json`` written beside an adapter: the model_type transformers dispatches on, and what the
+    adapter is for a reader (the adapter itself is ``adapter_config.json``)."""
+    return {"model_type": HF_MODEL_TYPE, "ltuning_method": config["method"], "base_model": config["base_model"],
+            "label_names": list(config["label_names"])}
+
+
+def is_ltuning_hf_config(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` that :func:`write_adapter` wrote (not someone else's)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type") == HF_MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch.Tensor], meta: dict,
@@ -39,72 +65,23 @@ def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     atomic_write_text(directory / CONFIG_NAME, json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(directory / HF_CONFIG_NAME, json.dumps(hf_config(config), indent=2) + "\n")
     # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
     card_meta = {**meta, "command": meta.get("command") or card.current_command()}
     atomic_write_text(directory / card.CARD_NAME, card.render_card(config, card_meta, total_parameters))
     return directory
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_str_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-# adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
-_CONFIG_TYPES = {
-    "method": (lambda v: isinstance(v, str), "a string"),
-    "base_model": (lambda v: isinstance(v, str), "a string"),
-    "label_names": (_is_str_list, "a list of strings"),
-    "label_texts": (_is_str_list, "a list of strings"),
-    "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
-    "max_length": (_is_int, "an integer"),
-    "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
-    "text_pooling": (lambda v: isinstance(v, str), "a string"),
-    "label_position": (lambda v: isinstance(v, str), "a string"),
-    "score_head": (lambda v: isinstance(v, str), "a string"),
-    "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
-}
-
-
-def _check_config_types(raw: dict, path: Path) -> None:
-    """Refuse a hand-edited or corrupted config field by its type, naming the file and the key (the
-    config's own checks then compare values: a string label_length would fail there with a TypeError)."""
-    for key, value in raw.items():
-        check = _CONFIG_TYPES.get(key)
-        if check is not None and not check[0](value):
-            shown = json.dumps(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise AdapterError(f"{path}: {key} must be {check[1]}, got {shown}")
-
-
 def read_adapter_config(directory: str | Path) -> LTuningConfig:
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
-    if not directory.is_dir():
-        raise AdapterError(f"adapter folder not found: {directory}")
-    if not path.exists():
-        raise AdapterError(f"{directory} is not an adapter folder: {CONFIG_NAME} is missing")
+    """The adapter's config (:meth:`LTuningConfig.from_pretrained`: ``adapter_config.json``, or the config
+    inside a Trainer checkpoint), with the method's own checks: an unknown method, or an option it refuses, is
+    a bad adapter file, said before a backbone is loaded."""
+    config = LTuningConfig.from_pretrained(directory)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise AdapterError(f"{path} must hold a JSON object")
-    raw.pop("_meta", None)
-    _check_config_types(raw, path)
-    # Adapters saved before score_head existed were trained with the paper's head.
-    raw.setdefault("score_head", "paper")
-    try:
-        config = LTuningConfig.from_dict(raw)
-        # an unknown method, or an option it refuses, is a bad adapter file: said before a backbone is loaded
         get_method(config.method).check_config(config)
-        return config
     except (ConfigError, TypeError, ValueError) as e:
-        raise AdapterError(f"{path}: {e}") from None
+        raise AdapterError(f"{config_source(directory)}: {e}") from None
+    return config
 
 
 def read_adapter_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -115,12 +92,23 @@ def read_adapter_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.exists():
+    trainer = config_source(directory).name == TRAINER_WEIGHTS_NAME
+    if trainer:
+        weights = directory / TRAINER_WEIGHTS_NAME
+    elif not weights.exists():
         raise AdapterError(f"{directory} has no {WEIGHTS_NAME}")
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{weights} is not a readable safetensors file ({e})") from None
+    if not trainer:
+        return state
+    # a Trainer checkpoint of ltuning.hf.LTuningForTrainer: the method's weights under "model.method."
+    state = {k[len(TRAINER_WEIGHTS_PREFIX):]: v for k, v in state.items() if k.startswith(TRAINER_WEIGHTS_PREFIX)}
+    if not state:
+        raise AdapterError(f"{weights} holds no adapter weights (no '{TRAINER_WEIGHTS_PREFIX}*' tensors): it was not "
+                           "written by a Trainer training ltuning.hf.LTuningForTrainer")
+    return state
 
 
 def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbone: Backbone) -> None:
@@ -150,6 +138,8 @@ def check_adapter_weights(directory: str | Path, method: str, expected: Mapping[
     """Refuse weights whose names or shapes differ from the method's ``expected`` state dict, or that hold
     non-finite values."""
     weights = Path(directory) / WEIGHTS_NAME
+    if config_source(directory).name == TRAINER_WEIGHTS_NAME:  # a Trainer checkpoint
+        weights = Path(directory) / TRAINER_WEIGHTS_NAME
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -24,11 +24,11 @@ Example (a tiny random BERT, so the predictions are arbitrary but the shapes are
     >>> model.predict(["what a boring film", "i loved it"])  # doctest: +ELLIPSIS
     ['...', '...']
     >>> out = model.predict(["i loved it"], candidate_labels=["bad", "good", "fun"], return_scores=True)
-    >>> sorted(out[0]["scores"]), round(sum(out[0]["scores"].values()), 4)
-    (['bad', 'fun', 'good'], 1.0)
-    >>> model.predict(["i loved it"], candidate_labels=["bad", "good", "fun"], multi_label=True,
-    ...               threshold=0.0)  # every sigmoid score is >= 0
-    [['bad', 'good', 'fun']]
+    >>> sorted(out[0]["labels"]), round(sum(out[0]["scores"]), 4), out[0]["sequence"]
+    (['bad', 'fun', 'good'], 1.0, 'i loved it')
+    >>> sorted(model.predict(["i loved it"], candidate_labels=["bad", "good", "fun"], multi_label=True,
+    ...                      threshold=0.0)[0])  # every sigmoid score is >= 0
+    ['bad', 'fun', 'good']
 """
 
 from __future__ import annotations

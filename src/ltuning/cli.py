@@ -238,8 +238,10 @@ def build_parser() -> _Parser:
     p.add_argument("--file", help="file with one text per line, or one PREMISE<TAB>HYPOTHESIS pair per line for a "
                    "pair adapter ('-' for stdin; \\n or \\r\\n line ends)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per text with all label scores "
-                   "(\"text\" is [premise, hypothesis] for a pair)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per text, as transformers' zero-shot "
+                   "pipeline returns it: \"sequence\" (the text; [premise, hypothesis] for a pair), \"labels\" and "
+                   "\"scores\" sorted by score, best first; with --multi-label also \"selected\", the labels "
+                   "scoring >= --threshold")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for scoring (where the hardware "
@@ -300,7 +302,8 @@ def _add_run_options(commands: dict[str, _Parser]) -> None:
     g.add_argument("--hypothesis-template", help="label text for each label name, e.g. 'The review is {}.': "
                    "exactly one {} where the name goes; other braces are kept as written")
     g.add_argument("--multi-label", action="store_true",
-                   help="an independent sigmoid per label; print every label scoring >= --threshold")
+                   help="an independent sigmoid per label; print every label scoring >= --threshold (best first), then "
+                   "every label's score, best first")
     g.add_argument("--threshold", type=float,
                    help="--multi-label threshold, in [0, 1] (default: 0.5)")
 
@@ -621,11 +624,14 @@ def _remove_previous_run(out: Path) -> list[Path]:
     """Delete the files a previous ltuning run wrote in ``out`` (only those); returns what was removed."""
     import shutil
 
+    from .adapter_io import HF_CONFIG_NAME, is_ltuning_hf_config
     from .card import CARD_NAME
     from .checkpoint import CHECKPOINTS_DIR
 
     removed = [out / n for n in _RUN_FILES if (out / n).is_file()]
     removed += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
+    if is_ltuning_hf_config(out / HF_CONFIG_NAME):  # the pipeline marker, not a user's own config.json
+        removed.append(out / HF_CONFIG_NAME)
     if _is_card(out / CARD_NAME):
         removed.append(out / CARD_NAME)
     for f in removed:
@@ -885,15 +891,18 @@ def cmd_predict(args) -> int:
         results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
                                 hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
                                 threshold=threshold, return_scores=True)
+    # r is the zero-shot pipeline's dict: sequence, labels and scores, best first
     for item, r in zip(texts, results, strict=True):
         text = "\t".join(item) if isinstance(item, tuple) else item
+        selected = [n for n, p in zip(r["labels"], r["scores"], strict=True) if p >= threshold]
         if args.json:
-            print(json.dumps({"text": list(item) if isinstance(item, tuple) else item, **r}))
+            row = {**r, "sequence": list(item) if isinstance(item, tuple) else item}
+            print(json.dumps({**row, "selected": selected} if args.multi_label else row))
         elif args.multi_label:
-            print(f"{','.join(r['labels']) or '-'}\t" + " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
-                  + f"\t{text}")
+            print(f"{','.join(selected) or '-'}\t" +
+                  " ".join(f"{k}={v:.4f}" for k, v in zip(r["labels"], r["scores"], strict=True)) + f"\t{text}")
         else:
-            print(f"{r['label']}\t{r['scores'][r['label']]:.4f}\t{text}")
+            print(f"{r['labels'][0]}\t{r['scores'][0]:.4f}\t{text}")
     return 0
 
 

@@ -1,16 +1,29 @@
 """Configuration of an L-Tuning adapter: what is trained, on which labels, with which lengths.
 
 The config is everything needed to rebuild the trainable modules around a backbone; it is saved as
-``adapter_config.json`` next to the weights and read back by :func:`ltuning.adapter.load_adapter`.
+``adapter_config.json`` next to the weights and read back by :meth:`LTuningConfig.from_pretrained` (which
+also reads the copy inside a Trainer checkpoint's ``model.safetensors``).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import AdapterError, ConfigError
+
+#: The adapter folder's config file (peft's name).
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+#: A ``transformers.Trainer`` checkpoint (``checkpoint-N/``) of :class:`ltuning.hf.LTuningForTrainer` holds no
+#: adapter_config.json: the Trainer saves only the module's ``state_dict`` into this file, so that state
+#: dict carries the config as JSON bytes under :data:`TRAINER_CONFIG_KEY` (a uint8 tensor) beside the
+#: method's weights under :data:`TRAINER_WEIGHTS_PREFIX`.
+TRAINER_WEIGHTS_NAME = "model.safetensors"
+TRAINER_CONFIG_KEY = "ltuning_adapter_config"
+TRAINER_WEIGHTS_PREFIX = "model.method."
 
 
 class PrefixPooling(str, enum.Enum):
@@ -143,6 +156,27 @@ class LTuningConfig:
         if self.max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
 
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> LTuningConfig:
+        """The config of an adapter folder (``adapter_config.json``) or of a ``transformers.Trainer``
+        checkpoint folder written while training :class:`ltuning.hf.LTuningForTrainer`, as peft's
+        ``PeftConfig.from_pretrained``. Every field is checked by type and value (the method's own options
+        are checked when a model is built, or by :func:`ltuning.adapter.read_adapter_config`).
+
+        Raises:
+            AdapterError: no such folder, neither file, unreadable JSON, a field of the wrong type or value.
+        """
+        directory = Path(directory)
+        raw = read_config_dict(directory)
+        source = config_source(directory)
+        _check_config_types(raw, source)
+        # Adapters saved before score_head existed were trained with the paper's head.
+        raw.setdefault("score_head", "paper")
+        try:
+            return cls.from_dict(raw)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise AdapterError(f"{source}: {e}") from None
+
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
@@ -161,3 +195,111 @@ class LTuningConfig:
         if unknown:
             raise ConfigError(f"unknown adapter config keys {unknown}; known keys: {sorted(known)}")
         return cls(**d)
+
+
+# ---------------------------------------------------------------------- reading a saved config
+def _is_trainer_checkpoint(directory: Path) -> bool:
+    """A folder where the Trainer saved a module that is not a transformers model: a model.safetensors and no
+    config.json (a transformers model folder, or a Trainer checkpoint of one, has a config.json)."""
+    return (directory / TRAINER_WEIGHTS_NAME).is_file() and not (directory / "config.json").exists()
+
+
+def is_adapter_folder(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an adapter's config: adapter_config.json, or is a Trainer checkpoint
+    (whose model.safetensors holds the config when the Trainer trained ltuning.hf.LTuningForTrainer)."""
+    directory = Path(directory)
+    return (directory / ADAPTER_CONFIG_NAME).is_file() or _is_trainer_checkpoint(directory)
+
+
+def config_source(directory: str | Path) -> Path:
+    """The file an adapter's config is read from (also for messages): adapter_config.json, else a Trainer
+    checkpoint's model.safetensors."""
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG_NAME).exists() and _is_trainer_checkpoint(directory):
+        return directory / TRAINER_WEIGHTS_NAME
+    return directory / ADAPTER_CONFIG_NAME
+
+
+def read_config_dict(directory: Path) -> dict:
+    """The raw config of an adapter folder or Trainer checkpoint (``_meta`` dropped), unchecked."""
+    path = config_source(directory)
+    if not directory.is_dir():
+        raise AdapterError(f"adapter folder not found: {directory}")
+    if not path.exists():
+        raise AdapterError(f"{directory} is not an adapter folder: {ADAPTER_CONFIG_NAME} is missing (nor is it a "
+                           "transformers.Trainer checkpoint of ltuning.hf.LTuningForTrainer, whose "
+                           f"{TRAINER_WEIGHTS_NAME} holds the adapter)")
+    if path.name == TRAINER_WEIGHTS_NAME:
+        text = _trainer_config_text(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise AdapterError(f"{path} is not valid JSON ({e})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    raw.pop("_meta", None)
+    return raw
+
+
+def _trainer_config_text(path: Path) -> str:
+    """The adapter config JSON that :class:`ltuning.hf.LTuningForTrainer` stores in a Trainer checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            data = f.get_tensor(TRAINER_CONFIG_KEY) if TRAINER_CONFIG_KEY in keys else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{path} is not a readable safetensors file ({e})") from None
+    if data is None:
+        if any(k.startswith(TRAINER_WEIGHTS_PREFIX) for k in keys):
+            raise AdapterError(f"{path} holds adapter weights but no adapter config ({TRAINER_CONFIG_KEY!r}): a "
+                               "checkpoint written before ltuning stored it; load its weights into a model built with "
+                               "the same config (ltuning.hf.LTuningForTrainer(model).load_state_dict)")
+        raise AdapterError(f"{path} holds no adapter weights and no adapter config: not a checkpoint of a Trainer "
+                           "training ltuning.hf.LTuningForTrainer")
+    try:
+        return bytes(data.numpy().tobytes()).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AdapterError(f"{path}: {TRAINER_CONFIG_KEY} is not UTF-8 JSON ({e})") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
+_CONFIG_TYPES = {
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "base_model": (lambda v: isinstance(v, str), "a string"),
+    "label_names": (_is_str_list, "a list of strings"),
+    "label_texts": (_is_str_list, "a list of strings"),
+    "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "max_length": (_is_int, "an integer"),
+    "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
+    "text_pooling": (lambda v: isinstance(v, str), "a string"),
+    "label_position": (lambda v: isinstance(v, str), "a string"),
+    "score_head": (lambda v: isinstance(v, str), "a string"),
+    "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def _check_config_types(raw: dict, path: Path) -> None:
+    """Refuse a hand-edited or corrupted config field by its type, naming the file and the key (the
+    config's own checks then compare values: a string label_length would fail there with a TypeError)."""
+    for key, value in raw.items():
+        check = _CONFIG_TYPES.get(key)
+        if check is not None and not check[0](value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise AdapterError(f"{path}: {key} must be {check[1]}, got {shown}")

@@ -11,6 +11,10 @@ Three pieces plug an :class:`~ltuning.model.LTuningModel` into a Trainer:
   :mod:`ltuning.pairs` does.
 - :func:`compute_metrics`: accuracy, Matthews correlation and macro-F1 from the argmax over labels.
 
+Two more: checkpoints (``checkpoint-N/model.safetensors``) carry the adapter config beside the weights, so
+``LTuningModel.from_pretrained("out/checkpoint-N")`` loads one as an adapter; and :func:`use_line_progress`
+swaps transformers' tqdm bar for plain progress lines when stderr is a file or a pipe.
+
 Example:
     >>> from transformers import Trainer, TrainingArguments  # doctest: +SKIP
     >>> model = get_ltuning_model("minilm", LTuningConfig(method="lt-prefix"), labels=["negative", "positive"])
@@ -24,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TrainerCallback
 
+from .config import TRAINER_CONFIG_KEY
 from .errors import DataError
 from .evaluate import classification_metrics
 from .model import LTuningModel
+from .progress import EVERY_SECONDS, LineProgress, is_terminal
 
 
 class LTuningForTrainer(nn.Module):
@@ -74,11 +82,21 @@ class LTuningForTrainer(nn.Module):
 
     # Checkpoints hold the adapter only: the backbone is frozen and reloaded from its name.
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The method's weights, plus the adapter config as JSON bytes (a uint8 tensor under
+        ``TRAINER_CONFIG_KEY``): the Trainer writes this dict, and nothing else of the model, into each
+        ``checkpoint-N/model.safetensors``, which then loads as an adapter
+        (``LTuningModel.from_pretrained("out/checkpoint-N")``)."""
         state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if ".method." in f".{k}"}
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        out = {k: v for k, v in state.items() if ".method." in f".{k}"}
+        config = json.dumps(self.model.config.to_dict(), sort_keys=True).encode("utf-8")
+        out[prefix + TRAINER_CONFIG_KEY] = torch.frombuffer(bytearray(config), dtype=torch.uint8)
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load an adapter-only state (a Trainer checkpoint); the frozen backbone's keys may be absent."""
+        """Load an adapter-only state (a Trainer checkpoint); the frozen backbone's keys may be absent, and the
+        stored config is not a weight."""
+        state_dict = {k: v for k, v in state_dict.items() if k != TRAINER_CONFIG_KEY}
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if ".method." in f".{k}"]
         if strict and (missing or result.unexpected_keys):
@@ -181,3 +199,50 @@ def tokenize_dataset(dataset, model: LTuningModel, text_columns: Sequence[str] =
         return {k: enc[k] for k in keep if k in enc}
 
     return dataset.map(encode, batched=True)
+
+
+class LineProgressCallback(TrainerCallback):
+    """The Trainer's progress as plain lines (:class:`ltuning.progress.LineProgress`: step, loss, rate, ETA,
+    every N seconds or a tenth of the run) and its logs as one line each, instead of transformers' tqdm bar,
+    whose carriage-return redraws flood a log file. Evaluation shows no bar."""
+
+    def __init__(self, every_seconds: float = EVERY_SECONDS, every_steps: int | None = None) -> None:
+        self.every_seconds, self.every_steps = every_seconds, every_steps
+        self.bar: LineProgress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = LineProgress(state.max_steps, desc="train", unit="step", initial=state.global_step,
+                                    every_seconds=self.every_seconds, every_steps=self.every_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            print({k: v for k, v in logs.items() if k != "total_flos"}, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def use_line_progress(trainer, every_seconds: float = EVERY_SECONDS, every_steps: int | None = None, force: bool = False):
+    """When stderr is not a terminal (or ``force``), replace ``trainer``'s tqdm progress callback (or the
+    printer that ``disable_tqdm=True`` installs) with :class:`LineProgressCallback`; returns the trainer.
+
+    A callback cannot be chosen by the model, and transformers adds its own bar to every Trainer, so this is
+    one call on the trainer: ``trainer = use_line_progress(Trainer(...))``.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if force or not is_terminal():
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LineProgressCallback(every_seconds, every_steps))
+    return trainer

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +14,6 @@ from torch import nn
 from . import prediction
 from ._version import __version__
 from .adapter_io import (
-    CONFIG_NAME,
     check_adapter_weights,
     fit_config_to_backbone,
     read_adapter_config,
@@ -21,12 +21,13 @@ from .adapter_io import (
     write_adapter,
 )
 from .backbones import Backbone, Texts
-from .config import LabelPosition, LTuningConfig, TextPooling
+from .config import LabelPosition, LTuningConfig, TextPooling, config_source, is_adapter_folder
 from .errors import AdapterError, ConfigError
 from .labels import LabelSet
 from .loading import as_backbone, load_backbone
 from .methods import Injection, get_method
 from .prediction import check_texts
+from .progress import progress_bar
 
 __all__ = ["LTuningModel", "check_texts"]
 
@@ -98,6 +99,21 @@ class LTuningModel(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.config.num_labels
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The frozen backbone's transformers model (``BertModel``, ``LlamaModel``, ...), as peft's
+        ``PeftModel.base_model`` names the wrapped model."""
+        return self.backbone.model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's weights are (transformers pipelines read ``model.device``)."""
+        return self.backbone.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.dtype
 
     @property
     def label_conditioned(self) -> bool:
@@ -249,8 +265,6 @@ class LTuningModel(nn.Module):
         of as many texts as fit ``max_tokens`` rows x padded tokens (default: :attr:`cpu_max_tokens` on
         CPU, no limit on a GPU). The scores do not depend on the batching.
         """
-        from tqdm.auto import tqdm
-
         texts = list(texts)
         check_texts(texts, batch_size, pairs=self.config.text_pairs)
         was_training = self.training
@@ -270,7 +284,8 @@ class LTuningModel(nn.Module):
                 max_tokens = self.cpu_max_tokens
             order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
             out = torch.empty(len(texts), K)
-            for s in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="scoring", unit="batch"):
+            bar = progress_bar(-(-len(texts) // batch_size), desc="scoring", unit="batch", disable=not progress)
+            for s in range(0, len(texts), batch_size):
                 idx = order[s:s + batch_size]
                 enc = self.tokenize([texts[i] for i in idx], injected=inj.length)
                 real = enc["attention_mask"].bool()
@@ -289,6 +304,8 @@ class LTuningModel(nn.Module):
                     scores = self.class_scores(chunk, injection=inj)
                     out[[idx[r] for r in by_len[i:j]]] = scores.float().cpu()
                     i = j
+                bar.update(1)
+            bar.close()
         finally:
             if was_training:
                 self.train()
@@ -304,11 +321,16 @@ class LTuningModel(nn.Module):
             texts: strings or (premise, hypothesis) pairs; a single string gives a single result.
             candidate_labels: score these label names instead of the training labels (LT methods only: the
                 frozen backbone encodes them and the trained method turns them into prefixes / prompts);
-                one list for all texts, or one list per text.
-            hypothesis_template: label text for each label name, e.g. ``"The review is {}."``.
-            multi_label: independent sigmoid per label; returns the labels scoring >= ``threshold``.
-            return_scores: return ``{"label": name, "scores": {name: p}}`` per text (``"labels"`` with
-                ``multi_label``); scores are a softmax over the labels, or per-label sigmoids.
+                one list for all texts, or one list per text, or one comma-separated string (as the
+                zero-shot pipeline takes it).
+            hypothesis_template: label text for each label name, e.g. ``"{} film"``.
+            multi_label: an independent sigmoid per label; returns the labels scoring >= ``threshold``, best
+                first.
+            return_scores: return what transformers' zero-shot-classification pipeline returns, one dict
+                per text: ``{"sequence": text, "labels": [...], "scores": [...]}`` with every label, sorted
+                by score (best first); the scores are a softmax over the labels, or with ``multi_label``
+                per-label sigmoids (all labels are listed: ``threshold`` only selects without scores).
+                (A breaking change: it was ``{"label": name, "scores": {name: p}}`` in label order.)
         Returns: ``["negative", "positive", ...]`` (lists of names with ``multi_label``), or dicts.
         Raises:
             ConfigError: candidate labels, a template or multi_label on a classic prefix / prompt model.
@@ -317,11 +339,39 @@ class LTuningModel(nn.Module):
             >>> model.predict(["What a boring display", "I'm wowed!"])  # doctest: +SKIP
             ['negative', 'positive']
             >>> model.predict("I'm wowed!", candidate_labels=["bad", "good"], return_scores=True)  # doctest: +SKIP
-            {'label': 'good', 'scores': {'bad': 0.08, 'good': 0.92}}
+            {'sequence': "I'm wowed!", 'labels': ['good', 'bad'], 'scores': [0.92, 0.08]}
         """
         return prediction.predict(self, texts, batch_size, candidate_labels=candidate_labels,
-                       hypothesis_template=hypothesis_template, multi_label=multi_label, threshold=threshold,
-                       return_scores=return_scores)
+                                  hypothesis_template=hypothesis_template, multi_label=multi_label,
+                                  threshold=threshold, return_scores=return_scores)
+
+    def predict_proba(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
+                      candidate_labels: Sequence[str] | None = None, hypothesis_template: str | None = None,
+                      multi_label: bool = False) -> np.ndarray:
+        """(N, K) float32 numpy array of label probabilities, columns in label order (``label_names``, or
+        ``candidate_labels`` as given), as scikit-learn's ``predict_proba``; one string gives (1, K).
+
+        Single-label (default): a softmax over the K labels, each row sums to 1 (its argmax is
+        :meth:`predict`). ``multi_label=True`` (LT methods): each column is the independent sigmoid of that
+        (text, label) pair's logit, the probability that the label applies; rows need not sum to 1.
+        """
+        return prediction.predict_proba(self, texts, batch_size, candidate_labels=candidate_labels,
+                                        hypothesis_template=hypothesis_template, multi_label=multi_label)
+
+    def __call__(self, *args, **kwargs):
+        """``model(texts, candidate_labels=None, hypothesis_template=None, multi_label=False)``: the zero-shot
+        pipeline's call, i.e. :meth:`predict` with ``return_scores=True`` (a dict for one string, a list of
+        dicts for a list). A dict of tensors (what training and :meth:`class_scores` pass) goes to
+        :meth:`forward` as for any module; only a string, list or tuple takes the prediction path."""
+        if args and isinstance(args[0], str | list | tuple):
+            return self._classify(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def _classify(self, texts, candidate_labels=None, *, hypothesis_template: str | None = None,
+                  multi_label: bool = False, batch_size: int = 64):
+        """:meth:`__call__` on texts, with the pipeline's argument order (candidate labels second)."""
+        return self.predict(texts, batch_size, candidate_labels=candidate_labels,
+                            hypothesis_template=hypothesis_template, multi_label=multi_label, return_scores=True)
 
     # ------------------------------------------------------------------ saving (peft-style)
     def save_pretrained(self, directory: str | Path, **extra) -> Path:
@@ -336,15 +386,31 @@ class LTuningModel(nn.Module):
         return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model=None, tokenizer=None,
+    def from_pretrained(cls, directory, model=None, tokenizer=None,
                         trust_remote_code: bool = False) -> LTuningModel:
         """Load an adapter folder onto the backbone it names, or onto ``model`` (a name, folder, transformers
         model + ``tokenizer``, or Backbone).
 
+        Both argument orders work: ``from_pretrained(adapter_dir)``, ``from_pretrained(adapter_dir, model)``,
+        and peft's ``from_pretrained(model, adapter_dir)`` (as ``PeftModel.from_pretrained(model, model_id)``):
+        a model object first is always the backbone; of two names or paths, the one that is an adapter folder
+        (:func:`~ltuning.config.is_adapter_folder`) is the adapter. ``adapter_dir`` may also be a
+        ``transformers.Trainer`` ``checkpoint-N/`` folder written while training
+        :class:`ltuning.hf.LTuningForTrainer`.
+
         Raises:
             AdapterError: missing or corrupt files, a backbone whose config fingerprint differs from the one
                 the adapter was trained on, or weights whose names or shapes do not match.
+            ConfigError: a model object but no adapter folder.
         """
+        if not isinstance(directory, str | Path):  # peft's order, a model object first
+            if not isinstance(model, str | Path):
+                raise ConfigError(f"give the adapter folder: LTuningModel.from_pretrained(adapter_dir) or "
+                                  f"LTuningModel.from_pretrained(base_model, adapter_dir); got a "
+                                  f"{type(directory).__name__} and {model!r}")
+            directory, model = model, directory
+        elif isinstance(model, str | Path) and not is_adapter_folder(directory) and is_adapter_folder(model):
+            directory, model = model, directory  # peft's order with a name: ("minilm", "runs/x")
         backbone = None
         if model is not None and not isinstance(model, str | Path):
             backbone = as_backbone(model, tokenizer, trust_remote_code)
@@ -358,7 +424,7 @@ class LTuningModel(nn.Module):
         try:
             lt_model = cls(backbone, config)
         except ConfigError as e:
-            raise AdapterError(f"{directory / CONFIG_NAME}: {e}") from None
+            raise AdapterError(f"{config_source(directory)}: {e}") from None
         check_adapter_weights(directory, config.method, lt_model.method.state_dict(), state)
         lt_model.method.load_state_dict(state)
         lt_model.eval()

@@ -11,8 +11,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
@@ -190,22 +191,23 @@ def _logits(model: LTuningModel, items: list, label_sets: list[tuple[str, ...]],
     return logits
 
 
-def _result(ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, threshold: float, return_scores: bool):
-    """One text's prediction: the top label (softmax) or the labels over ``threshold`` (sigmoids)."""
-    probs = torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)
-    scores = dict(zip(ls, (round(float(p), 6) for p in probs), strict=True))
+def _result(item, ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, threshold: float,
+            return_scores: bool):
+    """One text's prediction: the top label (softmax), the labels over ``threshold`` (sigmoids, best
+    first), or with ``return_scores`` the zero-shot pipeline's dict: every label, sorted by score."""
+    probs = (torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)).tolist()
+    # best first; equal scores keep the label order (a stable sort)
+    order = sorted(range(len(ls)), key=lambda k: -probs[k])
+    if return_scores:
+        return {"sequence": item, "labels": [ls[k] for k in order], "scores": [probs[k] for k in order]}
     if multi_label:
-        chosen: Any = [n for n, p in zip(ls, probs.tolist(), strict=True) if p >= threshold]
-        return {"labels": chosen, "scores": scores} if return_scores else chosen
-    top = ls[int(z.argmax())]
-    return {"label": top, "scores": scores} if return_scores else top
+        return [ls[k] for k in order if probs[k] >= threshold]
+    return ls[int(z.argmax())]
 
 
-def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
-            candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
-            hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
-            return_scores: bool = False):
-    """Classify texts; see :meth:`LTuningModel.predict`."""
+def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypothesis_template: str | None,
+             multi_label: bool, threshold: float = 0.5):
+    """Checked inputs of :func:`predict` / :func:`predict_proba`: (single input?, items, label sets, logits)."""
     pairs = model.config.text_pairs
     single = _is_single_input(texts, pairs)
     items = [texts] if single else list(texts)
@@ -214,10 +216,37 @@ def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_s
         raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     check_texts(items, batch_size, pairs=pairs)
     if not items:
-        return []
+        return single, items, [], []
     _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
     label_sets = _label_sets(model, len(items), candidate_labels, multi_label)
     logits = _logits(model, items, label_sets, batch_size, candidate_labels, hypothesis_template)
-    results = [_result(ls, z, multi_label, threshold, return_scores)
-               for ls, z in zip(label_sets, logits, strict=True)]
+    return single, items, label_sets, logits
+
+
+def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
+            candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+            hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
+            return_scores: bool = False):
+    """Classify texts; see :meth:`LTuningModel.predict`."""
+    single, items, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template,
+                                                 multi_label, threshold)
+    results = [_result(item, ls, z, multi_label, threshold, return_scores)
+               for item, ls, z in zip(items, label_sets, logits, strict=True)]
     return results[0] if single else results
+
+
+def predict_proba(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
+                  candidate_labels: Sequence[str] | None = None, hypothesis_template: str | None = None,
+                  multi_label: bool = False) -> np.ndarray:
+    """(N, K) probabilities in label order (the model's labels, or ``candidate_labels`` as given); see
+    :meth:`LTuningModel.predict_proba`. One string is one text: a (1, K) array."""
+    _, _, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template, multi_label)
+    if len(set(label_sets)) > 1:
+        raise ConfigError("predict_proba returns one (N, K) array, so all texts need the same label set; give one "
+                          "candidate_labels list for all texts (or call predict(..., return_scores=True))")
+    k = len(label_sets[0]) if label_sets else model.num_labels
+    if not logits:
+        return np.zeros((0, k), dtype=np.float32)
+    z = torch.stack(logits).float()
+    probs = torch.sigmoid(z) if multi_label else torch.softmax(z, dim=-1)
+    return probs.numpy()

@@ -37,6 +37,7 @@ from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler
+from .progress import progress_bar
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -335,12 +336,11 @@ class _TrainingLoop:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
         args = self.args
         self.start = time.perf_counter()
-        self.bar = tqdm(total=args.max_steps, initial=self.start_step, desc=f"train {self.model.config.method}",
-                        unit="step", disable=not (args.progress and self.main))
+        # a bar on a terminal, a plain line every N steps or seconds in a log file (ltuning.progress)
+        self.bar = progress_bar(args.max_steps, desc=f"train {self.model.config.method}", unit="step",
+                                initial=self.start_step, disable=not (args.progress and self.main))
         self.started = any(r.get("loss") is not None for r in self.result.train_log)  # running loss has a value
         self.model.train()
         for step in range(self.start_step + 1, args.max_steps + 1):
