@@ -9,6 +9,8 @@ tensor; writing goes through :mod:`ltuning.fileio`, so a failure leaves nothing 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import card
+from .backbones import same_weights
 from .config import LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
 from .fileio import atomic_write, atomic_write_text
@@ -66,6 +69,9 @@ _CONFIG_TYPES = {
     "score_head": (lambda v: isinstance(v, str), "a string"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "backbone_weights": (lambda v: v is None or (isinstance(v, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)),
+        "a list of numbers or null"),
 }
 
 
@@ -136,11 +142,23 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
         # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
         # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.
         config.text_pooling = backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False)
-    if config.backbone_fingerprint and backbone.fingerprint != config.backbone_fingerprint:
+    if not config.backbone_fingerprint:
+        # every adapter ltuning wrote names its backbone's fingerprint: without it nothing is checked
+        raise AdapterError(f"{directory / CONFIG_NAME}: backbone_fingerprint is missing; it names the backbone the "
+                           "adapter was trained on: restore the file, or train the adapter again")
+    if backbone.fingerprint != config.backbone_fingerprint:
         raise AdapterError(
             f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "
             f"{config.backbone_fingerprint}), but {backbone.name!r} has fingerprint {backbone.fingerprint}; "
             "load it with the backbone it was trained on"
+        )
+    if config.backbone_weights is None:
+        warnings.warn(f"adapter {directory} was saved before ltuning recorded its backbone's weights: it cannot "
+                      f"check that {backbone.name!r} has the weights it was trained on", UserWarning, stacklevel=3)
+    elif backbone.weights_sample is not None and not same_weights(config.backbone_weights, backbone.weights_sample):
+        raise AdapterError(
+            f"adapter {directory} was trained on other weights than those of {backbone.name!r} (same architecture, "
+            f"different values); load it with the backbone it was trained on ({config.base_model!r})"
         )
 
 

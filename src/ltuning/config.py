@@ -109,6 +109,10 @@ class LTuningConfig:
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
     )
+    backbone_weights: list[float] | None = field(
+        default=None, metadata={"help": "A sample of the backbone's weight values (backbones.weights_sample); set "
+                                "when the model is built. An adapter refuses a backbone whose sample differs."}
+    )
 
     def __post_init__(self) -> None:
         for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling),

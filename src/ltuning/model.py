@@ -23,7 +23,7 @@ from .adapter_io import (
 from .backbones import Backbone, Texts
 from .config import LabelPosition, LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
-from .loading import as_backbone, load_backbone
+from .loading import adapter_backbone, as_backbone, load_backbone, portable_name
 from .methods import Injection, get_method
 from .prediction import check_texts
 
@@ -55,6 +55,8 @@ class LTuningModel(nn.Module):
         # The fingerprint names the backbone this model is built on (a config copied from another model, or
         # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
         config.backbone_fingerprint = backbone.fingerprint
+        config.backbone_weights = backbone.weights_sample
+        config.base_model = portable_name(config.base_model)  # a folder by its absolute path, never a relative one
         self.backbone = backbone
         self.config = config
         if config.label_length is None:
@@ -341,8 +343,9 @@ class LTuningModel(nn.Module):
         model + ``tokenizer``, or Backbone).
 
         Raises:
-            AdapterError: missing or corrupt files, a backbone whose config fingerprint differs from the one
-                the adapter was trained on, or weights whose names or shapes do not match.
+            AdapterError: missing or corrupt files, a backbone whose config fingerprint or weights differ from
+                the ones the adapter was trained on, a ``base_model`` that is a relative path here (pass
+                ``model``), or adapter weights whose names or shapes do not match.
         """
         backbone = None
         if model is not None and not isinstance(model, str | Path):
@@ -351,8 +354,14 @@ class LTuningModel(nn.Module):
         config = read_adapter_config(directory)
         state = read_adapter_weights(directory)
         if backbone is None:
-            name = None if model is None else str(model)
-            backbone = load_backbone(name or config.base_model, trust_remote_code=trust_remote_code)
+            if model is not None:  # named by the caller: a relative folder is theirs to mean
+                name = str(model)
+            else:
+                try:
+                    name = adapter_backbone(config.base_model, directory)
+                except ConfigError as e:
+                    raise AdapterError(str(e)) from None
+            backbone = load_backbone(name, trust_remote_code=trust_remote_code)
         fit_config_to_backbone(directory, config, backbone)
         try:
             lt_model = cls(backbone, config)
