@@ -5,6 +5,7 @@ non-UTF-8 arguments end in one line, a full disk leaves the last good state and 
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
 
 from ltuning.adapter import CONFIG_NAME, load_adapter
+from ltuning.checkpoint import OPTIMIZER_NAME
 from ltuning.cli import main
-from ltuning.errors import AdapterError
+from ltuning.errors import AdapterError, WriteError
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,132 @@ def test_a_relative_base_model_is_never_read_from_the_working_directory(env, tmp
     rc = main(["predict", "--adapter", str(out), "a good film"])
     one_line(capsys, rc, "--model")
     assert load_adapter(out, model="tiny-bert") is not None  # named by the user: fine
+
+
+# ---------------------------------------------------------------------- 1-3: nothing written over
+def test_a_users_readme_in_the_output_folder_is_never_replaced(env, tmp_path, capsys):
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "README.md").write_text("my notes\n")
+    rc = main(train_argv(env["tiny"], env["train"], out))
+    one_line(capsys, rc, "README.md")
+    assert (out / "README.md").read_text() == "my notes\n" and sorted(p.name for p in out.iterdir()) == ["README.md"]
+    # the rule is the adapter writer's, not the CLI's: the Python API refuses too
+    model = load_adapter(env["adapter"], model=str(env["tiny"]))
+    with pytest.raises(AdapterError, match="README.md"):
+        model.save_pretrained(out)
+    assert (out / "README.md").read_text() == "my notes\n" and not (out / CONFIG_NAME).exists()
+    # another library's adapter_config.json is not ltuning's either
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / CONFIG_NAME).write_text('{"peft_type": "LORA"}')
+    with pytest.raises(AdapterError, match=CONFIG_NAME):
+        model.save_pretrained(peft)
+    # told to: --overwrite replaces it
+    assert main(train_argv(env["tiny"], env["train"], out, "--overwrite")) == 0
+    assert "library_name: ltuning" in (out / "README.md").read_text()
+    # ltuning's own files are replaced without being told (saving twice)
+    model.save_pretrained(out)
+
+
+def test_resume_never_replaces_a_finished_run(env, tmp_path, capsys):
+    out = tmp_path / "done"
+    shutil.copytree(env["adapter"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    rc = main(train_argv(env["tiny"], env["train"], out, "--resume", "--method", "prompt"))
+    line = one_line(capsys, rc, "no checkpoint")
+    assert str(out) in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_evaluate_never_writes_over_its_input(env, tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    shutil.copy(env["valid"], data)
+    original = data.read_bytes()
+    evaluate = ["evaluate", "--adapter", str(env["adapter"]), "--file", str(data), "--text-column", "text",
+                "--label-column", "label", "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        one_line(capsys, main([*evaluate, "--output", str(data), *extra]), "evaluate reads")
+        assert data.read_bytes() == original
+    one_line(capsys, main([*evaluate, "--output", str(env["adapter"] / CONFIG_NAME)]), "evaluate reads")
+    # an existing file evaluate did not write: only with --overwrite
+    notes = tmp_path / "notes.json"
+    notes.write_text("{}")
+    one_line(capsys, main([*evaluate, "--output", str(notes)]), "--overwrite")
+    assert notes.read_text() == "{}"
+    assert main([*evaluate, "--output", str(notes), "--overwrite"]) == 0
+    assert main([*evaluate, "--output", str(notes)]) == 0  # its own metrics: replaced as before
+
+
+def test_train_never_reads_a_file_it_writes(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    data = out / "loss.png"  # an odd name, but a readable table
+    shutil.copy(env["train"], data)
+    argv = train_argv(env["tiny"], data, out)
+    argv[argv.index("--train-file") + 1:argv.index("--train-file") + 2] = [str(data)]
+    one_line(capsys, main(argv), "would write over")
+
+
+# ---------------------------------------------------------------------- 10: a full disk
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_the_adapter_leaves_no_trace(env, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    def save_file(state, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        disk_full()
+
+    out = tmp_path / "new"
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    one_line(capsys, main(train_argv(env["tiny"], env["train"], out)), "No space left on device")
+    assert not out.exists()  # no empty run folder
+
+
+def test_a_full_disk_while_replacing_an_adapter_keeps_the_old_one(env, tmp_path, monkeypatch):
+    folder = copy_adapter(env, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model = load_adapter(env["adapter"], model=str(env["tiny"]))
+    torch.nn.init.normal_(next(model.method.parameters()))
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):  # the weights and card are written, then the config fails
+        if CONFIG_NAME in self.name:
+            self.open("w").write("{partial")
+            disk_full()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(OSError, match="No space left") as e:
+        model.save_pretrained(folder)
+    assert isinstance(e.value, WriteError)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no new weights, no temporary files
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(env, tmp_path, capsys, monkeypatch):
+    import ltuning.checkpoint as ck
+
+    out = tmp_path / "ck"
+    calls = [0]
+    real = ck.torch.save
+
+    def save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if "step-2" in str(f) and OPTIMIZER_NAME in str(f):
+            Path(f).write_bytes(b"half")
+            disk_full()
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    rc = main(train_argv(env["tiny"], env["train"], out, "--max-steps", "3", "--checkpoint-every", "1"))
+    line = one_line(capsys, rc, "No space left on device")
+    assert "step-1" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]  # no .tmp-step-2
+    assert not (out / CONFIG_NAME).exists()
+    monkeypatch.setattr(ck.torch, "save", real)
+    assert main(train_argv(env["tiny"], env["train"], out, "--max-steps", "3", "--checkpoint-every", "1",
+                           "--resume")) == 0
+    assert "resumed from" in capsys.readouterr().out

@@ -21,7 +21,7 @@ from . import card
 from .backbones import same_weights
 from .config import LTuningConfig, TextPooling
 from .errors import AdapterError, ConfigError
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write_many
 from .methods import get_method
 
 if TYPE_CHECKING:
@@ -31,19 +31,63 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
+def is_ltuning_config(path: str | Path) -> bool:
+    """Whether ``path`` holds an ``adapter_config.json`` that ltuning wrote (a JSON object with its keys),
+    not another library's (peft's has the same file name) or a user's file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and {"method", "label_names", "base_model"} <= set(raw)
+
+
+def foreign_adapter_files(directory: str | Path) -> list[Path]:
+    """The files in ``directory`` that writing an adapter there would replace and that no ltuning run wrote:
+    a config that is not ltuning's (and the weights beside it), a README.md that is not ltuning's card, or
+    anything that is not a plain file at those names."""
+    directory = Path(directory)
+    config, weights, readme = directory / CONFIG_NAME, directory / WEIGHTS_NAME, directory / card.CARD_NAME
+    ours = is_ltuning_config(config)
+    found = [config] if config.exists() and not ours else []
+    if weights.exists() and not (ours and weights.is_file()):
+        found.append(weights)
+    if readme.exists() and not card.is_card(readme):
+        found.append(readme)
+    return found
+
+
 def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch.Tensor], meta: dict,
-                  total_parameters: int) -> Path:
+                  total_parameters: int, overwrite: bool = False) -> Path:
     """Write an adapter folder: ``config`` (+ ``meta`` under ``_meta``), the method's ``state`` and the model
-    card (``total_parameters``: backbone + trainable); returns the folder."""
+    card (``total_parameters``: backbone + trainable); returns the folder.
+
+    The three files are written as one (:func:`ltuning.fileio.atomic_write_many`): a failure (a full disk)
+    leaves the folder as it was. A file at those names that ltuning did not write (a user's README.md,
+    another library's adapter) is never replaced unless ``overwrite``.
+
+    Raises:
+        AdapterError: ``directory`` holds files ltuning did not write (without ``overwrite``).
+        WriteError: a file could not be written; nothing was changed.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AdapterError(f"cannot save an adapter into {directory}: it is a file, not a folder")
+    foreign = [] if overwrite else foreign_adapter_files(directory)
+    if foreign:
+        raise AdapterError(f"{directory} holds {', '.join(p.name for p in foreign)}, which ltuning did not write; "
+                           "move it away or choose another folder (--overwrite, or overwrite=True, replaces it)")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    atomic_write_text(directory / CONFIG_NAME, json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n")
     # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
     card_meta = {**meta, "command": meta.get("command") or card.current_command()}
-    atomic_write_text(directory / card.CARD_NAME, card.render_card(config, card_meta, total_parameters))
+    config_text = json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n"
+    card_text = card.render_card(config, card_meta, total_parameters)
+    atomic_write_many([
+        (directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})),
+        (directory / card.CARD_NAME, lambda p: p.write_text(card_text, encoding="utf-8")),
+        (directory / CONFIG_NAME, lambda p: p.write_text(config_text, encoding="utf-8")),  # last: marks a whole adapter
+    ])
     return directory
 
 

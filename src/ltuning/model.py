@@ -325,8 +325,15 @@ class LTuningModel(nn.Module):
                        return_scores=return_scores)
 
     # ------------------------------------------------------------------ saving (peft-style)
-    def save_pretrained(self, directory: str | Path, **extra) -> Path:
-        """Write the adapter (config, trainable weights, README.md model card) into ``directory``."""
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False, **extra) -> Path:
+        """Write the adapter (config, trainable weights, README.md model card) into ``directory`` (``extra``:
+        more ``_meta`` keys). Files there that ltuning did not write (a user's README.md) are replaced only with
+        ``overwrite``; a failed write (a full disk) leaves the folder as it was.
+
+        Raises:
+            AdapterError: ``directory`` holds files at the adapter's names that ltuning did not write.
+            WriteError: the disk is full (or another write error); nothing was changed.
+        """
         meta = {
             "ltuning_version": __version__,
             "trainable_parameters": self.num_trainable_parameters(),
@@ -334,7 +341,7 @@ class LTuningModel(nn.Module):
             **extra,
         }
         total = meta["trainable_parameters"] + sum(p.numel() for p in self.backbone.parameters())
-        return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total)
+        return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total, overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model=None, tokenizer=None,
