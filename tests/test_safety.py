@@ -255,3 +255,83 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(env, tmp
     assert main(train_argv(env["tiny"], env["train"], out, "--max-steps", "3", "--checkpoint-every", "1",
                            "--resume")) == 0
     assert "resumed from" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- 7: unreadable inputs
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Files the user may not read (tests run as root, which ignores modes): open() and Path.read_text()
+    raise PermissionError for the paths added to the returned set."""
+    import builtins
+    import io
+
+    denied: set[str] = set()
+    real_open, real_read_text = builtins.open, Path.read_text
+
+    def check(path):
+        if str(path) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def fake_open(file, *args, **kwargs):
+        check(file)
+        return real_open(file, *args, **kwargs)
+
+    def read_text(self, *args, **kwargs):
+        check(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return denied
+
+
+def test_unreadable_input_files_are_one_line_errors(env, tmp_path, capsys, unreadable):
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    shutil.copy(env["train"], train)
+    shutil.copy(env["valid"], valid)
+    cols = ["--text-column", "text", "--label-column", "label"]
+    unreadable.add(str(train))
+    one_line(capsys, main(train_argv(env["tiny"], train, tmp_path / "a")), "Permission denied")
+    unreadable.clear()
+    unreadable.add(str(valid))
+    one_line(capsys, main(train_argv(env["tiny"], train, tmp_path / "b", "--validation-file", str(valid))),
+             "Permission denied")
+    one_line(capsys, main(["evaluate", "--adapter", str(env["adapter"]), "--file", str(valid), *cols,
+                           "--output", str(tmp_path / "m.json")]), "Permission denied")
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"]), "--file", str(valid)]), "Permission denied")
+    unreadable.add(str(env["adapter"] / CONFIG_NAME))
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"]), "a good film"]), "Permission denied")
+    config = tmp_path / "c.json"
+    config.write_text("{}")
+    unreadable.add(str(config))
+    one_line(capsys, main(["predict", "--config", str(config), "--adapter", str(env["adapter"]), "x"]),
+             "Permission denied")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------- 8: bytes that are not UTF-8
+BAD = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands such an argument over
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["predict", "--adapter", "ADAPTER", BAD], "argument 4"),
+    (["predict", "--adapter", "ADAPTER", "--candidate-labels", f"good,{BAD}", "a film"], "--candidate-labels"),
+    (["predict", "--adapter", "ADAPTER", f"--hypothesis-template={BAD} {{}}", "a film"], "--hypothesis-template"),
+    (["train", "--model", "MODEL", "--train-file", "TRAIN", "--text-column", "text", "--label-column", "label",
+      "--label-texts", f"bad,{BAD}", "--max-steps", "1", "--output-dir", "out"], "--label-texts"),
+])
+def test_arguments_that_are_not_utf8_are_one_line_errors(env, capsys, argv, name):
+    subs = {"ADAPTER": str(env["adapter"]), "MODEL": str(env["tiny"]), "TRAIN": str(env["train"])}
+    line = one_line(capsys, main([subs.get(a, a) for a in argv]), "not UTF-8")
+    assert line.startswith(f"error: {name}:") and "caf\\xe9" in line
+    assert not Path("out").exists()
+
+
+def test_stdin_that_is_not_utf8_is_a_one_line_error(env, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"a good film\n{BAD}\n"))
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"])]), "stdin, line 2: not UTF-8")
+    assert capsys.readouterr().out == ""

@@ -141,6 +141,8 @@ def read_adapter_config(directory: str | Path) -> LTuningConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:  # a file the user may not read
+        raise AdapterError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{path} must hold a JSON object")
     raw.pop("_meta", None)

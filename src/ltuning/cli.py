@@ -314,6 +314,11 @@ def _load_config_file(path: str) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    try:
         if p.suffix.lower() == ".json":
             value = json.loads(text)
         else:
@@ -1013,6 +1018,25 @@ def _interrupted_message(args) -> str:
     return "interrupted; nothing was saved"
 
 
+def _check_utf8_argv(argv: list[str]) -> None:
+    """Every argument must be UTF-8: other bytes arrive as lone surrogates, which a tokenizer (texts, label
+    texts, candidate labels) refuses with a TypeError and a card or JSON file cannot hold. Names the option."""
+    from .data import is_utf8, shown_bytes
+    from .errors import ConfigError
+
+    for i, tok in enumerate(argv):
+        if is_utf8(tok):
+            continue
+        if tok.startswith("--") and "=" in tok:
+            name = tok.split("=", 1)[0]
+        elif i and argv[i - 1].startswith("-") and "=" not in argv[i - 1]:
+            name = argv[i - 1]
+        else:
+            name = f"argument {i + 1}"
+        name = name if is_utf8(name) else f"argument {i + 1}"
+        raise ConfigError(f"{name}: not UTF-8 text ({shown_bytes(tok)}); give UTF-8 text (and UTF-8 file names)")
+
+
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
@@ -1023,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = None
     try:
+        _check_utf8_argv(argv)
         argv, config_file = _apply_config(parser, argv)
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -1052,6 +1077,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a file the OS refused (permission, a lost mount) where no reader named it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
