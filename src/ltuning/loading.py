@@ -98,12 +98,18 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _relative_path_here(name: str) -> bool:
+    """Whether ``name`` is a relative path that exists in the current folder."""
+    try:
+        return bool(name) and name not in PACKAGED_MODELS and not Path(name).is_absolute() and Path(name).exists()
+    except (OSError, ValueError):  # a name too long for a path, or one with a NUL byte: not a folder
+        return False
+
+
 def portable_name(name: str) -> str:
     """How an adapter names its backbone: a packaged short name or a hub id as given; a local folder as its
     absolute path, so that loading the adapter later never depends on the working directory."""
-    if not name or name in PACKAGED_MODELS or Path(name).is_absolute() or not Path(name).exists():
-        return name
-    return str(Path(name).resolve())
+    return str(Path(name).resolve()) if _relative_path_here(name) else name
 
 
 def adapter_backbone(base_model: str, adapter: str | Path) -> str:
@@ -115,7 +121,7 @@ def adapter_backbone(base_model: str, adapter: str | Path) -> str:
     Raises:
         ConfigError: ``base_model`` is a relative path that exists in the current folder.
     """
-    if base_model in PACKAGED_MODELS or Path(base_model).is_absolute() or not Path(base_model).exists():
+    if not _relative_path_here(base_model):
         return base_model
     raise ConfigError(
         f"adapter {adapter} names its backbone by the relative path {base_model!r}, which would be read from "
