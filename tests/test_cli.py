@@ -254,8 +254,10 @@ def test_train_refuses_a_previous_run_unless_overwrite(models, files, trained, t
     capsys.readouterr()
     assert main(["report", "--json", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["evals"] == {}
-    # --resume continues a folder on purpose
-    assert main(train_args(models, files, out, "--resume")) == 0
+    # --resume continues a folder with a checkpoint; a finished run without one is kept, not trained again
+    one_error_line(capsys, main(train_args(models, files, out, "--resume")), "no checkpoint to continue from")
+    assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2")) == 0
+    assert main(train_args(models, files, out, "--resume", "--checkpoint-every", "2")) == 0
 
 
 def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):

@@ -21,9 +21,11 @@ __all__ = [
 ]
 
 
-def save_adapter(model: LTuningModel, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write the adapter of ``model`` into ``directory``; returns the folder."""
-    return model.save_pretrained(directory, **(extra or {}))
+def save_adapter(model: LTuningModel, directory: str | Path, extra: dict | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the adapter of ``model`` into ``directory``; returns the folder (see
+    :meth:`LTuningModel.save_pretrained`: ``overwrite`` replaces files ltuning did not write)."""
+    return model.save_pretrained(directory, overwrite=overwrite, **(extra or {}))
 
 
 def load_adapter(directory: str | Path, backbone: Backbone | None = None, model: str | None = None,

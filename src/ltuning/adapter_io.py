@@ -9,6 +9,7 @@ tensor; writing goes through :mod:`ltuning.fileio`, so a failure leaves nothing 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import card
+from .backbones import same_weights
 from .config import (
     ADAPTER_CONFIG_NAME,
     TRAINER_WEIGHTS_NAME,
@@ -25,7 +27,7 @@ from .config import (
     config_source,
 )
 from .errors import AdapterError, ConfigError
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write_many
 from .labels import check_label_length
 from .methods import get_method
 
@@ -55,20 +57,68 @@ def is_ltuning_hf_config(path: Path) -> bool:
         return False
 
 
+def is_ltuning_config(path: str | Path) -> bool:
+    """Whether ``path`` holds an ``adapter_config.json`` that ltuning wrote (a JSON object with its keys),
+    not another library's (peft's has the same file name) or a user's file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and {"method", "label_names", "base_model"} <= set(raw)
+
+
+def foreign_adapter_files(directory: str | Path) -> list[Path]:
+    """The files in ``directory`` that writing an adapter there would replace and that no ltuning run wrote:
+    a config that is not ltuning's (and the weights beside it), a README.md that is not ltuning's card, or
+    anything that is not a plain file at those names."""
+    directory = Path(directory)
+    config, weights, readme = directory / CONFIG_NAME, directory / WEIGHTS_NAME, directory / card.CARD_NAME
+    ours = is_ltuning_config(config)
+    found = [config] if config.exists() and not ours else []
+    if weights.exists() and not (ours and weights.is_file()):
+        found.append(weights)
+    if readme.exists() and not card.is_card(readme):
+        found.append(readme)
+    marker = directory / HF_CONFIG_NAME
+    if marker.exists() and not is_ltuning_hf_config(marker):  # a user's or a transformers model's config.json
+        found.append(marker)
+    return found
+
+
 def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch.Tensor], meta: dict,
-                  total_parameters: int) -> Path:
+                  total_parameters: int, overwrite: bool = False) -> Path:
     """Write an adapter folder: ``config`` (+ ``meta`` under ``_meta``), the method's ``state`` and the model
-    card (``total_parameters``: backbone + trainable); returns the folder."""
+    card (``total_parameters``: backbone + trainable); returns the folder.
+
+    The four files (with the ``config.json`` marker for ``transformers.pipeline``) are written as one (:func:`ltuning.fileio.atomic_write_many`): a failure (a full disk)
+    leaves the folder as it was. A file at those names that ltuning did not write (a user's README.md,
+    another library's adapter) is never replaced unless ``overwrite``.
+
+    Raises:
+        AdapterError: ``directory`` holds files ltuning did not write (without ``overwrite``).
+        WriteError: a file could not be written; nothing was changed.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AdapterError(f"cannot save an adapter into {directory}: it is a file, not a folder")
+    foreign = [] if overwrite else foreign_adapter_files(directory)
+    if foreign:
+        raise AdapterError(f"{directory} holds {', '.join(p.name for p in foreign)}, which ltuning did not write; "
+                           "move it away or choose another folder (--overwrite, or overwrite=True, replaces it)")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    atomic_write_text(directory / CONFIG_NAME, json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(directory / HF_CONFIG_NAME, json.dumps(hf_config(config), indent=2) + "\n")
     # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
     card_meta = {**meta, "command": meta.get("command") or card.current_command()}
-    atomic_write_text(directory / card.CARD_NAME, card.render_card(config, card_meta, total_parameters))
+    config_text = json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n"
+    card_text = card.render_card(config, card_meta, total_parameters)
+    atomic_write_many([
+        (directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})),
+        (directory / card.CARD_NAME, lambda p: p.write_text(card_text, encoding="utf-8")),
+        (directory / HF_CONFIG_NAME, lambda p: p.write_text(json.dumps(hf_config(config), indent=2) + "\n",
+                                                           encoding="utf-8")),
+        (directory / CONFIG_NAME, lambda p: p.write_text(config_text, encoding="utf-8")),  # last: marks a whole adapter
+    ])
     return directory
 
 
@@ -125,11 +175,23 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
         # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
         # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.
         config.text_pooling = backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False)
-    if config.backbone_fingerprint and backbone.fingerprint != config.backbone_fingerprint:
+    if not config.backbone_fingerprint:
+        # every adapter ltuning wrote names its backbone's fingerprint: without it nothing is checked
+        raise AdapterError(f"{directory / CONFIG_NAME}: backbone_fingerprint is missing; it names the backbone the "
+                           "adapter was trained on: restore the file, or train the adapter again")
+    if backbone.fingerprint != config.backbone_fingerprint:
         raise AdapterError(
             f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "
             f"{config.backbone_fingerprint}), but {backbone.name!r} has fingerprint {backbone.fingerprint}; "
             "load it with the backbone it was trained on"
+        )
+    if config.backbone_weights is None:
+        warnings.warn(f"adapter {directory} was saved before ltuning recorded its backbone's weights: it cannot "
+                      f"check that {backbone.name!r} has the weights it was trained on", UserWarning, stacklevel=3)
+    elif backbone.weights_sample is not None and not same_weights(config.backbone_weights, backbone.weights_sample):
+        raise AdapterError(
+            f"adapter {directory} was trained on other weights than those of {backbone.name!r} (same architecture, "
+            f"different values); load it with the backbone it was trained on ({config.base_model!r})"
         )
 
 

@@ -157,6 +157,39 @@ def config_fingerprint(config) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: Values sampled per tensor by :func:`weights_sample`.
+WEIGHT_SAMPLE_SIZE = 16
+
+
+def weights_sample(model: nn.Module) -> list[float] | None:
+    """A few of the model's own weight values: 16 evenly spaced values of the input embedding matrix and 16
+    of its middle weight matrix (the middle one of its >= 2-D parameters in declaration order), as floats
+    with 6 significant digits. An adapter stores it and refuses a backbone whose sample differs (see
+    :func:`same_weights`): the config fingerprint tells architectures apart, this tells checkpoints apart.
+    Cheap (32 values read) and deterministic; None where the weights cannot be read (meta tensors)."""
+    try:
+        embedding = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        embedding = None
+    matrices = [p for p in model.parameters() if p.dim() >= 2 and p is not embedding]
+    tensors = [t for t in (embedding, matrices[len(matrices) // 2] if matrices else None) if t is not None]
+    values: list[float] = []
+    for t in tensors:
+        if t.is_meta:
+            return None
+        flat = t.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, WEIGHT_SAMPLE_SIZE, dtype=torch.float64).round().long()
+        values += [float(f"{v:.6g}") for v in flat[idx.to(flat.device)].float().cpu().tolist()]
+    return values or None
+
+
+def same_weights(a: list[float], b: list[float], rtol: float = 1e-2, atol: float = 1e-5) -> bool:
+    """Whether two :func:`weights_sample` s come from the same weights: equal within ``rtol`` (so one
+    checkpoint loaded in float32, bfloat16 or float16 matches itself; bf16 rounds by at most 0.4%) plus
+    ``atol`` for values near zero."""
+    return len(a) == len(b) and all(abs(x - y) <= rtol * max(abs(x), abs(y)) + atol for x, y in zip(a, b, strict=True))
+
+
 # The folder rule of text_pooling="auto". Every Backbone reads it, one built directly from a model too, so it
 # lives here rather than in ltuning.loading (which imports this module, never the other way round).
 def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling | None:
@@ -224,6 +257,7 @@ class Backbone(nn.Module):
         self.dims = read_dims(model.config)
         self.native_pooling = sentence_transformers_pooling(getattr(model.config, "_name_or_path", ""))
         self.fingerprint = config_fingerprint(model.config)
+        self.weights_sample = weights_sample(model)
         self.model.requires_grad_(False)
         self.model.eval()
         params = inspect.signature(self.model.forward).parameters

@@ -25,6 +25,20 @@ def current_command() -> str | None:
     return _command
 
 
+def is_card(path) -> bool:
+    """Whether ``path`` is a README.md that ltuning's model card wrote (not a user's own notes)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.name != CARD_NAME or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "library_name: ltuning" in f.read(400)
+    except OSError:
+        return False
+
+
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 

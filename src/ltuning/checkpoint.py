@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_NAME = "trainer_state.json"
@@ -118,7 +118,7 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
     """
     from safetensors.torch import save_file
 
-    from .fileio import set_normal_mode
+    from .fileio import error_reason, make_dirs, remove_empty, set_normal_mode
 
     rank = accelerator.process_index if accelerator is not None else 0
     main = accelerator is None or accelerator.is_main_process
@@ -130,28 +130,40 @@ def save_checkpoint(output_dir: str | Path, step: int, *, weights: dict[str, tor
     root = checkpoint_root(output_dir)
     tmp = root / f".tmp-step-{step}"
     final = root / f"step-{step}"
+    created: list[Path] = []
+    try:
+        if main:
+            created = make_dirs(root)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier()
+        torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
+        barrier()
+        if main:
+            save_file(_cpu_state(weights), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            save_file(_cpu_state(best_weights), str(tmp / BEST_NAME), metadata={"format": "pt"})
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
+            (tmp / STATE_NAME).write_text(json.dumps(json_safe(trainer_state), indent=1, allow_nan=False) + "\n",
+                                          encoding="utf-8")
+            for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+                set_normal_mode(f)  # safetensors writes 0o600 whatever the umask
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # only when a run is resumed from an older step; replace it whole
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except Exception as e:
+        # a full disk (OSError, or the SafetensorError / RuntimeError the writers raise for it): no partial
+        # folder left, the earlier checkpoints untouched
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            remove_empty(created)
+        last = latest_checkpoint(output_dir)
+        raise WriteError(f"cannot write checkpoint {final}: {error_reason(e)}; "
+                         + (f"the last good checkpoint is {last}" if last else "no checkpoint was written")) from e
     if main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    barrier()
-    torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
-    barrier()
-    if main:
-        save_file(_cpu_state(weights), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        save_file(_cpu_state(best_weights), str(tmp / BEST_NAME), metadata={"format": "pt"})
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
-        (tmp / STATE_NAME).write_text(json.dumps(json_safe(trainer_state), indent=1, allow_nan=False) + "\n",
-                                      encoding="utf-8")
-        for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
-            set_normal_mode(f)  # safetensors writes 0o600 whatever the umask
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # only when a run is resumed from an older step; replace it whole
-            shutil.rmtree(final)
-        os.rename(tmp, final)
         prune_checkpoints(output_dir, keep, best_step)
     barrier()
     return final if main else None

@@ -187,7 +187,8 @@ def build_parser() -> _Parser:
     g.add_argument("--overwrite", action="store_true",
                    help="train into an --output-dir that holds a previous run: first delete the files ltuning "
                         "wrote there (adapter, README.md card, run_config.json, train_results.json, eval_*.json, "
-                        "plots, checkpoints/); other files are kept")
+                        "plots, checkpoints/); other files are kept, except a file at a name the run writes "
+                        "(e.g. your own README.md), which is replaced. Without it, such a file is never replaced")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="batches per optimizer step (effective batch: N x --batch-size; default: 1)")
@@ -198,8 +199,9 @@ def build_parser() -> _Parser:
     g.add_argument("--keep-checkpoints", type=int, default=2,
                    help="keep the newest K checkpoints, plus the one at the best validation step (default: 2)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --output-dir (same options; from step 0 if none); "
-                        "the folder's previous run is kept")
+                   help="continue from the latest checkpoint in --output-dir (same options; from step 0 in a folder "
+                        "holding no run); the folder's previous run is kept: a finished run without a checkpoint "
+                        "is refused, not trained again")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a step whose loss or gradient is NaN/inf instead of stopping the run")
     p.set_defaults(func=cmd_train)
@@ -212,7 +214,10 @@ def build_parser() -> _Parser:
     _add_data_args(p, train=False)
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     p.add_argument("--output", help="metrics JSON path (default: <adapter>/eval_<task>_<split>.json for --task, "
-                   "<adapter>/eval_<file name without extension>_file.json for --file)")
+                   "<adapter>/eval_<file name without extension>_file.json for --file). It replaces an earlier "
+                   "evaluate's metrics, never a file it reads, nor another existing file unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output file (and its --plot PNG) that ltuning evaluate did not write")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for scoring (where the hardware "
@@ -321,6 +326,11 @@ def _load_config_file(path: str) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    try:
         if p.suffix.lower() == ".json":
             value = json.loads(text)
         else:
@@ -595,18 +605,6 @@ _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_config.js
 _RUN_GLOBS = ("eval_*.json", "eval_*.png")
 
 
-def _is_card(path: Path) -> bool:
-    """A README.md that ltuning's model card wrote (not a user's own notes)."""
-    from .card import CARD_NAME
-
-    if path.name != CARD_NAME or not path.is_file():
-        return False
-    try:
-        return "library_name: ltuning" in path.read_text(encoding="utf-8", errors="replace")[:400]
-    except OSError:
-        return False
-
-
 def _previous_run(out: Path) -> list[Path]:
     """What a previous run left in ``out``: adapter, results, config, checkpoints (empty: not a run)."""
     from .checkpoint import CHECKPOINTS_DIR
@@ -625,14 +623,14 @@ def _remove_previous_run(out: Path) -> list[Path]:
     import shutil
 
     from .adapter_io import HF_CONFIG_NAME, is_ltuning_hf_config
-    from .card import CARD_NAME
+    from .card import CARD_NAME, is_card
     from .checkpoint import CHECKPOINTS_DIR
 
     removed = [out / n for n in _RUN_FILES if (out / n).is_file()]
     removed += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
     if is_ltuning_hf_config(out / HF_CONFIG_NAME):  # the pipeline marker, not a user's own config.json
         removed.append(out / HF_CONFIG_NAME)
-    if _is_card(out / CARD_NAME):
+    if is_card(out / CARD_NAME):
         removed.append(out / CARD_NAME)
     for f in removed:
         f.unlink()
@@ -724,7 +722,10 @@ def _train_args(args):
 
 
 def _train_output(args) -> tuple[Path, list[Path]]:
-    """The output folder and what a previous run left there, refused unless --overwrite or --resume."""
+    """The output folder and what a previous run left there, refused unless --overwrite or --resume; also
+    refused: --resume with nothing to resume (a finished run, no checkpoint), and files there that ltuning did
+    not write (a user's README.md) unless --overwrite."""
+    from .checkpoint import latest_checkpoint
     from .errors import ConfigError
 
     if not args.train_file and not args.task:
@@ -739,7 +740,38 @@ def _train_output(args) -> tuple[Path, list[Path]]:
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
                           "give --overwrite to replace it, --resume to continue it, or another --output-dir")
+    finished = [p for p in previous if p.is_file()]  # what only a finished run writes (not checkpoints/)
+    if args.resume and finished and latest_checkpoint(out_dir) is None:
+        # nothing to continue: starting over would replace the finished run, which --resume promises to keep
+        raise ConfigError(f"--resume: {out_dir} holds a finished run ({', '.join(p.name for p in finished)}) but no "
+                          "checkpoint to continue from; give --overwrite to train it again from step 0 (replacing "
+                          "it), or another --output-dir")
+    written = [out_dir / n for n in (*_RUN_FILES, "README.md")]
+    written += [f for g in _RUN_GLOBS for f in out_dir.glob(g)] if args.overwrite else []
+    for f, option in ((args.train_file, "--train-file"), (args.validation_file, "--validation-file")):
+        if f and any(_same_file(Path(f), w) for w in written):
+            raise ConfigError(f"{option} {f} is a file this run would write over in --output-dir {out_dir}; "
+                              "give another --output-dir")
+    foreign = _foreign_files(out_dir, args.plot and not previous)
+    if foreign and not args.overwrite:
+        raise ConfigError(f"--output-dir {out_dir} holds {', '.join(p.name for p in foreign)}, which ltuning did not "
+                          "write and the run would replace; move it away, give another --output-dir, or --overwrite "
+                          "to replace it")
     return out_dir, previous
+
+
+def _foreign_files(out: Path, plots: bool) -> list[Path]:
+    """Files in ``out`` that training would write over and that no ltuning run wrote: the adapter's (a user's
+    README.md, another library's adapter; :func:`ltuning.adapter_io.foreign_adapter_files`) and, in a folder
+    holding no run, the plots ``--plot`` writes."""
+    from .adapter_io import foreign_adapter_files
+
+    if not out.is_dir():
+        return []
+    found = foreign_adapter_files(out)
+    if plots:
+        found += [out / n for n in ("loss.png", "accuracy.png") if (out / n).exists()]
+    return found
 
 
 def _train_data(args):
@@ -793,7 +825,7 @@ def cmd_train(args) -> int:
     model, result = run.model, run.result
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
              "validation": {k: v for k, v in result.best_metrics.items() if k != "confusion_matrix"}}
-    save_adapter(model, out_dir, extra=extra)
+    save_adapter(model, out_dir, extra=extra, overwrite=args.overwrite)
     summary = {
         "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
@@ -843,6 +875,7 @@ def cmd_evaluate(args) -> int:
     _check_output_file(out, "--output")
     if args.plot:
         _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
+    _check_evaluate_outputs(args, out)
     names = config.label_names
     if args.file and not any(t.label_names == list(names) for t in TASKS.values()):
         # names not from a task: an integer in the file is not a known class index (see data.FileLabels)
@@ -866,6 +899,46 @@ def cmd_evaluate(args) -> int:
                              title=f"{config.method}: {name} {part if args.task and not args.file else ''}".strip())
         print(f"confusion matrix written to {png}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _is_metrics_file(path: Path) -> bool:
+    """Whether ``path`` is a metrics JSON that ``ltuning evaluate`` wrote."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("run_config"), dict) \
+        and value["run_config"].get("command") == "evaluate"
+
+
+def _check_evaluate_outputs(args, out: Path) -> None:
+    """evaluate never writes over a file it reads (the data, the config, the adapter's files), whatever the
+    flags; nor over a file that an earlier ``ltuning evaluate`` did not write, unless --overwrite."""
+    from .adapter import CONFIG_NAME, WEIGHTS_NAME
+    from .card import CARD_NAME
+    from .errors import ConfigError
+
+    outputs = [out] + ([out.with_suffix(".png")] if args.plot else [])
+    adapter = Path(args.adapter)
+    inputs = [(Path(f), o) for f, o in ((args.file, "--file"), (args.config, "--config")) if f]
+    inputs += [(adapter / n, "--adapter") for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)]
+    for o in outputs:
+        for path, option in inputs:
+            if _same_file(o, path):
+                raise ConfigError(f"--output {o} is {path}, which evaluate reads ({option}); give another --output")
+    ours = _is_metrics_file(out)
+    for o in outputs:
+        # the plot is ours when the metrics JSON beside it is
+        if o.exists() and not ours and not args.overwrite:
+            raise ConfigError(f"--output {o} exists and ltuning evaluate did not write it; give --overwrite to replace "
+                              "it, or another --output")
 
 
 def cmd_predict(args) -> int:
@@ -963,6 +1036,25 @@ def _interrupted_message(args) -> str:
     return "interrupted; nothing was saved"
 
 
+def _check_utf8_argv(argv: list[str]) -> None:
+    """Every argument must be UTF-8: other bytes arrive as lone surrogates, which a tokenizer (texts, label
+    texts, candidate labels) refuses with a TypeError and a card or JSON file cannot hold. Names the option."""
+    from .data import is_utf8, shown_bytes
+    from .errors import ConfigError
+
+    for i, tok in enumerate(argv):
+        if is_utf8(tok):
+            continue
+        if tok.startswith("--") and "=" in tok:
+            name = tok.split("=", 1)[0]
+        elif i and argv[i - 1].startswith("-") and "=" not in argv[i - 1]:
+            name = argv[i - 1]
+        else:
+            name = f"argument {i + 1}"
+        name = name if is_utf8(name) else f"argument {i + 1}"
+        raise ConfigError(f"{name}: not UTF-8 text ({shown_bytes(tok)}); give UTF-8 text (and UTF-8 file names)")
+
+
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
@@ -973,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = None
     try:
+        _check_utf8_argv(argv)
         argv, config_file = _apply_config(parser, argv)
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -1002,6 +1095,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a file the OS refused (permission, a lost mount) where no reader named it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,10 @@ class LTuningConfig:
     )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
+    )
+    backbone_weights: list[float] | None = field(
+        default=None, metadata={"help": "A sample of the backbone's weight values (backbones.weights_sample); set "
+                                "when the model is built. An adapter refuses a backbone whose sample differs."}
     )
 
     def __post_init__(self) -> None:
@@ -236,6 +241,8 @@ def read_config_dict(directory: Path) -> dict:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise AdapterError(f"{path} is not valid JSON ({e})") from None
+        except OSError as e:  # a file the user may not read
+            raise AdapterError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
@@ -291,6 +298,9 @@ _CONFIG_TYPES = {
     "score_head": (lambda v: isinstance(v, str), "a string"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "backbone_weights": (lambda v: v is None or (isinstance(v, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)),
+        "a list of numbers or null"),
 }
 
 

@@ -151,7 +151,10 @@ def _open_text(path: Path, encoding: str = "utf-8-sig"):
         raise DataError(f"file not found: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a data file")
-    return open(path, encoding=encoding, newline="")
+    try:
+        return open(path, encoding=encoding, newline="")
+    except OSError as e:  # a file the user may not read (PermissionError), a lost mount
+        raise DataError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
 
 
 def _parse_json(path: Path, text: str, lineno: int | None = None):
@@ -373,6 +376,23 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
     return TextDataset(texts, labels, list(label_names), source)
 
 
+def is_utf8(text: str) -> bool:
+    """False for a string holding lone surrogates: bytes that were not UTF-8 (a command-line argument or stdin
+    decoded with ``surrogateescape``), which a tokenizer refuses with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_bytes(text: str, limit: int = 40) -> str:
+    """A string that is not UTF-8 as the bytes it came from, shortened, in ASCII."""
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    shown = repr(raw[:limit])
+    return shown + ("..." if len(raw) > limit else "")
+
+
 def read_text_lines(path: str | Path | None, inline: list[str] | None = None) -> list[tuple[int, str]]:
     """Texts to classify with their 1-based numbers: the arguments, else the lines of a file, else stdin
     (``-`` or no file). Blank lines are skipped but counted; ``\n`` or ``\r\n`` line ends; a file's
@@ -387,7 +407,14 @@ def read_text_lines(path: str | Path | None, inline: list[str] | None = None) ->
         except UnicodeDecodeError:
             raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
     else:
-        numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
+        try:
+            numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
+        except UnicodeDecodeError:
+            raise DataError("stdin: not UTF-8 text; give UTF-8 text") from None
+    for n, t in numbered:  # bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
+        if not is_utf8(t):
+            where = "text" if inline else "stdin, line" if not path or str(path) == "-" else f"{path}, line"
+            raise DataError(f"{where} {n}: not UTF-8 text ({shown_bytes(t)}); give UTF-8 text")
     numbered = [(n, t) for n, t in numbered if t.strip()]
     if not numbered:
         raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")

@@ -19,3 +19,8 @@ class AdapterError(LTuningError, ValueError):
 
 class UnsupportedModelError(LTuningError, ValueError):
     """A backbone family or feature this library does not (yet) support."""
+
+
+class WriteError(LTuningError, OSError):
+    """A file that could not be written (a full disk, a lost mount): nothing half-written is left, and
+    what was there before is intact."""

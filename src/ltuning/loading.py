@@ -98,6 +98,37 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _relative_path_here(name: str) -> bool:
+    """Whether ``name`` is a relative path that exists in the current folder."""
+    try:
+        return bool(name) and name not in PACKAGED_MODELS and not Path(name).is_absolute() and Path(name).exists()
+    except (OSError, ValueError):  # a name too long for a path, or one with a NUL byte: not a folder
+        return False
+
+
+def portable_name(name: str) -> str:
+    """How an adapter names its backbone: a packaged short name or a hub id as given; a local folder as its
+    absolute path, so that loading the adapter later never depends on the working directory."""
+    return str(Path(name).resolve()) if _relative_path_here(name) else name
+
+
+def adapter_backbone(base_model: str, adapter: str | Path) -> str:
+    """The backbone an adapter's ``base_model`` names, to load when the user names none: a packaged short
+    name, an absolute folder, or a hub id. A relative path is refused when it exists here, where it would be
+    read from the current folder (an adapter written before ltuning saved absolute folders, or edited): the
+    user passes the backbone explicitly instead.
+
+    Raises:
+        ConfigError: ``base_model`` is a relative path that exists in the current folder.
+    """
+    if not _relative_path_here(base_model):
+        return base_model
+    raise ConfigError(
+        f"adapter {adapter} names its backbone by the relative path {base_model!r}, which would be read from "
+        f"the current folder ({Path.cwd()}); pass the backbone explicitly (--model PATH, or model=PATH)"
+    )
+
+
 def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
     """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
 
@@ -120,7 +151,7 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
             f"cannot load model {name_or_path!r}: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
             f"a local model folder, or a reachable hub id ({first})"
         ) from None
-    return Backbone(model, tokenizer, name=name_or_path)
+    return Backbone(model, tokenizer, name=portable_name(name_or_path))
 
 
 def as_backbone(model, tokenizer=None, trust_remote_code: bool = False) -> Backbone:

@@ -24,7 +24,7 @@ from .backbones import Backbone, Texts
 from .config import LabelPosition, LTuningConfig, TextPooling, config_source, is_adapter_folder
 from .errors import AdapterError, ConfigError
 from .labels import LabelSet
-from .loading import as_backbone, load_backbone
+from .loading import adapter_backbone, as_backbone, load_backbone, portable_name
 from .methods import Injection, get_method
 from .prediction import check_texts
 from .progress import progress_bar
@@ -58,6 +58,8 @@ class LTuningModel(nn.Module):
         # The fingerprint names the backbone this model is built on (a config copied from another model, or
         # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
         config.backbone_fingerprint = backbone.fingerprint
+        config.backbone_weights = backbone.weights_sample
+        config.base_model = portable_name(config.base_model)  # a folder by its absolute path, never a relative one
         self.backbone = backbone
         self.config = config
         self.pooling = backbone.resolve_pooling(config.text_pooling)
@@ -374,8 +376,15 @@ class LTuningModel(nn.Module):
                             hypothesis_template=hypothesis_template, multi_label=multi_label, return_scores=True)
 
     # ------------------------------------------------------------------ saving (peft-style)
-    def save_pretrained(self, directory: str | Path, **extra) -> Path:
-        """Write the adapter (config, trainable weights, README.md model card) into ``directory``."""
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False, **extra) -> Path:
+        """Write the adapter (config, trainable weights, README.md model card) into ``directory`` (``extra``:
+        more ``_meta`` keys). Files there that ltuning did not write (a user's README.md) are replaced only with
+        ``overwrite``; a failed write (a full disk) leaves the folder as it was.
+
+        Raises:
+            AdapterError: ``directory`` holds files at the adapter's names that ltuning did not write.
+            WriteError: the disk is full (or another write error); nothing was changed.
+        """
         meta = {
             "ltuning_version": __version__,
             "trainable_parameters": self.num_trainable_parameters(),
@@ -383,7 +392,7 @@ class LTuningModel(nn.Module):
             **extra,
         }
         total = meta["trainable_parameters"] + sum(p.numel() for p in self.backbone.parameters())
-        return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total)
+        return write_adapter(directory, self.config.to_dict(), self.method.state_dict(), meta, total, overwrite)
 
     @classmethod
     def from_pretrained(cls, directory, model=None, tokenizer=None,
@@ -399,8 +408,9 @@ class LTuningModel(nn.Module):
         :class:`ltuning.hf.LTuningForTrainer`.
 
         Raises:
-            AdapterError: missing or corrupt files, a backbone whose config fingerprint differs from the one
-                the adapter was trained on, or weights whose names or shapes do not match.
+            AdapterError: missing or corrupt files, a backbone whose config fingerprint or weights differ from
+                the ones the adapter was trained on, a ``base_model`` that is a relative path here (pass
+                ``model``), or adapter weights whose names or shapes do not match.
             ConfigError: a model object but no adapter folder.
         """
         if not isinstance(directory, str | Path):  # peft's order, a model object first
@@ -418,8 +428,14 @@ class LTuningModel(nn.Module):
         config = read_adapter_config(directory)
         state = read_adapter_weights(directory)
         if backbone is None:
-            name = None if model is None else str(model)
-            backbone = load_backbone(name or config.base_model, trust_remote_code=trust_remote_code)
+            if model is not None:  # named by the caller: a relative folder is theirs to mean
+                name = str(model)
+            else:
+                try:
+                    name = adapter_backbone(config.base_model, directory)
+                except ConfigError as e:
+                    raise AdapterError(str(e)) from None
+            backbone = load_backbone(name, trust_remote_code=trust_remote_code)
         fit_config_to_backbone(directory, config, backbone)
         try:
             lt_model = cls(backbone, config)

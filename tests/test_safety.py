@@ -1,0 +1,344 @@
+"""Nothing lost, nothing silently wrong (issue 14): no command writes over a file it did not create or reads
+(a user's README.md, evaluate's own input), --resume never replaces a finished run, the backbone guard
+(a missing fingerprint, other weights of the same shape, a relative base_model), unreadable inputs and
+non-UTF-8 arguments end in one line, a full disk leaves the last good state and no partial files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
+
+from ltuning.adapter import CONFIG_NAME, load_adapter
+from ltuning.checkpoint import OPTIMIZER_NAME
+from ltuning.cli import main
+from ltuning.errors import AdapterError, WriteError
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    tiny = save_tiny_bert(root / "tiny-bert")
+    # the same architecture with other weights (another seed)
+    other = root / "other-weights"
+    shutil.copytree(tiny, other)
+    from transformers import BertModel
+
+    torch.manual_seed(1)
+    BertModel(BertModel.config_class.from_pretrained(tiny)).save_pretrained(other)
+    train = write_csv(root / "train.csv", TRAIN)
+    valid = write_csv(root / "valid.csv", VALID)
+    adapter = root / "adapter"
+    assert main(train_argv(tiny, train, adapter)) == 0
+    return {"root": root, "tiny": tiny, "other": other, "train": train, "valid": valid, "adapter": adapter}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def train_argv(model, train, out, *extra):
+    return ["train", "--model", str(model), "--train-file", str(train), "--text-column", "text", "--label-column",
+            "label", "--max-steps", "2", "--batch-size", "4", "--output-dir", str(out), "--quiet", *extra]
+
+
+def one_line(capsys, rc, match: str) -> str:
+    err = capsys.readouterr().err
+    lines = [s for s in err.splitlines() if s.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def copy_adapter(env, tmp_path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(env["adapter"], dst)
+    return dst
+
+
+def edit_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    for k, v in changes.items():
+        if v is ...:
+            cfg.pop(k)
+        else:
+            cfg[k] = v
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
+
+
+# ---------------------------------------------------------------------- 4, 5: the backbone guard
+@pytest.mark.parametrize("value", [..., None, ""])
+def test_a_missing_or_null_fingerprint_is_refused(env, tmp_path, value):
+    folder = copy_adapter(env, tmp_path)
+    edit_config(folder, backbone_fingerprint=value)
+    with pytest.raises(AdapterError, match="backbone_fingerprint is missing"):
+        load_adapter(folder, model=str(env["tiny"]))
+
+
+def test_an_adapter_refuses_other_weights_of_the_same_shape(env, tmp_path, capsys):
+    assert load_adapter(env["adapter"], model=str(env["tiny"])) is not None
+    with pytest.raises(AdapterError, match="other weights"):
+        load_adapter(env["adapter"], model=str(env["other"]))
+    rc = main(["predict", "--adapter", str(env["adapter"]), "--model", str(env["other"]), "a good film"])
+    one_line(capsys, rc, "other weights")
+
+
+def test_the_weights_check_holds_across_dtypes(env):
+    from transformers import BertModel
+
+    from ltuning.backbones import same_weights, weights_sample
+
+    model = BertModel.from_pretrained(env["tiny"])
+    sample = weights_sample(model)
+    assert len(sample) == 32
+    for dtype in (torch.bfloat16, torch.float16):
+        assert same_weights(sample, weights_sample(model.to(dtype)))
+    assert not same_weights(sample, weights_sample(BertModel.from_pretrained(env["other"])))
+
+
+def test_an_adapter_without_a_weights_sample_loads_with_a_warning(env, tmp_path):
+    folder = copy_adapter(env, tmp_path)
+    edit_config(folder, backbone_weights=...)
+    with pytest.warns(UserWarning, match="cannot check"):
+        load_adapter(folder, model=str(env["other"]))  # an old adapter: the architecture check only
+
+
+def test_a_relative_base_model_is_never_read_from_the_working_directory(env, tmp_path, monkeypatch, capsys):
+    # an adapter trained with a relative --model names the folder by its absolute path
+    monkeypatch.chdir(env["root"])
+    out = tmp_path / "rel"
+    assert main(train_argv("tiny-bert", env["train"], out)) == 0
+    base = json.loads((out / CONFIG_NAME).read_text())["base_model"]
+    assert base == str(env["tiny"].resolve())
+    # an adapter (legacy or edited) that names a relative path is not resolved against the current folder
+    edit_config(out, base_model="tiny-bert")
+    with pytest.raises(AdapterError, match="relative path"):
+        load_adapter(out)
+    rc = main(["predict", "--adapter", str(out), "a good film"])
+    one_line(capsys, rc, "--model")
+    assert load_adapter(out, model="tiny-bert") is not None  # named by the user: fine
+
+
+# ---------------------------------------------------------------------- 1-3: nothing written over
+def test_a_users_readme_in_the_output_folder_is_never_replaced(env, tmp_path, capsys):
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "README.md").write_text("my notes\n")
+    rc = main(train_argv(env["tiny"], env["train"], out))
+    one_line(capsys, rc, "README.md")
+    assert (out / "README.md").read_text() == "my notes\n" and sorted(p.name for p in out.iterdir()) == ["README.md"]
+    # the rule is the adapter writer's, not the CLI's: the Python API refuses too
+    model = load_adapter(env["adapter"], model=str(env["tiny"]))
+    with pytest.raises(AdapterError, match="README.md"):
+        model.save_pretrained(out)
+    assert (out / "README.md").read_text() == "my notes\n" and not (out / CONFIG_NAME).exists()
+    # another library's adapter_config.json is not ltuning's either
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / CONFIG_NAME).write_text('{"peft_type": "LORA"}')
+    with pytest.raises(AdapterError, match=CONFIG_NAME):
+        model.save_pretrained(peft)
+    # nor is a transformers model's (or a user's) config.json, where ltuning writes its pipeline marker
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(AdapterError, match="config.json"):
+        model.save_pretrained(hf)
+    assert (hf / "config.json").read_text() == '{"model_type": "bert"}' and not (hf / CONFIG_NAME).exists()
+    # told to: --overwrite replaces it
+    assert main(train_argv(env["tiny"], env["train"], out, "--overwrite")) == 0
+    assert "library_name: ltuning" in (out / "README.md").read_text()
+    # ltuning's own files are replaced without being told (saving twice)
+    model.save_pretrained(out)
+
+
+def test_resume_never_replaces_a_finished_run(env, tmp_path, capsys):
+    out = tmp_path / "done"
+    shutil.copytree(env["adapter"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    rc = main(train_argv(env["tiny"], env["train"], out, "--resume", "--method", "prompt"))
+    line = one_line(capsys, rc, "no checkpoint")
+    assert str(out) in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_evaluate_never_writes_over_its_input(env, tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    shutil.copy(env["valid"], data)
+    original = data.read_bytes()
+    evaluate = ["evaluate", "--adapter", str(env["adapter"]), "--file", str(data), "--text-column", "text",
+                "--label-column", "label", "--quiet"]
+    for extra in ([], ["--overwrite"]):
+        one_line(capsys, main([*evaluate, "--output", str(data), *extra]), "evaluate reads")
+        assert data.read_bytes() == original
+    one_line(capsys, main([*evaluate, "--output", str(env["adapter"] / CONFIG_NAME)]), "evaluate reads")
+    # an existing file evaluate did not write: only with --overwrite
+    notes = tmp_path / "notes.json"
+    notes.write_text("{}")
+    one_line(capsys, main([*evaluate, "--output", str(notes)]), "--overwrite")
+    assert notes.read_text() == "{}"
+    assert main([*evaluate, "--output", str(notes), "--overwrite"]) == 0
+    assert main([*evaluate, "--output", str(notes)]) == 0  # its own metrics: replaced as before
+
+
+def test_train_never_reads_a_file_it_writes(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    data = out / "loss.png"  # an odd name, but a readable table
+    shutil.copy(env["train"], data)
+    argv = train_argv(env["tiny"], data, out)
+    argv[argv.index("--train-file") + 1:argv.index("--train-file") + 2] = [str(data)]
+    one_line(capsys, main(argv), "would write over")
+
+
+# ---------------------------------------------------------------------- 10: a full disk
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_the_adapter_leaves_no_trace(env, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    def save_file(state, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        disk_full()
+
+    out = tmp_path / "new"
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    one_line(capsys, main(train_argv(env["tiny"], env["train"], out)), "No space left on device")
+    assert not out.exists()  # no empty run folder
+
+
+def test_a_full_disk_while_replacing_an_adapter_keeps_the_old_one(env, tmp_path, monkeypatch):
+    folder = copy_adapter(env, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model = load_adapter(env["adapter"], model=str(env["tiny"]))
+    torch.nn.init.normal_(next(model.method.parameters()))
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):  # the weights and card are written, then the config fails
+        if CONFIG_NAME in self.name:
+            self.open("w").write("{partial")
+            disk_full()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(OSError, match="No space left") as e:
+        model.save_pretrained(folder)
+    assert isinstance(e.value, WriteError)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no new weights, no temporary files
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(env, tmp_path, capsys, monkeypatch):
+    import ltuning.checkpoint as ck
+
+    out = tmp_path / "ck"
+    calls = [0]
+    real = ck.torch.save
+
+    def save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if "step-2" in str(f) and OPTIMIZER_NAME in str(f):
+            Path(f).write_bytes(b"half")
+            disk_full()
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    rc = main(train_argv(env["tiny"], env["train"], out, "--max-steps", "3", "--checkpoint-every", "1"))
+    line = one_line(capsys, rc, "No space left on device")
+    assert "step-1" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]  # no .tmp-step-2
+    assert not (out / CONFIG_NAME).exists()
+    monkeypatch.setattr(ck.torch, "save", real)
+    assert main(train_argv(env["tiny"], env["train"], out, "--max-steps", "3", "--checkpoint-every", "1",
+                           "--resume")) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- 7: unreadable inputs
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Files the user may not read (tests run as root, which ignores modes): open() and Path.read_text()
+    raise PermissionError for the paths added to the returned set."""
+    import builtins
+    import io
+
+    denied: set[str] = set()
+    real_open, real_read_text = builtins.open, Path.read_text
+
+    def check(path):
+        if str(path) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def fake_open(file, *args, **kwargs):
+        check(file)
+        return real_open(file, *args, **kwargs)
+
+    def read_text(self, *args, **kwargs):
+        check(self)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return denied
+
+
+def test_unreadable_input_files_are_one_line_errors(env, tmp_path, capsys, unreadable):
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    shutil.copy(env["train"], train)
+    shutil.copy(env["valid"], valid)
+    cols = ["--text-column", "text", "--label-column", "label"]
+    unreadable.add(str(train))
+    one_line(capsys, main(train_argv(env["tiny"], train, tmp_path / "a")), "Permission denied")
+    unreadable.clear()
+    unreadable.add(str(valid))
+    one_line(capsys, main(train_argv(env["tiny"], train, tmp_path / "b", "--validation-file", str(valid))),
+             "Permission denied")
+    one_line(capsys, main(["evaluate", "--adapter", str(env["adapter"]), "--file", str(valid), *cols,
+                           "--output", str(tmp_path / "m.json")]), "Permission denied")
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"]), "--file", str(valid)]), "Permission denied")
+    unreadable.add(str(env["adapter"] / CONFIG_NAME))
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"]), "a good film"]), "Permission denied")
+    config = tmp_path / "c.json"
+    config.write_text("{}")
+    unreadable.add(str(config))
+    one_line(capsys, main(["predict", "--config", str(config), "--adapter", str(env["adapter"]), "x"]),
+             "Permission denied")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------- 8: bytes that are not UTF-8
+BAD = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands such an argument over
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["predict", "--adapter", "ADAPTER", BAD], "argument 4"),
+    (["predict", "--adapter", "ADAPTER", "--candidate-labels", f"good,{BAD}", "a film"], "--candidate-labels"),
+    (["predict", "--adapter", "ADAPTER", f"--hypothesis-template={BAD} {{}}", "a film"], "--hypothesis-template"),
+    (["train", "--model", "MODEL", "--train-file", "TRAIN", "--text-column", "text", "--label-column", "label",
+      "--label-texts", f"bad,{BAD}", "--max-steps", "1", "--output-dir", "out"], "--label-texts"),
+])
+def test_arguments_that_are_not_utf8_are_one_line_errors(env, capsys, argv, name):
+    subs = {"ADAPTER": str(env["adapter"]), "MODEL": str(env["tiny"]), "TRAIN": str(env["train"])}
+    line = one_line(capsys, main([subs.get(a, a) for a in argv]), "not UTF-8")
+    assert line.startswith(f"error: {name}:") and "caf\\xe9" in line
+    assert not Path("out").exists()
+
+
+def test_stdin_that_is_not_utf8_is_a_one_line_error(env, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"a good film\n{BAD}\n"))
+    one_line(capsys, main(["predict", "--adapter", str(env["adapter"])]), "stdin, line 2: not UTF-8")
+    assert capsys.readouterr().out == ""
