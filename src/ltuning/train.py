@@ -73,36 +73,35 @@ class TrainArgs:
     objective: str = "pairwise"  # LT methods: "pairwise" (A.3: BCE, one pair per text) | "listwise" (K-way CE)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.batch_size < 2:
-            raise ConfigError(f"--batch-size must be >= 2 (half true, half false pairs), got {self.batch_size}")
-        if self.eval_every < 1:
-            raise ConfigError(f"--eval-every must be >= 1, got {self.eval_every}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
-        if self.learning_rate is not None and not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ConfigError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ConfigError(f"mixed precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if not 0 <= self.seed < 1_000_000:  # PairSampler mixes the seed into 64-bit generator seeds
-            raise ConfigError(f"--seed must be in [0, 999999], got {self.seed}")
-        if self.gradient_accumulation_steps < 1:
-            raise ConfigError(f"--gradient-accumulation-steps must be >= 1, got {self.gradient_accumulation_steps}")
-        if self.metric_for_best not in BEST_METRICS:
-            raise ConfigError(f"--metric-for-best must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.early_stopping_patience < 0:
-            raise ConfigError(f"--early-stopping-patience must be >= 0 (0: off), got {self.early_stopping_patience}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        finite = math.isfinite
+        checks = [  # (holds, the option and what it must be)
+            (self.max_steps >= 1, "--max-steps must be >= 1", self.max_steps),
+            (self.batch_size >= 2, "--batch-size must be >= 2 (half true, half false pairs)", self.batch_size),
+            (self.eval_every >= 1, "--eval-every must be >= 1", self.eval_every),
+            (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1", self.eval_batch_size),
+            (self.learning_rate is None or (self.learning_rate > 0 and finite(self.learning_rate)),
+             "--learning-rate must be a finite number > 0", self.learning_rate),
+            (self.weight_decay >= 0 and finite(self.weight_decay), "--weight-decay must be a finite number >= 0",
+             self.weight_decay),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)", self.warmup_ratio),
+            (self.mixed_precision in ("no", "bf16"), "mixed precision must be 'no' or 'bf16'",
+             repr(self.mixed_precision)),
+            # PairSampler mixes the seed into 64-bit generator seeds
+            (0 <= self.seed < 1_000_000, "--seed must be in [0, 999999]", self.seed),
+            (self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be >= 1",
+             self.gradient_accumulation_steps),
+            (self.metric_for_best in BEST_METRICS, f"--metric-for-best must be one of {', '.join(BEST_METRICS)}",
+             repr(self.metric_for_best)),
+            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}",
+             repr(self.objective)),
+            (self.early_stopping_patience >= 0, "--early-stopping-patience must be >= 0 (0: off)",
+             self.early_stopping_patience),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: no checkpoints)", self.checkpoint_every),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1", self.keep_checkpoints),
+        ]
+        for holds, rule, value in checks:
+            if not holds:
+                raise ConfigError(f"{rule}, got {value}")
         if (self.checkpoint_every or self.resume) and not self.output_dir:
             raise ConfigError("checkpoints need an output folder (--output-dir)")
 
