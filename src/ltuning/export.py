@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -228,9 +230,16 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
     dim = torch.export.Dim.DYNAMIC
     shapes = {k: {0: dim, 1: dim} for k in names}
     scorer = OnnxScorer(model).eval()
-    with exportable(model), contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(scorer, args, None, input_names=names, output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=shapes, dynamo=True, opset_version=opset, verbose=False)
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." for each of its ops
+    try:
+        with exportable(model), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(scorer, args, None, input_names=names, output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, dynamo=True, opset_version=opset, verbose=False)
+    finally:
+        onnx_log.setLevel(level)
     program.model.metadata_props.update(metadata(model, names))
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
