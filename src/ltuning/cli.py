@@ -1,4 +1,4 @@
-"""Command line: ``ltuning train | evaluate | predict | params | report`` (also ``python -m ltuning``).
+"""Command line: ``ltuning train | evaluate | predict | params | report | serve | export`` (also ``python -m ltuning``).
 
 Every user error ends in one line on stderr (``error: ...``; a malformed command line: ``ltuning train:
 error: ...`` and a pointer to ``--help``) and exit status 2, with no partial output.
@@ -276,6 +276,43 @@ def build_parser() -> _Parser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of run folders")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_report)
+
+    # serve
+    p = command("serve", help="serve an adapter over HTTP (JSON; needs ltuning[serve])",
+                description="An HTTP JSON server (FastAPI + uvicorn) over one adapter: POST /predict "
+                            "{\"texts\": [...], \"candidate_labels\": [...], \"multi_label\": false}, GET /health, "
+                            "GET /metadata. Requests that arrive together are scored in one batch.")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="texts scored together at most (default: 64; 1: one request at a time)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first waiting request waits for others to join its batch (default: 5)")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default: 256)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text at most (default: 10000)")
+    p.add_argument("--max-body-bytes", type=int,
+                   help="request body size at most (default: what --max-texts texts of --max-chars take)")
+    p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: info)")
+    p.set_defaults(func=cmd_serve)
+
+    # export
+    p = command("export", help="export an adapter with its backbone as ONNX (needs ltuning[onnx])",
+                description="The frozen backbone with the adapter's label prefixes / prompts baked in, for its "
+                            "own labels: inputs input_ids, attention_mask (+ token_type_ids where the backbone has "
+                            "them), output scores (N, K), what the library's scoring returns. The graph is checked "
+                            "against PyTorch with onnxruntime before it is written.")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
+    p.add_argument("--output", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
+    p.set_defaults(func=cmd_export)
     _add_run_options(parser.commands)
     return parser
 
@@ -1019,6 +1056,41 @@ def cmd_params(args) -> int:
     for r in rows:
         print(f"{r['method']:<10} {r['trainable']:>12,} {r['formula']:<30} {r['formula_value']:>12,}  "
               f"{'yes' if r['match'] else 'NO'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .adapter import load_adapter, read_adapter_config
+    from .errors import ConfigError
+    from .serve import Limits, require_serve, serve
+
+    require_serve()  # before the model loads
+    for name in ("--max-batch", "--max-texts", "--max-chars", "--max-body-bytes"):
+        _check_positive(name, getattr(args, name[2:].replace("-", "_")))
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    if args.max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    read_adapter_config(args.adapter)
+    model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes or 0)
+    serve(model, host=args.host, port=args.port, limits=limits, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, log_level=args.log_level)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .adapter import load_adapter, read_adapter_config
+    from .export import check_output, export_onnx, require_onnx
+
+    require_onnx()
+    check_output(args.output, args.overwrite)  # before the model loads
+    read_adapter_config(args.adapter)
+    model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
+    info = export_onnx(model, args.output, overwrite=args.overwrite, opset=args.opset)
+    print(f"{model.config.method} on {model.config.base_model}: labels {info['labels']} -> {info['output']} "
+          f"(opset {info['opset']}; inputs {', '.join(info['inputs'])}; output scores (N, {len(info['labels'])}); "
+          f"onnxruntime vs PyTorch max |diff| {info['max_abs_diff']:.1e})")
     return 0
 
 

@@ -1,0 +1,248 @@
+"""``ltuning serve``: the real uvicorn server on a free port, over real HTTP (urllib), with a tiny random BERT
+adapter: 200 concurrent requests answer what in-process ``predict`` answers, bad requests get a 4xx naming
+the field, oversize requests are refused, /health and /metadata; the CLI command in a subprocess."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from ltuning.adapter import load_adapter  # noqa: E402
+from ltuning.config import LTuningConfig  # noqa: E402
+from ltuning.errors import ConfigError  # noqa: E402
+from ltuning.loading import load_backbone  # noqa: E402
+from ltuning.model import LTuningModel  # noqa: E402
+from ltuning.prediction import predict  # noqa: E402
+from ltuning.serve import Limits, check_request, create_app, require_serve  # noqa: E402
+
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["the movie was very good", "bad plot", "i loved it", "awful boring film", "great actors and story",
+         "it was dull", "wonderful", "not good", "a great film and a fun story", "terrible", "really quite fun",
+         "what a boring display", "i am wowed"]
+CANDIDATES = [None, ["bad", "good"], ["boring", "fun", "great"]]
+LIMITS = Limits(max_texts=8, max_chars=200, max_candidates=6, max_body_bytes=8192)
+
+
+def save_tiny_adapter(root: Path, method: str = "lt-prefix") -> Path:
+    from conftest import make_tokenizer
+    from transformers import BertConfig, BertModel
+
+    folder = root / "tiny-bert"
+    if not folder.exists():
+        cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)
+        torch.manual_seed(0)
+        BertModel(cfg).save_pretrained(folder)
+        make_tokenizer("encoder").save_pretrained(folder)
+    model = LTuningModel(load_backbone(str(folder)), LTuningConfig(method=method, base_model=str(folder),
+                                                                    label_names=LABELS))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.method.parameters():  # away from the zero start, so labels and candidates differ
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.save_pretrained(root / method)
+
+
+class Server:
+    """uvicorn in a thread, on a socket bound to a free port."""
+
+    def __init__(self, asgi) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def http(port: int, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
+    """(status, parsed JSON) of one request."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="GET" if data is None else "POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def same_answers(got: list, want: list, tol: float = 2e-6) -> bool:
+    """The same labels, and the same scores up to ``tol`` (rounding of float32 noise), whatever the shape of
+    predict's per-text answer (compared leaf by leaf)."""
+    if type(got) is not type(want):
+        return isinstance(got, int | float) and isinstance(want, int | float) and abs(got - want) <= tol
+    if isinstance(got, dict):
+        return got.keys() == want.keys() and all(same_answers(got[k], want[k], tol) for k in got)
+    if isinstance(got, list):
+        return len(got) == len(want) and all(same_answers(a, b, tol) for a, b in zip(got, want, strict=True))
+    if isinstance(got, float):
+        return abs(got - want) <= tol
+    return got == want
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    return save_tiny_adapter(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def served(adapter_dir):
+    model = load_adapter(adapter_dir)
+    asgi, app = create_app(model, LIMITS, max_batch=32, max_wait_ms=20)
+    server = Server(asgi)
+    yield model, server.port, app
+    server.stop()
+
+
+def test_200_concurrent_requests_match_in_process_predict(served):
+    model, port, app = served
+    cases = []
+    for i in range(200):
+        n = 1 + i % 3
+        texts = [TEXTS[(i + j) % len(TEXTS)] for j in range(n)]
+        cands = CANDIDATES[i % len(CANDIDATES)]
+        multi = i % 5 == 0
+        body = {"texts": texts[0] if n == 1 and i % 2 else texts, "multi_label": multi}
+        if cands is not None:
+            body["candidate_labels"] = cands
+        cases.append((body, texts, cands, multi))
+    before = dict(app.state.batcher.stats.__dict__)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        answers = list(pool.map(lambda c: http(port, "/predict", c[0]), cases))
+    stats = app.state.batcher.stats
+    for (body, texts, cands, multi), (status, answer) in zip(cases, answers, strict=True):
+        assert status == 200, answer
+        want = json.loads(json.dumps(predict(model, texts, candidate_labels=cands, multi_label=multi,
+                                             return_scores=True)))
+        assert same_answers(answer["results"], want), (body, answer["results"], want)
+    # Batched with other requests, a text is padded to another length, so its scores may differ in the last
+    # float32 bits, which shows in the 6th decimal predict rounds to (in about half the answers here):
+    # same_answers allows 2e-6 on a score; labels and everything else must be equal.
+    assert stats.requests - before["requests"] == 200
+    # dynamic batching: the 200 requests (400 texts) ran in far fewer groups than requests
+    assert stats.batches - before["batches"] < 150
+    assert stats.largest_batch > 3
+    assert app.state.batcher.cache.misses == 2  # each candidate set encoded once
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({}, 422, "texts"),
+    ({"texts": 5}, 422, "texts"),
+    ({"texts": ["good", 3]}, 422, "texts.1"),
+    ({"texts": ["good"], "multi_label": "yes"}, 422, "multi_label"),
+    ({"texts": ["good"], "candidate_labels": "bad,good"}, 422, "candidate_labels"),
+    ({"texts": ["good"], "candidate_labels": ["bad", "bad"]}, 422, "candidate_labels"),
+    ({"texts": ["good"], "candidate_labels": ["bad"]}, 422, "candidate_labels"),
+    ({"texts": ["good"], "candidate_labels": ["bad", " "]}, 422, "candidate_labels.1"),
+    ({"texts": [" "]}, 422, "texts"),
+    ({"texts": []}, 422, "texts"),
+    ({"texts": ["good"], "path": "/etc/passwd"}, 422, "path"),
+    ({"texts": ["good"], "adapter": "/tmp"}, 422, "adapter"),
+    (["good"], 422, "body"),
+    ({"texts": ["good"] * 9}, 413, "texts"),
+    ({"texts": ["good " * 50]}, 413, "texts.0"),
+    ({"texts": ["good"], "candidate_labels": [f"l{i}" for i in range(7)]}, 413, "candidate_labels"),
+])
+def test_bad_and_oversize_requests_name_the_field(served, body, status, field):
+    _, port, _ = served
+    got, answer = http(port, "/predict", body)
+    assert got == status, answer
+    assert field in [d["field"] for d in answer["detail"]], answer
+    assert field in answer["error"] and all(d["message"] for d in answer["detail"])
+
+
+def test_malformed_json_and_oversize_body(served):
+    _, port, _ = served
+    status, answer = http(port, "/predict", raw=b'{"texts": [')
+    assert status == 422 and answer["detail"]
+    status, answer = http(port, "/predict", raw=json.dumps({"texts": ["x" * 10_000]}).encode())
+    assert status == 413 and answer["detail"][0]["field"] == "body" and "8192" in answer["detail"][0]["message"]
+    # Content-Length is checked before the body is read
+    status, answer = http(port, "/predict", raw=b"{}", headers={"Content-Length": "999999999"})
+    assert status == 413
+
+
+def test_health_and_metadata(served):
+    model, port, _ = served
+    status, health = http(port, "/health")
+    assert status == 200 and health["status"] == "ok"
+    status, meta = http(port, "/metadata")
+    assert status == 200
+    assert meta["method"] == "lt-prefix" and meta["labels"] == LABELS and meta["label_texts"] == LABELS
+    assert meta["base_model"] == model.config.base_model and meta["open_vocabulary"] is True
+    assert meta["limits"]["max_texts"] == 8 and meta["limits"]["max_body_bytes"] == 8192
+    assert {"ltuning", "torch", "transformers", "fastapi", "uvicorn"} <= set(meta["versions"])
+
+
+def test_classic_method_refuses_candidates_and_multi_label(tmp_path):
+    model = load_adapter(save_tiny_adapter(tmp_path, "prefix"))
+    problems = check_request(model, ["good"], ["bad", "good"], True, LIMITS)
+    assert {f for f, _, s in problems if s == 422} == {"candidate_labels", "multi_label"}
+    assert check_request(model, ["good"], None, False, LIMITS) == []
+
+
+def test_missing_dependencies_give_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ConfigError, match=r"pip install 'ltuning\[serve\]'"):
+        require_serve()
+
+
+def test_cli_serve_in_a_subprocess(adapter_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "ltuning", "serve", "--adapter", str(adapter_dir), "--port",
+                             str(port), "--max-texts", "4"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                status, health = http(port, "/health")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.3)
+        assert status == 200 and health["status"] == "ok"
+        status, answer = http(port, "/predict", {"texts": "i loved it"})
+        want = predict(load_adapter(adapter_dir), ["i loved it"], return_scores=True)
+        assert status == 200 and same_answers(answer["results"], json.loads(json.dumps(want)))
+        assert http(port, "/predict", {"texts": ["good"] * 5})[0] == 413
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode in (0, 130, -signal.SIGINT)
