@@ -19,13 +19,16 @@ WORDS = (
 LABEL_WORDS = "neg pos neu b c 0 1 2 no yes method =".split()
 
 
-def make_tokenizer(kind: str):
-    """A word-level fast tokenizer; encoders get [CLS] x [SEP] (y [SEP]) templates, decoders get none."""
+def make_tokenizer(kind: str, extra_words: tuple[str, ...] = ()):
+    """A word-level fast tokenizer; encoders get [CLS] x [SEP] (y [SEP]) templates, decoders get none.
+    ``extra_words`` get ids after every other word (so the ids of the others do not move)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS)) + [w for w in LABEL_WORDS if w not in WORDS])}
+    words = specials + sorted(set(WORDS)) + [w for w in LABEL_WORDS if w not in WORDS]
+    words += [w for w in dict.fromkeys(extra_words) if w not in words]
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if kind == "encoder":

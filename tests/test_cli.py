@@ -25,15 +25,15 @@ VALID = [("a great film", "positive"), ("terrible story", "negative"), ("really 
          ("boring", "negative")]
 
 
-def save_tiny_bert(folder: Path, layers: int = 2) -> Path:
+def save_tiny_bert(folder: Path, layers: int = 2, extra_words: tuple[str, ...] = ()) -> Path:
     from conftest import make_tokenizer
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+    cfg = BertConfig(vocab_size=64 if not extra_words else 128, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=64)
     torch.manual_seed(0)
     BertModel(cfg).save_pretrained(folder)
-    make_tokenizer("encoder").save_pretrained(folder)
+    make_tokenizer("encoder", extra_words).save_pretrained(folder)
     return folder
 
 

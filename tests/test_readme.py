@@ -8,7 +8,7 @@ As written they train minilm for hundreds of steps (minutes on 2 cores): that ru
 other:
 
 - the packaged model names ``minilm`` and ``smollm2`` (``"minilm"``, ``--model minilm``, ``model: minilm``)
-  become a tiny random BERT folder;
+  become a tiny random BERT folder (its vocabulary also holds README_WORDS, the candidate labels);
 - step counts (``max_steps=N``, ``--max-steps N``, ``max_steps: N``) become 2, ``--checkpoint-every N``
   becomes 1 (so that a checkpoint exists to resume from), and ``.subset(N)`` becomes ``.subset(32)``.
 """
@@ -39,6 +39,10 @@ def readme_blocks(text: str | None = None) -> list[tuple[str, str]]:
         elif lang in ("bash", "sh") and any(line.lstrip().startswith("ltuning ") for line in body.splitlines()):
             blocks.append(("bash", body))
     return blocks
+
+
+#: words of the README's candidate labels (the tiny BERT's vocabulary has them too)
+README_WORDS = ("sad", "happy", "angry", "funny", "long", "bad", "good", "review", "film")
 
 
 def fast_variant(code: str, tiny: str) -> str:
@@ -91,7 +95,9 @@ def test_the_blocks_are_found_and_the_replacements_are_mechanical():
 def test_readme_blocks_run_on_a_tiny_model(tmp_path, monkeypatch):
     from test_cli import save_tiny_bert
 
-    tiny = str(save_tiny_bert(tmp_path / "tiny-bert"))
+    # the candidate labels the README's examples use, as words the tiny vocabulary knows (labels that all
+    # became [UNK] would be refused as identical)
+    tiny = str(save_tiny_bert(tmp_path / "tiny-bert", extra_words=README_WORDS))
     work = tmp_path / "work"
     work.mkdir()
     run_blocks([(lang, fast_variant(code, tiny)) for lang, code in readme_blocks()], work, monkeypatch)
