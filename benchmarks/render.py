@@ -371,10 +371,12 @@ def converged_lr_table(lr_runs) -> str:
         for m in _order({k[1] for k in cells if k[0] == t}):
             by_lr = cells[(t, m)]
             best = max(by_lr, key=lambda lr: (by_lr[lr]["best_dev_metric"], -sorted(by_lr).index(lr)))
-            parts = [(f"**{lr:g}: {r['best_dev_metric']:.3f}**" if lr == best else f"{lr:g}: {r['best_dev_metric']:.3f}")
+            parts = [(f"**{lr:g}: {r['best_dev_metric']:.3f}**" if lr == best and len(by_lr) >= 4 else f"{lr:g}: {r['best_dev_metric']:.3f}")
                      for lr, r in sorted(by_lr.items())]
             step0 = next(iter(by_lr.values()))["curve"][0]["dev_metric"]
-            lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + " |")
+            devices = sorted({(r.get("machine") or {}).get("device", "?").split(":")[0] for r in by_lr.values()})
+            note = "" if len(by_lr) >= 4 else " (grid not finished: nothing is chosen from it)"
+            lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + f"{note} ({', '.join(devices)}) |")
     return "\n".join(lines)
 
 
