@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import TRAIN, VALID, save_tiny_bert, write_csv
+from test_cli import TRAIN, VALID, _offline, save_tiny_bert, write_csv  # noqa: F401 - _offline: autouse fixture
 
 from ltuning.adapter import CONFIG_NAME, load_adapter
 from ltuning.checkpoint import OPTIMIZER_NAME
@@ -36,13 +36,6 @@ def env(tmp_path_factory):
     adapter = root / "adapter"
     assert main(train_argv(tiny, train, adapter)) == 0
     return {"root": root, "tiny": tiny, "other": other, "train": train, "valid": valid, "adapter": adapter}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 def train_argv(model, train, out, *extra):
@@ -181,6 +174,11 @@ def test_evaluate_never_writes_over_its_input(env, tmp_path, capsys):
         one_line(capsys, main([*evaluate, "--output", str(data), *extra]), "evaluate reads")
         assert data.read_bytes() == original
     one_line(capsys, main([*evaluate, "--output", str(env["adapter"] / CONFIG_NAME)]), "evaluate reads")
+    # every file the adapter folder holds, the pipeline's config.json marker too, whatever the flags
+    before = (env["adapter"] / "config.json").read_bytes()
+    one_line(capsys, main([*evaluate, "--output", str(env["adapter"] / "config.json"), "--overwrite"]),
+             "evaluate reads")
+    assert (env["adapter"] / "config.json").read_bytes() == before
     # an existing file evaluate did not write: only with --overwrite
     notes = tmp_path / "notes.json"
     notes.write_text("{}")
@@ -198,6 +196,11 @@ def test_train_never_reads_a_file_it_writes(env, tmp_path, capsys):
     argv = train_argv(env["tiny"], data, out)
     argv[argv.index("--train-file") + 1:argv.index("--train-file") + 2] = [str(data)]
     one_line(capsys, main(argv), "would write over")
+    # the adapter's config.json marker is written too, and --overwrite does not make that right
+    marker = out / "config.json"
+    shutil.copy(env["train"], marker)
+    one_line(capsys, main(train_argv(env["tiny"], marker, out, "--overwrite")), "would write over")
+    assert marker.read_bytes() == Path(env["train"]).read_bytes()
 
 
 # ---------------------------------------------------------------------- 10: a full disk

@@ -39,6 +39,8 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 #: A marker for transformers: ``pipeline(task, model=<folder>)`` reads a folder's config.json before anything
 #: else (ltuning.pipelines registers this model_type); ltuning itself never reads it.
 HF_CONFIG_NAME = "config.json"
+#: every file :func:`write_adapter` writes (the commands that must never read what they write check these)
+ADAPTER_FILES = (WEIGHTS_NAME, card.CARD_NAME, HF_CONFIG_NAME, CONFIG_NAME)
 HF_MODEL_TYPE = "ltuning"
 
 

@@ -762,6 +762,7 @@ def _train_output(args) -> tuple[Path, list[Path]]:
     """The output folder and what a previous run left there, refused unless --overwrite or --resume; also
     refused: --resume with nothing to resume (a finished run, no checkpoint), and files there that ltuning did
     not write (a user's README.md) unless --overwrite."""
+    from .adapter_io import ADAPTER_FILES
     from .checkpoint import latest_checkpoint
     from .errors import ConfigError
 
@@ -783,7 +784,7 @@ def _train_output(args) -> tuple[Path, list[Path]]:
         raise ConfigError(f"--resume: {out_dir} holds a finished run ({', '.join(p.name for p in finished)}) but no "
                           "checkpoint to continue from; give --overwrite to train it again from step 0 (replacing "
                           "it), or another --output-dir")
-    written = [out_dir / n for n in (*_RUN_FILES, "README.md")]
+    written = [out_dir / n for n in dict.fromkeys((*_RUN_FILES, *ADAPTER_FILES))]
     written += [f for g in _RUN_GLOBS for f in out_dir.glob(g)] if args.overwrite else []
     for f, option in ((args.train_file, "--train-file"), (args.validation_file, "--validation-file")):
         if f and any(_same_file(Path(f), w) for w in written):
@@ -958,14 +959,15 @@ def _is_metrics_file(path: Path) -> bool:
 def _check_evaluate_outputs(args, out: Path) -> None:
     """evaluate never writes over a file it reads (the data, the config, the adapter's files), whatever the
     flags; nor over a file that an earlier ``ltuning evaluate`` did not write, unless --overwrite."""
-    from .adapter import CONFIG_NAME, WEIGHTS_NAME
-    from .card import CARD_NAME
+    from .adapter_io import ADAPTER_FILES
+    from .config import TRAINER_WEIGHTS_NAME
     from .errors import ConfigError
 
     outputs = [out] + ([out.with_suffix(".png")] if args.plot else [])
     adapter = Path(args.adapter)
     inputs = [(Path(f), o) for f, o in ((args.file, "--file"), (args.config, "--config")) if f]
-    inputs += [(adapter / n, "--adapter") for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)]
+    # a Trainer checkpoint folder's adapter is its model.safetensors
+    inputs += [(adapter / n, "--adapter") for n in (*ADAPTER_FILES, TRAINER_WEIGHTS_NAME)]
     for o in outputs:
         for path, option in inputs:
             if _same_file(o, path):
