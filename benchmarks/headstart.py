@@ -10,7 +10,9 @@ Every number here is on a **dev split carved from the training data** (seeded, 1
 
 Variants: ``zero-shot-similarity`` (no training: cosine of the frozen sentence embeddings of text and label
 text), ``<method>-paper`` / ``<method>-similarity`` for the LT methods (``score_head``), and the classic
-``prefix`` / ``prompt``.
+``prefix`` / ``prompt``. A ``-listwise`` suffix on an LT variant trains with ``objective="listwise"`` (a K-way
+softmax over the K pair scores of each text: K forward rows per text where the pairwise A.3 objective has one);
+``forward_rows_per_step`` in the JSON says which.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
 
         # "<lt method>-similarity-frozen-injection": the similarity head alone, its prefix / prompt maps kept
         # at their initial values (the ablation: what does the label-conditioned injection add?)
-        frozen_injection = variant.endswith("-frozen-injection")
-        base = variant.removesuffix("-frozen-injection")
+        listwise = variant.endswith("-listwise")
+        frozen_injection = variant.removesuffix("-listwise").endswith("-frozen-injection")
+        base = variant.removesuffix("-listwise").removesuffix("-frozen-injection")
         score_head = "paper" if base.endswith("-paper") else "similarity"
         method = base.removesuffix("-paper").removesuffix("-similarity")
         set_seed(seed)
@@ -120,7 +123,8 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         curve = [{"step": 0, "dev_accuracy": m0["accuracy"], "dev_mcc": m0["mcc"], "dev_loss": m0["loss"]}]
         print(f"  {variant} seed {seed} step 0: dev acc {m0['accuracy']:.4f}", flush=True)
         targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                          eval_every=args.eval_every, seed=seed, progress=False)
+                          eval_every=args.eval_every, seed=seed, progress=False,
+                          objective="listwise" if listwise else "pairwise")
         res = train(model, train_ds, dev, targs)
         curve += [{"step": r["step"], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"], "dev_loss": r["loss"],
                    "train_loss": r.get("train_loss")} for r in res.history]
@@ -131,7 +135,8 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
                                 "checkpoint": f"best dev accuracy (step {res.best_step})"}
         record.update(curve=curve, steps=args.steps, batch_size=args.batch_size, learning_rate=res.learning_rate,
                       trainable_params=model.num_trainable_parameters(), adapter=model.config.to_dict(),
-                      forward_rows_per_step=args.batch_size)
+                      objective=targs.objective,
+                      forward_rows_per_step=args.batch_size * (len(names) if listwise else 1))
     record.update(seconds=time.perf_counter() - t0, versions=common.versions("torch", "transformers"),
                   git=common.git_commit(), machine=common.machine(), threads=torch.get_num_threads(),
                   finished=common.now())
