@@ -15,7 +15,8 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,31 @@ def _falcon_cache_heads(config) -> int:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a family keeps what :meth:`Backbone.hidden_states` needs to run a prefix in the top j layers only
+    (``prefix_layers`` < m): the bottom m - j layers run without a prefix, then the top j layers run with it,
+    starting from the bottom's hidden states.
+
+    layers: dotted path of the layer list the model's forward loops over.
+    embeddings: dotted paths of the module whose output is the first layer's input, first present one wins
+        (ELECTRA-small projects its embeddings: ``embeddings_project``); the top run replaces its output by the
+        bottom's hidden states (the embedding itself, a lookup, is recomputed and dropped).
+    final_norm: a norm the model applies after the last layer (decoders), skipped in the bottom run.
+    after_first_layer: a module the encoder applies after its first layer only (DeBERTa-v2's conv), switched
+        off in the top run, whose first layer is not the model's first.
+    """
+
+    layers: str
+    embeddings: tuple[str, ...]
+    final_norm: str | None = None
+    after_first_layer: str | None = None
+
+
+_ENCODER_LAYOUT = Layout("encoder.layer", ("embeddings_project", "embeddings"))
+_DECODER_LAYOUT = Layout("layers", ("embed_tokens",), final_norm="norm")
+
+
+@dataclass(frozen=True)
 class Family:
     """What differs between architecture families, in one place.
 
@@ -70,6 +96,8 @@ class Family:
     kv_heads: config -> n_kv, where the config does not say it plainly (Falcon).
     cache_heads: config -> heads per layer in the model's cache, when it differs from n_kv (Falcon's new
         architecture caches keys already broadcast to every query head); prefix heads are repeated to fit.
+    layout: how to run the bottom and the top layers apart (:class:`Layout`); None: a prefix must enter every
+        layer (``prefix_layers`` < m is refused for the family).
     """
 
     kind: Literal["encoder", "decoder"]
@@ -77,21 +105,23 @@ class Family:
     prefix_via: Literal["cache", "attention"] = "cache"
     kv_heads: Callable[[object], int] | None = None
     cache_heads: Callable[[object], int] | None = None
+    layout: Layout | None = None
 
 
 FAMILIES: dict[str, Family] = {
     # encoders with absolute positions and a cache argument
-    "bert": Family("encoder"),
-    "roberta": Family("encoder", "after_padding_idx"),
-    "electra": Family("encoder"),
+    "bert": Family("encoder", layout=_ENCODER_LAYOUT),
+    "roberta": Family("encoder", "after_padding_idx", layout=_ENCODER_LAYOUT),
+    "electra": Family("encoder", layout=_ENCODER_LAYOUT),
     # encoders with relative positions and no cache: prefix inside attention
-    "deberta-v2": Family("encoder", prefix_via="attention"),
-    "mpnet": Family("encoder", 2, prefix_via="attention"),
+    "deberta-v2": Family("encoder", prefix_via="attention",
+                         layout=Layout("encoder.layer", ("embeddings",), after_first_layer="encoder.conv")),
+    "mpnet": Family("encoder", 2, prefix_via="attention", layout=_ENCODER_LAYOUT),
     # decoders: RoPE (+ GQA), ALiBi, learned positions
-    "llama": Family("decoder"),
-    "mistral": Family("decoder"),
-    "qwen2": Family("decoder"),
-    "qwen3": Family("decoder"),
+    "llama": Family("decoder", layout=_DECODER_LAYOUT),
+    "mistral": Family("decoder", layout=_DECODER_LAYOUT),
+    "qwen2": Family("decoder", layout=_DECODER_LAYOUT),
+    "qwen3": Family("decoder", layout=_DECODER_LAYOUT),
     "falcon": Family("decoder", kv_heads=_falcon_kv_heads, cache_heads=_falcon_cache_heads),
     "bloom": Family("decoder"),
     "gpt2": Family("decoder"),
@@ -475,6 +505,8 @@ class Backbone(nn.Module):
             inputs, mask, tt = self._place_prompt(input_ids, attention_mask, tt, prompt, prompt_mask, prompt_after)
         else:
             inputs, mask, tt = self._pack_text(input_ids, attention_mask, tt)
+        if prefix is not None and prefix.shape[1] < self.dims.num_layers:
+            return self._top_prefix(inputs["input_ids"], mask, tt, prefix, prefix_mask, groups=1)
         kwargs: dict = {"use_cache": False, **inputs}
         if tt is not None:
             kwargs["token_type_ids"] = tt
@@ -585,8 +617,9 @@ class Backbone(nn.Module):
         Raises:
             ConfigError: the prefix's shape does not fit this model's dims.
         """
-        _, m, _, n_kv, lp, d_h = prefix.shape
-        if m != self.dims.num_layers or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
+        _, j, _, n_kv, lp, d_h = prefix.shape
+        m = self.dims.num_layers
+        if not 1 <= j <= m or n_kv != self.dims.num_kv_heads or d_h != self.dims.head_dim:
             raise ConfigError(f"prefix shape {tuple(prefix.shape)} does not fit {self.dims}")
         prefix = prefix.to(self.dtype)
         if self._cache_heads != n_kv:  # Falcon (new architecture) caches keys repeated per query head
@@ -602,14 +635,165 @@ class Backbone(nn.Module):
 
             cache = DynamicCache()
             for i in range(m):
-                cache.update(prefix[:, i, 0], prefix[:, i, 1], i)  # (B, heads, l, d_h) each
+                # A prefix of the top j layers (prefix_layers < m) runs with only those layers in the model
+                # (_top_prefix); the bottom slots hold a copy that no layer reads, so that every slot has
+                # l positions (the model sizes its attention mask from the first slot).
+                top = max(i - (m - j), 0)
+                cache.update(prefix[:, top, 0], prefix[:, top, 1], i)  # (B, heads, l, d_h) each
             kwargs[self._cache_arg] = cache
             full_mask = torch.cat([prefix_mask, mask], dim=1)  # (B, l + n)
         else:
-            self._prefix_state.set(prefix, prefix_mask)
+            self._prefix_state.set(prefix, prefix_mask, first_layer=m - j)
         # Decoders continue positions after the prefix's real tokens (as after real text); encoders start at 0.
         offset: torch.Tensor | int = prefix_mask.long().sum(-1, keepdim=True) if self.kind == "decoder" else 0
         return kwargs, full_mask, offset
+
+    # ------------------------------------------------------------------ prefix in the top j layers only
+    @property
+    def splits_layers(self) -> bool:
+        """Whether a prefix may enter the top j < m layers only (the family has a :class:`Layout`)."""
+        return self.family.layout is not None
+
+    def check_prefix_layers(self, j: int, option: str = "prefix_layers (--prefix-layers)") -> None:
+        """Refuse a label prefix depth this backbone cannot run.
+
+        Raises:
+            ConfigError: ``j`` is not an integer in [1, m].
+            UnsupportedModelError: j < m on a family that has no :class:`Layout`.
+        """
+        m = self.dims.num_layers
+        if isinstance(j, bool) or not isinstance(j, int) or not 1 <= j <= m:
+            raise ConfigError(f"{option} must be an integer from 1 to m = {m} (the layers of {self.name}), got {j!r}")
+        if j < m and not self.splits_layers:
+            raise UnsupportedModelError(
+                f"{option} = {j} < m = {m} is not supported for model type {self.model.config.model_type!r}: "
+                f"ltuning cannot run its top layers apart from the bottom ones; leave {option.split()[0]} unset "
+                f"(every layer). Supported: {', '.join(sorted(k for k, f in FAMILIES.items() if f.layout))}")
+
+    def _module(self, path: str) -> tuple[nn.Module, str]:
+        """(parent, attribute name) of a dotted module path of the model."""
+        parent, _, name = path.rpartition(".")
+        return (self.model.get_submodule(parent) if parent else self.model), name
+
+    @contextmanager
+    def _only_layers(self, start: int, stop: int, embeddings: torch.Tensor | None = None) -> Iterator[None]:
+        """The model runs layers ``start:stop`` only while inside: its layer list is swapped for that slice (the
+        layers keep their own index, which their cache slot and patched attention read); the final norm is
+        skipped when the last layer is not run; the module applied after the first layer is off when the first
+        layer is not run; with ``embeddings``, the first layer's input is that tensor (a forward hook replaces
+        the embedding module's output). Everything is put back on the way out."""
+        layout = self.family.layout
+        m = self.dims.num_layers
+        parent, name = self._module(layout.layers)
+        swaps = [(parent, name, getattr(parent, name)[start:stop])]
+        if stop < m and layout.final_norm is not None:
+            swaps.append((*self._module(layout.final_norm), nn.Identity()))
+        if start > 0 and layout.after_first_layer is not None:
+            swaps.append((*self._module(layout.after_first_layer), None))
+        saved = [(p, n, getattr(p, n)) for p, n, _ in swaps]
+        handle = None
+        try:
+            for p, n, new in swaps:
+                setattr(p, n, new)
+            if embeddings is not None:
+                path = next(e for e in layout.embeddings if self._has_module(e))
+                handle = self.model.get_submodule(path).register_forward_hook(lambda _m, _a, _o: embeddings)
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+            for p, n, old in saved:
+                setattr(p, n, old)
+
+    def _has_module(self, path: str) -> bool:
+        try:
+            self.model.get_submodule(path)
+        except AttributeError:
+            return False
+        return True
+
+    def _top_prefix(self, input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+                    prefix: torch.Tensor, prefix_mask: torch.Tensor | None, groups: int):
+        """A prefix (B*G, j, 2, n_kv, l, d_h) in the top j < m layers only, for B texts and G groups each (row
+        b*G + g: text b with prefix row b*G + g): the texts run through the embeddings and the bottom m - j
+        layers once, without a prefix and without gradients (nothing trainable is there); their hidden states
+        and masks are repeated G times; the top j layers run on the B*G rows with the prefix. With G = 1 this
+        is the plain path, one row per prefix. Positions are those of the one-pass path: decoders' text
+        positions continue after the prefix's real length in every layer, which is why, with a ``prefix_mask``
+        whose real lengths differ between the G groups of a text, the bottom runs on all B*G rows instead.
+
+        Args:
+            input_ids, mask, token_type_ids: (B, n) right-packed texts (:meth:`_pack_text`).
+        Returns: as :meth:`hidden_states`, for the B*G rows.
+        """
+        m, j = self.dims.num_layers, prefix.shape[1]
+        if not self.splits_layers:
+            self.check_prefix_layers(j)
+        B = input_ids.shape[0]
+        if self.kind == "decoder" and prefix_mask is not None and groups > 1:
+            real = prefix_mask.long().sum(-1).view(B, groups)
+            if not bool((real == real[:, :1]).all()):
+                def rep(t):
+                    return None if t is None else t.repeat_interleave(groups, dim=0)
+                return self._top_prefix(rep(input_ids), rep(mask), rep(token_type_ids), prefix, prefix_mask, 1)
+        kwargs: dict = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        offset: torch.Tensor | int = 0
+        if self.kind == "decoder":
+            offset = (prefix.shape[4] if prefix_mask is None else
+                      prefix_mask.long().sum(-1, keepdim=True).view(B, groups)[:, :1])
+        if self._takes_positions:
+            kwargs["position_ids"] = self._positions(mask, offset)
+        with torch.no_grad(), self._only_layers(0, m - j):
+            bottom = self.model(**kwargs).last_hidden_state  # (B, n, d)
+        if groups > 1:
+            bottom = bottom.repeat_interleave(groups, dim=0)
+            kwargs = {k: v.repeat_interleave(groups, dim=0) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+            mask = kwargs["attention_mask"]
+        cache_kwargs, kwargs["attention_mask"], _ = self._attach_prefix(prefix, prefix_mask, mask)
+        kwargs.update(cache_kwargs)
+        try:
+            with self._only_layers(m - j, m, embeddings=bottom):
+                out = self.model(**kwargs)
+        finally:
+            if self._prefix_state is not None:
+                self._prefix_state.clear()
+        return out, out.last_hidden_state, mask
+
+    def shares_bottom(self, prefix: torch.Tensor | None) -> bool:
+        """Whether :meth:`pooled_per_prefix` computes the texts' bottom layers once for all G prefixes: a
+        prefix of the top j < m layers."""
+        return prefix is not None and prefix.shape[1] < self.dims.num_layers
+
+    def pooled_per_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          token_type_ids: torch.Tensor | None, prefix: torch.Tensor,
+                          pooling: TextPooling = TextPooling.AUTO, prefix_mask: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+        """Every text under every one of G prefixes: (B, G, d), what :meth:`forward` gives for the B*G rows
+        (text b, prefix g) in the order b*G + g.
+
+        With a prefix of the top j < m layers (``prefix_layers``), each text's embeddings and bottom m - j
+        layers run once and are shared by the G prefixes: a text costs (m - j) + G*j layer passes instead of
+        G*m. With j = m the B*G rows run whole.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (B, n) texts, right- or left-padded.
+            prefix: (G, j, 2, n_kv, l, d_h); prefix_mask: (G, l) or None.
+        """
+        B, G = input_ids.shape[0], prefix.shape[0]
+        big_prefix = prefix.repeat(B, *([1] * (prefix.dim() - 1)))  # row b*G + g: prefix g
+        big_mask = None if prefix_mask is None else prefix_mask.repeat(B, 1)
+        if not self.shares_bottom(prefix):
+            def rep(t):
+                return None if t is None else t.repeat_interleave(G, dim=0)
+            pooled = self(rep(input_ids), rep(attention_mask), rep(token_type_ids), prefix=big_prefix,
+                          pooling=pooling, prefix_mask=big_mask)
+            return pooled.view(B, G, -1)
+        tt = token_type_ids if self._takes_token_types else None
+        inputs, mask, tt = self._pack_text(input_ids, attention_mask, tt)
+        out, hidden, mask = self._top_prefix(inputs["input_ids"], mask, tt, big_prefix, big_mask, groups=G)
+        return self._pool(out, hidden, mask, self.resolve_pooling(pooling)).view(B, G, -1)
 
     def forward(
         self,

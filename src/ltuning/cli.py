@@ -151,6 +151,10 @@ def build_parser() -> _Parser:
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
                         "model's zero-shot ranking) or 'paper' (A.3's 2-way head, random init). Default: "
                         "%(default)s")
+    g.add_argument("--prefix-layers", type=int, metavar="J",
+                   help="prefix methods: put the label prefix in the top J of the backbone's m layers only "
+                        "(default: all m). With J < m prediction computes each text's bottom m - J layers once for "
+                        "all K labels: (m - J) + K*J layer passes per text instead of K*m")
     g.add_argument("--text-pooling", choices=["auto", "pooler", "cls", "mean", "last"], default="auto",
                    help="vector the head reads (auto: the pooling a sentence-transformers folder declares, e.g. mean for "
                         "minilm; else the pooler or [CLS] for encoders, the last token for decoders)")
@@ -265,6 +269,8 @@ def build_parser() -> _Parser:
                    "model's position table, or 8192 tokens for rotary / relative positions)")
     p.add_argument("--score-head", choices=["paper", "similarity"], default=_default_score_head(),
                    help="LT methods' score head to count (default: %(default)s, as train)")
+    p.add_argument("--prefix-layers", type=int, metavar="J",
+                   help="prefix methods: count a label prefix in the top J layers only (default: all m, as train)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
@@ -857,7 +863,8 @@ def cmd_train(args) -> int:
                           on_built=before_training, method=args.method, label_texts=label_texts, task=args.task,
                           label_length=args.label_length, max_length=args.max_length,
                           prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
-                          label_position=args.label_position, score_head=args.score_head, base_model=args.model)
+                          label_position=args.label_position, score_head=args.score_head, base_model=args.model,
+                          prefix_layers=args.prefix_layers)
     if not is_main_process():
         return 0
     model, result = run.model, run.result
@@ -1036,17 +1043,21 @@ def cmd_params(args) -> int:
     l = args.label_length if args.label_length is not None else default_label_length(backbone, texts)
     K = len(task.label_names)
     dims = backbone.dims
+    if args.prefix_layers is not None:
+        backbone.check_prefix_layers(args.prefix_layers, "--prefix-layers")
     config = LTuningConfig(label_names=task.label_names, label_texts=texts, label_length=l,
                            score_head=args.score_head)
     rows = []
     for name, cls in sorted(METHODS.items()):
+        depth = args.prefix_layers if cls.injection == "prefix" else None  # prompts have no depth
+        config.prefix_layers = depth
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
             counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
-        expr, value = cls.formula(dims, l, K, config.score_head)
+        expr, value = cls.formula(dims, l, K, config.score_head, depth)
         rows.append({"method": name, "trainable": counted, "formula": expr, "formula_value": value,
                      "match": counted == value})
     info = {"model": args.model, "m": dims.num_layers, "d": dims.hidden_size, "n_heads": dims.num_heads,
-            "n_kv": dims.num_kv_heads, "d_h": dims.head_dim, "d_kv": dims.kv_dim, "l": l, "K": K,
+            "n_kv": dims.num_kv_heads, "d_h": dims.head_dim, "d_kv": dims.kv_dim, "l": l, "K": K, "prefix_layers": args.prefix_layers,
             "backbone_params": sum(p.numel() for p in backbone.parameters()), "methods": rows}
     if args.json:
         print(json.dumps(info, indent=2))

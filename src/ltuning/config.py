@@ -115,6 +115,12 @@ class LTuningConfig:
         metadata={"help": "LT methods: paper (C_zeta, random init) or similarity (starts at the frozen model's "
                   "text-label similarity). Adapters saved without the key use paper."},
     )
+    prefix_layers: int | None = field(
+        default=None,
+        metadata={"help": "Prefix methods: the label prefix enters the top j layers only (j in [1, m]); the texts' "
+                  "bottom m - j layers are then computed once for all K labels. None: every layer (m). Adapters "
+                  "saved without the key use every layer."},
+    )
     text_pairs: bool | None = field(
         default=None,
         metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE): such a model classifies pairs only. "
@@ -156,6 +162,9 @@ class LTuningConfig:
         for name, text in zip(self.label_names, self.label_texts, strict=False):
             if not text.strip():
                 raise ConfigError(f"label {name!r} has an empty label text")
+        if self.prefix_layers is not None and (not _is_int(self.prefix_layers) or self.prefix_layers < 1):
+            raise ConfigError(f"prefix_layers (--prefix-layers) must be an integer >= 1 (at most the backbone's "
+                              f"layers m) or null for every layer, got {self.prefix_layers!r}")
         if self.label_length is not None and self.label_length < 1:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
@@ -296,6 +305,7 @@ _CONFIG_TYPES = {
     "text_pooling": (lambda v: isinstance(v, str), "a string"),
     "label_position": (lambda v: isinstance(v, str), "a string"),
     "score_head": (lambda v: isinstance(v, str), "a string"),
+    "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "backbone_weights": (lambda v: v is None or (isinstance(v, list) and all(

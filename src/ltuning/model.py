@@ -201,17 +201,23 @@ class LTuningModel(nn.Module):
         """(B, K) score of every label for every text (A.4); LT methods run B*K rows in one forward.
 
         With ``label_position="after"`` and gradients off, the texts run once and their keys/values are
-        shared by the K labels (:meth:`Backbone.last_of_prompt_after_shared_text`); same scores.
+        shared by the K labels (:meth:`Backbone.last_of_prompt_after_shared_text`); same scores. With a prefix
+        in the top j < m layers (``prefix_layers``), the texts' bottom m - j layers run once for the K labels
+        (:meth:`Backbone.pooled_per_prefix`), with or without gradients; same scores as the B*K rows.
         """
         if not self.label_conditioned:
             return self(batch, injection=injection)
         inj = injection if injection is not None else self.injection()
         B = batch["input_ids"].shape[0]
         K = inj.groups  # labels of this injection
+        vectors = None if inj.label_vectors is None else inj.label_vectors.unsqueeze(0)  # (1, K, d)
         if self.shares_text():
             pooled = self.backbone.last_of_prompt_after_shared_text(
                 batch["input_ids"], batch["attention_mask"], inj.prompt, inj.prompt_mask)  # (B, K, d)
-            vectors = None if inj.label_vectors is None else inj.label_vectors.unsqueeze(0)  # (1, K, d)
+            return self.method.pair_logit(pooled.float(), vectors)  # (B, K)
+        if self.backbone.shares_bottom(inj.prefix):  # prefix_layers j < m: the bottom m - j layers run once
+            pooled = self.backbone.pooled_per_prefix(batch["input_ids"], batch["attention_mask"],
+                                                     batch.get("token_type_ids"), inj.prefix, pooling=self.pooling)
             return self.method.pair_logit(pooled.float(), vectors)  # (B, K)
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
@@ -279,6 +285,10 @@ class LTuningModel(nn.Module):
             if self.shares_text():  # a text of n tokens costs n + K*l positions, not K*(n + l)
                 def cost(count, n, l=inj.prompt.shape[1]):
                     return count * (n + groups * l)
+            elif self.label_conditioned and self.backbone.shares_bottom(inj.prefix):
+                # m - j shared layers + K*j label layers per text, in row-equivalents of m layers
+                def cost(count, n, j=inj.prefix.shape[1], m=self.backbone.dims.num_layers):
+                    return count * n * ((m - j) + groups * j) / m
             else:
                 def cost(count, n):
                     return rows_per_text * count * n

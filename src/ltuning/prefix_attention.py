@@ -34,9 +34,11 @@ class PrefixState:
     def __init__(self) -> None:
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def set(self, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> None:
-        """prefix (B, m, 2, n_heads, l, d_h), prefix_mask (B, l)."""
-        self.layers = {i: (prefix[:, i, 0], prefix[:, i, 1], prefix_mask.bool()) for i in range(prefix.shape[1])}
+    def set(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, first_layer: int = 0) -> None:
+        """prefix (B, j, 2, n_heads, l, d_h) for layers ``first_layer`` .. ``first_layer + j - 1`` (the top j
+        layers with ``first_layer = m - j``; the others run unchanged), prefix_mask (B, l)."""
+        self.layers = {first_layer + i: (prefix[:, i, 0], prefix[:, i, 1], prefix_mask.bool())
+                       for i in range(prefix.shape[1])}
 
     def clear(self) -> None:
         self.layers = {}

@@ -89,7 +89,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
                   label_texts: Sequence[str] | None = None, task: Task | str | None = None,
                   label_length: int | None = None, max_length: int = 128, prefix_pooling: str = "raw",
                   text_pooling: str = "auto", label_position: str = "before", score_head: str | None = None,
-                  base_model: str | None = None,
+                  base_model: str | None = None, prefix_layers: int | None = None,
                   say: Callable[[str], None] | None = print) -> LTuningModel:
     """An untrained model on ``backbone`` for the labels ``label_names``, as ``ltuning train`` builds it.
 
@@ -101,6 +101,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     - ``max_length`` is cut to what the backbone's position table holds beside the l prefix / prompt
       positions (``say`` gets a note on the main process), so the saved adapter states what it read.
     - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
+    - ``prefix_layers`` (prefix methods): the label prefix enters the top j layers only (None: every layer).
 
     The returned model's ``config`` is its own copy, with l, the backbone fingerprint and the resolved
     pooling filled in. Seed first (:func:`ltuning.train.set_seed`): the method's weights are drawn here.
@@ -116,7 +117,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
                            label_texts=texts or [], label_length=label_length, max_length=max_length,
                            prefix_pooling=prefix_pooling, text_pooling=text_pooling, label_position=label_position,
-                           **head)
+                           prefix_layers=prefix_layers, **head)
     model = LTuningModel(backbone, config)
     config = model.config  # with l, the fingerprint and the pooling filled in
     fits = model.text_max_length
@@ -136,7 +137,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     """Seed with ``args.seed``, load ``backbone`` if it is a name (short name, folder or hub id), build the
     model for ``train_data``'s labels with :func:`prepare_model` (``model_options`` are its keyword
     arguments: method, label_texts, task, label_length, max_length, prefix_pooling, text_pooling,
-    label_position, score_head, base_model) and train it with :func:`ltuning.train.train`.
+    label_position, score_head, base_model, prefix_layers) and train it with :func:`ltuning.train.train`.
 
     ``on_built(model)`` runs between building and training (the CLI prints the model there); ``on_eval``
     gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused

@@ -71,6 +71,10 @@ class Method(nn.Module):
     @classmethod
     def check_config(cls, config: LTuningConfig) -> None:
         """Refuse options this method cannot honour (before anything is built). Raises: ConfigError."""
+        if config.prefix_layers is not None and cls.injection != "prefix":
+            raise ConfigError(
+                f"prefix_layers (--prefix-layers) is for the prefix methods (lt-prefix, prefix); {cls.name} "
+                "injects a soft prompt before the first layer, which has no depth to choose: leave it unset")
         if config.label_position == LabelPosition.AFTER and cls.label_after_refusal is not None:
             raise ConfigError(
                 f"label_position='after' is not supported for method {cls.name!r}: {cls.label_after_refusal}. "
@@ -81,6 +85,8 @@ class Method(nn.Module):
     def check_backbone(cls, config: LTuningConfig, backbone: Backbone, label_mask: torch.Tensor) -> None:
         """Refuse a backbone or label encodings this method cannot work with (``label_mask`` (K, l): the
         label texts' real tokens). Raises: ConfigError, UnsupportedModelError."""
+        if config.prefix_layers is not None:
+            backbone.check_prefix_layers(config.prefix_layers)
         if cls.injection == "prompt" and backbone.embedding_size != backbone.dims.hidden_size:
             raise UnsupportedModelError(
                 f"{cls.name} needs input embeddings of width d={backbone.dims.hidden_size}, but "
@@ -97,9 +103,12 @@ class Method(nn.Module):
     @classmethod
     def card_rows(cls, config: dict) -> list[tuple[str, str]]:
         """Method-specific (name, value) rows of the adapter's model card, from ``config.to_dict()``."""
+        rows = []
+        if cls.injection == "prefix" and config.get("prefix_layers") is not None:
+            rows.append(("prefix layers", f"top {config['prefix_layers']}"))
         if cls.label_conditioned:
-            return [("score head", str(config.get("score_head", ScoreHead.PAPER.value)))]
-        return []
+            rows.append(("score head", str(config.get("score_head", ScoreHead.PAPER.value))))
+        return rows
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__()
@@ -154,7 +163,15 @@ class Method(nn.Module):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
         """Trainable-parameter count as written in the paper (A.5), with its value here (LT methods: plus
-        the similarity head's d^2 + 2 with ``score_head`` similarity)."""
+        the similarity head's d^2 + 2 with ``score_head`` similarity; prefix methods: m becomes j with
+        ``prefix_layers`` j < m)."""
         raise NotImplementedError
+
+    @staticmethod
+    def prefix_depth(dims: Dims, prefix_layers: int | None) -> tuple[int, str]:
+        """(layers a prefix enters, its symbol in a formula): (m, "m") by default, (j, "j") with j < m."""
+        if prefix_layers is None or prefix_layers == dims.num_layers:
+            return dims.num_layers, "m"
+        return prefix_layers, "j"

@@ -12,11 +12,12 @@ from .base import Injection, Method
 
 
 class LTPrefix(Method):
-    """F_Phi: Linear(d, 1) scores each label token; Z_Psi: Linear(l, 2*m*l*d_kv) maps the l scores to keys
-    and values for every layer. Trainable: d + 2*l^2*m*d_kv + 2*d.
+    """F_Phi: Linear(d, 1) scores each label token; Z_Psi: Linear(l, 2*j*l*d_kv) maps the l scores to keys
+    and values for the top j layers (``prefix_layers``; default j = m, every layer).
+    Trainable: d + 2*l^2*j*d_kv + 2*d.
 
     Input shape: label_states (K, l, d), label_mask (K, l)
-    Output shape: prefix (K, m, 2, n_kv, l, d_h)
+    Output shape: prefix (K, j, 2, n_kv, l, d_h)
     """
 
     name = "lt-prefix"
@@ -49,7 +50,8 @@ class LTPrefix(Method):
         self.pooling = PrefixPooling(config.prefix_pooling)
         l = label_length
         self.pool = nn.Linear(dims.hidden_size, 1, bias=False)  # F_Phi
-        self.transform = nn.Linear(l, 2 * dims.num_layers * l * dims.kv_dim, bias=False)  # Z_Psi
+        self.prefix_layers = config.prefix_layers or dims.num_layers  # j
+        self.transform = nn.Linear(l, 2 * self.prefix_layers * l * dims.kv_dim, bias=False)  # Z_Psi
         if self.score_head == ScoreHead.SIMILARITY:
             # Every label starts with the same all-zero prefix: the text's pooled state is (nearly) the frozen
             # model's own, so the similarity head starts at the zero-shot ranking; Z learns from there.
@@ -64,13 +66,13 @@ class LTPrefix(Method):
             scores = scores * label_mask  # official code: raw scores; padding contributes nothing
         d = self.dims
         kv = self.transform(scores)  # (K, 2*m*l*d_kv)
-        return Injection(prefix=kv.view(K, d.num_layers, 2, d.num_kv_heads, l, d.head_dim))
+        return Injection(prefix=kv.view(K, self.prefix_layers, 2, d.num_kv_heads, l, d.head_dim))
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
-        l, m, d, dkv = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
+        l, d, dkv = label_length, dims.hidden_size, dims.kv_dim
+        m, layers = Method.prefix_depth(dims, prefix_layers)
         sim, sim_n = (" + d^2 + 2", d * d + 2) if score_head == ScoreHead.SIMILARITY else ("", 0)
-        if dkv == d:
-            return "2*l^2*m*d + 3*d" + sim, 2 * l * l * m * d + 3 * d + sim_n
-        return "2*l^2*m*d_kv + 3*d" + sim, 2 * l * l * m * dkv + 3 * d + sim_n
+        kv = "d" if dkv == d else "d_kv"
+        return f"2*l^2*{layers}*{kv} + 3*d" + sim, 2 * l * l * m * dkv + 3 * d + sim_n

@@ -32,7 +32,7 @@ class LTPrompt(Method):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER) -> tuple[str, int]:
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
         d = dims.hidden_size
         if score_head == ScoreHead.SIMILARITY:
             return "2*d^2 + 2*d + 2", 2 * d * d + 2 * d + 2

@@ -12,9 +12,10 @@ from .base import Injection, Method
 
 
 class Prefix(Method):
-    """Trainable: 2*l*m*d_kv (keys and values) + d*K (head).
+    """Trainable: 2*l*j*d_kv (keys and values of the top j layers, ``prefix_layers``; default j = m) + d*K
+    (head).
 
-    Output shape: prefix (1, m, 2, n_kv, l, d_h)
+    Output shape: prefix (1, j, 2, n_kv, l, d_h)
     """
 
     name = "prefix"
@@ -26,15 +27,16 @@ class Prefix(Method):
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)
-        shape = (1, dims.num_layers, 2, dims.num_kv_heads, label_length, dims.head_dim)
+        shape = (1, config.prefix_layers or dims.num_layers, 2, dims.num_kv_heads, label_length, dims.head_dim)
         self.prefix = nn.Parameter(torch.randn(shape) * self.init_std)
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         return Injection(prefix=self.prefix)
 
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int, score_head=None) -> tuple[str, int]:
-        l, m, d, dkv, K = label_length, dims.num_layers, dims.hidden_size, dims.kv_dim, num_labels
-        if dkv == d:
-            return "2*l*m*d + d*K", 2 * l * m * d + d * K
-        return "2*l*m*d_kv + d*K", 2 * l * m * dkv + d * K
+    def formula(dims: Dims, label_length: int, num_labels: int, score_head=None,
+                prefix_layers: int | None = None) -> tuple[str, int]:
+        l, d, dkv, K = label_length, dims.hidden_size, dims.kv_dim, num_labels
+        m, layers = Method.prefix_depth(dims, prefix_layers)
+        kv = "d" if dkv == d else "d_kv"
+        return f"2*l*{layers}*{kv} + d*K", 2 * l * m * dkv + d * K

@@ -43,6 +43,7 @@ class Prompt(Method):
         return Injection(prompt=self.prompt, prompt_mask=mask)
 
     @staticmethod
-    def formula(dims: Dims, label_length: int, num_labels: int, score_head=None) -> tuple[str, int]:
+    def formula(dims: Dims, label_length: int, num_labels: int, score_head=None,
+                prefix_layers: int | None = None) -> tuple[str, int]:
         d = dims.hidden_size
         return "d*(l + K)", d * (label_length + num_labels)
