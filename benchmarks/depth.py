@@ -63,6 +63,7 @@ def train_one(backbone, name: str, task: str, method: str, j: int, seed: int, ar
                       eval_every=args.eval_every, seed=seed, progress=False)
     load0, t0, c0 = common.machine()["loadavg_at_start"], time.perf_counter(), time.process_time()
     res = train(model, train_ds, dev, targs)
+    best_step = res.best_step
     train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     val = headstart.held_out(task)
     t1, c1 = time.perf_counter(), time.process_time()
@@ -70,7 +71,7 @@ def train_one(backbone, name: str, task: str, method: str, j: int, seed: int, ar
     eval_wall, eval_cpu = time.perf_counter() - t1, time.process_time() - c1
     return {"backbone": name, "task": task, "method": method, "prefix_layers": j, "m": m, "seed": seed,
             "steps": args.steps, "batch_size": args.batch_size, "learning_rate": res.learning_rate,
-            "eval_every": args.eval_every, "dev_rows": len(dev), "train_rows": len(train_ds),
+            "eval_every": args.eval_every, "dev_rows": len(dev), "train_rows": len(train_ds), "best_step": best_step,
             "selected_on": f"best dev accuracy (step {res.best_step}); dev carved from train, GLUE validation "
                            "read once at the end",
             "validation": {"rows": len(val), "accuracy": v["accuracy"], "mcc": v["mcc"]},
@@ -111,6 +112,7 @@ def cmd_speed(args) -> int:
     import speed
     import torch
 
+    from ltuning.backbones import Backbone
     from ltuning.config import LTuningConfig
     from ltuning.loading import load_backbone
     from ltuning.model import LTuningModel
@@ -133,17 +135,18 @@ def cmd_speed(args) -> int:
                 model.method.transform.weight.normal_(0, 0.05)
             model.eval()
             if j < m:  # the shared path against the B*K full rows with the same prefix
-                full = LTuningModel(bb, model.config)
+                rows_bb = Backbone(bb.model, bb.tokenizer, bb.name)
+                rows_bb.shares_bottom = lambda prefix: False  # the reference: the B*K rows run whole
+                full = LTuningModel(rows_bb, model.config)
                 full.method.load_state_dict(model.method.state_dict())
                 full.eval()
-                full.backbone = _PlainRows(bb)
                 diff = (model.score_texts(texts[:8]) - full.score_texts(texts[:8])).abs().max().item()
             else:
                 diff = None
             info[(K, j)] = {"max_abs_diff_shared_vs_rows": diff, "label_length": model.config.label_length}
             fns[f"lt-prefix_j{j}_k{K}"] = lambda mod=model: mod.score_texts(texts)
         # the floor: every text once per label, no prefix, through the same backbone and token budget
-        fns[f"floor_k{K}"] = lambda K=K: _floor(bb, texts, K, args.length)
+        fns[f"floor_k{K}"] = lambda K=K: speed.floor_rows(bb, texts, K, args.length)
         if pipe is not None:
             fns[f"pipeline_k{K}"] = lambda names=names: pipe(texts, candidate_labels=names, batch_size=64)
     tok = bb.tokenize(texts, args.length)["attention_mask"].sum(-1).tolist()
@@ -181,39 +184,6 @@ def cmd_speed(args) -> int:
               f"predict/floor {r['predict_over_floor_wall']:.2f} (CPU {r['predict_over_floor_cpu']:.2f}), "
               f"pipeline/predict {r['pipeline_over_predict_wall'] or float('nan'):.2f}, diff {r['max_abs_diff_shared_vs_rows']}")
     return 0
-
-
-class _PlainRows:
-    """A backbone view whose shared-bottom path is off: the B*K rows run whole (the reference)."""
-
-    def __init__(self, bb) -> None:
-        self._bb = bb
-
-    def shares_bottom(self, prefix) -> bool:
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self._bb, name)
-
-    def __call__(self, *a, **kw):
-        return self._bb(*a, **kw)
-
-
-def _floor(bb, texts, K: int, length: int):
-    """The frozen backbone over every text once per label (K rows per text), no prefix, in chunks of the
-    model's CPU token budget: what scoring would cost if the label were free."""
-    import torch
-
-    from ltuning.model import LTuningModel
-
-    with torch.inference_mode():
-        for s in range(0, len(texts), 64):
-            enc = bb.tokenize(texts[s:s + 64], length)
-            n = enc["input_ids"].shape[1]
-            per = max(1, LTuningModel.cpu_max_tokens // (n * K))
-            for c in range(0, enc["input_ids"].shape[0], per):
-                rows = {k: v[c:c + per].repeat_interleave(K, 0) for k, v in enc.items()}
-                bb(rows["input_ids"], rows["attention_mask"], rows.get("token_type_ids"))
 
 
 def main(argv=None) -> int:

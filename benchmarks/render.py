@@ -411,6 +411,58 @@ def converged_plots(runs) -> list[str]:
     return [str(_save(plt, fig, "converged-curves.png").relative_to(common.ROOT))]
 
 
+# ----------------------------------------------------------------------------- label prefix depth (issue 16)
+DEPTH_DIR = common.RESULTS / "depth"
+
+
+def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
+    """Accuracy per (method, j) from the train JSONs and texts/s per (j, K) from speed-<backbone>.json."""
+    files = sorted(results_dir.glob("*.json")) if results_dir.exists() else []
+    runs = [json.loads(f.read_text()) for f in files if not f.name.startswith("speed-")]
+    speeds = [json.loads(f.read_text()) for f in files if f.name.startswith("speed-")]
+    if not runs and not speeds:
+        return "No results yet: run benchmarks/depth.py."
+    lines = []
+    if runs:
+        r0 = runs[0]
+        lines += [f"{r0['backbone']} (m = {r0['m']}), {r0['task']}: {r0['steps']} steps, batch {r0['batch_size']}, "
+                  f"lr {r0['learning_rate']:g}, seed(s) {sorted({r['seed'] for r in runs})}, {r0['threads']} torch "
+                  f"thread; state chosen on a {r0['dev_rows']}-row dev split carved from train (every "
+                  f"{r0['eval_every']} steps); accuracy on the GLUE validation split ({r0['validation']['rows']} "
+                  "rows), read once per run. j = m is every layer (the default).", "",
+                  "| method | j | trainable params | validation acc | validation MCC | best dev acc (step) | "
+                  "train CPU s | load at start |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(runs, key=lambda r: (r["method"], -r["prefix_layers"], r["seed"])):
+            step = int(re.search(r"step (\d+)", r["selected_on"]).group(1))  # the state train() kept
+            best = next((c for c in r["curve"] if c["step"] == step), None)
+            load_ = r.get("load_before")
+            lines.append(f"| {r['method']} | {r['prefix_layers']} | {r['trainable_params']:,} | "
+                         f"{r['validation']['accuracy']:.4f} | {r['validation']['mcc']:.4f} | "
+                         + (f"{best['dev_accuracy']:.3f} ({best['step']})" if best else "–")
+                         + f" | {r['train_seconds']['cpu']:.0f} | "
+                         + (f"{load_[0]:.2f} |" if load_ else "– |"))
+        lines.append("")
+    for sp in speeds:
+        lines += [f"Prediction, {sp['backbone']} (m = {sp['m']}), {sp['method']}: {sp['texts']} texts "
+                  f"({min(sp['text_tokens'])}-{max(sp['text_tokens'])} tokens), `score_texts` at its defaults, "
+                  f"{sp['machine_info'].get('torch_threads')} torch thread, medians of {sp['repeats']} interleaved "
+                  f"repeats; 1-minute load average {sp['load_before'][0]:.2f} before, {sp['load_after'][0]:.2f} after. "
+                  "floor: the same backbone over every text once per label, no prefix. pipeline: transformers' "
+                  "zero-shot pipeline on the same backbone. Ratios of wall (CPU) medians.", "",
+                  "| K | j | layer passes / text | texts/s wall | texts/s CPU | predict / floor | pipeline / predict "
+                  "| shared vs rows max abs diff |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(sp["rows"], key=lambda r: (r["K"], -r["j"])):
+            pipe = r.get("pipeline_over_predict_wall")
+            diff = r.get("max_abs_diff_shared_vs_rows")
+            lines.append(f"| {r['K']} | {r['j']} | {r['layer_passes_per_text']} | {r['texts_per_s']:.1f} | "
+                         f"{r['texts_per_cpu_s']:.1f} | {r['predict_over_floor_wall']:.2f} "
+                         f"({r['predict_over_floor_cpu']:.2f}) | "
+                         + ("–" if pipe is None else f"{pipe:.2f} ({r['pipeline_over_predict_cpu']:.2f})")
+                         + " | " + ("– (j = m)" if diff is None else f"{diff:.1e}") + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -456,6 +508,7 @@ def main(argv=None) -> int:
     doc = splice(doc, "converged", "\n".join([*(f"![{Path(p).stem}]({p})" for p in converged_plots(final)), "",
                                               converged_table(final)]))
     doc = splice(doc, "converged-lr", converged_lr_table(lr_search))
+    doc = splice(doc, "depth", depth_tables())
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
