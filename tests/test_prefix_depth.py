@@ -20,9 +20,11 @@ import json
 
 import pytest
 import torch
+from test_cli import _offline, files, models, one_error_line, train_args  # noqa: F401 - fixtures
 from test_families import LABEL_TEXTS, LABELS, TEXTS, build, left_pad, make_model
 
 from ltuning.backbones import Backbone
+from ltuning.cli import main
 from ltuning.config import LTuningConfig
 from ltuning.errors import AdapterError, ConfigError, UnsupportedModelError
 from ltuning.methods import METHODS
@@ -288,3 +290,24 @@ def test_adapters_round_trip_and_old_ones_load_as_every_layer(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(AdapterError, match="prefix_layers must be an integer or null"):
         LTuningModel.from_pretrained(tmp_path / "old", build("bert"))
+
+
+def test_cli_train_params_and_errors(models, files, tmp_path, capsys):  # noqa: F811 - fixtures
+    out = tmp_path / "top1"
+    assert main(train_args(models, files, out, "--prefix-layers", "1", "--max-steps", "2")) == 0
+    assert json.loads((out / "adapter_config.json").read_text())["prefix_layers"] == 1
+    assert "prefix layers | top 1" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["params", "--model", models["tiny"], "--prefix-layers", "1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r for r in info["methods"]}
+    assert info["prefix_layers"] == 1 and all(r["match"] for r in rows.values())
+    assert "*j*" in rows["lt-prefix"]["formula"] and "*j*" in rows["prefix"]["formula"]
+    assert main(train_args(models, files, tmp_path / "x", "--prefix-layers", "3")) == 2
+    one_error_line(capsys, 2, "prefix_layers (--prefix-layers) must be an integer from 1 to m = 2")
+    assert main(train_args(models, files, tmp_path / "y", "--prefix-layers", "0")) == 2
+    one_error_line(capsys, 2, "prefix_layers (--prefix-layers) must be an integer >= 1")
+    assert main(train_args(models, files, tmp_path / "z", "--method", "lt-prompt", "--prefix-layers", "1")) == 2
+    one_error_line(capsys, 2, "is for the prefix methods")
+    assert main(["params", "--model", models["tiny"], "--prefix-layers", "5"]) == 2
+    one_error_line(capsys, 2, "--prefix-layers must be an integer from 1 to m = 2")
