@@ -75,6 +75,7 @@ def test_topk_packing_order_is_the_stable_argsort():
     ("bert", "prefix", {}),
     ("bert", "prompt", {}),
     ("llama", "lt-prompt", {"label_position": "after"}),
+    ("bert", "lt-prefix", {"prefix_layers": 1}),  # the top layer only: the bottom shared by the labels
 ])
 def test_onnx_scores_match_pytorch(tmp_path, family, method, options):
     model = tiny_model(family, method, **options)
