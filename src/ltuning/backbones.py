@@ -812,7 +812,8 @@ class Backbone(nn.Module):
         Args:
             input_ids, attention_mask: (B, n) text tokens, right- or left-padded (same result either way).
             token_type_ids: (B, n) for models that take them (ignored by decoders).
-            prefix: (B, m, 2, n_kv, l, d_h) keys and values seen by every layer.
+            prefix: (B, j, 2, n_kv, l, d_h) keys and values seen by the top j layers (j = m: every layer; j < m:
+                the layers below run without it, see :meth:`_top_prefix`).
             prompt: (B, l, d) soft prompt placed after the leading special token; prompt_mask (B, l).
             pooling: which vector to return.
             prefix_mask: (B, l) which prefix positions are attended (default: all).

@@ -162,9 +162,10 @@ class LTuningConfig:
         for name, text in zip(self.label_names, self.label_texts, strict=False):
             if not text.strip():
                 raise ConfigError(f"label {name!r} has an empty label text")
-        if self.prefix_layers is not None and (not _is_int(self.prefix_layers) or self.prefix_layers < 1):
-            raise ConfigError(f"prefix_layers (--prefix-layers) must be an integer >= 1 (at most the backbone's "
-                              f"layers m) or null for every layer, got {self.prefix_layers!r}")
+        if self.prefix_layers is not None and not _is_int(self.prefix_layers):
+            # the range, [1, m], is checked where the backbone is known (Backbone.check_prefix_layers)
+            raise ConfigError(f"prefix_layers (--prefix-layers) must be an integer from 1 to the backbone's layers m, "
+                              f"or null for every layer; got {self.prefix_layers!r}")
         if self.label_length is not None and self.label_length < 1:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
