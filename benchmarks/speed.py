@@ -17,7 +17,11 @@ Training (per backbone, same texts, batch, text length and prefix length l):
         in a worker process driven step by step from here.
 Memory: peak RSS of a few training steps, each variant in a fresh process.
 Prediction (argmax over K labels, batch 64): ``LTuningModel.score_texts`` against one (text, label) pair
-per forward, and against transformers' zero-shot-classification pipeline on the same backbone.
+per forward, and against transformers' zero-shot-classification pipeline on the same backbone; beside them
+(issue 16) LT-prefix with the label prefix in the top ``--depth-layers`` layers only (``ours_depth``: the texts'
+bottom layers run once for all K labels) and the floor (the same backbone over every text once per label, no
+prefix): ratios ``pipeline_over_predict_k4_depth``, ``predict_over_floor_k4``, ``predict_depth_over_floor_k4``.
+The stored speed.json predates them; benchmarks/depth.py measures the same ratios per j (results/depth/).
 
 Usage:
     python benchmarks/speed.py                       # full run, minilm + smollm2 (~15-25 min on 2 busy cores)
