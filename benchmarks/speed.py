@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     log(json.dumps({"ratios": results["ratios"], "ratios_cpu": results["ratios_cpu"]}, indent=1))
-    if str(args.markdown):
+    if str(args.markdown) not in ("", "."):  # --markdown '' arrives as Path(".")
         write_markdown(args.markdown, markdown(results))
 
 
