@@ -176,6 +176,31 @@ def test_invisible_prefix_is_the_plain_model(family):
     torch.testing.assert_close(masked, plain, atol=1e-5, rtol=1e-5)
 
 
+def test_projected_embeddings():
+    """ELECTRA-small style (embeddings narrower than d, projected up by ``embeddings_project``): the top layers
+    start from the bottom's output, not from the projection of the embeddings."""
+    from conftest import make_tokenizer
+    from test_families import SMALL
+    from transformers import ElectraConfig, ElectraModel
+
+    torch.manual_seed(0)
+    bb = Backbone(ElectraModel(ElectraConfig(**SMALL, embedding_size=16, max_position_embeddings=64)),
+                  make_tokenizer("encoder"), name="tiny-electra-small")
+    assert bb.model.embeddings_project is not None
+    x = bb.tokenize(TEXTS, 32)
+    B = x["input_ids"].shape[0]
+    with torch.no_grad():
+        plain = bb(x["input_ids"], x["attention_mask"], x.get("token_type_ids"))
+        masked = bb(x["input_ids"], x["attention_mask"], x.get("token_type_ids"), prefix=_prefix(bb, B),
+                    prefix_mask=torch.zeros(B, 3))
+        prefix = _prefix(bb, 3)
+        shared = bb.pooled_per_prefix(x["input_ids"], x["attention_mask"], None, prefix)
+        rows = bb(x["input_ids"].repeat_interleave(3, 0), x["attention_mask"].repeat_interleave(3, 0),
+                  prefix=prefix.repeat(B, 1, 1, 1, 1, 1)).view(B, 3, -1)
+    torch.testing.assert_close(masked, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, rows, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
 def test_listwise_gradients_equal_rows(family):
     model = depth_model(family)
