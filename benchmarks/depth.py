@@ -145,7 +145,7 @@ def cmd_speed(args) -> int:
                 diff = None
             info[(K, j)] = {"max_abs_diff_shared_vs_rows": diff, "label_length": model.config.label_length}
             fns[f"lt-prefix_j{j}_k{K}"] = lambda mod=model: mod.score_texts(texts)
-        # the floor: every text once per label, no prefix, through the same backbone and token budget
+        # the floor: every text once per label, no prefix, batched as score_texts batches
         fns[f"floor_k{K}"] = lambda K=K: speed.floor_rows(bb, texts, K, args.length)
         if pipe is not None:
             fns[f"pipeline_k{K}"] = lambda names=names: pipe(texts, candidate_labels=names, batch_size=64)

@@ -499,19 +499,30 @@ def compute_ratios(results: dict, model: str = "minilm", key: str = "wall_median
     return out
 
 
-def floor_rows(bb, texts: list[str], K: int, max_length: int) -> None:
+def floor_rows(bb, texts: list[str], K: int, max_length: int, batch_size: int = 64) -> None:
     """The floor of scoring K labels: the frozen backbone over every text once per label (K rows per text), no
-    prefix, in chunks of ``LTuningModel.cpu_max_tokens`` rows x tokens, as ``score_texts`` chunks."""
+    prefix, batched as ``LTuningModel.score_texts`` batches on CPU (texts sorted by length, ``batch_size`` at a
+    time, greedy chunks of at most ``cpu_max_tokens`` rows x padded tokens, all-padding columns dropped), so the
+    only difference from scoring is the label's prefix."""
     from ltuning.model import LTuningModel
 
+    budget = LTuningModel.cpu_max_tokens
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with torch.inference_mode():
-        for s in range(0, len(texts), 64):
-            enc = bb.tokenize(texts[s:s + 64], max_length)
-            n = enc["input_ids"].shape[1]
-            per = max(1, LTuningModel.cpu_max_tokens // (n * K))
-            for c in range(0, enc["input_ids"].shape[0], per):
-                rows = {k: v[c:c + per].repeat_interleave(K, 0) for k, v in enc.items()}
+        for s in range(0, len(texts), batch_size):
+            enc = bb.tokenize([texts[i] for i in order[s:s + batch_size]], max_length)
+            lengths = enc["attention_mask"].sum(-1)
+            by_len = lengths.argsort(stable=True).tolist()
+            i = 0
+            while i < len(by_len):
+                j = i + 1
+                while j < len(by_len) and K * (j + 1 - i) * int(lengths[by_len[j]]) <= budget:
+                    j += 1
+                idx = torch.tensor(by_len[i:j])
+                n = int(lengths[idx].max())
+                rows = {k: v.index_select(0, idx)[:, :n].repeat_interleave(K, 0) for k, v in enc.items()}
                 bb(rows["input_ids"], rows["attention_mask"], rows.get("token_type_ids"))
+                i = j
 
 
 def fmt(x, spec=".3f") -> str:
