@@ -153,6 +153,24 @@ def test_200_concurrent_requests_match_in_process_predict(served):
     assert app.state.batcher.cache.misses == 2  # each candidate set encoded once
 
 
+def test_pair_and_single_requests_batched_together_are_each_answered(served):
+    """A request of (premise, hypothesis) pairs and one of single texts that arrive together land in one
+    gathered batch but never in one predict call (which takes one kind of input): both are answered."""
+    model, port, app = served
+    pairs = [["the movie was very good", "i loved it"], ["bad plot", "it was dull"]]
+    singles = ["wonderful", "terrible"]
+    bodies = [{"texts": pairs} if i % 2 else {"texts": singles} for i in range(20)]
+    before = app.state.batcher.stats.batches
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda b: http(port, "/predict", b), bodies))
+    want_pairs = json.loads(json.dumps(predict(model, [tuple(p) for p in pairs], return_scores=True)))
+    want_singles = json.loads(json.dumps(predict(model, singles, return_scores=True)))
+    for body, (status, answer) in zip(bodies, answers, strict=True):
+        assert status == 200, answer
+        assert same_answers(answer["results"], want_pairs if body["texts"] is pairs else want_singles)
+    assert app.state.batcher.stats.batches - before < 20  # some requests did share a gathered batch
+
+
 @pytest.mark.parametrize("body, status, field", [
     ({}, 422, "texts"),
     ({"texts": 5}, 422, "texts"),

@@ -216,10 +216,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
+            # one predict call per (candidate set, multi_label, pairs or single texts): a call takes one kind
+            # of input, and a request is checked alone, so requests that differ must not share a call
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
-                groups.setdefault((r.candidates, r.multi_label), []).append(r)
-            for (candidates, multi_label), requests in groups.items():
+                groups.setdefault((r.candidates, r.multi_label, isinstance(r.texts[0], tuple)), []).append(r)
+            for (candidates, multi_label, _), requests in groups.items():
                 texts = [t for r in requests for t in r.texts]
                 try:
                     results = await loop.run_in_executor(self.executor, self._run, texts, candidates, multi_label)
@@ -386,7 +388,8 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
                cache_size: int = 32):
     """The FastAPI app serving ``model`` (an :class:`~ltuning.model.LTuningModel`), wrapped in the body limit.
 
-    Returns: the ASGI app; ``app.state.batcher`` (its stats) on the inner FastAPI app ``app.fastapi``.
+    Returns: ``(asgi, app)``: the ASGI app to serve (``app`` inside the request-body limit) and the FastAPI
+    app itself, whose ``app.state.batcher`` holds the batcher and its stats.
     """
     require_serve()
     from contextlib import asynccontextmanager
