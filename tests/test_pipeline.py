@@ -60,6 +60,9 @@ def test_calling_the_model_with_texts_is_the_pipeline_call():
     assert lt(TEXTS) == lt.predict(TEXTS, return_scores=True)
     assert lt(TEXTS[0]) == lt.predict(TEXTS[0], return_scores=True)
     assert lt([]) == []
+    # by keyword too, under our name or the zero-shot pipeline's
+    assert lt(texts=TEXTS) == lt(TEXTS)
+    assert lt(sequences=TEXTS[0], candidate_labels=["bad", "good"]) == lt(TEXTS[0], ["bad", "good"])
     # the pipeline's argument order: candidate labels second
     assert lt(TEXTS, ["bad", "good"]) == lt.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True)
     assert lt(TEXTS, "bad, good", multi_label=True) == lt.predict(TEXTS, candidate_labels=["bad", "good"],
@@ -130,3 +133,7 @@ def test_transformers_pipeline_loads_an_adapter_folder(tmp_path):
         pipeline(ltuning.pipelines.TASK, model=str(adapter))
     assert ltuning.pipeline(adapter)(TEXTS) == lt(TEXTS)
     assert ltuning.pipeline(lt, batch_size=2)(TEXTS) == lt(TEXTS)
+    # the pipeline call's own batch_size / num_workers, as transformers pipelines take them
+    assert same(ltuning.pipeline(adapter)(TEXTS, batch_size=1, num_workers=0), lt(TEXTS))
+    assert same(classifier(TEXTS, ["bad", "good"], batch_size=2), lt(TEXTS, ["bad", "good"]))
+    assert same(list(classifier(iter(TEXTS), batch_size=2)), lt(TEXTS))

@@ -374,9 +374,15 @@ class LTuningModel(nn.Module):
         """``model(texts, candidate_labels=None, hypothesis_template=None, multi_label=False)``: the zero-shot
         pipeline's call, i.e. :meth:`predict` with ``return_scores=True`` (a dict for one string, a list of
         dicts for a list). A dict of tensors (what training and :meth:`class_scores` pass) goes to
-        :meth:`forward` as for any module; only a string, list or tuple takes the prediction path."""
+        :meth:`forward` as for any module; only a string, list or tuple takes the prediction path, also given
+        by keyword (``texts=``, or ``sequences=`` as the zero-shot pipeline names it)."""
         if args and isinstance(args[0], str | list | tuple):
             return self._classify(*args, **kwargs)
+        if not args and ("texts" in kwargs or "sequences" in kwargs):
+            if "texts" in kwargs and "sequences" in kwargs:
+                raise TypeError("give the texts once: model(texts) or model(texts=...), not also sequences=")
+            texts = kwargs.pop("texts") if "texts" in kwargs else kwargs.pop("sequences")
+            return self._classify(texts, **kwargs)
         return super().__call__(*args, **kwargs)
 
     def _classify(self, texts, candidate_labels=None, *, hypothesis_template: str | None = None,

@@ -86,21 +86,22 @@ class LTuningClassificationPipeline(Pipeline):
                                     ("multi_label", multi_label)) if v is not None}
         return {}, params, {}
 
-    def __call__(self, inputs, *args, **kwargs):
-        """One text (a dict back) or a list of texts (a list back), scored in batches by the model; other
-        iterables (a generator, a ``datasets`` column) go through the base class, one text at a time."""
+    def __call__(self, inputs, *args, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
+        """One text (a dict back) or a list of texts (a list back), scored in batches of ``batch_size`` (the
+        pipeline's, else 64) by the model; other iterables (a generator, a ``datasets`` column) go through the
+        base class, one text at a time. ``num_workers`` (a DataLoader option of the base class) applies to
+        those iterables only."""
         if args:  # classifier(texts, ["bad", "good"]), as the zero-shot pipeline takes it
             if len(args) > 1 or "candidate_labels" in kwargs:
                 raise ConfigError("give candidate_labels once: classifier(texts, candidate_labels)")
             kwargs["candidate_labels"] = args[0]
         if not isinstance(inputs, str | list | tuple):
-            return super().__call__(inputs, **kwargs)
+            return super().__call__(inputs, batch_size=batch_size, num_workers=num_workers, **kwargs)
         _, params, _ = self._sanitize_parameters(**kwargs)
-        return self._predict(inputs, **{**self._forward_params, **params})
+        return self._predict(inputs, batch_size=batch_size, **{**self._forward_params, **params})
 
-    def _predict(self, texts, **params):
-        batch_size = self._batch_size or 64
-        return self.model.predict(texts, batch_size, return_scores=True, **params)
+    def _predict(self, texts, batch_size: int | None = None, **params):
+        return self.model.predict(texts, batch_size or self._batch_size or 64, return_scores=True, **params)
 
     def preprocess(self, inputs, **_):
         return {"sequence": inputs}
