@@ -238,6 +238,38 @@ def test_resume_with_other_text_pooling_is_refused(setup, tmp_path, capsys):
     assert err.startswith("error: cannot resume") and "text_pooling" in err
 
 
+@pytest.mark.parametrize("edit, ok", [(None, True), (lambda w: [x * 1.5 + 0.1 for x in w], False),
+                                      (lambda w: [x * 1.001 for x in w], True)])
+def test_resume_compares_the_backbone_weights_sample(setup, tmp_path, capsys, edit, ok):
+    """A checkpoint records a sample of its backbone's weights: resuming on other weights of the same shape
+    is refused; the same weights (within the rounding of another dtype) resume."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    for _, folder in list_checkpoints(out):
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        assert len(state["run"]["backbone_weights"]) > 0
+        if edit is not None:
+            state["run"]["backbone_weights"] = edit(state["run"]["backbone_weights"])
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    rc = main(args_for(setup, out, "--max-steps", "3", "--resume"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (rc == 0) == ok, err
+    if not ok:
+        assert len(err) == 1 and err[0].startswith("error: cannot resume") and "other backbone weights" in err[0]
+
+
+def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_path, capsys):
+    """metric_for_best / objective are recorded only when not their default: a mismatch names both sides."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--max-steps", "3", "--metric-for-best", "mcc", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "metric_for_best: checkpoint 'accuracy', now 'mcc'" in err, err
+
+
 @pytest.mark.parametrize("again, ok", [((), True), (("--text-pooling", "pooler"), True),
                                        (("--text-pooling", "cls"), False)])
 def test_checkpoint_without_text_pooling_means_autos_old_rule(setup, tmp_path, capsys, again, ok):

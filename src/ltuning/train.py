@@ -35,6 +35,7 @@ from .config import LabelPosition, PrefixPooling, ScoreHead, TextPooling
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
+from .backbones import same_weights
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler
 from .progress import progress_bar
@@ -205,6 +206,8 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             **({"objective": args.objective} if args.objective != "pairwise" else {}),
             "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
             "text_pooling": model.pooling.value,
+            # compared within rounding (same_weights), not for equality: a sample of the backbone's weights
+            **({"backbone_weights": model.config.backbone_weights} if model.config.backbone_weights else {}),
             # only when not the default, so checkpoints written before the option still resume
             **({"label_position": model.config.label_position.value}
                if model.config.label_position != LabelPosition.BEFORE else {}),
@@ -304,11 +307,18 @@ class _TrainingLoop:
         saved = dict(ts.get("run", {}))
         if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
             saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
-        signature = self.signature
+        signature = dict(self.signature)
+        ours, theirs = signature.pop("backbone_weights", None), saved.pop("backbone_weights", None)
+        if ours is not None and theirs is not None and not same_weights(ours, theirs):
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {folder}: it was trained on other backbone weights than those of "
+                f"{self.model.backbone.name!r} (same architecture, different values); resume with the backbone it "
+                "was trained on, or train from scratch in another --output-dir")
         diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
-            defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before"}
+            defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before",
+                        "metric_for_best": "accuracy", "objective": "pairwise"}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
             raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
