@@ -101,6 +101,29 @@ def test_early_stopping_and_the_metric_that_chooses_the_best_state(backbone, mon
         TrainArgs(early_stopping_patience=-1)
 
 
+def test_early_stopping_and_metric_need_validation_data(backbone):
+    """Without validation data there is nothing to stop on or choose by: refused, not silently ignored."""
+    for kwargs, flags in (({"early_stopping_patience": 2}, "--early-stopping-patience need"),
+                          ({"metric_for_best": "mcc"}, "--metric-for-best need"),
+                          ({"early_stopping_patience": 1, "metric_for_best": "mcc"},
+                           "--early-stopping-patience and --metric-for-best need")):
+        args = TrainArgs(max_steps=2, batch_size=4, progress=False, **kwargs)
+        with pytest.raises(ConfigError, match=flags):
+            build_and_train(backbone, dataset(TRAIN), None, args, method="prefix", say=None)
+
+
+def test_cli_says_how_many_steps_ran_when_stopped_early(models, files, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import ltuning.train as train_module
+
+    real = train_module.evaluate  # the real metrics, made flat so that no evaluation after the first is better
+    monkeypatch.setattr(train_module, "evaluate", lambda model, data, batch_size=64: {
+        **real(model, data, batch_size), "accuracy": 0.5, "loss": 1.0})
+    assert main(train_args(models, files, tmp_path / "run", "--max-steps", "12", "--early-stopping-patience",
+                           "2")) == 0
+    out = capsys.readouterr().out
+    assert "trained 6 steps (stopped early, of --max-steps 12)" in out, out
+
+
 def test_listwise_objective_is_cross_entropy_over_all_label_scores(backbone):
     """--objective listwise: K-way cross-entropy over the K pair logits of each text (the scores prediction
     takes the argmax of); refused for classic methods, which already train a K-way softmax."""

@@ -175,13 +175,14 @@ def build_parser() -> _Parser:
     g.add_argument("--eval-batch-size", type=int, default=64, help="texts per evaluation batch (default: 64)")
     g.add_argument("--metric-for-best", choices=["accuracy", "mcc", "macro_f1"], default="accuracy",
                    help="validation metric that chooses the saved state; ties go to the lower validation loss "
-                        "(default: accuracy)")
+                        "(default: accuracy; another metric needs validation data)")
     g.add_argument("--objective", choices=["pairwise", "listwise"], default="pairwise",
                    help="LT methods' loss: pairwise, the paper's BCE on one true or false (text, label) pair per "
                         "text (A.3); listwise, a K-way softmax over the scores of all K labels of each text "
                         "(K rows per text per step; default: pairwise)")
     g.add_argument("--early-stopping-patience", type=int, default=0,
-                   help="stop after N evaluations without a better --metric-for-best (default: 0, never)")
+                   help="stop after N evaluations without a better --metric-for-best (default: 0, never; "
+                        "needs validation data)")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
@@ -880,7 +881,9 @@ def cmd_train(args) -> int:
     if result.best_metrics:
         print(f"best validation (step {result.best_step}):")
         print(format_metrics(result.best_metrics, model.config.label_names))
-    print(f"trained {args.max_steps} steps in {result.seconds:.1f} s; adapter saved to {out_dir}")
+    steps = (f"{result.stopped_early_at} steps (stopped early, of --max-steps {args.max_steps})"
+             if result.stopped_early_at is not None else f"{args.max_steps} steps")
+    print(f"trained {steps} in {result.seconds:.1f} s; adapter saved to {out_dir}")
     return 0
 
 

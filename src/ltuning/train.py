@@ -252,6 +252,11 @@ class _TrainingLoop:
         if args.objective != "pairwise" and not model.label_conditioned:
             raise ConfigError(f"--objective {args.objective} is for the label-conditioned methods (lt-*); "
                               f"{model.config.method} already trains a K-way softmax over its head")
+        if validation_data is None and (args.early_stopping_patience or args.metric_for_best != "accuracy"):
+            given = [f for f, v in (("--early-stopping-patience", args.early_stopping_patience),
+                                    ("--metric-for-best", args.metric_for_best != "accuracy")) if v]
+            raise ConfigError(f"{' and '.join(given)} need validation data to act on: give --validation-file "
+                              "(or a task with a validation split), or leave them out")
         self.model, self.train_data, self.validation_data = model, train_data, validation_data
         self.args, self.on_eval = args, on_eval
         # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
