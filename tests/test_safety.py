@@ -105,6 +105,21 @@ def test_an_adapter_without_a_weights_sample_loads_with_a_warning(env, tmp_path)
         load_adapter(folder, model=str(env["other"]))  # an old adapter: the architecture check only
 
 
+@pytest.mark.parametrize("sample", [[], [0.5] * 5, [10 ** 400] * 32, [0.1] * 31 + [float("nan")], ["0.1"] * 32,
+                                    [True] * 16])
+def test_a_malformed_weights_sample_is_a_clear_error(env, tmp_path, capsys, sample):
+    """An edited backbone_weights (empty: the check would pass anything; an int beyond float range:
+    OverflowError before) is refused naming the key, in the API and as one CLI line."""
+    folder = copy_adapter(env, tmp_path)
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    cfg["backbone_weights"] = sample
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg))  # NaN is written as the bare token NaN
+    with pytest.raises(AdapterError, match="backbone_weights must be a list of 16 or 32 finite numbers"):
+        load_adapter(folder, model=str(env["tiny"]))
+    rc = main(["predict", "--adapter", str(folder), "--model", str(env["tiny"]), "a good film"])
+    one_line(capsys, rc, "backbone_weights")
+
+
 def test_a_relative_base_model_is_never_read_from_the_working_directory(env, tmp_path, monkeypatch, capsys):
     # an adapter trained with a relative --model names the folder by its absolute path
     monkeypatch.chdir(env["root"])

@@ -309,10 +309,21 @@ _CONFIG_TYPES = {
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "backbone_weights": (lambda v: v is None or (isinstance(v, list) and all(
-        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)),
-        "a list of numbers or null"),
+    "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
 }
+
+
+def _is_weights_sample(v) -> bool:
+    """What ``backbones.weights_sample`` writes: 16 values per sampled tensor (one or two tensors), finite
+    (an int too large for a float is not: ``math.isfinite`` would raise OverflowError on it)."""
+    def finite(x) -> bool:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return False
+        try:
+            return math.isfinite(x)
+        except OverflowError:
+            return False
+    return isinstance(v, list) and len(v) in (16, 32) and all(finite(x) for x in v)
 
 
 def _check_config_types(raw: dict, path: Path) -> None:
