@@ -63,7 +63,8 @@ def remove_empty(folders: Sequence[Path]) -> None:
 def atomic_write_many(files: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
     """Write several files as one: each ``write(tmp_path)`` into a temporary file beside its ``path``, then,
     when all are written, each renamed onto its path (same folder: atomic). If any write fails, every
-    temporary file is removed, no path is touched, and folders made for them are removed again.
+    temporary file is removed, no path is touched, and folders made for them are removed again. (A rename
+    that fails after earlier ones succeeded cannot undo them: the error then names the files replaced.)
 
     Files get the mode any new file gets (0o666 less the umask), not ``mkstemp``'s private 0o600.
 
@@ -72,6 +73,7 @@ def atomic_write_many(files: Sequence[tuple[Path, Callable[[Path], object]]]) ->
     """
     created: list[Path] = []
     staged: list[tuple[Path, Path]] = []
+    replaced: list[Path] = []
     path = None
     try:
         for path, write in files:
@@ -84,12 +86,16 @@ def atomic_write_many(files: Sequence[tuple[Path, Callable[[Path], object]]]) ->
             set_normal_mode(tmp)
         for tmp, path in staged:
             os.replace(tmp, path)
+            replaced.append(path)
     except BaseException as e:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         remove_empty(created)
         if isinstance(e, Exception) and not isinstance(e, WriteError):
-            raise WriteError(f"cannot write {path}: {error_reason(e)}; nothing was written there") from e
+            # a rename failing after others succeeded (rare: the data is already on disk) leaves a mix
+            outcome = "nothing was written there" if not replaced else (
+                f"{', '.join(p.name for p in replaced)} already replaced, the other files left as they were")
+            raise WriteError(f"cannot write {path}: {error_reason(e)}; {outcome}") from e
         raise
 
 
