@@ -169,6 +169,25 @@ def test_a_users_readme_in_the_output_folder_is_never_replaced(env, tmp_path, ca
     model.save_pretrained(out)
 
 
+def test_a_peft_adapter_in_the_output_folder_is_not_called_a_run(env, tmp_path, capsys):
+    """peft's adapter_config.json has our file name: train names it as a file ltuning did not write (not
+    'already holds a run', which would suggest --resume), keeps it through a failed --overwrite run, and
+    replaces it only when the adapter is saved."""
+    out = tmp_path / "peft"
+    out.mkdir()
+    (out / CONFIG_NAME).write_text('{"peft_type": "LORA"}')
+    line = one_line(capsys, main(train_argv(env["tiny"], env["train"], out)), CONFIG_NAME)
+    assert "did not write" in line and "holds a run" not in line
+    one_line(capsys, main(train_argv(env["tiny"], env["train"], out, "--resume")), "did not write")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n")  # no rows: the run fails after the output folder was accepted
+    assert main(train_argv(env["tiny"], bad, out, "--overwrite")) == 2
+    assert (out / CONFIG_NAME).read_text() == '{"peft_type": "LORA"}'
+    capsys.readouterr()
+    assert main(train_argv(env["tiny"], env["train"], out, "--overwrite")) == 0
+    assert json.loads((out / CONFIG_NAME).read_text())["method"]
+
+
 def test_resume_never_replaces_a_finished_run(env, tmp_path, capsys):
     out = tmp_path / "done"
     shutil.copytree(env["adapter"], out)

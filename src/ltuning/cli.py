@@ -191,9 +191,11 @@ def build_parser() -> _Parser:
                    "unless --overwrite (or --resume) is given")
     g.add_argument("--overwrite", action="store_true",
                    help="train into an --output-dir that holds a previous run: first delete the files ltuning "
-                        "wrote there (adapter, README.md card, run_config.json, train_results.json, eval_*.json, "
-                        "plots, checkpoints/); other files are kept, except a file at a name the run writes "
-                        "(e.g. your own README.md), which is replaced. Without it, such a file is never replaced")
+                        "wrote there (adapter, its config.json marker, README.md card, run_config.json, "
+                        "train_results.json, eval_*.json, plots, checkpoints/); other files are kept, except a file "
+                        "at a name the run writes (e.g. your own README.md or config.json, another library's "
+                        "adapter_config.json), which is replaced when the adapter is saved. Without it, such a file "
+                        "is never replaced")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="batches per optimizer step (effective batch: N x --batch-size; default: 1)")
@@ -651,11 +653,14 @@ _RUN_GLOBS = ("eval_*.json", "eval_*.png")
 
 def _previous_run(out: Path) -> list[Path]:
     """What a previous run left in ``out``: adapter, results, config, checkpoints (empty: not a run)."""
+    from .adapter_io import is_ltuning_config
     from .checkpoint import CHECKPOINTS_DIR
 
     if not out.is_dir():
         return []
-    found = [out / n for n in ("adapter_config.json", "train_results.json", "run_config.json") if (out / n).is_file()]
+    # another library's adapter_config.json (peft's has the same name) is not a run: it is a foreign file
+    found = [out / "adapter_config.json"] if is_ltuning_config(out / "adapter_config.json") else []
+    found += [out / n for n in ("train_results.json", "run_config.json") if (out / n).is_file()]
     ckpt = out / CHECKPOINTS_DIR
     if ckpt.is_dir() and any(ckpt.iterdir()):
         found.append(ckpt)
@@ -670,7 +675,11 @@ def _remove_previous_run(out: Path) -> list[Path]:
     from .card import CARD_NAME, is_card
     from .checkpoint import CHECKPOINTS_DIR
 
-    removed = [out / n for n in _RUN_FILES if (out / n).is_file()]
+    from .adapter_io import is_ltuning_config
+
+    # a foreign adapter_config.json is left for the adapter writer, which replaces it only when the run is saved
+    removed = [out / n for n in _RUN_FILES if (out / n).is_file()
+               and (n != "adapter_config.json" or is_ltuning_config(out / n))]
     removed += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
     if is_ltuning_hf_config(out / HF_CONFIG_NAME):  # the pipeline marker, not a user's own config.json
         removed.append(out / HF_CONFIG_NAME)
