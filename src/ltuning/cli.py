@@ -671,11 +671,9 @@ def _remove_previous_run(out: Path) -> list[Path]:
     """Delete the files a previous ltuning run wrote in ``out`` (only those); returns what was removed."""
     import shutil
 
-    from .adapter_io import HF_CONFIG_NAME, is_ltuning_hf_config
+    from .adapter_io import HF_CONFIG_NAME, is_ltuning_config, is_ltuning_hf_config
     from .card import CARD_NAME, is_card
     from .checkpoint import CHECKPOINTS_DIR
-
-    from .adapter_io import is_ltuning_config
 
     # a foreign adapter_config.json is left for the adapter writer, which replaces it only when the run is saved
     removed = [out / n for n in _RUN_FILES if (out / n).is_file()

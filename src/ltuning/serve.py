@@ -266,25 +266,31 @@ def check_request(model, texts: list, candidates: list[str] | None, multi_label:
         except LTuningError as e:
             problems.append(("texts", str(e), 422))
     if candidates is not None:
-        if not model.label_conditioned:
-            problems.append(("candidate_labels", f"{model.config.method} has a fixed head over its training labels "
-                             f"{model.label_names}; candidate labels need an lt-prefix or lt-prompt adapter", 422))
-        elif len(candidates) > limits.max_candidates:
-            problems.append(("candidate_labels", f"{len(candidates)} labels; at most {limits.max_candidates}", 413))
-        else:
-            if len(candidates) < (1 if multi_label else 2):
-                problems.append(("candidate_labels", f"give at least {1 if multi_label else 2} labels", 422))
-            if len(set(candidates)) != len(candidates):
-                problems.append(("candidate_labels", "labels must be unique", 422))
-            for i, c in enumerate(candidates):
-                if not c.strip():
-                    problems.append((f"candidate_labels.{i}", "empty label", 422))
-                elif len(c) > min(limits.max_chars, 256):
-                    problems.append((f"candidate_labels.{i}", f"{len(c)} characters; at most "
-                                     f"{min(limits.max_chars, 256)} per label", 413))
+        problems += _check_candidates(model, candidates, multi_label, limits)
     if multi_label and not model.label_conditioned:
         problems.append(("multi_label", f"{model.config.method} has a softmax head over its training labels; "
                          "multi_label needs an lt-prefix or lt-prompt adapter", 422))
+    return problems
+
+
+def _check_candidates(model, candidates: list[str], multi_label: bool, limits: Limits) -> list[tuple[str, str, int]]:
+    """Problems of a request's ``candidate_labels`` (see :func:`check_request`)."""
+    if not model.label_conditioned:
+        return [("candidate_labels", f"{model.config.method} has a fixed head over its training labels "
+                 f"{model.label_names}; candidate labels need an lt-prefix or lt-prompt adapter", 422)]
+    if len(candidates) > limits.max_candidates:
+        return [("candidate_labels", f"{len(candidates)} labels; at most {limits.max_candidates}", 413)]
+    problems = []
+    if len(candidates) < (1 if multi_label else 2):
+        problems.append(("candidate_labels", f"give at least {1 if multi_label else 2} labels", 422))
+    if len(set(candidates)) != len(candidates):
+        problems.append(("candidate_labels", "labels must be unique", 422))
+    longest = min(limits.max_chars, 256)
+    for i, c in enumerate(candidates):
+        if not c.strip():
+            problems.append((f"candidate_labels.{i}", "empty label", 422))
+        elif len(c) > longest:
+            problems.append((f"candidate_labels.{i}", f"{len(c)} characters; at most {longest} per label", 413))
     return problems
 
 

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .backbones import same_weights
 from .checkpoint import json_safe
 from .config import LabelPosition, PrefixPooling, ScoreHead, TextPooling
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
-from .backbones import same_weights
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler
 from .progress import progress_bar
