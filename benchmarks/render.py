@@ -381,8 +381,9 @@ def converged_lr_table(lr_runs) -> str:
 
 
 def converged_plots(runs) -> list[str]:
-    """Figure 2 from the converged runs: the dev metric against training steps (= forward rows / 32: every
-    method feeds one row per text in training) per task."""
+    """Figure 2 from the converged runs, per task: the dev metric against training steps (top) and against
+    training forward rows (bottom: ``train_rows_per_step`` x step; a listwise LT step feeds K rows per text,
+    every other method one)."""
     try:
         import matplotlib
 
@@ -394,20 +395,27 @@ def converged_plots(runs) -> list[str]:
     tasks = [t for t in CONVERGED_TASKS if any(r["task"] == t for r in runs)]
     if not tasks:
         return []
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4))
-    for ax, t in zip(axes if len(tasks) > 1 else [axes], tasks, strict=True):
+    batch = runs[0]["protocol"]["batch_size"]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.2 * len(tasks), 7.6), squeeze=False)
+    for col, t in enumerate(tasks):
         for r in sorted((r for r in runs if r["task"] == t), key=lambda r: (_order([r["method"]]), r["seed"])):
             m = r["method"]
-            if m == "zero-shot-similarity":
-                ax.axhline(r["curve"][0]["dev_metric"], color="grey", ls=":", lw=1, label="zero-shot similarity")
-                continue
-            style = "-" if m.startswith("lt-") and not m.endswith("-paper") else ("--" if m.startswith("lt-") else ":")
-            ax.plot([c["step"] for c in r["curve"]], [c["dev_metric"] for c in r["curve"]], style, lw=1.2,
-                    label=f"{m} (seed {r['seed']})")
-        ax.set_title(f"{t}: dev {'MCC' if t == 'cola' else 'accuracy'}", fontsize=9)
-        ax.set_xlabel(f"training step (batch {runs[0]['protocol']['batch_size']}; forward rows = 32 x step)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+            for row, ax in enumerate(axes[:, col]):
+                if m == "zero-shot-similarity":
+                    ax.axhline(r["curve"][0]["dev_metric"], color="grey", ls=":", lw=1, label="zero-shot similarity")
+                    continue
+                style = "-" if m.startswith("lt-") and not m.endswith("-paper") else (
+                    "--" if m.startswith("lt-") else ":")
+                scale = 1 if row == 0 else r.get("train_rows_per_step", batch)
+                ax.plot([c["step"] * scale for c in r["curve"]], [c["dev_metric"] for c in r["curve"]], style,
+                        lw=1.2, label=f"{m} (seed {r['seed']})")
+        for row, ax in enumerate(axes[:, col]):
+            ax.set_title(f"{t}: dev {'MCC' if t == 'cola' else 'accuracy'}", fontsize=9)
+            ax.set_xlabel(f"training step (batch {batch})" if row == 0 else
+                          "training forward rows (listwise: K rows per text)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
     return [str(_save(plt, fig, "converged-curves.png").relative_to(common.ROOT))]
 
 
