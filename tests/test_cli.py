@@ -270,8 +270,14 @@ def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):
     mine = ["README.md", "notes.txt", "data.tsv", "eval.json", "adapter_config.json.bak"]
     for name in ours + mine:
         (out / name).write_text("x")
+    (out / "adapter_config.json").write_text('{"method": "lt-prefix", "label_names": ["a", "b"], "base_model": "m"}')
     _remove_previous_run(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(mine)  # a README.md that is not our card stays
+    # another library's adapter_config.json (peft's) stays: only the adapter writer replaces it, on save
+    (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    _remove_previous_run(out)
+    assert (out / "adapter_config.json").read_text() == '{"peft_type": "LORA"}'
+    (out / "adapter_config.json").unlink()
     (out / "README.md").write_text("---\nlibrary_name: ltuning\n---\n# card")
     _remove_previous_run(out)
     assert not (out / "README.md").exists()
