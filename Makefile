@@ -23,8 +23,8 @@ setup: $(STAMP)
 # The main job: train lt-prefix on the packaged MiniLM with the packaged demo data (a few minutes on
 # 2 CPU cores), print validation accuracy, save the adapter, classify a few sentences.
 demo: setup
-	$(BIN)/ltuning train --task demo --model minilm --method lt-prefix --max-steps 400 --batch-size 16 \
-		--eval-every 100 --max-eval-samples 500 --output-dir runs/demo
+	$(BIN)/ltuning train --task demo --model minilm --method lt-prefix --max-steps 200 --batch-size 16 \
+		--eval-every 50 --max-eval-samples 500 --output-dir runs/demo
 	$(BIN)/ltuning predict --adapter runs/demo "What a boring display." "I was wowed from start to finish." \
 		"A clumsy, overlong mess." "Sharp writing and a terrific cast."
 

@@ -110,8 +110,10 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     from ltuning.train import TrainArgs
 
     train_ds, dev, t, label_texts = split(task)
-    objective = "listwise" if row.endswith("-listwise") else "pairwise"
     method = row.removesuffix("-listwise").removesuffix("-paper")
+    # an LT row is pairwise (A.3; the library default when these rows were first run) unless it says listwise;
+    # a classic method's K-way head always trains the listwise softmax
+    objective = "listwise" if row.endswith("-listwise") or not method.startswith("lt-") else "pairwise"
     score_head = "paper" if row.endswith("-paper") or not method.startswith("lt-") else "similarity"
     metric = metric_of(task)
     curve = []
@@ -139,7 +141,8 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
            # forward rows: training feeds one (text, label) row per text (LT pairwise: half true, half false pairs;
            # classic: the text once; listwise: K rows); prediction scores K rows per text for LT, one for classic
            "objective": objective,
-           "train_rows_per_step": PROTOCOL["batch_size"] * (K if objective == "listwise" else 1),
+           "train_rows_per_step": PROTOCOL["batch_size"] * (K if model.label_conditioned and objective == "listwise"
+                                                            else 1),
            "predict_rows_per_text": K if model.label_conditioned else 1}
     if report:
         val = headstart.held_out(task)

@@ -60,7 +60,9 @@ def train_one(backbone, name: str, task: str, method: str, j: int, seed: int, ar
                         text_pooling=pooling, max_length=common.MAX_LENGTH, prefix_layers=None if j == m else j)
     model = LTuningModel(backbone, cfg)
     targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                      eval_every=args.eval_every, seed=seed, progress=False)
+                      eval_every=args.eval_every, seed=seed, progress=False,
+                      # the stored runs trained the objective that was the default then
+                      objective="pairwise" if method.startswith("lt-") else "listwise")
     load0, t0, c0 = common.machine()["loadavg_at_start"], time.perf_counter(), time.process_time()
     res = train(model, train_ds, dev, targs)
     best_step = res.best_step

@@ -124,7 +124,7 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         print(f"  {variant} seed {seed} step 0: dev acc {m0['accuracy']:.4f}", flush=True)
         targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                           eval_every=args.eval_every, seed=seed, progress=False,
-                          objective="listwise" if listwise else "pairwise")
+                          objective="listwise" if listwise or not method.startswith("lt-") else "pairwise")
         res = train(model, train_ds, dev, targs)
         curve += [{"step": r["step"], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"], "dev_loss": r["loss"],
                    "train_loss": r.get("train_loss")} for r in res.history]

@@ -58,7 +58,7 @@ def run(method: str, seed: int, steps: int, backbone, train, val) -> dict:
     model = get_ltuning_model(backbone, config, labels={"negative": "negative", "positive": "positive"})
     t0 = time.perf_counter()
     fit(model, train, None, TrainArgs(max_steps=steps, batch_size=p["batch_size"], learning_rate=p["learning_rate"],
-                                      seed=seed, progress=True))
+                                      seed=seed, progress=True, objective="pairwise"))  # as stored
     train_seconds = time.perf_counter() - t0
     rows = []
     for name, texts in LABEL_SETS.items():

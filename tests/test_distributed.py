@@ -63,7 +63,7 @@ def launch_2_processes(argv: list[str], cwd: Path) -> subprocess.CompletedProces
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def compare(one: Path, two: Path, atol: float, weights: bool = True) -> None:
+def compare(one: Path, two: Path, atol: float, weights: bool = True, weights_atol: float = 1e-4) -> None:
     a, b = json.loads((one / "train_results.json").read_text()), json.loads((two / "train_results.json").read_text())
     assert len(a["train_log"]) == len(b["train_log"])
     for ra, rb in zip(a["train_log"], b["train_log"], strict=True):
@@ -75,16 +75,16 @@ def compare(one: Path, two: Path, atol: float, weights: bool = True) -> None:
         if weights:
             # Adam divides by sqrt(v): a gradient that differs in its last bits (another summation order
             # across processes) moves a weight by a few 1e-5 more or less after a few steps at lr 0.05
-            torch.testing.assert_close(wa[k], wb[k], atol=max(atol, 1e-4), rtol=0)
+            torch.testing.assert_close(wa[k], wb[k], atol=max(atol, weights_atol), rtol=0)
     # the runs trained: the last checkpoint's weights differ from the first's
     first, last = (load_file(str(two / "checkpoints" / s / WEIGHTS_NAME)) for s in ("step-3", "step-6"))
     moved = any(not torch.equal(first[k], last[k]) for k in first)
     assert moved
 
 
-@pytest.mark.parametrize("accumulate", ["1", "2"])
-def test_two_processes_match_one(setup, tmp_path, accumulate):
-    extra = ["--gradient-accumulation-steps", accumulate, "--checkpoint-every", "3"]
+@pytest.mark.parametrize("accumulate, objective", [("1", "pairwise"), ("2", "pairwise"), ("2", "listwise")])
+def test_two_processes_match_one(setup, tmp_path, accumulate, objective):
+    extra = ["--gradient-accumulation-steps", accumulate, "--checkpoint-every", "3", "--objective", objective]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(args_for(setup, one, *extra)) == 0
     p = launch_2_processes(args_for(setup, two, *extra), tmp_path)
@@ -93,7 +93,10 @@ def test_two_processes_match_one(setup, tmp_path, accumulate):
     assert p.stdout.count("ltuning train:") == 1 and p.stdout.count("adapter saved") == 1
     assert {f.name for f in (two / "checkpoints" / "step-6").glob("rng_state_*.pt")} == \
         {"rng_state_0.pt", "rng_state_1.pt"}
-    compare(one, two, atol=1e-5)
+    # the losses agree to 1e-5 either way; listwise scores K rows per text, each process padding its own
+    # share, so its weights drift by up to ~2e-4 through Adam (measured 1.5e-4 after 6 steps at lr 0.05);
+    # a wrong share of the mean (a factor of 2) shows in the losses, which the first check compares
+    compare(one, two, atol=1e-5, weights_atol=1e-4 if objective == "pairwise" else 5e-4)
     results = json.loads((two / "train_results.json").read_text())
     assert [r["step"] for r in results["history"]] == [3, 6]
 

@@ -27,10 +27,13 @@ PREDS = [0, 1, 2, 2, 0, 1]
 class FakeModel:
     """The part of LTuningModel that evaluate() uses: fixed scores."""
 
-    def __init__(self, scores, label_names, label_conditioned=False):
+    def __init__(self, scores, label_names, label_conditioned=False, objective=None):
+        from types import SimpleNamespace
+
         self.scores, self.label_names = scores, label_names
         self.num_labels = len(label_names)
         self.label_conditioned = label_conditioned
+        self.config = SimpleNamespace(objective=objective)
         self.seen = None
 
     def score_texts(self, texts, batch_size=64, progress=False):
@@ -60,8 +63,9 @@ def test_hand_checked_three_class_example():
     assert m["majority_accuracy"] == pytest.approx(3 / 6)
 
 
-def test_label_conditioned_loss_is_mean_pair_bce():
-    m = evaluate(FakeModel(SCORES, ["a", "b", "c"], label_conditioned=True),
+@pytest.mark.parametrize("objective", ["pairwise", None])  # None: an adapter saved before the key (pairwise)
+def test_label_conditioned_loss_is_mean_pair_bce(objective):
+    m = evaluate(FakeModel(SCORES, ["a", "b", "c"], label_conditioned=True, objective=objective),
                  TextDataset([f"t{i}" for i in range(6)], LABELS, ["a", "b", "c"]))
     total = 0.0
     for i, y in enumerate(LABELS):
@@ -69,6 +73,15 @@ def test_label_conditioned_loss_is_mean_pair_bce():
             p = 1 / (1 + math.exp(-SCORES[i, k].item()))
             total += -math.log(p) if k == y else -math.log(1 - p)
     assert m["loss"] == pytest.approx(total / 18, rel=1e-5)
+
+
+def test_listwise_lt_loss_is_k_way_cross_entropy():
+    """The validation loss is the training objective's: a listwise LT adapter's is the K-way CE."""
+    m = evaluate(FakeModel(SCORES, ["a", "b", "c"], label_conditioned=True, objective="listwise"),
+                 TextDataset([f"t{i}" for i in range(6)], LABELS, ["a", "b", "c"]))
+    total = sum(-SCORES[i, y].item() + math.log(sum(math.exp(SCORES[i, k].item()) for k in range(3)))
+                for i, y in enumerate(LABELS))
+    assert m["loss"] == pytest.approx(total / 6, rel=1e-5)
 
 
 @pytest.mark.parametrize("preds,labels", [

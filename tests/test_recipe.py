@@ -15,6 +15,7 @@ from ltuning import TrainingRun, build_and_train, load_backbone
 from ltuning.cli import build_parser, main
 from ltuning.data import TextDataset, get_task
 from ltuning.errors import ConfigError
+from ltuning.evaluate import evaluate
 from ltuning.recipe import default_label_texts, prepare_model
 from ltuning.train import TrainArgs
 
@@ -125,8 +126,8 @@ def test_cli_says_how_many_steps_ran_when_stopped_early(models, files, tmp_path,
 
 
 def test_listwise_objective_is_cross_entropy_over_all_label_scores(backbone):
-    """--objective listwise: K-way cross-entropy over the K pair logits of each text (the scores prediction
-    takes the argmax of); refused for classic methods, which already train a K-way softmax."""
+    """--objective listwise (the default): K-way cross-entropy over the K pair logits of each text (the scores
+    prediction takes the argmax of); pairwise (A.3) is refused for classic methods, whose head is K-way."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
@@ -135,13 +136,43 @@ def test_listwise_objective_is_cross_entropy_over_all_label_scores(backbone):
     batch = model.tokenize(texts)
     expected = F.cross_entropy(model.class_scores(batch), labels)
     assert torch.allclose(model.loss(batch, labels, objective="listwise"), expected)
-    args = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False, objective="listwise")
+    assert TrainArgs().objective == "listwise"  # the default
+    args = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False)
     run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None)
     assert [r["step"] for r in run.result.history] == [2, 4]
-    with pytest.raises(ConfigError, match="objective listwise is for the label-conditioned"):
-        build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="prefix", say=None)
+    assert run.model.config.objective == "listwise"  # saved with the adapter
+    # the validation loss is the training objective's: K-way cross-entropy, not the pair BCE
+    scores = run.model.score_texts(dataset(VALID).texts)
+    ce = F.cross_entropy(scores, torch.tensor(dataset(VALID).labels)).item()
+    assert evaluate(run.model, dataset(VALID))["loss"] == pytest.approx(ce, rel=1e-5)
+    # a classic method's head always trains the K-way softmax: listwise is its only objective
+    assert build_and_train(backbone, dataset(TRAIN), None, args, method="prefix", say=None).model.config.objective \
+        is None
+    pairwise = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False, objective="pairwise")
+    with pytest.raises(ConfigError, match="objective pairwise is for the label-conditioned"):
+        build_and_train(backbone, dataset(TRAIN), dataset(VALID), pairwise, method="prefix", say=None)
+    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), pairwise, method="lt-prompt", say=None)
+    assert run.model.config.objective == "pairwise"
     with pytest.raises(ConfigError, match="--objective must be one of"):
         TrainArgs(objective="pointwise")
+
+
+def test_multi_label_on_a_listwise_adapter_warns_that_scores_are_not_calibrated(backbone):
+    import warnings
+
+    model = prepare_model(backbone, NAMES, method="lt-prefix", say=None)
+    model.config.objective = "listwise"
+    with pytest.warns(UserWarning, match="listwise objective.*not calibrated.*--objective pairwise"):
+        model.predict(["a fine film"], multi_label=True)
+    for objective in ("pairwise", None):  # pairwise, or saved before the key (all pairwise then)
+        model.config.objective = objective
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.predict(["a fine film"], multi_label=True)
+    model.config.objective = "listwise"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(["a fine film"])  # single-label prediction ranks: nothing to warn about
 
 
 def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noqa: F811

@@ -23,10 +23,12 @@ TRAIN = [("the movie was very good", 1), ("bad plot", 0), ("i loved it", 1), ("a
          ("the plot was fun", 1), ("quite boring", 0), ("i am wowed", 1), ("this was awful", 0)]
 PROBE = ["what a wonderful film", "boring and dull", "the actors were great"]
 
+# (config, training objective): the pairwise cases were pinned when pairwise was the default objective
 CASES = {
-    "lt-prefix-paper": dict(method="lt-prefix", score_head="paper"),
-    "lt-prefix-similarity": dict(method="lt-prefix", score_head="similarity"),
-    "prefix": dict(method="prefix", score_head="paper"),  # the classic methods take paper only
+    "lt-prefix-paper": (dict(method="lt-prefix", score_head="paper"), "pairwise"),
+    "lt-prefix-similarity": (dict(method="lt-prefix", score_head="similarity"), "pairwise"),
+    "lt-prefix-similarity-listwise": (dict(method="lt-prefix", score_head="similarity"), "listwise"),
+    "prefix": (dict(method="prefix", score_head="paper"), "listwise"),  # the classic methods take paper only
 }
 
 # printed by a first run (LTUNING_PRINT_PINNED=1): the last step's training loss, and score_texts(PROBE)
@@ -34,6 +36,9 @@ PINNED = {
     "lt-prefix-paper": (0.6931549310684204, [[0.009483840316534042, 0.00922299548983574],
                                              [0.009310606867074966, 0.00901833176612854],
                                              [0.009194742888212204, 0.00893545150756836]]),
+    "lt-prefix-similarity-listwise": (0.693209171295166, [[14.686447143554688, 14.706560134887695],
+                                                          [14.687162399291992, 14.705978393554688],
+                                                          [14.690664291381836, 14.710596084594727]]),
     "lt-prefix-similarity": (4.434372901916504, [[8.602751731872559, 8.54611873626709],
                                                  [8.605828285217285, 8.544177055358887],
                                                  [8.607695579528809, 8.55089282989502]]),
@@ -46,9 +51,10 @@ PINNED = {
 def run(case: str) -> tuple[float, torch.Tensor]:
     torch.manual_seed(0)  # the backbone's random weights, then the method's initialisation
     model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
-                         LTuningConfig(label_names=["negative", "positive"], **CASES[case]))
+                         LTuningConfig(label_names=["negative", "positive"], **CASES[case][0]))
     data = TextDataset([t for t, _ in TRAIN], [y for _, y in TRAIN], ["negative", "positive"])
-    result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, seed=0, progress=False))
+    result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, seed=0, progress=False,
+                                                objective=CASES[case][1]))
     with torch.no_grad():
         scores = model.eval().score_texts(PROBE)
     return result.train_log[-1]["loss"], scores

@@ -268,6 +268,17 @@ def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_pa
     assert main(args_for(setup, out, "--max-steps", "3", "--metric-for-best", "mcc", "--resume")) == 2
     err = capsys.readouterr().err
     assert "metric_for_best: checkpoint 'accuracy', now 'mcc'" in err, err
+    # a checkpoint of a pairwise LT run (the default objective before listwise) resumes only with pairwise
+    pairwise = tmp_path / "pairwise"
+    assert main(args_for(setup, pairwise, "--max-steps", "3", "--objective", "pairwise")) == 0
+    for _, folder in list_checkpoints(pairwise):  # as written before the key: pairwise was not recorded
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        assert "objective" not in state["run"]
+    capsys.readouterr()
+    assert main(args_for(setup, pairwise, "--max-steps", "3", "--resume")) == 2
+    assert "objective: checkpoint 'pairwise', now 'listwise'" in capsys.readouterr().err
+    assert main(args_for(setup, pairwise, "--max-steps", "3", "--objective", "pairwise", "--resume")) == 0
 
 
 @pytest.mark.parametrize("again, ok", [((), True), (("--text-pooling", "pooler"), True),

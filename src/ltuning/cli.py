@@ -176,10 +176,11 @@ def build_parser() -> _Parser:
     g.add_argument("--metric-for-best", choices=["accuracy", "mcc", "macro_f1"], default="accuracy",
                    help="validation metric that chooses the saved state; ties go to the lower validation loss "
                         "(default: accuracy; another metric needs validation data)")
-    g.add_argument("--objective", choices=["pairwise", "listwise"], default="pairwise",
-                   help="LT methods' loss: pairwise, the paper's BCE on one true or false (text, label) pair per "
-                        "text (A.3); listwise, a K-way softmax over the scores of all K labels of each text "
-                        "(K rows per text per step; default: pairwise)")
+    g.add_argument("--objective", choices=["listwise", "pairwise"], default="listwise",
+                   help="training loss: listwise, a K-way softmax over the scores of all K labels of each text "
+                        "(LT methods: K rows per text per step; the classic methods' head always trains this); "
+                        "pairwise, LT methods only, the paper's BCE on one true or false (text, label) pair per "
+                        "text (A.3; the default of earlier versions). Default: listwise")
     g.add_argument("--early-stopping-patience", type=int, default=0,
                    help="stop after N evaluations without a better --metric-for-best (default: 0, never; "
                         "needs validation data)")

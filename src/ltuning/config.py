@@ -126,6 +126,12 @@ class LTuningConfig:
         metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE): such a model classifies pairs only. "
                   "Set by training; None: not known (not trained yet, or saved before ltuning recorded it)."},
     )
+    objective: str | None = field(
+        default=None,
+        metadata={"help": "The training objective of an LT adapter: listwise (a K-way softmax: its pair scores rank "
+                  "labels but are not per-label probabilities) or pairwise (A.3: BCE per pair, calibrated for "
+                  "multi_label). Set by training; None: not recorded (saved before the key: pairwise)."},
+    )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
     )
@@ -143,6 +149,8 @@ class LTuningConfig:
                 raise ConfigError(f"{name} must be one of {[k.value for k in kind]}, got {getattr(self, name)!r}") from None
         if self.text_pairs is not None and not isinstance(self.text_pairs, bool):
             raise ConfigError(f"text_pairs must be true, false or null, got {self.text_pairs!r}")
+        if self.objective not in (None, "listwise", "pairwise"):
+            raise ConfigError(f"objective must be 'listwise', 'pairwise' or null, got {self.objective!r}")
         try:
             self.label_position = LabelPosition(self.label_position)
         except ValueError:
@@ -308,6 +316,7 @@ _CONFIG_TYPES = {
     "score_head": (lambda v: isinstance(v, str), "a string"),
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "objective": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
 }

@@ -11,10 +11,11 @@ from .metrics import classification_metrics, confusion_matrix, macro_f1, matthew
 __all__ = ["classification_metrics", "confusion_matrix", "evaluate", "macro_f1", "matthews_corrcoef", "scores_loss"]
 
 
-def scores_loss(scores: torch.Tensor, labels: torch.Tensor, label_conditioned: bool) -> float:
-    """Validation loss from (N, K) scores: mean pair BCE over all N*K (text, label) pairs for LT methods,
-    K-way cross-entropy for classic methods."""
-    if label_conditioned:
+def scores_loss(scores: torch.Tensor, labels: torch.Tensor, pairwise: bool) -> float:
+    """Validation loss from (N, K) scores, the training objective's: ``pairwise`` (LT adapters trained with
+    A.3's pair BCE), mean pair BCE over all N*K (text, label) pairs; otherwise (classic methods, listwise LT)
+    K-way cross-entropy."""
+    if pairwise:
         targets = F.one_hot(labels, scores.shape[1]).float()
         return F.binary_cross_entropy_with_logits(scores, targets).item()
     return F.cross_entropy(scores, labels).item()
@@ -30,7 +31,7 @@ def evaluate(model, dataset: TextDataset, batch_size: int = 64, progress: bool =
     labels = torch.as_tensor(dataset.labels)
     preds = scores.argmax(-1).tolist()
     out = classification_metrics(preds, dataset.labels, model.num_labels)
-    out["loss"] = scores_loss(scores, labels, model.label_conditioned)
+    out["loss"] = scores_loss(scores, labels, model.label_conditioned and model.config.objective != "listwise")
     out["majority_accuracy"] = max(dataset.label_counts()) / len(dataset) if len(dataset) else 0.0
     return out
 

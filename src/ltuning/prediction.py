@@ -218,6 +218,10 @@ def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypo
     if not items:
         return single, items, [], []
     _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
+    if multi_label and model.config.objective == "listwise":
+        _warn_caller("multi_label reads each label's score as a probability (a sigmoid), but this adapter was trained "
+                     "with the listwise objective, which only ranks labels against each other: the per-label "
+                     "probabilities are not calibrated. For multi-label use, train with --objective pairwise")
     label_sets = _label_sets(model, len(items), candidate_labels, multi_label)
     logits = _logits(model, items, label_sets, batch_size, candidate_labels, hypothesis_template)
     return single, items, label_sets, logits

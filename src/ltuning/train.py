@@ -47,8 +47,10 @@ class NonFiniteLossError(FloatingPointError):
 
 # validation metrics that may choose the kept state (higher is better; ties go to the lower validation loss)
 BEST_METRICS = ("accuracy", "mcc", "macro_f1")
-# training objectives of the label-conditioned methods (classic methods always train a K-way softmax)
-OBJECTIVES = ("pairwise", "listwise")
+# training objectives: "listwise", a K-way softmax over the K label scores of each text (the default; what
+# the classic methods' K-way head always trains), or, for the label-conditioned methods only, "pairwise", the
+# paper's BCE on one true or false (text, label) pair per text (A.3)
+OBJECTIVES = ("listwise", "pairwise")
 
 
 @dataclass
@@ -71,7 +73,7 @@ class TrainArgs:
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     metric_for_best: str = "accuracy"  # validation metric that picks the kept state: accuracy | mcc | macro_f1
     early_stopping_patience: int = 0  # stop after this many evaluations without a better metric (0: never)
-    objective: str = "pairwise"  # LT methods: "pairwise" (A.3: BCE, one pair per text) | "listwise" (K-way CE)
+    objective: str = "listwise"  # "listwise" (K-way CE) | "pairwise" (LT methods: A.3, BCE on one pair per text)
 
     def __post_init__(self) -> None:
         finite = math.isfinite
@@ -203,7 +205,8 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
             "eval_every": args.eval_every,
             **({"metric_for_best": args.metric_for_best} if args.metric_for_best != "accuracy" else {}),
-            **({"objective": args.objective} if args.objective != "pairwise" else {}),
+            # LT runs only (a classic method's objective is fixed); absent: pairwise, the only one before
+            **({"objective": args.objective} if model.label_conditioned and args.objective != "pairwise" else {}),
             "weights": {k: list(v.shape) for k, v in model.method.state_dict().items()},
             "text_pooling": model.pooling.value,
             # compared within rounding (same_weights), not for equality: a sample of the backbone's weights
@@ -249,9 +252,9 @@ class _TrainingLoop:
             raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
         if len(train_data) < 2:
             raise DataError(f"need at least 2 training examples, got {len(train_data)}")
-        if args.objective != "pairwise" and not model.label_conditioned:
-            raise ConfigError(f"--objective {args.objective} is for the label-conditioned methods (lt-*); "
-                              f"{model.config.method} already trains a K-way softmax over its head")
+        if args.objective == "pairwise" and not model.label_conditioned:
+            raise ConfigError(f"--objective pairwise is for the label-conditioned methods (lt-*); "
+                              f"{model.config.method} trains a K-way softmax over its head (listwise)")
         if validation_data is None and (args.early_stopping_patience or args.metric_for_best != "accuracy"):
             given = [f for f, v in (("--early-stopping-patience", args.early_stopping_patience),
                                     ("--metric-for-best", args.metric_for_best != "accuracy")) if v]
@@ -261,6 +264,8 @@ class _TrainingLoop:
         self.args, self.on_eval = args, on_eval
         # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
         model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
+        # saved with an LT adapter: listwise scores rank labels but are not per-label probabilities
+        model.config.objective = args.objective if model.label_conditioned else None
         self.state = state = distributed_state()
         self.world, self.rank, self.main = state.num_processes, state.process_index, state.is_main_process
         if args.batch_size < self.world:
