@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,9 @@ class LTuningConfig:
     )
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # the types adapter_config.json is checked for, on every construction
+            check, what = _CONFIG_TYPES[f.name]
+            check_arg(check(getattr(self, f.name)), f.name, what, getattr(self, f.name))
         for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling),
                            ("score_head", ScoreHead)):
             try:
@@ -155,10 +159,8 @@ class LTuningConfig:
             self.label_position = LabelPosition(self.label_position)
         except ValueError:
             raise ConfigError(f"label_position must be 'before' or 'after', got {self.label_position!r}") from None
-        self.label_names = [str(n) for n in self.label_names]
-        if not self.label_texts:
-            self.label_texts = list(self.label_names)
-        self.label_texts = [str(t) for t in self.label_texts]
+        self.label_names = list(self.label_names)
+        self.label_texts = list(self.label_texts) or list(self.label_names)
         if self.label_names and len(self.label_names) < 2:
             raise ConfigError(f"need at least 2 labels, got {len(self.label_names)}: {self.label_names}")
         if len(self.label_texts) != len(self.label_names):
@@ -298,16 +300,62 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# ---------------------------------------------------------------------- argument checks shared by the API
+def is_utf8(text: str) -> bool:
+    """False for a string holding lone surrogates: bytes that were not UTF-8 (a command-line argument or stdin
+    decoded with ``surrogateescape``), which a tokenizer refuses with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_bytes(text: str, limit: int = 40) -> str:
+    """A string that is not UTF-8 as the bytes it came from, shortened, in ASCII."""
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    shown = repr(raw[:limit])
+    return shown + ("..." if len(raw) > limit else "")
+
+
+def is_text(v) -> bool:
+    """A non-empty, non-blank string that is UTF-8 (no lone surrogates)."""
+    return isinstance(v, str) and bool(v.strip()) and is_utf8(v)
+
+
+def is_number(v) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, in ASCII (a lone surrogate shows as its escape)."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def is_path(v) -> bool:
+    """A file or folder name: a non-empty str or os.PathLike (a lone surrogate is how Python spells a file name
+    that is not UTF-8, so it is allowed here)."""
+    return isinstance(v, str | os.PathLike) and bool(str(v).strip())
+
+
+def check_arg(ok: bool, name: str, what: str, value, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` naming the argument ``name`` and what it must be, unless ``ok``."""
+    if not ok:
+        raise error(f"{name} must be {what}, got {shown(value)}")
+
+
 def _is_str_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    return isinstance(v, list | tuple) and all(is_text(x) for x in v)
 
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
 _CONFIG_TYPES = {
-    "method": (lambda v: isinstance(v, str), "a string"),
-    "base_model": (lambda v: isinstance(v, str), "a string"),
-    "label_names": (_is_str_list, "a list of strings"),
-    "label_texts": (_is_str_list, "a list of strings"),
+    "method": (is_text, "a string (non-empty, UTF-8)"),
+    "base_model": (is_text, "a string (non-empty, UTF-8)"),
+    "label_names": (_is_str_list, "a list of strings (non-empty, UTF-8)"),
+    "label_texts": (_is_str_list, "a list of strings (non-empty, UTF-8)"),
     "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
     "max_length": (_is_int, "an integer"),
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
@@ -317,7 +365,7 @@ _CONFIG_TYPES = {
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "objective": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "backbone_fingerprint": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "backbone_fingerprint": (lambda v: v is None or is_text(v), "a string or null (non-empty, UTF-8)"),
     "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
 }
 

@@ -15,8 +15,10 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
+from .config import check_arg, is_text, is_utf8, shown_bytes
 from .errors import DataError
 
 Text = str | tuple[str, str]
@@ -45,6 +47,21 @@ class TextDataset:
     labels: list[int]
     label_names: list[str]
     source: str = ""
+
+    def __post_init__(self) -> None:
+        """Texts (non-empty UTF-8 strings or (premise, hypothesis) pairs of them), one label index in
+        [0, K) per text, K distinct label names. Raises: DataError naming the field."""
+        check_arg(isinstance(self.label_names, list | tuple) and bool(self.label_names) and all(is_text(n) for n in self.label_names)
+                  and len(set(self.label_names)) == len(self.label_names), "label_names",
+                  "a non-empty list of distinct non-empty UTF-8 strings", self.label_names, DataError)
+        check_arg(isinstance(self.texts, list | tuple) and all(
+            is_text(t) or (isinstance(t, tuple) and len(t) == 2 and all(is_text(p) for p in t)) for t in self.texts),
+            "texts", "a list of non-empty UTF-8 strings or (premise, hypothesis) tuples of them", self.texts,
+            DataError)
+        k = len(self.label_names)
+        check_arg(isinstance(self.labels, list | tuple) and len(self.labels) == len(self.texts)
+                  and all(isinstance(y, Integral) and not isinstance(y, bool) and 0 <= y < k for y in self.labels), "labels",
+                  f"a list of one class index in [0, {k}) per text ({len(self.texts)} texts)", self.labels, DataError)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -374,23 +391,6 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
         texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
         labels.append(_label_index(row[label_column], label_names, where))
     return TextDataset(texts, labels, list(label_names), source)
-
-
-def is_utf8(text: str) -> bool:
-    """False for a string holding lone surrogates: bytes that were not UTF-8 (a command-line argument or stdin
-    decoded with ``surrogateescape``), which a tokenizer refuses with a TypeError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def shown_bytes(text: str, limit: int = 40) -> str:
-    """A string that is not UTF-8 as the bytes it came from, shortened, in ASCII."""
-    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
-    shown = repr(raw[:limit])
-    return shown + ("..." if len(raw) > limit else "")
 
 
 def read_text_lines(path: str | Path | None, inline: list[str] | None = None) -> list[tuple[int, str]]:
