@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .config import check_arg
 from .errors import ConfigError, UnsupportedModelError
 
 # Short names of the packaged offline models (DESIGN.md section 4).
@@ -154,8 +155,18 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
     return Backbone(model, tokenizer, name=portable_name(name_or_path))
 
 
+def check_tokenizer(tokenizer) -> None:
+    """``tokenizer=`` is None or a transformers tokenizer. Raises: ConfigError naming it."""
+    if tokenizer is not None:
+        from transformers import PreTrainedTokenizerBase
+
+        check_arg(isinstance(tokenizer, PreTrainedTokenizerBase), "tokenizer",
+                  "a transformers tokenizer (AutoTokenizer.from_pretrained) or None", tokenizer)
+
+
 def as_backbone(model, tokenizer=None, trust_remote_code: bool = False) -> Backbone:
     """A Backbone from a Backbone, a transformers model (+ tokenizer) or a name / folder / hub id."""
+    check_tokenizer(tokenizer)
     if isinstance(model, Backbone):
         return model
     if isinstance(model, str | Path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,20 @@ from .adapter_io import (
     write_adapter,
 )
 from .backbones import Backbone, Texts
-from .config import LabelPosition, LTuningConfig, TextPooling, config_source, is_adapter_folder
+from .config import (
+    LabelPosition,
+    LTuningConfig,
+    TextPooling,
+    _is_int,
+    check_arg,
+    config_source,
+    is_adapter_folder,
+    is_path,
+    shown,
+)
 from .errors import AdapterError, ConfigError
 from .labels import LabelSet
-from .loading import adapter_backbone, as_backbone, load_backbone, portable_name
+from .loading import adapter_backbone, as_backbone, check_tokenizer, load_backbone, portable_name
 from .methods import Injection, get_method
 from .prediction import check_texts
 from .progress import progress_bar
@@ -49,7 +59,7 @@ class LTuningModel(nn.Module):
     def __init__(self, backbone: Backbone, config: LTuningConfig) -> None:
         super().__init__()
         if config.num_labels < 2:
-            raise ConfigError(f"need at least 2 labels, got {config.label_names}")
+            raise ConfigError(f"label_names: need at least 2 labels, got {config.label_names}")
         method_cls = get_method(config.method)
         # The model's own copy: filling in l, the fingerprint and the resolved pooling must not change the
         # caller's config (which may build another model, on another backbone).
@@ -187,6 +197,9 @@ class LTuningModel(nn.Module):
         Label-conditioned methods: ``label_ids`` (B,) pairs each text with a label; returns (B,) pair
         logits (log-odds that the label is the text's). Classic methods: returns (B, K) class logits.
         """
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise TypeError(f"model(...) takes texts (a string, or a list or tuple of texts) or a batch of tensors (a "
+                            f"dict with input_ids and attention_mask); got {shown(batch)}")
         inj = injection if injection is not None else self.injection()
         B = batch["input_ids"].shape[0]
         if self.label_conditioned:
@@ -273,8 +286,11 @@ class LTuningModel(nn.Module):
         of as many texts as fit ``max_tokens`` rows x padded tokens (default: :attr:`cpu_max_tokens` on
         CPU, no limit on a GPU). The scores do not depend on the batching.
         """
-        texts = list(texts)
+        texts = prediction.text_list(texts)
+        prediction.check_batch_size(batch_size)
         check_texts(texts, batch_size, pairs=self.config.text_pairs)
+        check_arg(max_tokens is None or (_is_int(max_tokens) and max_tokens >= 1), "max_tokens",
+                  "a positive integer or None", max_tokens)
         was_training = self.training
         self.eval()
         try:
@@ -401,6 +417,8 @@ class LTuningModel(nn.Module):
             AdapterError: ``directory`` holds files at the adapter's names that ltuning did not write.
             WriteError: the disk is full (or another write error); nothing was changed.
         """
+        check_arg(is_path(directory), "directory", "a folder path (str or pathlib.Path)", directory)
+        check_arg(isinstance(overwrite, bool), "overwrite", "True or False", overwrite)
         meta = {
             "ltuning_version": __version__,
             "trainable_parameters": self.num_trainable_parameters(),
@@ -429,11 +447,12 @@ class LTuningModel(nn.Module):
                 ``model``), or adapter weights whose names or shapes do not match.
             ConfigError: a model object but no adapter folder.
         """
-        if not isinstance(directory, str | Path):  # peft's order, a model object first
-            if not isinstance(model, str | Path):
-                raise ConfigError(f"give the adapter folder: LTuningModel.from_pretrained(adapter_dir) or "
-                                  f"LTuningModel.from_pretrained(base_model, adapter_dir); got a "
-                                  f"{type(directory).__name__} and {model!r}")
+        check_tokenizer(tokenizer)
+        if not is_path(directory):  # peft's order, a model object first
+            if not is_path(model):
+                raise ConfigError(f"give the adapter folder (directory): LTuningModel.from_pretrained(adapter_dir) or "
+                                  f"LTuningModel.from_pretrained(base_model, adapter_dir); got {shown(directory)} and "
+                                  f"{shown(model)}")
             directory, model = model, directory
         elif isinstance(model, str | Path) and not is_adapter_folder(directory) and is_adapter_folder(model):
             directory, model = model, directory  # peft's order with a name: ("minilm", "runs/x")

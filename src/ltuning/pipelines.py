@@ -34,8 +34,10 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
+from .config import check_arg, is_path
 from .errors import ConfigError
 from .model import LTuningModel
+from .prediction import check_batch_size
 
 __all__ = ["TASK", "AdapterLoader", "LTuningClassificationPipeline", "LTuningPipelineConfig", "pipeline", "register"]
 
@@ -132,6 +134,10 @@ def pipeline(adapter: str | Path | LTuningModel, model=None, device: int | str |
     Trainer checkpoint) or a loaded :class:`LTuningModel`; ``model``: load the adapter onto this backbone
     (as in :meth:`LTuningModel.from_pretrained`). ``device``: as transformers' (default: the model's own;
     ``"cuda"``, ``0``, ...)."""
+    check_arg(isinstance(adapter, LTuningModel) or is_path(adapter), "adapter", "an adapter folder or an LTuningModel",
+              adapter)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     lt_model = adapter if isinstance(adapter, LTuningModel) else LTuningModel.from_pretrained(
         adapter, model, trust_remote_code=trust_remote_code)
     return LTuningClassificationPipeline(model=lt_model, task=TASK, device=lt_model.device if device is None else device,

@@ -7,15 +7,17 @@ this module never imports the model, it only calls the model object it is given.
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .config import check_arg, is_number, is_text, is_utf8, shown, shown_bytes
 from .errors import ConfigError, DataError
 from .labels import LabelSet, label_token_lengths
 
@@ -29,29 +31,77 @@ LTuningModel = torch.nn.Module
 TextInput = str | tuple[str, str]
 
 
+def check_batch_size(batch_size, name: str = "batch_size") -> None:
+    """A batch size is a positive integer (not a bool). Raises: ConfigError naming ``name``."""
+    check_arg(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1, name,
+              "a positive integer", batch_size)
+
+
+def text_list(texts) -> list:
+    """``texts`` as a list: any iterable of texts (a list, tuple, generator, pandas Series), but not a string,
+    bytes, a mapping or a non-iterable (None, a number), which would be iterated into nonsense or fail inside.
+
+    Raises: DataError naming ``texts``.
+    """
+    ok = isinstance(texts, Iterable) and not isinstance(texts, str | bytes | bytearray | Mapping)
+    check_arg(ok, "texts", "a list of strings or of (premise, hypothesis) pairs", texts, DataError)
+    return list(texts)
+
+
 def check_texts(texts: list, batch_size: int | None = None, pairs: bool | None = None) -> None:
-    """Inputs of prediction: non-empty strings, or (premise, hypothesis) pairs of them, not mixed; every
+    """Inputs of prediction: non-empty UTF-8 strings, or (premise, hypothesis) pairs of them, not mixed; every
     item a pair for a model trained on pairs (``config.text_pairs`` True). A ``batch_size`` must be a
     positive integer.
 
     Raises: DataError (texts), ConfigError (batch size).
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        check_batch_size(batch_size)
     first_is_pair = bool(texts) and isinstance(texts[0], tuple | list)
     for i, t in enumerate(texts):
         is_pair = isinstance(t, tuple | list)
         parts = t if is_pair else (t,)
         if is_pair and len(parts) != 2:
-            raise DataError(f"text {i} has {len(parts)} parts; a sentence pair has exactly 2: {t!r}")
-        if not all(isinstance(p, str) and p.strip() for p in parts):
-            raise DataError(f"text {i} is empty or not a string: {t!r}")
+            raise DataError(f"texts: text {i} has {len(parts)} parts; a sentence pair has exactly 2: {shown(t)}")
+        for p in parts:
+            if isinstance(p, str) and not is_utf8(p):
+                raise DataError(f"texts: text {i} is not UTF-8 text ({shown_bytes(p)}: lone surrogates, as "
+                                "surrogateescape decoding leaves for bytes that are not UTF-8); give UTF-8 text")
+            if not is_text(p):
+                raise DataError(f"texts: text {i} is empty or not a string: {shown(t)}"
+                                + ("; decode bytes to str first" if isinstance(p, bytes | bytearray) else ""))
         if is_pair != first_is_pair:
-            raise DataError(f"text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
+            raise DataError(f"texts: text {i} is {'a pair' if is_pair else 'a single text'} but text 0 is not: give "
                             "all single texts or all (premise, hypothesis) pairs in one call")
         if pairs and not is_pair:
-            raise DataError(f"text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
-                            f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {t!r}")
+            raise DataError(f"texts: text {i} is a single text, but this adapter was trained on (premise, hypothesis) "
+                            f"pairs: give each input as a pair, e.g. ('A man sleeps.', 'A person rests.'): {shown(t)}")
+
+
+def check_candidate_labels(candidate_labels) -> None:
+    """None, a comma-separated string, a list of label texts, or one such list per text (lists of non-empty
+    UTF-8 strings). Raises: ConfigError naming ``candidate_labels``."""
+    if candidate_labels is None or isinstance(candidate_labels, str):
+        return
+    what = "a list of label names, one such list per text, or a comma-separated string"
+    ok = isinstance(candidate_labels, list | tuple)
+    if ok and candidate_labels and not isinstance(candidate_labels[0], str):  # one list per text
+        ok = all(isinstance(cs, list | tuple) and all(is_text(c) for c in cs) for cs in candidate_labels)
+    elif ok:
+        ok = all(is_text(c) for c in candidate_labels)
+    check_arg(ok, "candidate_labels", what + " (non-empty UTF-8 strings)", candidate_labels)
+
+
+def check_options(multi_label, threshold, return_scores=False, hypothesis_template=None) -> None:
+    """The flags of :func:`predict`: bools, a probability, a template string. Raises: ConfigError naming the
+    argument."""
+    check_arg(isinstance(multi_label, bool), "multi_label", "True or False", multi_label)
+    check_arg(isinstance(return_scores, bool), "return_scores", "True or False", return_scores)
+    check_arg(is_number(threshold) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0, "threshold",
+              "a probability in [0, 1]", threshold)
+    check_arg(hypothesis_template is None or (isinstance(hypothesis_template, str) and is_utf8(hypothesis_template)
+                                              and hypothesis_template.count("{}") == 1),
+              "hypothesis_template", "a string with '{}' exactly once, where the label goes", hypothesis_template)
 
 
 # ---------------------------------------------------------------------- open-vocabulary scoring
@@ -159,14 +209,15 @@ def _label_sets(model: LTuningModel, n_items: int, candidate_labels, multi_label
         label_sets = [tuple(model.label_names)] * n_items
     elif len(candidate_labels) and not isinstance(candidate_labels[0], str):
         if len(candidate_labels) != n_items:
-            raise ConfigError(f"{len(candidate_labels)} candidate label lists for {n_items} texts; give one "
+            raise ConfigError(f"candidate_labels: {len(candidate_labels)} candidate label lists for {n_items} texts; give one "
                               "list per text, or one list for all")
         label_sets = [tuple(str(c) for c in cs) for cs in candidate_labels]
     else:
         label_sets = [tuple(str(c) for c in candidate_labels)] * n_items
     for ls in set(label_sets):
         if len(ls) < (1 if multi_label else 2):
-            raise ConfigError(f"need at least {1 if multi_label else 2} candidate labels, got {list(ls)}")
+            raise ConfigError(f"candidate_labels: need at least {1 if multi_label else 2} candidate labels, "
+                              f"got {list(ls)}")
     return label_sets
 
 
@@ -206,14 +257,15 @@ def _result(item, ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, thres
 
 
 def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypothesis_template: str | None,
-             multi_label: bool, threshold: float = 0.5):
+             multi_label: bool, threshold: float = 0.5, return_scores: bool = False):
     """Checked inputs of :func:`predict` / :func:`predict_proba`: (single input?, items, label sets, logits)."""
     pairs = model.config.text_pairs
     single = _is_single_input(texts, pairs)
-    items = [texts] if single else list(texts)
+    items = [texts] if single else text_list(texts)
+    check_options(multi_label, threshold, return_scores, hypothesis_template)
+    check_batch_size(batch_size)
     candidate_labels = _split_candidates(candidate_labels)
-    if not (isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0):
-        raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    check_candidate_labels(candidate_labels)
     check_texts(items, batch_size, pairs=pairs)
     if not items:
         return single, items, [], []
@@ -233,7 +285,7 @@ def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_s
             return_scores: bool = False):
     """Classify texts; see :meth:`LTuningModel.predict`."""
     single, items, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template,
-                                                 multi_label, threshold)
+                                                 multi_label, threshold, return_scores)
     results = [_result(item, ls, z, multi_label, threshold, return_scores)
                for item, ls, z in zip(items, label_sets, logits, strict=True)]
     return results[0] if single else results
