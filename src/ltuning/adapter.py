@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .adapter_io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
 from .backbones import Backbone
+from .config import check_arg
 from .fileio import atomic_write, atomic_write_text, set_normal_mode
 from .model import LTuningModel
 
@@ -38,5 +39,6 @@ def load_adapter(directory: str | Path, backbone: Backbone | None = None, model:
         AdapterError: missing or corrupt files, a backbone whose config fingerprint differs from the one
             the adapter was trained on, or weights whose names or shapes do not match.
     """
+    check_arg(backbone is None or isinstance(backbone, Backbone), "backbone", "a loaded Backbone or None", backbone)
     return LTuningModel.from_pretrained(directory, backbone if backbone is not None else model,
                                         trust_remote_code=trust_remote_code)

@@ -40,7 +40,7 @@ from typing import Any
 from torch import nn
 
 from .backbones import Backbone
-from .config import LTuningConfig
+from .config import LTuningConfig, _is_int, check_arg, is_text
 from .errors import ConfigError
 from .loading import as_backbone
 from .model import LTuningModel
@@ -61,12 +61,21 @@ def _label_lists(labels) -> tuple[list[str], list[str] | None]:
     if labels is None:
         return [], None
     if hasattr(labels, "names") and not isinstance(labels, Mapping):  # datasets.ClassLabel
-        return [str(n) for n in labels.names], None
-    if isinstance(labels, Mapping):
-        return [str(k) for k in labels], [str(v) for v in labels.values()]
+        labels = list(labels.names)
     if isinstance(labels, str):
         raise ConfigError(f"labels must be a list of names, not the string {labels!r}")
+    what = "a non-empty list of label names (strings), a mapping name -> label text, or a datasets.ClassLabel"
+    if isinstance(labels, Mapping):
+        check_arg(bool(labels) and all(_is_name(k) and is_text(v) for k, v in labels.items()), "labels", what, labels)
+        return [str(k) for k in labels], [str(v) for v in labels.values()]
+    check_arg(isinstance(labels, list | tuple) and bool(labels) and all(_is_name(n) for n in labels), "labels",
+              what, labels)
     return [str(n) for n in labels], None
+
+
+def _is_name(n) -> bool:
+    """A label name: a non-empty UTF-8 string, or an integer (a dataset's class index, read as its string)."""
+    return is_text(n) or _is_int(n)
 
 
 def get_ltuning_model(model: Backbone | nn.Module | str, config: LTuningConfig | None = None,
@@ -88,6 +97,7 @@ def get_ltuning_model(model: Backbone | nn.Module | str, config: LTuningConfig |
         ConfigError: fewer than 2 labels, a model object without a tokenizer, a bad config.
         UnsupportedModelError: a model family ltuning has no recipe for.
     """
+    check_arg(config is None or isinstance(config, LTuningConfig), "config", "an LTuningConfig or None", config)
     cfg = LTuningConfig.from_dict((config or LTuningConfig()).to_dict())  # a copy: fields get filled in
     names, texts = _label_lists(labels)
     if names:

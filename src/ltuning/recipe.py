@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from . import labels
 from . import train as training
 from .backbones import Backbone
-from .config import LTuningConfig
+from .config import LTuningConfig, check_arg, is_text
 from .data import Task, TextDataset, get_task
 from .model import LTuningModel
 from .train import TrainArgs, TrainResult
@@ -146,6 +146,8 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
     Raises: what :func:`prepare_model` and :func:`ltuning.train.train` raise.
     """
+    check_arg(isinstance(backbone, Backbone) or is_text(backbone), "backbone", "a Backbone or a model name / folder", backbone)
+    training.check_train_inputs(train_data, validation_data, args)
     training.set_seed(args.seed)
     if isinstance(backbone, str):
         from .loading import load_backbone

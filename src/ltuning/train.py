@@ -32,7 +32,16 @@ import torch
 from . import checkpoint
 from .backbones import same_weights
 from .checkpoint import json_safe
-from .config import LabelPosition, PrefixPooling, ScoreHead, TextPooling
+from .config import (
+    LabelPosition,
+    PrefixPooling,
+    ScoreHead,
+    TextPooling,
+    _is_int,
+    check_arg,
+    is_number,
+    is_utf8,
+)
 from .data import TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
@@ -76,6 +85,9 @@ class TrainArgs:
     objective: str = "listwise"  # "listwise" (K-way CE) | "pairwise" (LT methods: A.3, BCE on one pair per text)
 
     def __post_init__(self) -> None:
+        for name, (check, what) in _ARG_TYPES.items():  # types first: the value checks below compare numbers
+            value = getattr(self, name)
+            check_arg(check(value), f"{name} (--{name.replace('_', '-')})", what, value)
         finite = math.isfinite
         checks = [  # (holds, the option and what it must be)
             (self.max_steps >= 1, "--max-steps must be >= 1", self.max_steps),
@@ -87,7 +99,7 @@ class TrainArgs:
             (self.weight_decay >= 0 and finite(self.weight_decay), "--weight-decay must be a finite number >= 0",
              self.weight_decay),
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)", self.warmup_ratio),
-            (self.mixed_precision in ("no", "bf16"), "mixed precision must be 'no' or 'bf16'",
+            (self.mixed_precision in ("no", "bf16"), "mixed_precision must be 'no' or 'bf16'",
              repr(self.mixed_precision)),
             # PairSampler mixes the seed into 64-bit generator seeds
             (0 <= self.seed < 1_000_000, "--seed must be in [0, 999999]", self.seed),
@@ -107,6 +119,25 @@ class TrainArgs:
                 raise ConfigError(f"{rule}, got {value}")
         if (self.checkpoint_every or self.resume) and not self.output_dir:
             raise ConfigError("checkpoints need an output folder (--output-dir)")
+
+
+def _is_path(v) -> bool:
+    return isinstance(v, str | os.PathLike) and bool(str(v).strip()) and is_utf8(str(v))
+
+
+_INT = (_is_int, "an integer")
+_NUMBER = (is_number, "a number")
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
+_STR = (lambda v: isinstance(v, str), "a string")
+#: TrainArgs field -> (type check, what it must be); the values are checked after the types
+_ARG_TYPES = {
+    "max_steps": _INT, "batch_size": _INT, "learning_rate": (lambda v: v is None or is_number(v), "a number or None"),
+    "weight_decay": _NUMBER, "warmup_ratio": _NUMBER, "eval_every": _INT, "eval_batch_size": _INT, "seed": _INT,
+    "mixed_precision": _STR, "progress": _BOOL, "gradient_accumulation_steps": _INT,
+    "output_dir": (lambda v: v is None or _is_path(v), "a folder path or None"), "checkpoint_every": _INT,
+    "keep_checkpoints": _INT, "resume": _BOOL, "skip_nonfinite": _BOOL, "metric_for_best": _STR,
+    "early_stopping_patience": _INT, "objective": _STR,
+}
 
 
 @dataclass
@@ -220,6 +251,15 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
                if model.config.score_head != ScoreHead.PAPER else {})}
 
 
+def check_train_inputs(train_data, validation_data, args) -> None:
+    """The types :func:`train` takes: TextDatasets (validation_data may be None) and TrainArgs.
+    Raises: ConfigError naming the argument."""
+    check_arg(isinstance(train_data, TextDataset), "train_data", "a TextDataset (ltuning.data)", train_data)
+    check_arg(validation_data is None or isinstance(validation_data, TextDataset), "validation_data",
+              "a TextDataset (ltuning.data) or None", validation_data)
+    check_arg(isinstance(args, TrainArgs), "args", "a TrainArgs (ltuning.train)", args)
+
+
 def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
           args: TrainArgs, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``model``'s method in place and leave it holding the best evaluated state.
@@ -235,6 +275,8 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
         NonFiniteLossError: a NaN/inf loss or gradient (unless ``skip_nonfinite``); the weights and the
             checkpoints on disk stay as they were before that step.
     """
+    check_arg(isinstance(model, LTuningModel), "model", "an LTuningModel (ltuning.get_ltuning_model)", model)
+    check_train_inputs(train_data, validation_data, args)
     loop = _TrainingLoop(model, train_data, validation_data, args, on_eval)
     if args.resume:
         loop.resume()
