@@ -347,15 +347,15 @@ def check_arg(ok: bool, name: str, what: str, value, error: type[Exception] = Co
 
 
 def _is_str_list(v) -> bool:
-    return isinstance(v, list | tuple) and all(is_text(x) for x in v)
+    return isinstance(v, list | tuple) and all(isinstance(x, str) and is_utf8(x) for x in v)
 
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
     "base_model": (is_text, "a string (non-empty, UTF-8)"),
-    "label_names": (_is_str_list, "a list of strings (non-empty, UTF-8)"),
-    "label_texts": (_is_str_list, "a list of strings (non-empty, UTF-8)"),
+    "label_names": (_is_str_list, "a list of UTF-8 strings"),
+    "label_texts": (_is_str_list, "a list of UTF-8 strings"),
     "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
     "max_length": (_is_int, "an integer"),
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),

@@ -40,7 +40,7 @@ from .config import (
     _is_int,
     check_arg,
     is_number,
-    is_utf8,
+    is_path,
 )
 from .data import TextDataset
 from .errors import ConfigError, DataError
@@ -121,10 +121,6 @@ class TrainArgs:
             raise ConfigError("checkpoints need an output folder (--output-dir)")
 
 
-def _is_path(v) -> bool:
-    return isinstance(v, str | os.PathLike) and bool(str(v).strip()) and is_utf8(str(v))
-
-
 _INT = (_is_int, "an integer")
 _NUMBER = (is_number, "a number")
 _BOOL = (lambda v: isinstance(v, bool), "True or False")
@@ -134,7 +130,7 @@ _ARG_TYPES = {
     "max_steps": _INT, "batch_size": _INT, "learning_rate": (lambda v: v is None or is_number(v), "a number or None"),
     "weight_decay": _NUMBER, "warmup_ratio": _NUMBER, "eval_every": _INT, "eval_batch_size": _INT, "seed": _INT,
     "mixed_precision": _STR, "progress": _BOOL, "gradient_accumulation_steps": _INT,
-    "output_dir": (lambda v: v is None or _is_path(v), "a folder path or None"), "checkpoint_every": _INT,
+    "output_dir": (lambda v: v is None or is_path(v), "a folder path or None"), "checkpoint_every": _INT,
     "keep_checkpoints": _INT, "resume": _BOOL, "skip_nonfinite": _BOOL, "metric_for_best": _STR,
     "early_stopping_patience": _INT, "objective": _STR,
 }
