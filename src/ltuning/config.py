@@ -354,8 +354,8 @@ def _is_str_list(v) -> bool:
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
     "base_model": (is_text, "a string (non-empty, UTF-8)"),
-    "label_names": (_is_str_list, "a list of UTF-8 strings"),
-    "label_texts": (_is_str_list, "a list of UTF-8 strings"),
+    "label_names": (_is_str_list, "a list of strings (UTF-8)"),
+    "label_texts": (_is_str_list, "a list of strings (UTF-8)"),
     "label_length": (lambda v: v is None or _is_int(v), "an integer or null"),
     "max_length": (_is_int, "an integer"),
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
