@@ -364,8 +364,8 @@ _CONFIG_TYPES = {
     "score_head": (lambda v: isinstance(v, str), "a string"),
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    "objective": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "backbone_fingerprint": (lambda v: v is None or is_text(v), "a string or null (non-empty, UTF-8)"),
+    "objective": (lambda v: v is None or is_text(v), "a string or null"),
+    "backbone_fingerprint": (lambda v: v is None or (isinstance(v, str) and is_utf8(v)), "a string or null (UTF-8)"),
     "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
 }
 
