@@ -336,3 +336,21 @@ def test_cli_train_params_and_errors(models, files, tmp_path, capsys):  # noqa: 
     one_error_line(capsys, 2, "is for the prefix methods")
     assert main(["params", "--model", models["tiny"], "--prefix-layers", "5"]) == 2
     one_error_line(capsys, 2, "--prefix-layers must be an integer from 1 to m = 2")
+
+
+def test_mixed_attention_types_refuse_below_m():
+    """Qwen2 with sliding-window layers picks each layer's mask by its position in the layer loop, which
+    restarts in the top-layers pass: j < m would give a sliding-window layer full attention, silently."""
+    from conftest import make_tokenizer
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, max_position_embeddings=128, use_sliding_window=True, sliding_window=2,
+                      max_window_layers=1, attn_implementation="eager")
+    assert cfg.layer_types == ["full_attention", "sliding_attention"]
+    backbone = Backbone(Qwen2Model(cfg), make_tokenizer("decoder"), name="tiny-qwen2-sliding")
+    config = LTuningConfig(method="lt-prefix", label_names=LABELS, label_texts=LABEL_TEXTS, max_length=32)
+    with pytest.raises(UnsupportedModelError, match=r"prefix_layers \(--prefix-layers\) = 1 < m = 2 .*mix attention types"):
+        LTuningModel(backbone, LTuningConfig(**{**config.to_dict(), "prefix_layers": 1}))
+    assert LTuningModel(backbone, LTuningConfig(**{**config.to_dict(), "prefix_layers": 2})) is not None

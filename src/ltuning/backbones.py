@@ -664,6 +664,14 @@ class Backbone(nn.Module):
         m = self.dims.num_layers
         if isinstance(j, bool) or not isinstance(j, int) or not 1 <= j <= m:
             raise ConfigError(f"{option} must be an integer from 1 to m = {m} (the layers of {self.name}), got {j!r}")
+        layer_types = getattr(self.model.config, "layer_types", None)
+        if j < m and isinstance(layer_types, list | tuple) and len(set(layer_types)) > 1:
+            # the model picks each layer's mask by the layer's position in the loop (config.layer_types[i]),
+            # which restarts at 0 in the top-layers pass: a sliding-window layer would get full attention
+            raise UnsupportedModelError(
+                f"{option} = {j} < m = {m} is not supported for this {self.model.config.model_type!r} model: its "
+                f"layers mix attention types ({', '.join(sorted(set(layer_types)))}, e.g. a sliding window), which "
+                f"the top-layers pass cannot keep; leave {option.split()[0]} unset (every layer)")
         if j < m and not self.splits_layers:
             raise UnsupportedModelError(
                 f"{option} = {j} < m = {m} is not supported for model type {self.model.config.model_type!r}: "
