@@ -83,7 +83,7 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
     from ltuning.evaluate import evaluate
     from ltuning.metrics import classification_metrics
     from ltuning.model import LTuningModel
-    from ltuning.train import TrainArgs, set_seed, train
+    from ltuning.train import TrainArgs, record_objective, set_seed, train
 
     full, names, label_texts = load(task)
     train_ds, dev = dev_split(full, seed=0)  # one dev split per task, the same for every variant and seed
@@ -119,12 +119,13 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
             keep = {"head.weight", "text_map.weight", "logit_scale", "logit_bias"}
             for name, p in model.method.named_parameters():
                 p.requires_grad_(name in keep)
-        m0 = evaluate(model, dev)
-        curve = [{"step": 0, "dev_accuracy": m0["accuracy"], "dev_mcc": m0["mcc"], "dev_loss": m0["loss"]}]
-        print(f"  {variant} seed {seed} step 0: dev acc {m0['accuracy']:.4f}", flush=True)
         targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                           eval_every=args.eval_every, seed=seed, progress=False,
                           objective="listwise" if listwise or not method.startswith("lt-") else "pairwise")
+        record_objective(model, targs)  # the step-0 loss is the objective's too
+        m0 = evaluate(model, dev)
+        curve = [{"step": 0, "dev_accuracy": m0["accuracy"], "dev_mcc": m0["mcc"], "dev_loss": m0["loss"]}]
+        print(f"  {variant} seed {seed} step 0: dev acc {m0['accuracy']:.4f}", flush=True)
         res = train(model, train_ds, dev, targs)
         curve += [{"step": r["step"], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"], "dev_loss": r["loss"],
                    "train_loss": r.get("train_loss")} for r in res.history]

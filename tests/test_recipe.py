@@ -138,7 +138,16 @@ def test_listwise_objective_is_cross_entropy_over_all_label_scores(backbone):
     assert torch.allclose(model.loss(batch, labels, objective="listwise"), expected)
     assert TrainArgs().objective == "listwise"  # the default
     args = TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False)
-    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None)
+    at_start = []  # an evaluation before the first step reports the objective's loss too
+
+    def on_built(m):
+        s = m.score_texts(dataset(VALID).texts)
+        at_start.append((evaluate(m, dataset(VALID))["loss"],
+                         F.cross_entropy(s, torch.tensor(dataset(VALID).labels)).item()))
+
+    run = build_and_train(backbone, dataset(TRAIN), dataset(VALID), args, method="lt-prompt", say=None,
+                          on_built=on_built)
+    assert at_start[0][0] == pytest.approx(at_start[0][1], rel=1e-5)
     assert [r["step"] for r in run.result.history] == [2, 4]
     assert run.model.config.objective == "listwise"  # saved with the adapter
     # the validation loss is the training objective's: K-way cross-entropy, not the pair BCE

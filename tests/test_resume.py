@@ -277,7 +277,8 @@ def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_pa
         assert "objective" not in state["run"]
     capsys.readouterr()
     assert main(args_for(setup, pairwise, "--max-steps", "3", "--resume")) == 2
-    assert "objective: checkpoint 'pairwise', now 'listwise'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "objective: checkpoint 'pairwise', now 'listwise'" in err and "resumes with --objective pairwise" in err, err
     assert main(args_for(setup, pairwise, "--max-steps", "3", "--objective", "pairwise", "--resume")) == 0
 
 

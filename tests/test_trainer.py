@@ -81,6 +81,8 @@ def test_trainer_trains_and_evaluates(method, tmp_path):
     saved = trainer.model.save_pretrained(tmp_path / "adapter")
     loaded = LTuningModel.from_pretrained(saved, model=model.backbone)
     assert loaded.predict([t for t, _ in VALID]) == model.predict([t for t, _ in VALID])
+    # the Trainer trains the pair objective (A.3), and the adapter says so (multi_label is calibrated)
+    assert loaded.config.objective == ("pairwise" if model.label_conditioned else None)
 
 
 def test_pretokenized_dataset_keeps_default_remove_unused_columns(tmp_path):

@@ -207,10 +207,15 @@ class LTuningConfig:
         return len(self.label_names)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``adapter_config.json``). Keys newer than the first release are left out while
+        unset (None), so an adapter that does not use them still loads in versions that refuse unknown keys."""
         d = asdict(self)
         for k, v in d.items():
             if isinstance(v, enum.Enum):
                 d[k] = v.value
+        for k in _OMITTED_WHEN_UNSET:
+            if d.get(k) is None:
+                d.pop(k, None)
         return d
 
     @classmethod
@@ -351,6 +356,9 @@ def _is_str_list(v) -> bool:
 
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
+# added after adapters were first saved; None is their default, so leaving them out changes nothing here
+_OMITTED_WHEN_UNSET = ("prefix_layers", "objective")
+
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
     "base_model": (is_text, "a string (non-empty, UTF-8)"),

@@ -69,6 +69,7 @@ class LTuningForTrainer(nn.Module):
         if self.training and m.label_conditioned:
             if pair_class is None or pair_target is None:
                 raise DataError("training an LT method needs pair_class and pair_target: use ltuning.hf.PairCollator")
+            m.config.objective = "pairwise"  # what this trains; saved with the adapter
             logits = m(batch, pair_class)  # (B,)
             return {"loss": F.binary_cross_entropy_with_logits(logits, pair_target.float()), "logits": logits}
         scores = m.class_scores(batch)  # (B, K)

@@ -242,9 +242,10 @@ class LTuningModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor, label_ids: torch.Tensor | None = None,
              targets: torch.Tensor | None = None, objective: str = "pairwise") -> torch.Tensor:
-        """Training loss. LT methods: ``pairwise`` (A.3), BCE on one (text, label, target) pair per text;
-        ``listwise``, K-way cross-entropy over the pair logits of all K labels of each text (K rows per text).
-        Classic methods: K-way cross-entropy on their head."""
+        """Training loss. LT methods: ``pairwise`` (A.3), BCE on one (text, label, target) pair per text
+        (``label_ids``, ``targets``; the default of this low-level call, which takes the pair inputs);
+        ``listwise`` (:class:`~ltuning.train.TrainArgs`' default), K-way cross-entropy over the pair logits of
+        all K labels of each text (K rows per text). Classic methods: K-way cross-entropy on their head."""
         if self.label_conditioned and objective == "listwise":
             return F.cross_entropy(self.class_scores(batch), labels)
         if self.label_conditioned:

@@ -256,6 +256,13 @@ def check_train_inputs(train_data, validation_data, args) -> None:
     check_arg(isinstance(args, TrainArgs), "args", "a TrainArgs (ltuning.train)", args)
 
 
+def record_objective(model: LTuningModel, args: TrainArgs) -> None:
+    """Put the run's objective in the model's config (an LT adapter saves it: listwise scores rank labels but
+    are not per-label probabilities, and :func:`ltuning.evaluate.evaluate` reports the objective's own loss);
+    before training, so that an evaluation at step 0 already reports that loss."""
+    model.config.objective = args.objective if model.label_conditioned else None
+
+
 def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
           args: TrainArgs, on_eval: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``model``'s method in place and leave it holding the best evaluated state.
@@ -302,8 +309,7 @@ class _TrainingLoop:
         self.args, self.on_eval = args, on_eval
         # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
         model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
-        # saved with an LT adapter: listwise scores rank labels but are not per-label probabilities
-        model.config.objective = args.objective if model.label_conditioned else None
+        record_objective(model, args)
         self.state = state = distributed_state()
         self.world, self.rank, self.main = state.num_processes, state.process_index, state.is_main_process
         if args.batch_size < self.world:
@@ -369,8 +375,10 @@ class _TrainingLoop:
                         "metric_for_best": "accuracy", "objective": "pairwise"}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
+            hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
+                    if "objective" in diff and saved.get("objective", "pairwise") == "pairwise" else "")
             raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
-                                             f"({shown}); rerun with the same options or another --output-dir")
+                                             f"({shown}); rerun with the same options or another --output-dir{hint}")
 
     def _restore(self, ckpt: dict) -> None:
         """Weights, best state, optimizer, schedule, data position, RNG and counters from a checkpoint."""
