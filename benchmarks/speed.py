@@ -559,7 +559,9 @@ def markdown(results: dict) -> str:
         t = tr["timings"]
         lines += [f"Training step, {name}: batch {tr['batch_size']}, {tr['text_tokens']} text tokens (padded), "
                   f"prefix/prompt length l = {tr['prefix_length']} (label texts {tr['label_texts']}); "
-                  "one step = forward, backward, AdamW, zero_grad (floor: forward + backward only).", "",
+                  "one step = forward, backward, AdamW, zero_grad (floor: forward + backward only). LT rows train "
+                  "the pairwise objective (A.3: one (text, label) row per text); the listwise default feeds K rows "
+                  "per text, about K times this step.", "",
                   "| variant | wall median (s) | CPU median (s) | wall / floor | CPU / floor |",
                   "|---|---|---|---|---|"]
         for k, v in t.items():
