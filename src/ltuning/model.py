@@ -289,7 +289,7 @@ class LTuningModel(nn.Module):
         """
         texts = prediction.text_list(texts)
         prediction.check_batch_size(batch_size)
-        check_texts(texts, batch_size, pairs=self.config.text_pairs)
+        check_texts(texts, pairs=self.config.text_pairs)  # batch_size: checked above (None too)
         check_arg(max_tokens is None or (_is_int(max_tokens) and max_tokens >= 1), "max_tokens",
                   "a positive integer or None", max_tokens)
         was_training = self.training

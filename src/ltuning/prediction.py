@@ -266,7 +266,7 @@ def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypo
     check_batch_size(batch_size)
     candidate_labels = _split_candidates(candidate_labels)
     check_candidate_labels(candidate_labels)
-    check_texts(items, batch_size, pairs=pairs)
+    check_texts(items, pairs=pairs)  # batch_size: checked above (None too)
     if not items:
         return single, items, [], []
     _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
