@@ -53,6 +53,12 @@ FULL_FINETUNE_LR = 2e-5
 MAX_LENGTH = 128
 
 
+def objective(method: str, listwise: bool = False) -> str:
+    """The training objective of a benchmark row: an LT method trains pairwise (A.3; the library default when
+    the stored rows ran) unless the row asks for listwise; a classic method's K-way head is always listwise."""
+    return "listwise" if listwise or not method.startswith("lt-") else "pairwise"
+
+
 def result_path(backbone: str, task: str, method: str, seed: int) -> Path:
     return TABLE_DIR / f"{backbone}-{task}-{method}-seed{seed}.json"
 

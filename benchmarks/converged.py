@@ -111,9 +111,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 
     train_ds, dev, t, label_texts = split(task)
     method = row.removesuffix("-listwise").removesuffix("-paper")
-    # an LT row is pairwise (A.3; the library default when these rows were first run) unless it says listwise;
-    # a classic method's K-way head always trains the listwise softmax
-    objective = "listwise" if row.endswith("-listwise") or not method.startswith("lt-") else "pairwise"
+    objective = common.objective(method, listwise=row.endswith("-listwise"))
     score_head = "paper" if row.endswith("-paper") or not method.startswith("lt-") else "similarity"
     metric = metric_of(task)
     curve = []

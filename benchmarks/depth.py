@@ -61,8 +61,7 @@ def train_one(backbone, name: str, task: str, method: str, j: int, seed: int, ar
     model = LTuningModel(backbone, cfg)
     targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                       eval_every=args.eval_every, seed=seed, progress=False,
-                      # the stored runs trained the objective that was the default then
-                      objective="pairwise" if method.startswith("lt-") else "listwise")
+                      objective=common.objective(method))  # the default when the stored runs trained
     load0, t0, c0 = common.machine()["loadavg_at_start"], time.perf_counter(), time.process_time()
     res = train(model, train_ds, dev, targs)
     best_step = res.best_step

@@ -121,7 +121,7 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
                 p.requires_grad_(name in keep)
         targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                           eval_every=args.eval_every, seed=seed, progress=False,
-                          objective="listwise" if listwise or not method.startswith("lt-") else "pairwise")
+                          objective=common.objective(method, listwise))
         record_objective(model, targs)  # the step-0 loss is the objective's too
         m0 = evaluate(model, dev)
         curve = [{"step": 0, "dev_accuracy": m0["accuracy"], "dev_mcc": m0["mcc"], "dev_loss": m0["loss"]}]

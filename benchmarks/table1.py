@@ -60,7 +60,7 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
                                                                                               (method, "raw", "before"))
     args = TrainArgs(max_steps=p["steps"], batch_size=p["batch_size"], learning_rate=p["learning_rate"],
                      eval_every=p["eval_every"], seed=seed, progress=False,
-                     objective="pairwise" if real_method.startswith("lt-") else "listwise")  # the paper's A.3
+                     objective=common.objective(real_method))  # the paper's A.3 for LT
     # the library's recipe (the same as `ltuning train`) on the shared backbone: seeds, builds, trains
     run = build_and_train(backbone_obj, train_ds, val, args, method=real_method, task=t, base_model=backbone,
                           prefix_pooling=pooling, text_pooling=p["text_pooling"], max_length=common.MAX_LENGTH,
