@@ -1,0 +1,218 @@
+"""Issue 13: few examples per class. ltuning's methods against SetFit and the frozen model's zero-shot similarity.
+
+For each dataset, shot count k and seed, the same k training examples per class go to every method (SetFit
+included: ``export`` writes them to ``benchmarks/.fewshot_data/``, which ``peers/setfit_peer.py`` reads in its
+own venv), and every method is scored on the same validation rows. One JSON per cell:
+``benchmarks/results/fewshot/<dataset>-<method>-<shots>shot-seed<N>.json``.
+
+The recipe is fixed for every dataset, shot count and method (few shots leave no rows to choose on, and no
+choice is made on the reported rows): the library's defaults for each method (learning rate 1e-2, the
+similarity score head and the listwise objective for the LT methods, mean pooling on minilm) with 100 steps of
+batch 16, the final state kept (no validation during training). ``linear-probe``: Linear(d, K) on the frozen
+pooled vector, the same 100 steps, batch 16, lr 1e-2. ``zero-shot-similarity``: no training (``shots`` 0), the
+cosine between the text's and each label text's frozen sentence embedding, the task's label texts as they are
+in ``ltuning.data.TASKS`` (fixed before any run).
+
+    python benchmarks/fewshot.py                                   # export, then every cell (hours of CPU)
+    python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
+    python benchmarks/fewshot.py export                            # only the samples, for the SetFit peer
+
+Samples are nested: for one seed, each class's examples are a seeded shuffle of that class's training rows,
+and k shots take the first k, so the 8-shot sample is part of the 16-shot one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+OUT = common.RESULTS / "fewshot"
+DATA = common.ROOT / "benchmarks" / ".fewshot_data"
+DATASETS = ["sst2", "demo", "trec", "sms-spam"]
+SHOTS = [8, 16, 32, 64]
+SEEDS = [0, 1, 2, 3, 4]
+METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe"]
+STEPS, BATCH, LR = 100, 16, 1e-2
+MAX_VALIDATION = 500  # a seeded sample of each dataset's validation split (seed 0), the same rows for every method
+BACKBONE = "minilm"
+
+
+def load(dataset: str):
+    """(train, validation): the validation rows every method is scored on."""
+    from ltuning.data import read_glue
+
+    train = read_glue(dataset, "train", common.GLUE_DIR)
+    val = read_glue(dataset, "validation", common.GLUE_DIR)
+    if len(val) > MAX_VALIDATION:
+        val = val.subset(MAX_VALIDATION, seed=0)
+    return train, val
+
+
+def sample(train, shots: int, seed: int):
+    """``shots`` examples of every class: the first ``shots`` of a seeded shuffle of that class's rows."""
+    from ltuning.data import TextDataset
+
+    rng = random.Random(seed)
+    picked = []
+    for k in range(len(train.label_names)):
+        rows = [i for i, y in enumerate(train.labels) if y == k]
+        rng.shuffle(rows)
+        if len(rows) < shots:
+            raise SystemExit(f"{train.source}: class {train.label_names[k]!r} has {len(rows)} rows, fewer than "
+                             f"{shots} shots")
+        picked += rows[:shots]
+    picked.sort()
+    return TextDataset([train.texts[i] for i in picked], [train.labels[i] for i in picked], train.label_names,
+                       f"{train.source} ({shots} per class, seed {seed})")
+
+
+def _write_jsonl(path: Path, ds) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(ds.texts, ds.labels,
+                                                                                     strict=True)))
+    tmp.replace(path)
+
+
+def export(datasets, shots, seeds) -> None:
+    """The samples and validation rows as JSONL, and the label sets, for a peer in another venv."""
+    from ltuning.data import get_task
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    for name in datasets:
+        train, val = load(name)
+        t = get_task(name)
+        (DATA / f"{name}-labels.json").write_text(json.dumps({"label_names": t.label_names,
+                                                               "label_texts": t.label_texts}) + "\n")
+        _write_jsonl(DATA / f"{name}-validation.jsonl", val)
+        for k in shots:
+            for seed in seeds:
+                _write_jsonl(DATA / f"{name}-{k}shot-seed{seed}.jsonl", sample(train, k, seed))
+    print(f"exported {len(datasets)} datasets x {len(shots)} shot counts x {len(seeds)} seeds to {DATA}", flush=True)
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t):
+    return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
+
+
+def run_cell(bb, dataset: str, method: str, shots: int, seed: int) -> dict:
+    import torch
+
+    from ltuning.config import LTuningConfig, TextPooling
+    from ltuning.data import get_task
+    from ltuning.metrics import classification_metrics
+
+    task = get_task(dataset)
+    train, val = load(dataset)
+    k = len(task.label_names)
+    pooling = bb.resolve_pooling(TextPooling(common.PROTOCOL[BACKBONE]["text_pooling"]))
+    rec = {"dataset": dataset, "method": method, "shots": shots, "seed": seed, "backbone": BACKBONE,
+           "label_texts": task.label_texts, "validation_rows": len(val)}
+    if method == "zero-shot-similarity":
+        import headstart
+
+        t = _clock()
+        scores = headstart.zero_shot(bb, list(val.texts), task.label_texts, pooling)
+        preds, train_s, predict_s, trainable, recipe = scores.argmax(-1).tolist(), None, _since(t), 0, \
+            {"training": "none"}
+        train_rows = 0
+    else:
+        few = sample(train, shots, seed)
+        train_rows = len(few)
+        recipe = {"steps": STEPS, "batch_size": BATCH, "learning_rate": LR, "state": "final (no validation)",
+                  "text_pooling": pooling.value, "max_length": common.MAX_LENGTH}
+        if method == "linear-probe":
+            import peer_loop
+
+            t = _clock()
+            run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=LR, steps=STEPS,
+                                       batch_size=BATCH, eval_every=STEPS + 1, seed=seed,
+                                       text_pooling=pooling.value, max_length=common.MAX_LENGTH,
+                                       eval_at_start=False)
+            train_s, trainable = _since(t), run.trainable
+            t = _clock()
+            logits = peer_loop.peer_logits(bb, run.pooling, run.head, list(val.texts), common.MAX_LENGTH)
+            preds, predict_s = logits.argmax(-1).tolist(), _since(t)
+        else:
+            from ltuning.model import LTuningModel
+            from ltuning.train import TrainArgs, set_seed
+            from ltuning.train import train as fit
+
+            set_seed(seed)
+            cfg = LTuningConfig(method=method, base_model=BACKBONE, label_names=task.label_names,
+                                label_texts=task.label_texts, text_pooling=pooling, max_length=common.MAX_LENGTH)
+            model = LTuningModel(bb, cfg)
+            targs = TrainArgs(max_steps=STEPS, batch_size=BATCH, learning_rate=LR, seed=seed, progress=False)
+            t = _clock()
+            fit(model, few, None, targs)
+            train_s, trainable = _since(t), model.num_trainable_parameters()
+            t = _clock()
+            preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), _since(t)
+            recipe.update(objective=targs.objective, adapter=model.config.to_dict())
+    m = classification_metrics(preds, list(val.labels), k)
+    rec.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], train_rows=train_rows,
+               train_seconds=train_s, predict_seconds=predict_s, trainable_params=trainable, recipe=recipe,
+               versions=common.versions("torch", "transformers"), git=common.git_commit(),
+               machine=common.machine(), threads=torch.get_num_threads(), finished=common.now(),
+               command="python benchmarks/fewshot.py " + " ".join(sys.argv[1:]))
+    return rec
+
+
+def cells(datasets, methods, shots, seeds):
+    """Cheap and decisive first: seed by seed, the small shot counts before the large."""
+    for seed in seeds:
+        for k in shots:
+            for d in datasets:
+                for m in methods:
+                    if m == "zero-shot-similarity":
+                        if seed == seeds[0] and k == shots[0]:
+                            yield d, m, 0, 0
+                    else:
+                        yield d, m, k, seed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", nargs="?", choices=["run", "export"], default="run")
+    ap.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+    export(args.datasets, args.shots, args.seeds)
+    if args.command == "export":
+        return 0
+    import torch
+
+    from ltuning.loading import load_backbone
+
+    torch.set_num_threads(args.threads)
+    bb = load_backbone(BACKBONE)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
+        path = OUT / f"{d}-{m}-{k}shot-seed{seed}.json"
+        if path.exists() and not args.overwrite:
+            continue
+        rec = run_cell(bb, d, m, k, seed)
+        common.write_result(path, rec)
+        print(f"{path.name}: accuracy {rec['accuracy']:.4f}, train "
+              f"{(rec['train_seconds'] or {}).get('cpu', 0):.0f} CPU s, predict {rec['predict_seconds']['cpu']:.0f} "
+              f"CPU s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
