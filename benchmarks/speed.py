@@ -431,18 +431,23 @@ def bench_predict(name: str, args) -> dict:
             dm.eval()
             fns[f"ours_depth_k{K}"] = (lambda m=dm: m.score_texts(texts, batch_size=64))
         fns[f"floor_k{K}"] = (lambda K=K: floor_rows(bb, texts, K, args.max_length))
-        if args.bf16:
-            def ours_bf16(m=model):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return m.score_texts(texts, batch_size=64)
-            fns[f"ours_bf16_k{K}"] = ours_bf16
+        if args.bf16:  # the same scorers under bf16 autocast, so each ratio compares one dtype with itself
+            def under_bf16(fn):
+                def run():
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return fn()
+                return run
+            for kind in ("ours", "ours_depth", "pipeline", "floor"):
+                if f"{kind}_k{K}" in fns:
+                    fns[f"{kind}_bf16_k{K}"] = under_bf16(fns[f"{kind}_k{K}"])
     log(f"[predict] {name}: {len(fns)} variants x {args.predict_repeats} repeats, {len(texts)} texts")
     every = {k: 2 for k in fns if k.startswith("naive")}
     t = interleaved(fns, args.predict_repeats, warmup=1, every=every)
     for K in args.ks:
         row = {}
         for kind, n in (("ours", len(texts)), ("naive", len(naive_texts)), ("pipeline", len(texts)),
-                        ("ours_bf16", len(texts)), ("ours_depth", len(texts)), ("floor", len(texts))):
+                        ("ours_bf16", len(texts)), ("ours_depth", len(texts)), ("floor", len(texts)),
+                        ("ours_depth_bf16", len(texts)), ("pipeline_bf16", len(texts)), ("floor_bf16", len(texts))):
             v = t.get(f"{kind}_k{K}")
             if v is not None:
                 row[kind] = {"wall_median": v["wall_median"], "cpu_median": v["cpu_median"], "texts": n,
@@ -496,6 +501,11 @@ def compute_ratios(results: dict, model: str = "minilm", key: str = "wall_median
     out["predict_over_floor_k4"] = k4["ours"][key] / k4["floor"][key] if "ours" in k4 and "floor" in k4 else None
     out["predict_depth_over_floor_k4"] = (k4["ours_depth"][key] / k4["floor"][key]
                                           if "ours_depth" in k4 and "floor" in k4 else None)
+    # the same ratios with every side under bf16 autocast (--bf16; None without it)
+    for name, a, b in (("pipeline_over_predict_k4_bf16", "pipeline_bf16", "ours_bf16"),
+                       ("pipeline_over_predict_k4_depth_bf16", "pipeline_bf16", "ours_depth_bf16"),
+                       ("predict_over_floor_k4_bf16", "ours_bf16", "floor_bf16")):
+        out[name] = k4[a][key] / k4[b][key] if a in k4 and b in k4 else None
     return out
 
 
@@ -548,7 +558,10 @@ def markdown(results: dict) -> str:
              "reencode_over_lt_prefix": "(cost of not caching)"}
     for k, g in (("pipeline_over_predict_k4_depth", ">= 3 (label prefix in the top --depth-layers layers)"),
                  ("predict_over_floor_k4", "(1 = the floor: each text once per label, no prefix)"),
-                 ("predict_depth_over_floor_k4", "(the same, top --depth-layers layers)")):
+                 ("predict_depth_over_floor_k4", "(the same, top --depth-layers layers)"),
+                 ("pipeline_over_predict_k4_bf16", "(both sides under bf16 autocast)"),
+                 ("pipeline_over_predict_k4_depth_bf16", ">= 3 (top --depth-layers layers, both sides bf16)"),
+                 ("predict_over_floor_k4_bf16", "(both sides bf16)")):
         if r.get(k) is not None:  # results written before issue 16 have none
             goals[k] = g
     lines += ["| ratio (minilm) | wall | CPU time | goal |", "|---|---|---|---|"]
