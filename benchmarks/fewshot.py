@@ -106,7 +106,25 @@ def _since(t):
     return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
 
 
-def run_cell(bb, dataset: str, method: str, shots: int, seed: int) -> dict:
+ABLATIONS = {  # LT variants compared on dev rows carved from train (``ablate``): which trainable part overfits?
+    "default": {},
+    "frozen-text-map": {"freeze": ["text_map.weight"]},   # the similarity head's W stays the identity
+    "lr-1e-3": {"learning_rate": 1e-3},
+    "steps-25": {"steps": 25},
+}
+
+
+def dev_load(dataset: str):
+    """(train minus dev, dev): 500 rows of a seeded dev split carved from the training rows, for ``ablate``."""
+    import headstart
+
+    from ltuning.data import read_glue
+
+    rest, dev = headstart.dev_split(read_glue(dataset, "train", common.GLUE_DIR), seed=0)
+    return rest, dev.subset(min(MAX_VALIDATION, len(dev)), seed=0)
+
+
+def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str | None = None) -> dict:
     import torch
 
     from ltuning.config import LTuningConfig, TextPooling
@@ -114,11 +132,14 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int) -> dict:
     from ltuning.metrics import classification_metrics
 
     task = get_task(dataset)
-    train, val = load(dataset)
+    train, val = dev_load(dataset) if variant else load(dataset)
+    change = ABLATIONS[variant] if variant else {}
     k = len(task.label_names)
     pooling = bb.resolve_pooling(TextPooling(common.PROTOCOL[BACKBONE]["text_pooling"]))
     rec = {"dataset": dataset, "method": method, "shots": shots, "seed": seed, "backbone": BACKBONE,
            "label_texts": task.label_texts, "validation_rows": len(val)}
+    if variant:
+        rec.update(variant=variant, evaluated_on="dev rows carved from train (headstart.dev_split, seed 0)")
     if method == "zero-shot-similarity":
         import headstart
 
@@ -153,13 +174,17 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int) -> dict:
             cfg = LTuningConfig(method=method, base_model=BACKBONE, label_names=task.label_names,
                                 label_texts=task.label_texts, text_pooling=pooling, max_length=common.MAX_LENGTH)
             model = LTuningModel(bb, cfg)
-            targs = TrainArgs(max_steps=STEPS, batch_size=BATCH, learning_rate=LR, seed=seed, progress=False)
+            for name, p in model.method.named_parameters():
+                if name in change.get("freeze", []):
+                    p.requires_grad_(False)
+            targs = TrainArgs(max_steps=change.get("steps", STEPS), batch_size=BATCH,
+                              learning_rate=change.get("learning_rate", LR), seed=seed, progress=False)
             t = _clock()
             fit(model, few, None, targs)
             train_s, trainable = _since(t), model.num_trainable_parameters()
             t = _clock()
             preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), _since(t)
-            recipe.update(objective=targs.objective, adapter=model.config.to_dict())
+            recipe.update(objective=targs.objective, adapter=model.config.to_dict(), **change)
     m = classification_metrics(preds, list(val.labels), k)
     rec.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], train_rows=train_rows,
                train_seconds=train_s, predict_seconds=predict_s, trainable_params=trainable, recipe=recipe,
@@ -184,7 +209,9 @@ def cells(datasets, methods, shots, seeds):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", choices=["run", "export"], default="run")
+    ap.add_argument("command", nargs="?", choices=["run", "export", "ablate"], default="run")
+    ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
+                    help="ablate: LT variants, scored on dev rows carved from train (never the reported rows)")
     ap.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)
@@ -192,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "ablate":
+        return ablate(args)
     export(args.datasets, args.shots, args.seeds)
     if args.command == "export":
         return 0
@@ -211,6 +240,33 @@ def main(argv=None) -> int:
         print(f"{path.name}: accuracy {rec['accuracy']:.4f}, train "
               f"{(rec['train_seconds'] or {}).get('cpu', 0):.0f} CPU s, predict {rec['predict_seconds']['cpu']:.0f} "
               f"CPU s", flush=True)
+    return 0
+
+
+def ablate(args) -> int:
+    import torch
+
+    from ltuning.loading import load_backbone
+
+    torch.set_num_threads(args.threads)
+    bb = load_backbone(BACKBONE)
+    out = OUT / "ablation"
+    if "zero-shot-similarity" in args.methods:  # the dev rows' untrained reference
+        for d in args.datasets:
+            path = out / f"{d}-zero-shot-similarity-default-0shot-seed0.json"
+            if not path.exists() or args.overwrite:
+                common.write_result(path, run_cell(bb, d, "zero-shot-similarity", 0, 0, variant="default"))
+    for seed in args.seeds:
+        for k in args.shots:
+            for d in args.datasets:
+                for m in [m for m in args.methods if m.startswith("lt-")]:
+                    for v in args.variants:
+                        path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
+                        if path.exists() and not args.overwrite:
+                            continue
+                        rec = run_cell(bb, d, m, k, seed, variant=v)
+                        common.write_result(path, rec)
+                        print(f"{path.name}: dev accuracy {rec['accuracy']:.4f}", flush=True)
     return 0
 
 
