@@ -438,13 +438,22 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
                   f"thread; state chosen on a {r0['dev_rows']}-row dev split carved from train (every "
                   f"{r0['eval_every']} steps); accuracy on the GLUE validation split ({r0['validation']['rows']} "
                   "rows), read once per run. j = m is every layer (the default).", "",
-                  "| method | j | trainable params | validation acc | validation MCC | best dev acc (step) | "
-                  "train CPU s | load at start |", "|---|---|---|---|---|---|---|---|"]
+                  "Mean ± sd over seeds:", "",
+                  "| method | j | validation acc | validation MCC | seeds |", "|---|---|---|---|---|"]
+        groups = defaultdict(list)
+        for r in runs:
+            groups[(r["method"], r["prefix_layers"])].append(r)
+        for (method, j), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+            lines.append(f"| {method} | {j} | {fmt_ms([r['validation']['accuracy'] for r in rs])} | "
+                         f"{fmt_ms([r['validation']['mcc'] for r in rs])} | {len(rs)} |")
+        lines += ["", "Every run:", "",
+                  "| method | j | seed | trainable params | validation acc | validation MCC | best dev acc (step) | "
+                  "train CPU s | load at start |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(runs, key=lambda r: (r["method"], -r["prefix_layers"], r["seed"])):
             step = int(re.search(r"step (\d+)", r["selected_on"]).group(1))  # the state train() kept
             best = next((c for c in r["curve"] if c["step"] == step), None)
             load_ = r.get("load_before")
-            lines.append(f"| {r['method']} | {r['prefix_layers']} | {r['trainable_params']:,} | "
+            lines.append(f"| {r['method']} | {r['prefix_layers']} | {r['seed']} | {r['trainable_params']:,} | "
                          f"{r['validation']['accuracy']:.4f} | {r['validation']['mcc']:.4f} | "
                          + (f"{best['dev_accuracy']:.3f} ({best['step']})" if best else "–")
                          + f" | {r['train_seconds']['cpu']:.0f} | "
