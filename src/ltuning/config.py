@@ -186,14 +186,18 @@ class LTuningConfig:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
-        if self.tasks is not None:
-            self.tasks = check_tasks(self.tasks)
-            first = next(iter(self.tasks.values()))
-            if self.label_names and (first["label_names"] != self.label_names
-                                     or first["label_texts"] != self.label_texts):
-                raise ConfigError(f"tasks: the first task {next(iter(self.tasks))!r} is the primary label set, so its "
-                                  f"labels {first['label_names']} must be label_names {self.label_names} (and its "
-                                  "label texts label_texts); put the primary task first")
+        self._check_tasks()
+
+    def _check_tasks(self) -> None:
+        """``tasks``: each task's label set checked; the first is the primary label set (label_names / texts)."""
+        if self.tasks is None:
+            return
+        self.tasks = check_tasks(self.tasks)
+        first = next(iter(self.tasks.values()))
+        if self.label_names and (first["label_names"] != self.label_names or first["label_texts"] != self.label_texts):
+            raise ConfigError(f"tasks: the first task {next(iter(self.tasks))!r} is the primary label set, so its "
+                              f"labels {first['label_names']} must be label_names {self.label_names} (and its "
+                              "label texts label_texts); put the primary task first")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LTuningConfig:
