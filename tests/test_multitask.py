@@ -122,3 +122,17 @@ def test_bad_tasks(bb):
         build_and_train(bb, {"sent": sentiment()}, {"other": sentiment()}, args(), say=None)
     with pytest.raises(ConfigError, match="no task of that name"):
         prepare_model(bb, SENT, say=None).for_task("sent")
+
+
+def test_resume_is_exact(bb, tmp_path):
+    import shutil
+
+    data = {"sent": sentiment(12), "topic": topic(24)}
+    val = {"sent": sentiment(4), "topic": topic(3)}
+    full = build_and_train(bb, data, val, args(checkpoint_every=3, output_dir=str(tmp_path)), say=None)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-6")  # as if killed after step 5
+    resumed = build_and_train(bb, data, val, args(checkpoint_every=3, output_dir=str(tmp_path), resume=True), say=None)
+    assert resumed.result.resumed_from == 3
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.result.history == full.result.history[:1] + resumed.result.history[1:]
