@@ -132,7 +132,7 @@ def _pipeline(ctx, arg, v):
 
 CONFIG_FIELDS = ["method", "base_model", "label_names", "label_texts", "label_length", "max_length", "prefix_pooling",
                  "text_pooling", "label_position", "score_head", "prefix_layers", "text_pairs", "objective", "backbone_fingerprint",
-                 "backbone_weights"]
+                 "backbone_weights", "tasks"]
 TRAIN_FIELDS = ["max_steps", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "eval_every",
                 "eval_batch_size", "seed", "mixed_precision", "progress", "gradient_accumulation_steps", "output_dir",
                 "checkpoint_every", "keep_checkpoints", "resume", "skip_nonfinite", "metric_for_best",
@@ -161,7 +161,7 @@ ENTRIES = {
 VALID: dict[tuple[str, str, str], str] = {
     **{("LTuningConfig", f, "None"): "None: not set (the longest label / every layer / unknown / filled in by the model)"
        for f in ("label_length", "prefix_layers", "text_pairs", "objective", "backbone_fingerprint",
-                 "backbone_weights")},
+                 "backbone_weights", "tasks")},
     ("LTuningConfig", "text_pairs", "True"): "a model trained on (premise, hypothesis) pairs",
     ("LTuningConfig", "backbone_fingerprint", "empty str"): "not set, as None: the model fills in its backbone's (an "
                                                             "adapter saved with '' is refused as 'missing')",
@@ -202,7 +202,7 @@ def cases() -> list[tuple[str, str, str]]:
 CASES = cases()
 #: hostile cases per entry point (arguments x hostile values, less VALID); test_case_counts checks these
 EXPECTED_COUNTS = {
-    "LTuningConfig": 261, "get_ltuning_model": 68, "predict": 120, "predict_proba": 86, "model(texts)": 86,
+    "LTuningConfig": 278, "get_ltuning_model": 68, "predict": 120, "predict_proba": 86, "model(texts)": 86,
     "score_texts": 52, "save_pretrained": 34, "from_pretrained": 52, "load_adapter": 35, "TrainArgs": 329, "train": 70,
     "build_and_train": 70, "TextDataset": 53, "pipeline": 35,
 }  # 1351 in all

@@ -42,7 +42,8 @@ def readme_blocks(text: str | None = None) -> list[tuple[str, str]]:
 
 
 #: words of the README's candidate labels (the tiny BERT's vocabulary has them too)
-README_WORDS = ("sad", "happy", "angry", "funny", "long", "bad", "good", "review", "film")
+README_WORDS = ("sad", "happy", "angry", "funny", "long", "bad", "good", "review", "film", "abbreviation",
+                "description", "entity", "human", "location", "numeric", "ham", "spam", "normal", "message")
 
 
 def fast_variant(code: str, tiny: str) -> str:

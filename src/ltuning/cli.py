@@ -96,6 +96,10 @@ def _add_data_args(p: _Parser, train: bool) -> None:
                    "<task>/validation.tsv); default: $LTUNING_GLUE_DIR, else the first of "
                    + " and ".join(DEFAULT_GLUE_DIRS) + " that exists")
     if train:
+        g.add_argument("--tasks", nargs="+", choices=sorted(TASKS), metavar="TASK",
+                       help="multi-task training (lt-prefix / lt-prompt): one adapter on several known tasks, each "
+                            "batch from one task with that task's labels, e.g. --tasks demo trec; the first task's "
+                            "labels are the adapter's primary labels. Instead of --task / --train-file")
         g.add_argument("--train-file", help="training data: .csv, .tsv or .jsonl (with --text-column, --label-column)")
         g.add_argument("--validation-file", help="validation data in the same format as --train-file")
         g.add_argument("--max-train-samples", type=int, help="use a seeded random subset of the training data")
@@ -231,6 +235,8 @@ def build_parser() -> _Parser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for scoring (where the hardware "
                    "supports it; faster on CPUs with AMX / AVX512-BF16, scores differ slightly from float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--adapter-task", help="a multi-task adapter's task whose labels to evaluate with (default: --task "
+                   "when the adapter has that task, else its primary labels)")
     p.set_defaults(func=cmd_evaluate)
 
     # predict
@@ -259,6 +265,8 @@ def build_parser() -> _Parser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for scoring (where the hardware "
                    "supports it; faster on CPUs with AMX / AVX512-BF16, scores differ slightly from float32)")
+    p.add_argument("--adapter-task", help="a multi-task adapter's task whose labels to predict (default: its primary "
+                   "labels, the first task's)")
     p.set_defaults(func=cmd_predict)
 
     # params
@@ -549,8 +557,8 @@ def _resolved_config(args) -> dict:
 
 def _default_train_output(args) -> None:
     # The same default as cmd_train, decided here so the run's config and plots can name the folder.
-    if args.command == "train" and not args.output_dir and (args.task or args.train_file):
-        name = args.task or Path(args.train_file).stem
+    if args.command == "train" and not args.output_dir and (args.task or args.train_file or args.tasks):
+        name = "+".join(args.tasks) if args.tasks else args.task or Path(args.train_file).stem
         args.output_dir = f"runs/{name}-{args.method}-seed{args.seed}"
 
 
@@ -781,9 +789,10 @@ def _train_output(args) -> tuple[Path, list[Path]]:
     from .checkpoint import latest_checkpoint
     from .errors import ConfigError
 
-    if not args.train_file and not args.task:
-        raise ConfigError("no training data: give --task (e.g. --task demo) or --train-file")
-    name = args.task or Path(args.train_file).stem
+    if not args.train_file and not args.task and not args.tasks:
+        raise ConfigError("no training data: give --task (e.g. --task demo), --tasks (several) or --train-file")
+    _check_multitask_args(args)
+    name = "+".join(args.tasks) if args.tasks else args.task or Path(args.train_file).stem
     out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
     # The output folder first: a run that cannot be saved, or would mix with an older one, never starts.
     _check_output_dir(out_dir, "--output-dir")
@@ -827,9 +836,38 @@ def _foreign_files(out: Path, plots: bool) -> list[Path]:
     return found
 
 
+def _check_multitask_args(args) -> None:
+    """--tasks: several distinct known tasks, without the single-task data options."""
+    from .errors import ConfigError
+
+    if not args.tasks:
+        return
+    given = [o for o, v in (("--task", args.task), ("--train-file", args.train_file),
+                            ("--validation-file", args.validation_file), ("--label-texts", args.label_texts)) if v]
+    if given:
+        raise ConfigError(f"--tasks takes each task's data and label texts from the task; leave out {', '.join(given)}")
+    dup = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+    if dup:
+        raise ConfigError(f"--tasks names {dup} more than once; give each task once")
+
+
+def _multitask_data(args):
+    """--tasks: {task: training data}, {task: validation data}, each subset as the single-task options say."""
+    from .data import read_glue
+
+    train = {t: read_glue(t, "train", args.data_dir).subset(args.max_train_samples, seed=args.seed) for t in args.tasks}
+    val = {t: read_glue(t, "validation", args.data_dir).subset(args.max_eval_samples, seed=args.seed)
+           for t in args.tasks}
+    return train, val, None
+
+
 def _train_data(args):
-    """Training data, validation data (None for a --train-file without --validation-file), label texts."""
+    """Training data, validation data (None for a --train-file without --validation-file), label texts; with
+    --tasks, dicts {task: data}."""
     from .data import load_label_texts
+
+    if args.tasks:
+        return _multitask_data(args)
 
     train_data = _read_data(args, "train", args.train_file, None)
     if args.train_file and not args.validation_file:
@@ -861,10 +899,14 @@ def cmd_train(args) -> int:
             removed = _remove_previous_run(out_dir)
             print(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
         config, backbone = model.config, model.backbone
-        print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
-              f"d={backbone.dims.hidden_size}), {len(train_data)} train / "
-              f"{len(eval_data) if eval_data is not None else 0} validation texts, labels "
-              f"{dict(zip(config.label_names, config.label_texts, strict=False))}, l={config.label_length}")
+        sets = {"": (train_data, eval_data)} if not args.tasks else {
+            f"{t}: ": (train_data[t], eval_data[t]) for t in args.tasks}
+        for prefix, (tr, ev) in sets.items():
+            labels = (dict(zip(config.label_names, config.label_texts, strict=False)) if not args.tasks else
+                      dict(zip(*config.tasks[prefix[:-2]].values(), strict=False)))
+            print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
+                  f"d={backbone.dims.hidden_size}), {prefix}{len(tr)} train / {len(ev) if ev is not None else 0} "
+                  f"validation texts, labels {labels}, l={config.label_length}")
         model.print_trainable_parameters()
 
     targs.output_dir = str(out_dir)
@@ -878,7 +920,8 @@ def cmd_train(args) -> int:
         return 0
     model, result = run.model, run.result
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
-             "validation": {k: v for k, v in result.best_metrics.items() if k != "confusion_matrix"}}
+             **({"tasks": args.tasks} if args.tasks else {}),
+             "validation": {k: v for k, v in result.best_metrics.items() if k not in ("confusion_matrix", "tasks")}}
     save_adapter(model, out_dir, extra=extra, overwrite=args.overwrite)
     summary = {
         "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
@@ -886,9 +929,14 @@ def cmd_train(args) -> int:
         **run.summary(),
     }
     atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
-    if result.best_metrics:
-        print(f"best validation (step {result.best_step}):")
-        print(format_metrics(result.best_metrics, model.config.label_names))
+    for task, metrics in (result.best_metrics.get("tasks") or {"": result.best_metrics}).items():
+        if not metrics:
+            continue
+        labels = model.config.tasks[task]["label_names"] if task else model.config.label_names
+        print(f"best validation (step {result.best_step}){' on ' + task if task else ''}:")
+        print(format_metrics(metrics, labels))
+    if args.tasks and result.best_metrics:
+        print(f"mean over the tasks: accuracy {result.best_metrics['accuracy']:.4f}, mcc {result.best_metrics['mcc']:.4f}")
     steps = (f"{result.stopped_early_at} steps (stopped early, of --max-steps {args.max_steps})"
              if result.stopped_early_at is not None else f"{args.max_steps} steps")
     print(f"trained {steps} in {result.seconds:.1f} s; adapter saved to {out_dir}")
@@ -932,12 +980,14 @@ def cmd_evaluate(args) -> int:
     if args.plot:
         _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
     _check_evaluate_outputs(args, out)
-    names = config.label_names
+    task = _adapter_task(config, args.adapter_task, args.task)
+    names = config.label_names if task is None else config.tasks[task]["label_names"]
     if args.file and not any(t.label_names == list(names) for t in TASKS.values()):
         # names not from a task: an integer in the file is not a known class index (see data.FileLabels)
         names = FileLabels(names, source=f"the adapter {args.adapter}")
     data = _read_data(args, args.split, args.file, names).subset(args.max_samples)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
+    model = model if task is None else model.for_task(task)
     t0 = time.perf_counter()
     with _scoring_precision(model, args.bf16):
         metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
@@ -946,15 +996,28 @@ def cmd_evaluate(args) -> int:
     metrics["run_config"] = _resolved_config(args)
     atomic_write_text(out, _strict_json(metrics))
     print(f"{config.method} on {config.base_model}: {data.source}")
-    print(format_metrics(metrics, config.label_names))
+    print(format_metrics(metrics, model.label_names))
     print(f"metrics written to {out}")
     if args.plot:
         from .plots import plot_confusion
 
-        png = plot_confusion(metrics["confusion_matrix"], config.label_names, out.with_suffix(".png"),
+        png = plot_confusion(metrics["confusion_matrix"], model.label_names, out.with_suffix(".png"),
                              title=f"{config.method}: {name} {part if args.task and not args.file else ''}".strip())
         print(f"confusion matrix written to {png}")
     return 0
+
+
+def _adapter_task(config, adapter_task: str | None, data_task: str | None) -> str | None:
+    """The multi-task adapter's task whose labels to use: --adapter-task (which it must have), else a --task it
+    has; None: its primary labels."""
+    from .errors import ConfigError
+
+    tasks = config.tasks or {}
+    if adapter_task is not None and adapter_task not in tasks:
+        have = f"its tasks are {list(tasks)}" if tasks else "it was trained on one label set"
+        raise ConfigError(f"--adapter-task {adapter_task!r}: the adapter has no task of that name; {have}")
+    task = adapter_task if adapter_task is not None else data_task if data_task in tasks else None
+    return None if task is None or task == next(iter(tasks)) else task
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1015,8 +1078,10 @@ def cmd_predict(args) -> int:
         if not 0 <= args.threshold <= 1:  # a sigmoid score is in [0, 1]; 0 shows every label, 1 none
             raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     threshold = 0.5 if args.threshold is None else args.threshold
+    task = _adapter_task(config, args.adapter_task, None)
     texts = _predict_inputs(args, pairs=bool(config.text_pairs))
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
+    model = model if task is None else model.for_task(task)
     with _scoring_precision(model, args.bf16):
         results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
                                 hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,

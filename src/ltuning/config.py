@@ -133,6 +133,12 @@ class LTuningConfig:
                   "labels but are not per-label probabilities) or pairwise (A.3: BCE per pair, calibrated for "
                   "multi_label). Set by training; None: not recorded (saved before the key: pairwise)."},
     )
+    tasks: dict[str, dict[str, list[str]]] | None = field(
+        default=None,
+        metadata={"help": "Multi-task LT adapters: every training task's label set, {name: {label_names, label_texts}}, "
+                  "in training order; the first is the primary label set (label_names / label_texts). None: one "
+                  "task (left out of adapter_config.json)."},
+    )
     backbone_fingerprint: str | None = field(
         default=None, metadata={"help": "Hash of the backbone's architecture config; set when the model is built."}
     )
@@ -180,6 +186,18 @@ class LTuningConfig:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
+        self._check_tasks()
+
+    def _check_tasks(self) -> None:
+        """``tasks``: each task's label set checked; the first is the primary label set (label_names / texts)."""
+        if self.tasks is None:
+            return
+        self.tasks = check_tasks(self.tasks)
+        first = next(iter(self.tasks.values()))
+        if self.label_names and (first["label_names"] != self.label_names or first["label_texts"] != self.label_texts):
+            raise ConfigError(f"tasks: the first task {next(iter(self.tasks))!r} is the primary label set, so its "
+                              f"labels {first['label_names']} must be label_names {self.label_names} (and its "
+                              "label texts label_texts); put the primary task first")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LTuningConfig:
@@ -357,7 +375,7 @@ def _is_str_list(v) -> bool:
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
 # added after adapters were first saved; None is their default, so leaving them out changes nothing here
-_OMITTED_WHEN_UNSET = ("prefix_layers", "objective")
+_OMITTED_WHEN_UNSET = ("prefix_layers", "objective", "tasks")
 
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
@@ -373,9 +391,40 @@ _CONFIG_TYPES = {
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "objective": (lambda v: v is None or is_text(v), "a string or null"),
+    "tasks": (lambda v: v is None or _is_tasks(v),
+              "null or an object {task name: {label_names: [strings], label_texts: [strings]}}"),
     "backbone_fingerprint": (lambda v: v is None or (isinstance(v, str) and is_utf8(v)), "a string or null (UTF-8)"),
     "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
 }
+
+
+def _is_tasks(v) -> bool:
+    return isinstance(v, dict) and all(
+        is_text(k) and isinstance(t, dict) and set(t) <= {"label_names", "label_texts"} and "label_names" in t
+        and all(_is_str_list(x) for x in t.values()) for k, t in v.items())
+
+
+def check_tasks(tasks: dict) -> dict[str, dict[str, list[str]]]:
+    """A multi-task label-set table, checked: at least one task, each with >= 2 distinct label names and one
+    non-empty label text per name (default: the names). Returns a normalised copy (lists, label texts filled)."""
+    if not tasks:
+        raise ConfigError("tasks: give at least one task {name: {label_names, label_texts}}, or None for one task")
+    out = {}
+    for name, t in tasks.items():
+        names = list(t["label_names"])
+        texts = list(t.get("label_texts") or names)
+        where = f"tasks[{name!r}]"
+        if len(names) < 2:
+            raise ConfigError(f"{where}: a task needs at least 2 labels, got {names}; drop the task or give it "
+                              "more labels")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: label names must be unique, got {names}")
+        if len(texts) != len(names):
+            raise ConfigError(f"{where}: {len(names)} label names but {len(texts)} label texts; give one text per label")
+        if any(not x.strip() for x in texts):
+            raise ConfigError(f"{where}: a label text is empty ({texts}); give every label a text")
+        out[str(name)] = {"label_names": names, "label_texts": texts}
+    return out
 
 
 def _is_weights_sample(v) -> bool:

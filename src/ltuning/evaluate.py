@@ -21,8 +21,12 @@ def scores_loss(scores: torch.Tensor, labels: torch.Tensor, pairwise: bool) -> f
     return F.cross_entropy(scores, labels).item()
 
 
-def evaluate(model, dataset: TextDataset, batch_size: int = 64, progress: bool = False) -> dict:
-    """Metrics of ``model`` on ``dataset`` (labels must use the model's label order)."""
+def evaluate(model, dataset: TextDataset, batch_size: int = 64, progress: bool = False,
+             task: str | None = None) -> dict:
+    """Metrics of ``model`` on ``dataset`` (labels must use the model's label order; with ``task``, that task's
+    label set of a multi-task adapter, :meth:`~ltuning.model.LTuningModel.for_task`)."""
+    if task is not None:
+        model = model.for_task(task)
     if dataset.label_names != model.label_names:
         from .errors import DataError
 

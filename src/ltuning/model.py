@@ -33,7 +33,7 @@ from .config import (
     shown,
 )
 from .errors import AdapterError, ConfigError
-from .labels import LabelSet
+from .labels import LabelSet, default_label_length, label_token_lengths
 from .loading import adapter_backbone, as_backbone, check_tokenizer, load_backbone, portable_name
 from .methods import Injection, get_method
 from .prediction import check_texts
@@ -65,6 +65,14 @@ class LTuningModel(nn.Module):
         # caller's config (which may build another model, on another backbone).
         config = LTuningConfig.from_dict(config.to_dict())
         method_cls.check_config(config)
+        if config.tasks is not None and not method_cls.label_conditioned:
+            raise ConfigError(
+                f"{config.method} has a fixed K-way head over one label set, so it cannot train or score several "
+                f"tasks' label sets (tasks {list(config.tasks)}); multi-task training needs a label-conditioned "
+                "method (lt-prefix or lt-prompt), or train one adapter per task")
+        if config.tasks is not None and not config.label_names:
+            first = next(iter(config.tasks.values()))
+            config.label_names, config.label_texts = list(first["label_names"]), list(first["label_texts"])
         # The fingerprint names the backbone this model is built on (a config copied from another model, or
         # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
         config.backbone_fingerprint = backbone.fingerprint
@@ -77,6 +85,10 @@ class LTuningModel(nn.Module):
         # The label rules (l within the position table and above the special tokens, distinct labels) hold
         # here as for candidates; only the LT methods read label tokens (for the classic ones l is just
         # their number of virtual tokens, and their K-way head tells labels apart by index).
+        if config.tasks is not None and config.label_length is None:
+            # one l for every task's labels (LT-prefix's Z reads exactly l tokens): the longest of all tasks
+            config.label_length = max(default_label_length(backbone, t["label_texts"], f"task {n!r} label text")
+                                      for n, t in config.tasks.items())
         labels = LabelSet.build(backbone, config.label_texts, config.label_length,
                                 label_conditioned=method_cls.label_conditioned, names=config.label_names)
         config.label_length = labels.length
@@ -111,6 +123,56 @@ class LTuningModel(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.config.num_labels
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks of a multi-task adapter (``config.tasks``), the primary one first; [] for one task."""
+        return list(self.config.tasks or {})
+
+    def for_task(self, task: str) -> LTuningModel:
+        """This model with ``task``'s label set (a multi-task adapter's ``config.tasks``) as its labels: a view
+        that shares the backbone and the trained method (training the view trains this model), with that
+        task's label encodings. ``predict``, ``predict_proba``, ``score_texts`` and ``evaluate`` on the view
+        use the task's labels. The primary task (the first) is the model itself. Save the model, not a view.
+
+        Raises: ConfigError when the adapter has no task of that name (naming the ones it has)."""
+        tasks = self.config.tasks or {}
+        if not isinstance(task, str) or task not in tasks:
+            have = (f"its tasks are {list(tasks)}" if tasks else
+                    "it was trained on one label set (no tasks); use its own labels, or candidate_labels=")
+            raise ConfigError(f"task {shown(task)}: this adapter has no task of that name; {have}")
+        if task == next(iter(tasks)):
+            return self
+        views = self.__dict__.setdefault("_task_views", {})
+        view = views.get(task)
+        if view is not None and view.label_states.device == self.label_states.device:
+            return view
+        labels = self._task_labels(tasks[task])
+        view = LTuningModel.__new__(LTuningModel)
+        view.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k not in ("_injection_cache", "_task_views", "_buffers", "_modules", "_parameters")})
+        view._parameters, view._modules = dict(self._parameters), dict(self._modules)
+        config = LTuningConfig.from_dict(self.config.to_dict())
+        config.label_names = list(tasks[task]["label_names"])
+        config.label_texts = list(tasks[task]["label_texts"])
+        config.label_length = labels.length
+        view.config = config
+        dtype = self.label_states.dtype
+        vectors = (labels.encode_vectors(self.backbone, self.pooling).to(dtype)
+                   if self.method.uses_label_vectors else None)
+        view._buffers = {"label_states": labels.states.to(dtype), "label_mask": labels.mask, "label_vectors": vectors}
+        views[task] = view
+        return view
+
+    def _task_labels(self, task: dict) -> LabelSet:
+        """A task's label set at this adapter's l where the method reads exactly l tokens (LT-prefix's Z),
+        else at the texts' own length (LT-prompt), as candidate labels are built."""
+        texts = task["label_texts"]
+        longest = max(label_token_lengths(self.backbone, texts, "task label text"))
+        length = self.method.candidate_label_length(longest)
+        return LabelSet.build(self.backbone, texts, None if length == longest else length, what="task label text",
+                              length_name="the adapter's label_length", label_conditioned=True,
+                              names=task["label_names"])
 
     @property
     def base_model(self) -> nn.Module:

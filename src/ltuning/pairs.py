@@ -71,3 +71,41 @@ class PairSampler:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._order = self._shuffle(self.epoch)
+
+
+class TaskSampler:
+    """Multi-task batches: every global batch comes from one task, so its listwise softmax runs over that
+    task's K labels. The task of draw n is drawn with probability proportional to the tasks' training sizes by
+    a generator seeded with (seed, n): the state is the number of draws plus each task's
+    :class:`PairSampler` state, so a run resumes at the same place. Task i's PairSampler is seeded with
+    ``seed + i``: with one task, the batches are a single-task run's."""
+
+    def __init__(self, task_labels: list[list[int]], num_labels: list[int], batch_size: int, seed: int = 0) -> None:
+        self.samplers = [PairSampler(labels, k, batch_size, seed=seed + i)
+                         for i, (labels, k) in enumerate(zip(task_labels, num_labels, strict=True))]
+        sizes = torch.tensor([len(labels) for labels in task_labels], dtype=torch.float64)
+        self.weights = sizes / sizes.sum()
+        self.seed = seed
+        self.draws = 0
+
+    def task_of(self, draw: int) -> int:
+        """The task of the ``draw``-th batch (0-based)."""
+        if len(self.samplers) == 1:
+            return 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_037 + draw)
+        return int(torch.multinomial(self.weights, 1, generator=g))
+
+    def next(self) -> tuple[int, PairBatch]:
+        task = self.task_of(self.draws)
+        self.draws += 1
+        return task, self.samplers[task].next()
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "draws": self.draws, "tasks": [s.state_dict() for s in self.samplers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["tasks"]) != len(self.samplers):
+            raise ValueError(f"the checkpoint's sampler has {len(state['tasks'])} tasks, this run {len(self.samplers)}")
+        self.seed, self.draws = state["seed"], state["draws"]
+        for sampler, s in zip(self.samplers, state["tasks"], strict=True):
+            sampler.load_state_dict(s)

@@ -21,7 +21,7 @@ For example (the Python form of ``ltuning train --task sst2 --method lt-prefix``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import labels
@@ -90,7 +90,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
                   label_length: int | None = None, max_length: int = 128, prefix_pooling: str = "raw",
                   text_pooling: str = "auto", label_position: str = "before", score_head: str | None = None,
                   base_model: str | None = None, prefix_layers: int | None = None,
-                  say: Callable[[str], None] | None = print) -> LTuningModel:
+                  tasks: dict | None = None, say: Callable[[str], None] | None = print) -> LTuningModel:
     """An untrained model on ``backbone`` for the labels ``label_names``, as ``ltuning train`` builds it.
 
     - ``label_texts``: one text per label, in label order; default: the ``task``'s label texts if its
@@ -102,6 +102,8 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
       positions (``say`` gets a note on the main process), so the saved adapter states what it read.
     - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
     - ``prefix_layers`` (prefix methods): the label prefix enters the top j layers only (None: every layer).
+    - ``tasks`` (multi-task, LT methods): {name: {label_names, label_texts}} (:func:`ltuning.train.task_table`),
+      the first task's labels being ``label_names``; l defaults to the longest label of all tasks.
 
     The returned model's ``config`` is its own copy, with l, the backbone fingerprint and the resolved
     pooling filled in. Seed first (:func:`ltuning.train.set_seed`): the method's weights are drawn here.
@@ -117,7 +119,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
                            label_texts=texts or [], label_length=label_length, max_length=max_length,
                            prefix_pooling=prefix_pooling, text_pooling=text_pooling, label_position=label_position,
-                           prefix_layers=prefix_layers, **head)
+                           prefix_layers=prefix_layers, tasks=tasks, **head)
     model = LTuningModel(backbone, config)
     config = model.config  # with l, the fingerprint and the pooling filled in
     fits = model.text_max_length
@@ -139,6 +141,11 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     arguments: method, label_texts, task, label_length, max_length, prefix_pooling, text_pooling,
     label_position, score_head, base_model, prefix_layers) and train it with :func:`ltuning.train.train`.
 
+    Multi-task (LT methods): ``train_data`` (and ``validation_data``) a dict {task name: TextDataset}; one
+    adapter learns every task, each batch drawn from one task (``docs/design.md``, "Multi-task training"). The
+    label texts are a known task's where its labels match, else the names, or ``task_label_texts={name:
+    [texts]}``; ``label_texts`` overrides the first task's.
+
     ``on_built(model)`` runs between building and training (the CLI prints the model there); ``on_eval``
     gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused
     as it is (it stays frozen), so one backbone serves many runs.
@@ -154,7 +161,15 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
 
         backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
     t0 = time.perf_counter()
-    model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
+    if isinstance(train_data, Mapping):  # multi-task: the first task's labels are the primary label set
+        tasks = training.task_table(train_data, model_options.pop("task_label_texts", None))
+        first = next(iter(tasks.values()))
+        if model_options.get("label_texts") is None:
+            model_options["label_texts"] = first["label_texts"]
+        tasks[next(iter(tasks))]["label_texts"] = list(model_options["label_texts"])
+        model = prepare_model(backbone, first["label_names"], say=say, tasks=tasks, **model_options)
+    else:
+        model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
     build_seconds = time.perf_counter() - t0
     training.record_objective(model, args)  # an evaluation in on_built reports the objective's loss
     if on_built is not None:

@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,11 +42,11 @@ from .config import (
     is_number,
     is_path,
 )
-from .data import TextDataset
+from .data import TASKS, TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .model import LTuningModel
-from .pairs import PairBatch, PairSampler
+from .pairs import PairBatch, PairSampler, TaskSampler
 from .progress import progress_bar
 
 
@@ -226,7 +226,12 @@ def _check_final_state(model: LTuningModel, probe: list, step: int) -> None:
 def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs, lr: float) -> dict:
     """Options a checkpoint must share with the run that resumes it (the data order and schedule)."""
     return {"method": model.config.method, "label_names": list(model.label_names),
-            "backbone_fingerprint": model.config.backbone_fingerprint, "train_examples": len(train_data),
+            "backbone_fingerprint": model.config.backbone_fingerprint,
+            "train_examples": sum(len(d) for d in train_data.values()) if isinstance(train_data, Mapping)
+            else len(train_data),
+            # multi-task runs: each task's labels and size (the task draws depend on the sizes)
+            **({"tasks": {n: [d.label_names, len(d)] for n, d in train_data.items()}}
+               if isinstance(train_data, Mapping) else {}),
             "max_steps": args.max_steps, "batch_size": args.batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": lr,
             "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "seed": args.seed,
@@ -247,13 +252,73 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
                if model.config.score_head != ScoreHead.PAPER else {})}
 
 
+def _is_task_table(v) -> bool:
+    return (isinstance(v, Mapping) and len(v) > 0
+            and all(isinstance(k, str) and k.strip() and isinstance(d, TextDataset) for k, d in v.items()))
+
+
 def check_train_inputs(train_data, validation_data, args) -> None:
-    """The types :func:`train` takes: TextDatasets (validation_data may be None) and TrainArgs.
+    """The types :func:`train` takes: TextDatasets (validation_data may be None) and TrainArgs; for multi-task
+    training (LT methods), a dict {task name: TextDataset} for train_data and, if given, validation_data (its
+    tasks a subset of train_data's).
     Raises: ConfigError naming the argument."""
-    check_arg(isinstance(train_data, TextDataset), "train_data", "a TextDataset (ltuning.data)", train_data)
-    check_arg(validation_data is None or isinstance(validation_data, TextDataset), "validation_data",
-              "a TextDataset (ltuning.data) or None", validation_data)
+    check_arg(isinstance(train_data, TextDataset) or _is_task_table(train_data), "train_data",
+              "a TextDataset (ltuning.data), or a non-empty dict {task name: TextDataset} for multi-task training",
+              train_data)
+    multi = isinstance(train_data, Mapping)
+    check_arg(validation_data is None or (_is_task_table(validation_data) if multi
+                                          else isinstance(validation_data, TextDataset)), "validation_data",
+              "a dict {task name: TextDataset} or None (multi-task train_data)" if multi
+              else "a TextDataset (ltuning.data) or None", validation_data)
+    if multi and validation_data is not None and set(validation_data) - set(train_data):
+        raise DataError(f"validation_data: tasks {sorted(set(validation_data) - set(train_data))} are not among the "
+                        f"training tasks {list(train_data)}; validate only tasks the adapter trains on")
     check_arg(isinstance(args, TrainArgs), "args", "a TrainArgs (ltuning.train)", args)
+
+
+def task_table(train_data: Mapping[str, TextDataset], label_texts: Mapping[str, list[str]] | None = None) -> dict:
+    """``config.tasks`` for multi-task ``train_data``: each task's label names and label texts (from
+    ``label_texts``, else a known task's (``ltuning.data.TASKS``) where its labels are the data's, else the
+    names). Raises: ConfigError for a task with fewer than 2 labels (via LTuningConfig's check)."""
+    from .config import check_tasks
+
+    table = {}
+    for name, data in train_data.items():
+        texts = (label_texts or {}).get(name)
+        known = TASKS.get(name)
+        if texts is None and known is not None and known.label_names == data.label_names:
+            texts = known.label_texts
+        table[name] = {"label_names": list(data.label_names), "label_texts": list(texts or data.label_names)}
+    return check_tasks(table)
+
+
+def _check_task_model(model: LTuningModel, train_data: Mapping[str, TextDataset]) -> None:
+    """A multi-task run trains an LT model whose ``config.tasks`` are the data's tasks, in the data's order (set
+    from the data when the model has none: its own labels must be the first task's)."""
+    if not model.label_conditioned:
+        raise ConfigError(
+            f"multi-task training (tasks {list(train_data)}) needs a label-conditioned method (lt-prefix or "
+            f"lt-prompt): {model.config.method} has a fixed {model.num_labels}-way head over one label set. Train "
+            "one adapter per task, or use --method lt-prefix / lt-prompt")
+    if model.config.tasks is None:
+        first = next(iter(train_data.values()))
+        if first.label_names != model.label_names:
+            raise DataError(f"the first training task {next(iter(train_data))!r} has labels {first.label_names}, the "
+                            f"model {model.label_names}; build the model for the first task's labels (it is the "
+                            "adapter's primary label set)")
+        table = task_table(train_data)
+        table[next(iter(table))]["label_texts"] = list(model.config.label_texts)
+        model.config.tasks = table
+    tasks = model.config.tasks
+    if list(tasks) != list(train_data):
+        raise DataError(f"training tasks {list(train_data)} differ from the model's tasks {list(tasks)} (names and "
+                        "order); build the model with the data's tasks")
+    for name, data in train_data.items():
+        if data.label_names != tasks[name]["label_names"]:
+            raise DataError(f"task {name!r}: the data's labels {data.label_names} differ from the model's "
+                            f"{tasks[name]['label_names']}")
+        if len(data) < 2:
+            raise DataError(f"task {name!r}: need at least 2 training examples, got {len(data)}")
 
 
 def record_objective(model: LTuningModel, args: TrainArgs) -> None:
@@ -280,6 +345,11 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
     """
     check_arg(isinstance(model, LTuningModel), "model", "an LTuningModel (ltuning.get_ltuning_model)", model)
     check_train_inputs(train_data, validation_data, args)
+    if isinstance(train_data, Mapping):
+        _check_task_model(model, train_data)
+    elif model.config.tasks is not None and len(model.config.tasks) > 1:
+        raise DataError(f"the model has tasks {list(model.config.tasks)}: give train_data as a dict "
+                        "{task name: TextDataset} with every task's data")
     loop = _TrainingLoop(model, train_data, validation_data, args, on_eval)
     if args.resume:
         loop.resume()
@@ -291,8 +361,15 @@ class _TrainingLoop:
     parts of the recipe that move it: setup, resume, one optimizer step, non-finite steps, evaluation with
     best-state tracking, checkpoints, and the final state."""
 
-    def __init__(self, model: LTuningModel, train_data: TextDataset, validation_data: TextDataset | None,
-                 args: TrainArgs, on_eval: Callable[[dict], None] | None) -> None:
+    def __init__(self, model: LTuningModel, train_data, validation_data, args: TrainArgs,
+                 on_eval: Callable[[dict], None] | None) -> None:
+        # multi-task: one (name, training data, validation data or None) per task; single-task runs keep the
+        # one-task path (and its checkpoint format) unchanged
+        self.multi = isinstance(train_data, Mapping)
+        if self.multi:
+            self.task_data = [(n, d, (validation_data or {}).get(n)) for n, d in train_data.items()]
+            train_data = self.task_data[0][1]
+            validation_data = validation_data or None
         if train_data.label_names != model.label_names:
             raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
         if len(train_data) < 2:
@@ -307,8 +384,9 @@ class _TrainingLoop:
                               "(or a task with a validation split), or leave them out")
         self.model, self.train_data, self.validation_data = model, train_data, validation_data
         self.args, self.on_eval = args, on_eval
+        sets = [d for _, d, _ in self.task_data] if self.multi else [train_data]
         # saved with the adapter: a model trained on (premise, hypothesis) pairs classifies pairs
-        model.config.text_pairs = any(isinstance(t, tuple) for t in train_data.texts)
+        model.config.text_pairs = any(isinstance(t, tuple) for data in sets for t in data.texts)
         record_objective(model, args)
         self.state = state = distributed_state()
         self.world, self.rank, self.main = state.num_processes, state.process_index, state.is_main_process
@@ -327,8 +405,15 @@ class _TrainingLoop:
         warmup = int(args.warmup_ratio * args.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: linear_schedule(s, args.max_steps, warmup))
-        self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
-        self.signature = _run_signature(model, train_data, args, lr)
+        if self.multi:
+            self.views = [model.for_task(n) for n, _, _ in self.task_data]  # share the method; each its labels
+            self.sampler = TaskSampler([d.labels for _, d, _ in self.task_data],
+                                       [v.num_labels for v in self.views], args.batch_size, seed=args.seed)
+            self.signature = _run_signature(model, {n: d for n, d, _ in self.task_data}, args, lr)
+        else:
+            self.views = [model]
+            self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
+            self.signature = _run_signature(model, train_data, args, lr)
         self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
         self.best_state = copy.deepcopy(model.method.state_dict())
         self.best_key = (-math.inf, -math.inf)
@@ -453,10 +538,12 @@ class _TrainingLoop:
         model, dev, A = self.model, self.dev, self.args.gradient_accumulation_steps
         loss_sum = torch.zeros((), device=dev)
         for _ in range(A):
-            pb = self.sampler.next()
+            task, pb = self.sampler.next() if self.multi else (0, self.sampler.next())
+            data = self.task_data[task][1] if self.multi else self.train_data
+            model = self.views[task]  # multi-task: the batch's task's labels
             B = len(pb.indices)
             local = shard(pb, self.rank, self.world)
-            batch = model.tokenize([self.train_data.texts[i] for i in local.indices.tolist()])
+            batch = model.tokenize([data.texts[i] for i in local.indices.tolist()])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev),
                                   objective=self.args.objective)
@@ -502,13 +589,16 @@ class _TrainingLoop:
     def _evaluate(self, step: int) -> None:
         """Validate, record the row (and show it), and keep the state if it is the best so far."""
         # every process evaluates the same (identical) weights, so all keep the same best state
-        metrics = evaluate(self.model, self.validation_data, batch_size=self.args.eval_batch_size)
+        metrics = self._validation_metrics()
         self.model.train()
         # a NaN validation loss (weights too large to score) is recorded as null and is never the best
         finite_eval = math.isfinite(metrics["loss"]) and _finite_weights(self.params)
         row = json_safe({"step": step, "loss": metrics["loss"], "accuracy": metrics["accuracy"],
                          "mcc": metrics["mcc"], "macro_f1": metrics["macro_f1"], "train_loss": self.running,
                          "elapsed_seconds": self._elapsed()})
+        if "tasks" in metrics:
+            row["tasks"] = json_safe({n: {k: m[k] for k in ("loss", "accuracy", "mcc", "macro_f1")}
+                                      for n, m in metrics["tasks"].items()})
         if not finite_eval:
             row["nonfinite"] = True
         self.result.history.append(row)
@@ -523,6 +613,17 @@ class _TrainingLoop:
             self.best_state = copy.deepcopy(self.model.method.state_dict())
             self.result.best_step = step
             self.result.best_metrics = metrics
+
+    def _validation_metrics(self) -> dict:
+        """The validation metrics; multi-task: each validated task's (under ``tasks``) and their mean loss,
+        accuracy, MCC and macro-F1 (the metric that picks the kept state)."""
+        bs = self.args.eval_batch_size
+        if not self.multi:
+            return evaluate(self.model, self.validation_data, batch_size=bs)
+        per_task = {n: evaluate(view, val, batch_size=bs)
+                    for (n, _, val), view in zip(self.task_data, self.views, strict=True) if val is not None}
+        mean = {k: float(np.mean([m[k] for m in per_task.values()])) for k in ("loss", *BEST_METRICS)}
+        return {**mean, "tasks": per_task}
 
     def _patience_spent(self) -> bool:
         """Early stopping: ``early_stopping_patience`` evaluations have passed since the best one."""
@@ -565,7 +666,8 @@ class _TrainingLoop:
                 "or check the data")
         model.method.load_state_dict(self.best_state)
         model.eval()
-        _check_final_state(model, (self.validation_data or self.train_data).texts[:8], result.best_step)
+        probe = self.validation_data if isinstance(self.validation_data, TextDataset) else self.train_data
+        _check_final_state(model, probe.texts[:8], result.best_step)
         result.seconds = self._elapsed()
         result.train_seconds = self.train_time
         return result

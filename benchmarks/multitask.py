@@ -1,0 +1,192 @@
+"""Issue 13 part 3: one LT adapter for several tasks, against one adapter per task, and on a held-back task.
+
+One lt-prefix adapter is trained on several packaged tasks at once (default demo + trec; each batch from one
+task, tasks drawn in proportion to their size: ``ltuning.pairs.TaskSampler``) with the library's defaults
+(listwise objective, similarity head, the method's default learning rate) for ``--steps`` steps of
+``--batch-size`` texts, final state (no validation during training: nothing is chosen on the reported rows).
+Against it, per-task adapters with the same recipe:
+
+- ``same-budget``: each per-task adapter gets the multi-task run's whole budget (``--steps`` steps);
+- ``same-task-steps``: each gets the number of batches the multi-task run drew from its task (the seeded
+  ``TaskSampler`` draws, recorded in the JSON), so it sees as many of its own texts.
+
+Each is scored on its own task's validation split (a seeded ``--val-rows`` subset, the same rows for every
+model). Then a held-back task the multi-task adapter never saw (default sms-spam, labels "normal message" /
+"spam"):
+
+- ``zero-shot-cosine``: the frozen model's cosine between text and label-text embeddings (benchmarks/headstart.py);
+- ``multitask-zero-shot``: the multi-task adapter with the held-back labels through the candidate-label path;
+- ``multitask-<k>-shot``: the multi-task adapter's weights, continued on k examples per class (a seeded
+  per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
+- ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
+
+One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-seed<N>.json``, with the
+config, seed, task draws, package versions, git commit and machine. A full run (minutes on a few cores)::
+
+    python benchmarks/multitask.py --backbone minilm --tasks demo trec --held-out sms-spam --steps 300 \\
+        --fewshot-steps 50 --shots 8 16 --seeds 0 1 2
+
+and a smoke run (seconds; its file name tagged ``smoke``)::
+
+    python benchmarks/multitask.py --steps 4 --fewshot-steps 2 --val-rows 32 --shots 8 --tag smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from headstart import zero_shot  # noqa: E402
+
+OUT = common.RESULTS / "multitask"
+
+
+def per_class_sample(data, k: int, seed: int):
+    """k examples of each class, drawn with a seeded generator per (seed, k, class); all of a class if fewer."""
+    from ltuning.data import TextDataset
+
+    idx = []
+    for c in range(len(data.label_names)):
+        rows = [i for i, y in enumerate(data.labels) if y == c]
+        idx += random.Random(seed * 1_000_003 + k * 101 + c).sample(rows, min(k, len(rows)))
+    idx.sort()
+    return TextDataset([data.texts[i] for i in idx], [data.labels[i] for i in idx], list(data.label_names),
+                       f"{data.source} ({k} per class, seed {seed})")
+
+
+def scored(model, data) -> dict:
+    from ltuning.evaluate import evaluate
+
+    m = evaluate(model, data)
+    return {"rows": len(data), "accuracy": m["accuracy"], "mcc": m["mcc"], "macro_f1": m["macro_f1"],
+            "majority_accuracy": m["majority_accuracy"]}
+
+
+def task_draws(train: dict, steps: int, batch_size: int, seed: int) -> dict:
+    """How many batches the multi-task run draws from each task (TaskSampler's seeded draws)."""
+    from ltuning.pairs import TaskSampler
+
+    sampler = TaskSampler([d.labels for d in train.values()], [len(d.label_names) for d in train.values()],
+                          batch_size, seed=seed)
+    draws = [sampler.task_of(i) for i in range(steps)]
+    return {name: draws.count(i) for i, name in enumerate(train)}
+
+
+def run(backbone, args, seed: int) -> dict:
+    import torch
+
+    from ltuning import LTuningModel, build_and_train
+    from ltuning.config import LTuningConfig
+    from ltuning.data import get_task, read_glue
+    from ltuning.train import TrainArgs, set_seed, train
+
+    def targs(steps: int) -> TrainArgs:
+        return TrainArgs(max_steps=steps, batch_size=args.batch_size, seed=seed, progress=False)
+
+    train_sets = {t: read_glue(t, "train") for t in args.tasks}
+    val_sets = {t: read_glue(t, "validation").subset(args.val_rows, seed=0) for t in args.tasks}
+    record = {"backbone": args.backbone, "tasks": args.tasks, "held_out": args.held_out, "seed": seed,
+              "steps": args.steps, "batch_size": args.batch_size, "fewshot_steps": args.fewshot_steps,
+              "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
+              "train_rows": {t: len(d) for t, d in train_sets.items()},
+              "recipe": "library defaults (TrainArgs(): listwise, similarity head, method's default lr), final state"}
+    t0 = time.perf_counter()
+    multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None)
+    model = multi.model
+    draws = task_draws(train_sets, args.steps, args.batch_size, seed)
+    record["multitask"] = {
+        "task_batches": draws, "seconds": time.perf_counter() - t0, "adapter": model.config.to_dict(),
+        "trainable_params": model.num_trainable_parameters(),
+        "validation": {t: scored(model.for_task(t) if i else model, val_sets[t]) for i, t in enumerate(args.tasks)}}
+    print(f"  multitask: {({t: round(v['accuracy'], 3) for t, v in record['multitask']['validation'].items()})}",
+          flush=True)
+    record["per_task"] = {}
+    for t in args.tasks:
+        for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
+            t1 = time.perf_counter()
+            single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None)
+            record["per_task"][f"{t}/{kind}"] = {"steps": steps, "seconds": time.perf_counter() - t1,
+                                                 "validation": scored(single.model, val_sets[t])}
+            print(f"  {t} {kind} ({steps} steps): {record['per_task'][f'{t}/{kind}']['validation']['accuracy']:.3f}",
+                  flush=True)
+
+    # the held-back task: its labels were never seen in training
+    held = get_task(args.held_out)
+    held_train, held_val = read_glue(held.name, "train"), read_glue(held.name, "validation").subset(args.val_rows, seed=0)
+    texts = held.label_texts
+    cos = zero_shot(backbone, held_val.texts, texts, model.pooling)
+    from ltuning.metrics import classification_metrics
+
+    cm = classification_metrics(cos.argmax(-1).tolist(), held_val.labels, len(texts))
+    pred = model.predict(held_val.texts, candidate_labels=texts)
+    hit = sum(p == texts[y] for p, y in zip(pred, held_val.labels, strict=True))
+    held_rec = {"label_texts": texts, "rows": len(held_val),
+                "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
+                "multitask-zero-shot": {"accuracy": hit / len(held_val)}}
+    weights = {k: v.detach().clone() for k, v in model.method.state_dict().items()}
+    for k in args.shots:
+        shots = per_class_sample(held_train, k, seed)
+        for start in ("multitask", "scratch"):
+            set_seed(seed)
+            cfg = LTuningConfig(method="lt-prefix", base_model=backbone.name, label_names=held.label_names,
+                                label_texts=texts, label_length=model.config.label_length,
+                                max_length=model.config.max_length, text_pooling=model.pooling)
+            m = LTuningModel(backbone, cfg)
+            if start == "multitask":
+                m.method.load_state_dict(weights)
+            # batch: the k-shot set, at most the library batch size
+            fargs = TrainArgs(max_steps=args.fewshot_steps, batch_size=min(args.batch_size, len(shots)), seed=seed,
+                              progress=False)
+            train(m, shots, None, fargs)
+            held_rec[f"{start}-{k}-shot"] = {**scored(m, held_val), "examples": len(shots)}
+            print(f"  {args.held_out} {start} {k}-shot: {held_rec[f'{start}-{k}-shot']['accuracy']:.3f}", flush=True)
+    record["held_out_task"] = held_rec
+    record.update(seconds=time.perf_counter() - t0, versions=common.versions("torch", "transformers", "ltuning"),
+                  git=common.git_commit(), machine=common.machine(), threads=torch.get_num_threads(),
+                  finished=common.now())
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backbone", default="minilm")
+    ap.add_argument("--tasks", nargs="+", default=["demo", "trec"], help="packaged training tasks")
+    ap.add_argument("--held-out", default="sms-spam", help="packaged task never trained on by the multi-task run")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--steps", type=int, default=300, help="multi-task steps (and the same-budget per-task steps)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--fewshot-steps", type=int, default=50)
+    ap.add_argument("--shots", nargs="+", type=int, default=[8, 16], help="examples per class on the held-out task")
+    ap.add_argument("--val-rows", type=int, default=500, help="seeded validation rows per task (seed 0)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ltuning.loading import load_backbone
+
+    backbone = load_backbone(args.backbone)
+    for seed in args.seeds:
+        path = OUT / f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}{'-' + args.tag if args.tag else ''}-seed{seed}.json"
+        if path.exists():
+            print(f"skip {path.name} (exists)")
+            continue
+        print(f"{args.backbone} multitask {args.tasks} held out {args.held_out} seed {seed}", flush=True)
+        rec = run(backbone, args, seed)
+        rec["cli"] = dict(vars(args))
+        common.write_result(path, rec)
+        print(f"  -> {path}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

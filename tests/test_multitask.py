@@ -1,0 +1,152 @@
+"""Multi-task training (issue 13, part 3): one LT adapter, several tasks' label sets; each batch from one
+task; the adapter saves every task's labels and predicts / evaluates with a task's labels by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from ltuning.backbones import Backbone
+from ltuning.config import LTuningConfig
+from ltuning.data import TextDataset
+from ltuning.errors import ConfigError, DataError
+from ltuning.evaluate import evaluate
+from ltuning.model import LTuningModel
+from ltuning.pairs import TaskSampler
+from ltuning.prediction import score_candidates
+from ltuning.recipe import build_and_train, prepare_model
+from ltuning.train import TrainArgs, train
+
+SENT = ["neg", "pos"]
+TOPIC = ["movie", "plot", "actors"]
+
+
+def sentiment(n=12) -> TextDataset:
+    rows = [("the movie was great fun", 1), ("boring and awful plot", 0), ("i loved it", 1), ("i hated it", 0)]
+    rows = (rows * n)[:n]
+    return TextDataset([t for t, _ in rows], [y for _, y in rows], list(SENT))
+
+
+def topic(n=9) -> TextDataset:
+    rows = [("the movie was a film", 0), ("the plot and story", 1), ("the actors were good", 2)]
+    rows = (rows * n)[:n]
+    return TextDataset([t for t, _ in rows], [y for _, y in rows], list(TOPIC))
+
+
+@pytest.fixture(scope="module")
+def bb():
+    torch.manual_seed(0)
+    model, tok = TINY["bert"]()
+    return Backbone(model, tok, name="tiny-bert")
+
+
+def args(**kw) -> TrainArgs:
+    return TrainArgs(**{"max_steps": 6, "batch_size": 4, "eval_every": 3, "progress": False, "seed": 3, **kw})
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.method.state_dict().items()}
+
+
+def test_one_task_is_a_single_task_run(bb):
+    single = build_and_train(bb, sentiment(), sentiment(4), args(), say=None)
+    multi = build_and_train(bb, {"sent": sentiment()}, {"sent": sentiment(4)}, args(), say=None)
+    a, b = weights(single.model), weights(multi.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert multi.model.config.tasks == {"sent": {"label_names": SENT, "label_texts": SENT}}
+    assert multi.result.best_metrics["accuracy"] == single.result.best_metrics["accuracy"]
+
+
+def test_each_batch_is_one_tasks(bb, monkeypatch):
+    seen = []
+    original = LTuningModel.loss
+
+    def loss(self, batch, labels, *a, **kw):
+        seen.append((tuple(self.label_names), int(labels.max()) < self.num_labels))
+        return original(self, batch, labels, *a, **kw)
+
+    monkeypatch.setattr(LTuningModel, "loss", loss)
+    run = build_and_train(bb, {"sent": sentiment(12), "topic": topic(24)}, None, args(max_steps=12), say=None)
+    expected = TaskSampler([sentiment(12).labels, topic(24).labels], [2, 3], 4, seed=3)
+    tasks = [expected.task_of(i) for i in range(12)]
+    counts = [(tuple(SENT), tasks.count(0)), (tuple(TOPIC), tasks.count(1))]
+    assert [(n, sum(1 for s, _ in seen if s == n)) for n, _ in counts] == counts
+    assert tasks.count(0) == 4 and tasks.count(1) == 8  # pinned for seed 3: sizes 12 and 24
+    assert all(ok for _, ok in seen)
+    assert run.model.label_names == SENT and run.model.task_names == ["sent", "topic"]
+
+
+def test_save_load_and_task_selection(bb, tmp_path):
+    run = build_and_train(bb, {"sent": sentiment(), "topic": topic()}, {"sent": sentiment(4), "topic": topic(3)},
+                          args(), say=None)
+    model = run.model
+    row = run.result.history[-1]
+    assert set(row["tasks"]) == {"sent", "topic"}
+    assert row["accuracy"] == pytest.approx((row["tasks"]["sent"]["accuracy"] + row["tasks"]["topic"]["accuracy"]) / 2)
+    model.save_pretrained(tmp_path / "a")
+    loaded = LTuningModel.from_pretrained(tmp_path / "a", bb)
+    assert loaded.config.tasks == model.config.tasks
+    texts = topic(3).texts
+    view = loaded.for_task("topic")
+    assert view.label_names == TOPIC and loaded.label_names == SENT
+    assert torch.equal(view.score_texts(texts), model.for_task("topic").score_texts(texts))
+    assert torch.equal(loaded.score_texts(texts), model.score_texts(texts))
+    assert all(p in TOPIC for p in view.predict(texts))
+    # the task's label set scores as the same label texts through the candidate-label path
+    assert torch.allclose(view.score_texts(texts), score_candidates(loaded, texts, TOPIC), atol=1e-6)
+    metrics = evaluate(loaded, topic(3), task="topic")
+    assert metrics["num_examples"] == 3 and len(metrics["confusion_matrix"]) == 3
+    with pytest.raises(DataError, match="differ"):
+        evaluate(loaded, topic(3))  # the primary labels are sent's
+    with pytest.raises(ConfigError, match=r"task 'nope'.*its tasks are \['sent', 'topic'\]"):
+        loaded.for_task("nope")
+
+
+def test_classic_methods_refused(bb):
+    with pytest.raises(ConfigError, match="fixed K-way head.*lt-prefix or lt-prompt"):
+        build_and_train(bb, {"sent": sentiment(), "topic": topic()}, None, args(), method="prefix", say=None)
+    model = prepare_model(bb, SENT, method="prompt", say=None)
+    with pytest.raises(ConfigError, match="multi-task training.*label-conditioned"):
+        train(model, {"sent": sentiment(), "topic": topic()}, None, args())
+
+
+def test_bad_tasks(bb):
+    with pytest.raises(ConfigError, match=r"tasks\['one'\]: a task needs at least 2 labels"):
+        LTuningConfig(tasks={"one": {"label_names": ["x"]}})
+    with pytest.raises(ConfigError, match="first task"):
+        LTuningConfig(label_names=SENT, tasks={"topic": {"label_names": TOPIC}})
+    with pytest.raises(ConfigError, match="train_data"):
+        build_and_train(bb, {"": sentiment()}, None, args(), say=None)
+    with pytest.raises(DataError, match=r"validation_data: tasks \['other'\]"):
+        build_and_train(bb, {"sent": sentiment()}, {"other": sentiment()}, args(), say=None)
+    with pytest.raises(ConfigError, match="no task of that name"):
+        prepare_model(bb, SENT, say=None).for_task("sent")
+
+
+def test_resume_is_exact(bb, tmp_path):
+    import shutil
+
+    data = {"sent": sentiment(12), "topic": topic(24)}
+    val = {"sent": sentiment(4), "topic": topic(3)}
+    full = build_and_train(bb, data, val, args(checkpoint_every=3, output_dir=str(tmp_path)), say=None)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-6")  # as if killed after step 5
+    resumed = build_and_train(bb, data, val, args(checkpoint_every=3, output_dir=str(tmp_path), resume=True), say=None)
+    assert resumed.result.resumed_from == 3
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.result.history == full.result.history[:1] + resumed.result.history[1:]
+
+
+def test_cli_refusals(tmp_path, capsys):
+    from ltuning.cli import main
+
+    def error(argv) -> str:
+        rc = main(argv)
+        err = [s for s in capsys.readouterr().err.splitlines() if s.strip()]
+        assert rc != 0 and len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    out = ["--output-dir", str(tmp_path / "run")]
+    assert "more than once" in error(["train", "--tasks", "demo", "demo", *out])
+    assert "leave out --task" in error(["train", "--tasks", "demo", "trec", "--task", "demo", *out])
