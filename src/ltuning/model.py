@@ -145,23 +145,28 @@ class LTuningModel(nn.Module):
             return self
         views = self.__dict__.setdefault("_task_views", {})
         view = views.get(task)
-        if view is not None and view.label_states.device == self.label_states.device:
-            return view
-        labels = self._task_labels(tasks[task])
-        view = LTuningModel.__new__(LTuningModel)
-        view.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k not in ("_injection_cache", "_task_views", "_buffers", "_modules", "_parameters")})
-        view._parameters, view._modules = dict(self._parameters), dict(self._modules)
+        # the label encodings are rebuilt when the model moved or changed dtype; everything else the view reads
+        # from the model (its config with the task's labels, its train/eval mode) is refreshed on every call
+        if view is None or (view.label_states.device, view.label_states.dtype) != \
+                (self.label_states.device, self.label_states.dtype):
+            labels = self._task_labels(tasks[task])
+            view = LTuningModel.__new__(LTuningModel)
+            view.__dict__.update({k: v for k, v in self.__dict__.items() if k not in
+                                  ("_injection_cache", "_task_views", "_buffers", "_modules", "_parameters")})
+            view._parameters, view._modules = dict(self._parameters), dict(self._modules)
+            dtype = self.label_states.dtype
+            vectors = (labels.encode_vectors(self.backbone, self.pooling).to(dtype)
+                       if self.method.uses_label_vectors else None)
+            view._buffers = {"label_states": labels.states.to(dtype), "label_mask": labels.mask,
+                             "label_vectors": vectors}
+            view.__dict__["_task_label_length"] = labels.length
+            views[task] = view
         config = LTuningConfig.from_dict(self.config.to_dict())
         config.label_names = list(tasks[task]["label_names"])
         config.label_texts = list(tasks[task]["label_texts"])
-        config.label_length = labels.length
+        config.label_length = view.__dict__["_task_label_length"]
         view.config = config
-        dtype = self.label_states.dtype
-        vectors = (labels.encode_vectors(self.backbone, self.pooling).to(dtype)
-                   if self.method.uses_label_vectors else None)
-        view._buffers = {"label_states": labels.states.to(dtype), "label_mask": labels.mask, "label_vectors": vectors}
-        views[task] = view
+        view.__dict__["training"] = self.training
         return view
 
     def _task_labels(self, task: dict) -> LabelSet:

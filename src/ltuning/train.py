@@ -45,6 +45,7 @@ from .config import (
 from .data import TASKS, TextDataset
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
+from .labels import label_token_lengths
 from .model import LTuningModel
 from .pairs import PairBatch, PairSampler, TaskSampler
 from .progress import progress_bar
@@ -229,8 +230,10 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "backbone_fingerprint": model.config.backbone_fingerprint,
             "train_examples": sum(len(d) for d in train_data.values()) if isinstance(train_data, Mapping)
             else len(train_data),
-            # multi-task runs: each task's labels and size (the task draws depend on the sizes)
-            **({"tasks": {n: [d.label_names, len(d)] for n, d in train_data.items()}}
+            # multi-task runs: each task's labels, label texts and size (the task draws depend on the sizes,
+            # the tasks' label encodings on the texts and l)
+            **({"tasks": {n: [d.label_names, len(d), list((model.config.tasks or {}).get(n, {}).get("label_texts", []))]
+                          for n, d in train_data.items()}, "label_length": model.config.label_length}
                if isinstance(train_data, Mapping) else {}),
             "max_steps": args.max_steps, "batch_size": args.batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": lr,
@@ -319,6 +322,14 @@ def _check_task_model(model: LTuningModel, train_data: Mapping[str, TextDataset]
                             f"{tasks[name]['label_names']}")
         if len(data) < 2:
             raise DataError(f"task {name!r}: need at least 2 training examples, got {len(data)}")
+        # a method that reads exactly l label tokens (LT-prefix) would cut a longer task label without a word
+        longest = max(label_token_lengths(model.backbone, tasks[name]["label_texts"], f"task {name!r} label text"))
+        if model.method.candidate_label_length(longest) < longest:
+            raise ConfigError(
+                f"task {name!r}: a label text is {longest} tokens, longer than the adapter's label_length "
+                f"{model.config.label_length} ({model.config.method} reads exactly that many label tokens, so it "
+                "would be cut); build the model for all tasks at once (build_and_train with the task dict, or "
+                "--tasks on the command line: l is then the longest label of every task), or shorten the label")
 
 
 def record_objective(model: LTuningModel, args: TrainArgs) -> None:
