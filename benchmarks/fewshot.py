@@ -277,8 +277,9 @@ def transfer(args) -> int:
                                                label_texts=src.label_texts, text_pooling=pooling,
                                                max_length=common.MAX_LENGTH))
         targs = TrainArgs(max_steps=args.source_steps, batch_size=BATCH, learning_rate=LR, seed=seed, progress=False)
+        source_train = load(args.source)[0]
         t = _clock()
-        fit(model, load(args.source)[0], None, targs)
+        fit(model, source_train, None, targs)
         train_s = _since(t)
         for d in todo:
             task, val = get_task(d), load(d)[1]
@@ -293,7 +294,7 @@ def transfer(args) -> int:
             z = classification_metrics(zs, list(val.labels), len(task.label_names))
             rec = {"source": args.source, "target": d, "method": method, "seed": seed, "backbone": BACKBONE,
                    "source_training": {"steps": args.source_steps, "batch_size": BATCH, "learning_rate": LR,
-                                       "objective": targs.objective, "rows": len(load(args.source)[0]),
+                                       "objective": targs.objective, "rows": len(source_train),
                                        "label_texts": src.label_texts},
                    "target_label_texts": task.label_texts, "validation_rows": len(val),
                    "accuracy": m["accuracy"], "mcc": m["mcc"], "macro_f1": m["macro_f1"],
