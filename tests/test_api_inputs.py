@@ -177,3 +177,28 @@ def test_autocast_does_not_leak_a_bf16_injection_into_float32_calls():
         assert lt.injection().prefix.dtype == torch.bfloat16
     assert lt.injection().prefix.dtype == torch.float32
     assert torch.equal(lt.score_texts(TEXTS), fp32)
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt", "prefix", "prompt"])
+def test_a_model_cast_to_bf16_scores_and_trains(method):
+    """model.to(torch.bfloat16) casts the trainable maps too: the head computes in their dtype (it used to cast
+    the backbone's output to float32 and fail on the bf16 head), close to the float32 scores."""
+    lt = make(method)
+    fp32 = lt.score_texts(TEXTS)
+    lt.to(torch.bfloat16)
+    assert lt.head_dtype == torch.bfloat16 and lt.dtype == torch.bfloat16
+    bf16 = lt.score_texts(TEXTS)
+    assert bf16.shape == fp32.shape and torch.isfinite(bf16).all()
+    assert torch.allclose(bf16.float(), fp32, atol=0.1, rtol=0.05)
+    batch = lt.tokenize(TEXTS)
+    labels = torch.tensor([1, 0, 1])
+    lt.train()
+    loss = (lt.loss(batch, labels, objective="listwise") if lt.label_conditioned else lt.loss(batch, labels))
+    loss.backward()
+    grads = [p.grad for p in lt.method.parameters() if p.requires_grad]
+    assert loss.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert grads and all(g is not None and g.dtype == torch.bfloat16 for g in grads)
+    if lt.label_conditioned:  # the pairwise loss too (its float targets follow the logits' dtype)
+        lt.zero_grad()
+        pair = lt.loss(batch, labels, label_ids=torch.tensor([1, 1, 0]), targets=torch.tensor([1, 0, 0]))
+        assert pair.dtype == torch.bfloat16 and torch.isfinite(pair)

@@ -255,7 +255,14 @@ class LTuningModel(nn.Module):
             batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
             prefix=inj.prefix, prompt=inj.prompt, prompt_mask=inj.prompt_mask, pooling=self.pooling,
             prompt_after=self.prompt_after,
-        ).float()  # (B, d)
+        ).to(self.head_dtype)  # (B, d)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype the trainable part computes in: its parameters' (float32 unless the whole model was cast,
+        e.g. ``model.to(torch.bfloat16)``). The backbone's pooled output is cast to it, so a bf16 backbone under
+        fp32 maps (autocast, or a backbone loaded in bf16) and an all-bf16 model both work."""
+        return next((p.dtype for p in self.method.parameters() if p.is_floating_point()), torch.float32)
 
     def forward(self, batch: dict[str, torch.Tensor], label_ids: torch.Tensor | None = None,
                 injection: Injection | None = None) -> torch.Tensor:
@@ -294,11 +301,11 @@ class LTuningModel(nn.Module):
         if self.shares_text():
             pooled = self.backbone.last_of_prompt_after_shared_text(
                 batch["input_ids"], batch["attention_mask"], inj.prompt, inj.prompt_mask)  # (B, K, d)
-            return self.method.pair_logit(pooled.float(), vectors)  # (B, K)
+            return self.method.pair_logit(pooled.to(self.head_dtype), vectors)  # (B, K)
         if self.backbone.shares_bottom(inj.prefix):  # prefix_layers j < m: the bottom m - j layers run once
             pooled = self.backbone.pooled_per_prefix(batch["input_ids"], batch["attention_mask"],
                                                      batch.get("token_type_ids"), inj.prefix, pooling=self.pooling)
-            return self.method.pair_logit(pooled.float(), vectors)  # (B, K)
+            return self.method.pair_logit(pooled.to(self.head_dtype), vectors)  # (B, K)
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
         return self(rows, label_ids, injection=inj).view(B, K)
@@ -317,7 +324,7 @@ class LTuningModel(nn.Module):
             return F.cross_entropy(self.class_scores(batch), labels)
         if self.label_conditioned:
             logits = self(batch, label_ids)
-            return F.binary_cross_entropy_with_logits(logits, targets.float())
+            return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
         return F.cross_entropy(self(batch), labels)
 
     # ------------------------------------------------------------------ prediction
