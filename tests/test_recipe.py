@@ -14,7 +14,7 @@ from test_cli import TRAIN, VALID, _offline, files, models, train_args  # noqa: 
 from ltuning import TrainingRun, build_and_train, load_backbone
 from ltuning.cli import build_parser, main
 from ltuning.data import TextDataset, get_task
-from ltuning.errors import ConfigError
+from ltuning.errors import ConfigError, DataError
 from ltuning.evaluate import evaluate
 from ltuning.recipe import default_label_texts, prepare_model
 from ltuning.train import TrainArgs
@@ -221,3 +221,27 @@ def test_option_table_covers_every_option(argv):
     parsed = set(vars(parser.parse_args(argv))) - {"func", "command"}
     table = set(parser.commands[argv[0]].options) - {"help"}
     assert table == parsed
+
+
+def test_validation_labels_are_checked_before_the_first_step(backbone, monkeypatch):
+    """Validation data in another label order (or with other labels) is refused before any training step, for
+    one task and for each task of a multi-task run; evaluation would refuse it only at its first evaluation."""
+    import ltuning.train as training
+
+    steps = []
+    real = training._TrainingLoop._step
+    monkeypatch.setattr(training._TrainingLoop, "_step", lambda self, step: steps.append(step) or real(self, step))
+    rows = list(TRAIN[:8])
+    train_ds, flipped = dataset(rows), dataset(rows, NAMES[::-1])
+    other = TextDataset(list(flipped.texts), list(flipped.labels), ["bad", "good"])
+    args = TrainArgs(max_steps=4, batch_size=2, eval_every=2, progress=False)
+    for val in (flipped, other):
+        with pytest.raises(DataError, match=r"the validation labels .* differ from the training labels"):
+            build_and_train(backbone, train_ds, val, args, method="lt-prefix", say=None)
+        with pytest.raises(DataError, match=r"task 'sent': the validation labels"):
+            build_and_train(backbone, {"sent": train_ds}, {"sent": val}, args, method="lt-prefix", say=None)
+    with pytest.raises(DataError, match="the validation labels"):
+        build_and_train(backbone, train_ds, flipped, args, method="prefix", say=None)
+    assert steps == []
+    run = build_and_train(backbone, train_ds, dataset(rows), args, method="lt-prefix", say=None)  # same labels: trains
+    assert steps == [1, 2, 3, 4] and run.result.best_metrics is not None

@@ -295,6 +295,19 @@ def task_table(train_data: Mapping[str, TextDataset], label_texts: Mapping[str, 
     return check_tasks(table)
 
 
+def _check_validation_labels(train_data: TextDataset, validation_data: TextDataset | None,
+                             task_data: list | None) -> None:
+    """Validation labels in the model's (or each task's) label order, checked before the first step: evaluation
+    would refuse them anyway, but only at the first evaluation, after minutes of training."""
+    checks = ([(f"task {n!r}: ", d.label_names, v) for n, d, v in task_data] if task_data is not None
+              else [("", train_data.label_names, validation_data)])
+    for where, names, val in checks:
+        if val is not None and val.label_names != names:
+            raise DataError(f"{where}the validation labels {val.label_names} differ from the training labels {names} "
+                            "(names and order: a label index means the same class in both); read the validation "
+                            "data with the training labels (read_table(..., label_names=train.label_names))")
+
+
 def _check_task_model(model: LTuningModel, train_data: Mapping[str, TextDataset]) -> None:
     """A multi-task run trains an LT model whose ``config.tasks`` are the data's tasks, in the data's order (set
     from the data when the model has none: its own labels must be the first task's)."""
@@ -385,6 +398,7 @@ class _TrainingLoop:
             raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
         if len(train_data) < 2:
             raise DataError(f"need at least 2 training examples, got {len(train_data)}")
+        _check_validation_labels(train_data, validation_data, self.task_data if self.multi else None)
         if args.objective == "pairwise" and not model.label_conditioned:
             raise ConfigError(f"--objective pairwise is for the label-conditioned methods (lt-*); "
                               f"{model.config.method} trains a K-way softmax over its head (listwise)")
