@@ -1,5 +1,8 @@
-"""A task column: one data file holding several tasks. The reader (``data.read_table_tasks``: grouping, label
-sets, errors naming the file's row) and the per-task label texts (``data.load_task_label_texts``)."""
+"""A task column (``ltuning train --task-column``): one data file holding several tasks trains one multi-task
+LT adapter. The reader (``data.read_table_tasks``: grouping, label sets, errors naming the file's row), the
+per-task label texts (``data.load_task_label_texts``), and the command line end to end on a tiny BERT: the
+saved tasks, predict / evaluate with ``--adapter-task``, the same weights as the Python API, the refusals (none
+of which writes anything), names a file's task may have."""
 
 from __future__ import annotations
 
@@ -7,10 +10,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from test_cli import save_tiny_bert
 from test_data import write
 
-from ltuning.data import FileLabels, load_task_label_texts, read_table_tasks
+from ltuning.adapter import CONFIG_NAME, load_adapter
+from ltuning.cli import main
+from ltuning.data import FileLabels, TextDataset, load_task_label_texts, read_table_tasks
 from ltuning.errors import DataError
+from ltuning.recipe import build_and_train
+from ltuning.train import TrainArgs
 
 HEADER = ("task", "text", "label")
 #: two tasks, interleaved: sent (neg / pos) and topic (actors / movie / plot); a header makes these rows 2-11
@@ -21,6 +30,8 @@ ROWS = [("sent", "the movie was great fun", "pos"), ("topic", "the plot and stor
         ("topic", "a film", "movie")]
 VALID = [("topic", "a good plot", "plot"), ("sent", "really fun", "pos"), ("topic", "the film", "movie"),
          ("sent", "terrible story", "neg"), ("topic", "great actors", "actors")]
+#: words the label texts and task labels below use, beyond the tiny vocabulary
+EXTRA_WORDS = ("ham", "spam", "message", "normal")
 
 
 def write_tasks(path: Path, rows, header=HEADER) -> Path:
@@ -29,6 +40,19 @@ def write_tasks(path: Path, rows, header=HEADER) -> Path:
     if fmt == "jsonl":
         return write(path, [dict(zip(header, r, strict=True)) for r in rows], fmt)
     return write(path, [list(header), *map(list, rows)] if header else [list(r) for r in rows], fmt)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", extra_words=EXTRA_WORDS))
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No hub here; default outputs (runs/...) land in tmp_path."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.chdir(tmp_path)
 
 
 # ---------------------------------------------------------------------- the reader
@@ -137,3 +161,147 @@ def test_task_label_texts(tmp_path):
     for text, match in bad:
         with pytest.raises(DataError, match=match):
             load_task_label_texts(text, labels)
+
+
+# ---------------------------------------------------------------------- the command line
+@pytest.fixture
+def files(tmp_path):
+    return {"train": str(write_tasks(tmp_path / "mixed.csv", ROWS)),
+            "valid": str(write_tasks(tmp_path / "mixed_val.tsv", VALID))}
+
+
+def train_argv(tiny, files, out, *extra, validation=True) -> list[str]:
+    return ["train", "--model", tiny, "--train-file", files["train"],
+            *(["--validation-file", files["valid"]] if validation else []), "--text-column", "text",
+            "--label-column", "label", "--task-column", "task", "--max-steps", "4", "--batch-size", "4",
+            "--eval-every", "2", "--quiet", *(["--output-dir", str(out)] if out else []), *extra]
+
+
+def error(capsys, argv) -> str:
+    """The command fails with exit status 2 and one ``error: ...`` line."""
+    rc = main(argv)
+    err = [s for s in capsys.readouterr().err.splitlines() if s.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_train_predict_evaluate(tiny, files, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    texts = '{"sent": {"neg": "bad", "pos": "good"}}'
+    assert main(train_argv(tiny, files, out, "--label-texts", texts)) == 0
+    printed = capsys.readouterr().out
+    assert "sent: 4 train / 2 validation texts, labels {'neg': 'bad', 'pos': 'good'}" in printed
+    assert "topic: 6 train / 3 validation texts, labels {'actors': 'actors', 'movie': 'movie', 'plot': 'plot'}" in printed
+    assert "best validation (step" in printed and " on topic:" in printed and "mean over the tasks" in printed
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["tasks"] == {"sent": {"label_names": ["neg", "pos"], "label_texts": ["bad", "good"]},
+                               "topic": {"label_names": ["actors", "movie", "plot"],
+                                         "label_texts": ["actors", "movie", "plot"]}}
+    assert (config["label_names"], config["label_texts"]) == (["neg", "pos"], ["bad", "good"])  # the first task's
+    assert config["_meta"]["tasks"] == ["sent", "topic"] and config["_meta"]["task_column"] == "task"
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["task_column"] == "task"
+    history = json.loads((out / "train_results.json").read_text())["history"]
+    assert set(history[-1]["tasks"]) == {"sent", "topic"}
+
+    # predict with a task's labels, as with a --tasks adapter
+    sentences = ["the actors were good", "a film"]
+    assert main(["predict", "--adapter", str(out), "--adapter-task", "topic", *sentences]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = load_adapter(out).for_task("topic").predict(sentences)
+    assert [s.split("\t")[0] for s in lines] == expected and set(expected) <= {"actors", "movie", "plot"}
+    assert main(["predict", "--adapter", str(out), *sentences]) == 0  # the primary labels: sent's
+    assert {s.split("\t")[0] for s in capsys.readouterr().out.strip().splitlines()} <= {"neg", "pos"}
+    # evaluate one task's own file
+    topic = write_tasks(tmp_path / "topic.csv", [r[1:] for r in VALID if r[0] == "topic"], header=("text", "label"))
+    assert main(["evaluate", "--adapter", str(out), "--file", str(topic), "--text-column", "text", "--label-column",
+                 "label", "--adapter-task", "topic", "--quiet"]) == 0
+    metrics = json.loads((out / "eval_topic_file.json").read_text())
+    assert metrics["num_examples"] == 3 and len(metrics["confusion_matrix"]) == 3
+
+
+def test_same_weights_as_the_python_api(tiny, files, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(train_argv(tiny, files, out)) == 0
+    capsys.readouterr()
+
+    def dataset(rows, names) -> TextDataset:
+        return TextDataset([t for _, t, _ in rows], [names.index(y) for _, _, y in rows], names)
+
+    def tasks(rows) -> dict[str, TextDataset]:
+        return {"sent": dataset([r for r in rows if r[0] == "sent"], ["neg", "pos"]),
+                "topic": dataset([r for r in rows if r[0] == "topic"], ["actors", "movie", "plot"])}
+
+    run = build_and_train(tiny, tasks(ROWS), tasks(VALID), TrainArgs(max_steps=4, batch_size=4, eval_every=2,
+                                                                     progress=False), method="lt-prefix", say=None)
+    cli = load_adapter(out)
+    assert cli.config.tasks == run.model.config.tasks
+    a, b = cli.method.state_dict(), run.model.method.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "train_results.json").read_text())["best_step"] == run.result.best_step
+
+
+def test_samples_per_task_no_header_and_the_default_folder(tiny, tmp_path, capsys):
+    path = write_tasks(tmp_path / "plain.tsv", ROWS, header=None)
+    argv = ["train", "--model", tiny, "--train-file", str(path), "--no-header", "--text-column", "1",
+            "--label-column", "2", "--task-column", "0", "--max-train-samples", "3", "--max-steps", "2",
+            "--batch-size", "4", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "sent: 3 train / 0 validation texts" in printed and "topic: 3 train / 0 validation texts" in printed
+    assert (tmp_path / "runs" / "plain-lt-prefix-seed0" / CONFIG_NAME).is_file()
+    # a file with a header given an index: the usual pointer to --no-header
+    argv = [a for a in argv if a != "--no-header"]
+    assert "a file without a header row takes column indices with --no-header" in error(
+        capsys, [*argv, "--output-dir", str(tmp_path / "other")])
+
+
+def test_refusals_write_nothing(tiny, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [
+        (["--tasks", "demo", "trec"], "--task-column takes the tasks from a column of --train-file and --tasks takes"),
+        (["--task", "sst2"], "leave out --task sst2"),
+        (["--method", "prefix"], "prefix has a fixed K-way head"),
+        (["--method", "prompt"], "multi-task training needs a label-conditioned method"),
+        (["--label-texts", '{"tickets": ["a", "b"]}'], "['tickets'] are not tasks of the training file"),
+        (["--task-column", "kind"], "column 'kind' not in"),
+    ]
+    for extra, match in cases:
+        assert match in error(capsys, train_argv(tiny, files, out, *extra))
+        assert not out.exists() and not (tmp_path / "runs").exists()
+    no_file = [a for a in train_argv(tiny, files, out) if a not in ("--train-file", files["train"])]
+    assert "--task-column needs --train-file" in error(capsys, no_file)
+    write_tasks(Path(files["valid"]), [*VALID, ("tickets", "bug", "b")])
+    assert "['tickets'] are not training tasks" in error(capsys, train_argv(tiny, files, out))
+    assert not out.exists()
+
+
+def test_a_failing_run_keeps_the_previous_one(tiny, files, tmp_path, capsys):
+    """--overwrite removes the previous run only once everything is checked: a run that train() would refuse
+    (here: early stopping without validation data; a task of one row) leaves it as it was."""
+    out = tmp_path / "out"
+    assert main(train_argv(tiny, files, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for extra in (["--early-stopping-patience", "2"], ["--max-train-samples", "1"]):
+        assert "error: " in error(capsys, train_argv(tiny, files, out, "--overwrite", *extra, validation=False))
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_task_names_of_known_tasks_and_odd_names(tiny, tmp_path, capsys):
+    """A file's task named like a packaged task is the file's: its labels and label names as texts, never the
+    packaged task's (sms-spam's 'normal message'); evaluate --task sst2 does not take it for GLUE's sst2."""
+    rows = [("sst2", "great fun", "good"), ("sms-spam", "win now", "spam"), ("sst2", "awful", "bad"),
+            ("sms-spam", "see you", "ham"), ("my reviews #2", "fun", "pos"), ("my reviews #2", "dull", "neg")]
+    files = {"train": str(write_tasks(tmp_path / "named.csv", rows))}
+    out = tmp_path / "named"
+    assert main(train_argv(tiny, files, out, validation=False)) == 0
+    tasks = json.loads((out / CONFIG_NAME).read_text())["tasks"]
+    assert tasks == {"sst2": {"label_names": ["bad", "good"], "label_texts": ["bad", "good"]},
+                     "sms-spam": {"label_names": ["ham", "spam"], "label_texts": ["ham", "spam"]},
+                     "my reviews #2": {"label_names": ["neg", "pos"], "label_texts": ["neg", "pos"]}}
+    capsys.readouterr()
+    assert main(["predict", "--adapter", str(out), "--adapter-task", "my reviews #2", "fun"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("neg", "pos")
+    message = error(capsys, ["evaluate", "--adapter", str(out), "--task", "sst2", "--output", str(tmp_path / "e.json")])
+    assert "the adapter's task 'sst2' has the labels ['bad', 'good'], not the known task's" in message
+    assert "--adapter-task sst2, without --task" in message and not (tmp_path / "e.json").exists()
