@@ -260,6 +260,18 @@ def test_train_refuses_a_previous_run_unless_overwrite(models, files, trained, t
     assert main(train_args(models, files, out, "--resume", "--checkpoint-every", "2")) == 0
 
 
+def test_overwrite_keeps_the_previous_run_when_training_is_refused(models, files, trained, tmp_path, capsys):
+    """What train() refuses before its first step is refused before --overwrite removes the previous run."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    no_validation = [a for a in train_args(models, files, out) if a not in ("--validation-file", files["valid"])]
+    for extra, match in ((["--early-stopping-patience", "2"], "need validation data"),
+                         (["--max-train-samples", "1"], "at least 2 training examples")):
+        one_error_line(capsys, main([*no_validation, "--overwrite", *extra]), match)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):
     from ltuning.cli import _remove_previous_run
 

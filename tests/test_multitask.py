@@ -180,3 +180,14 @@ def test_cli_refusals(tmp_path, capsys):
     out = ["--output-dir", str(tmp_path / "run")]
     assert "more than once" in error(["train", "--tasks", "demo", "demo", *out])
     assert "leave out --task" in error(["train", "--tasks", "demo", "trec", "--task", "demo", *out])
+
+
+def test_saved_tasks_keep_their_order(bb, tmp_path):
+    """adapter_config.json sorts its keys but not the tasks: the first task is the primary label set, so an
+    adapter whose tasks are not in alphabetical order loads (it was refused as 'put the primary task first')."""
+    run = build_and_train(bb, {"topic": topic(), "sent": sentiment()}, None, args(max_steps=2), say=None)
+    run.model.save_pretrained(tmp_path / "a")
+    loaded = LTuningModel.from_pretrained(tmp_path / "a", bb)
+    assert loaded.task_names == ["topic", "sent"] and loaded.label_names == TOPIC
+    text = (tmp_path / "a" / "adapter_config.json").read_text()
+    assert text.index('"backbone_fingerprint"') < text.index('"label_names"') < text.index('"method"')  # sorted

@@ -24,6 +24,7 @@ from .config import (
     TRAINER_WEIGHTS_PREFIX,
     LTuningConfig,
     TextPooling,
+    config_json,
     config_source,
 )
 from .errors import AdapterError, ConfigError
@@ -112,7 +113,7 @@ def write_adapter(directory: str | Path, config: dict, state: Mapping[str, torch
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     # The model card: what a reader of the folder (or of a hub repo made from it) needs to know.
     card_meta = {**meta, "command": meta.get("command") or card.current_command()}
-    config_text = json.dumps({**config, "_meta": meta}, indent=2, sort_keys=True) + "\n"
+    config_text = config_json({**config, "_meta": meta}, indent=2) + "\n"
     card_text = card.render_card(config, card_meta, total_parameters)
     atomic_write_many([
         (directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"})),

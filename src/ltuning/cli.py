@@ -7,6 +7,7 @@ error: ...`` and a pointer to ``--help``) and exit status 2, with no partial out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,6 +114,13 @@ def _add_data_args(p: _Parser, train: bool) -> None:
                    help="text column of a data file (a header name, or a 0-based index with --no-header); give "
                         "it twice for sentence pairs (premise, hypothesis)")
     g.add_argument("--label-column", help="label column of a data file (label names or integer indices)")
+    if train:
+        g.add_argument("--task-column",
+                       help="multi-task training (lt-prefix / lt-prompt) on your own data: the column of --train-file "
+                            "(and --validation-file) naming each row's task (a header name, or a 0-based index with "
+                            "--no-header); one adapter learns every task, each with its own rows' labels, the first "
+                            "task in the file giving the adapter's primary labels. --label-texts then maps task -> "
+                            "label texts. Instead of --task / --tasks")
     g.add_argument("--no-header", action="store_true",
                    help="the .csv/.tsv data files have no header row: give --text-column and --label-column as "
                         "0-based column indices (e.g. CoLA: --text-column 3 --label-column 1)")
@@ -144,7 +152,9 @@ def build_parser() -> _Parser:
     _add_data_args(p, train=True)
     g = _Group(p, "labels")
     g.add_argument("--label-texts", help="label texts the model reads: a JSON file or inline JSON (a list in "
-                   "label order, or an object name -> text), or comma-separated texts in label order")
+                   "label order, or an object name -> text), or comma-separated texts in label order; with "
+                   "--task-column a JSON object (or .json file) task -> that task's label texts in either JSON form "
+                   "(tasks left out read their label names)")
     g.add_argument("--label-length", type=int,
                    help="l: pad/truncate label texts to this many tokens (default: the longest label)")
     g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
@@ -604,16 +614,39 @@ def _read_data(args, split: str, file: str | None, label_names: list[str] | None
         if not text_cols or label_col is None:
             raise DataError(f"{file}: give --text-column and --label-column (or a --task whose columns it has)")
         header = False if getattr(args, "no_header", False) else task.header if task and not args.text_column else True
-        try:
+        with _no_header_hint(header, [*text_cols, label_col]):
             return read_table(file, text_cols, label_col, label_names or (task.label_names if task else None),
                               header=header)
-        except DataError as e:
-            if header and any(str(c).isdigit() for c in [*text_cols, label_col]) and "column" in str(e):
-                raise DataError(f"{e}; a file without a header row takes column indices with --no-header") from None
-            raise
     if task is None:
         raise DataError("no data: give --task, or a data file with --text-column and --label-column")
     return read_glue(task, split, args.data_dir)
+
+
+def _read_task_file(args, file: str, label_names: dict[str, list[str]] | None):
+    """--task-column: {task: dataset} of a data file (``label_names``: {task: labels}, for the validation file).
+    Raises: DataError: columns not given, or what :func:`ltuning.data.read_table_tasks` raises."""
+    from .data import read_table_tasks
+    from .errors import DataError
+
+    if not args.text_column or args.label_column is None:
+        raise DataError(f"{file}: give --text-column and --label-column with --task-column")
+    header = not args.no_header
+    with _no_header_hint(header, [*args.text_column, args.label_column, args.task_column]):
+        return read_table_tasks(file, args.text_column, args.label_column, args.task_column, label_names,
+                                header=header)
+
+
+@contextlib.contextmanager
+def _no_header_hint(header: bool, columns: list):
+    """A missing-column error for index-like columns of a file read with a header says --no-header."""
+    from .errors import DataError
+
+    try:
+        yield
+    except DataError as e:
+        if header and any(str(c).isdigit() for c in columns) and "column" in str(e):
+            raise DataError(f"{e}; a file without a header row takes column indices with --no-header") from None
+        raise
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -789,9 +822,9 @@ def _train_output(args) -> tuple[Path, list[Path]]:
     from .checkpoint import latest_checkpoint
     from .errors import ConfigError
 
+    _check_multitask_args(args)
     if not args.train_file and not args.task and not args.tasks:
         raise ConfigError("no training data: give --task (e.g. --task demo), --tasks (several) or --train-file")
-    _check_multitask_args(args)
     name = "+".join(args.tasks) if args.tasks else args.task or Path(args.train_file).stem
     out_dir = Path(args.output_dir or f"runs/{name}-{args.method}-seed{args.seed}")
     # The output folder first: a run that cannot be saved, or would mix with an older one, never starts.
@@ -837,9 +870,21 @@ def _foreign_files(out: Path, plots: bool) -> list[Path]:
 
 
 def _check_multitask_args(args) -> None:
-    """--tasks: several distinct known tasks, without the single-task data options."""
+    """--tasks: several distinct known tasks, without the single-task data options; --task-column: a
+    --train-file to split, without --task or --tasks.
+    Raises: ConfigError saying which options to leave out or give."""
     from .errors import ConfigError
 
+    if args.task_column is not None:
+        if args.tasks:
+            raise ConfigError("--task-column takes the tasks from a column of --train-file and --tasks takes known "
+                              "tasks; give one of them")
+        if args.task:
+            raise ConfigError(f"--task-column takes each task's labels from its rows in --train-file; leave out "
+                              f"--task {args.task} (the file's columns are --text-column and --label-column)")
+        if not args.train_file:
+            raise ConfigError("--task-column needs --train-file: a data file with a column naming each row's task "
+                              "(and --text-column, --label-column)")
     if not args.tasks:
         return
     given = [o for o, v in (("--task", args.task), ("--train-file", args.train_file),
@@ -858,16 +903,38 @@ def _multitask_data(args):
     train = {t: read_glue(t, "train", args.data_dir).subset(args.max_train_samples, seed=args.seed) for t in args.tasks}
     val = {t: read_glue(t, "validation", args.data_dir).subset(args.max_eval_samples, seed=args.seed)
            for t in args.tasks}
-    return train, val, None
+    return train, val
+
+
+def _task_column_data(args):
+    """--task-column: {task: training data}, {task: validation data} (None without --validation-file), each
+    subset as the single-task options say, and {task: label texts} (--label-texts', else the label names:
+    never a known task's, whose name a file's task may share with other labels).
+    Raises: DataError: what the file reader and the label texts refuse."""
+    from .data import load_task_label_texts
+
+    train = _read_task_file(args, args.train_file, None)
+    val = None
+    if args.validation_file:
+        val = _read_task_file(args, args.validation_file, {t: d.label_names for t, d in train.items()})
+    texts = load_task_label_texts(args.label_texts, {t: d.label_names for t, d in train.items()})
+    train = {t: d.subset(args.max_train_samples, seed=args.seed) for t, d in train.items()}
+    if val is not None:
+        val = {t: d.subset(args.max_eval_samples, seed=args.seed) for t, d in val.items()}
+    return train, val, texts
 
 
 def _train_data(args):
-    """Training data, validation data (None for a --train-file without --validation-file), label texts; with
-    --tasks, dicts {task: data}."""
+    """Training data, validation data (None for a --train-file without --validation-file), the label-text
+    options of build_and_train; with --tasks or --task-column, dicts {task: data}."""
     from .data import load_label_texts
 
     if args.tasks:
-        return _multitask_data(args)
+        train, val = _multitask_data(args)
+        return train, val, {}
+    if args.task_column is not None:
+        train, val, texts = _task_column_data(args)
+        return train, val, {"task_label_texts": texts}
 
     train_data = _read_data(args, "train", args.train_file, None)
     if args.train_file and not args.validation_file:
@@ -877,7 +944,7 @@ def _train_data(args):
     label_texts = load_label_texts(args.label_texts, train_data.label_names)
     train_data = train_data.subset(args.max_train_samples, seed=args.seed)
     eval_data = val_data.subset(args.max_eval_samples, seed=args.seed) if val_data is not None else None
-    return train_data, eval_data, label_texts
+    return train_data, eval_data, {"label_texts": label_texts}
 
 
 def cmd_train(args) -> int:
@@ -889,7 +956,8 @@ def cmd_train(args) -> int:
     targs = _train_args(args)
     out_dir, previous = _train_output(args)
     # Read and check all input before anything is written.
-    train_data, eval_data, label_texts = _train_data(args)
+    train_data, eval_data, label_options = _train_data(args)
+    multi = isinstance(train_data, dict)
 
     def before_training(model) -> None:
         # under `accelerate launch` only the main process prints and writes
@@ -899,11 +967,13 @@ def cmd_train(args) -> int:
             removed = _remove_previous_run(out_dir)
             print(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
         config, backbone = model.config, model.backbone
-        sets = {"": (train_data, eval_data)} if not args.tasks else {
-            f"{t}: ": (train_data[t], eval_data[t]) for t in args.tasks}
-        for prefix, (tr, ev) in sets.items():
-            labels = (dict(zip(config.label_names, config.label_texts, strict=False)) if not args.tasks else
-                      dict(zip(*config.tasks[prefix[:-2]].values(), strict=False)))
+        sets = {None: (train_data, eval_data)} if not multi else {
+            t: (train_data[t], (eval_data or {}).get(t)) for t in train_data}
+        for task, (tr, ev) in sets.items():
+            names, texts = ((config.label_names, config.label_texts) if task is None else
+                            (config.tasks[task]["label_names"], config.tasks[task]["label_texts"]))
+            labels = dict(zip(names, texts, strict=False))
+            prefix = "" if task is None else f"{task}: "
             print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
                   f"d={backbone.dims.hidden_size}), {prefix}{len(tr)} train / {len(ev) if ev is not None else 0} "
                   f"validation texts, labels {labels}, l={config.label_length}")
@@ -911,7 +981,7 @@ def cmd_train(args) -> int:
 
     targs.output_dir = str(out_dir)
     run = build_and_train(args.model, train_data, eval_data, targs, trust_remote_code=args.trust_remote_code,
-                          on_built=before_training, method=args.method, label_texts=label_texts, task=args.task,
+                          on_built=before_training, method=args.method, task=args.task, **label_options,
                           label_length=args.label_length, max_length=args.max_length,
                           prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
                           label_position=args.label_position, score_head=args.score_head, base_model=args.model,
@@ -920,7 +990,8 @@ def cmd_train(args) -> int:
         return 0
     model, result = run.model, run.result
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
-             **({"tasks": args.tasks} if args.tasks else {}),
+             **({"tasks": list(train_data)} if multi else {}),
+             **({"task_column": args.task_column} if args.task_column is not None else {}),
              "validation": {k: v for k, v in result.best_metrics.items() if k not in ("confusion_matrix", "tasks")}}
     save_adapter(model, out_dir, extra=extra, overwrite=args.overwrite)
     summary = {
@@ -935,7 +1006,7 @@ def cmd_train(args) -> int:
         labels = model.config.tasks[task]["label_names"] if task else model.config.label_names
         print(f"best validation (step {result.best_step}){' on ' + task if task else ''}:")
         print(format_metrics(metrics, labels))
-    if args.tasks and result.best_metrics:
+    if multi and result.best_metrics:
         print(f"mean over the tasks: accuracy {result.best_metrics['accuracy']:.4f}, mcc {result.best_metrics['mcc']:.4f}")
     steps = (f"{result.stopped_early_at} steps (stopped early, of --max-steps {args.max_steps})"
              if result.stopped_early_at is not None else f"{args.max_steps} steps")
@@ -1009,13 +1080,20 @@ def cmd_evaluate(args) -> int:
 
 def _adapter_task(config, adapter_task: str | None, data_task: str | None) -> str | None:
     """The multi-task adapter's task whose labels to use: --adapter-task (which it must have), else a --task it
-    has; None: its primary labels."""
+    has; None: its primary labels.
+    Raises: ConfigError: an --adapter-task the adapter lacks; a --task the adapter has a task of that name for
+    with other labels (a --task-column file's task named like a known one: the known task's data is not its)."""
     from .errors import ConfigError
 
     tasks = config.tasks or {}
     if adapter_task is not None and adapter_task not in tasks:
         have = f"its tasks are {list(tasks)}" if tasks else "it was trained on one label set"
         raise ConfigError(f"--adapter-task {adapter_task!r}: the adapter has no task of that name; {have}")
+    if adapter_task is None and data_task in tasks and tasks[data_task]["label_names"] != TASKS[data_task].label_names:
+        raise ConfigError(f"--task {data_task}: the adapter's task {data_task!r} has the labels "
+                          f"{tasks[data_task]['label_names']}, not the known task's {TASKS[data_task].label_names} "
+                          f"(it was trained on other data of that name); evaluate that task on its own data: --file FILE "
+                          f"--text-column C --label-column C --adapter-task {data_task}, without --task")
     task = adapter_task if adapter_task is not None else data_task if data_task in tasks else None
     return None if task is None or task == next(iter(tasks)) else task
 

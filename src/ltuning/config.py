@@ -427,6 +427,21 @@ def check_tasks(tasks: dict) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def config_json(config: dict, indent: int | None = None) -> str:
+    """An adapter config as JSON: keys sorted (files that diff well), except the tasks', which keep their
+    training order: the first task is the primary label set (``check_tasks``), so sorted ``tasks`` (``--tasks
+    trec demo``, a --task-column file's tasks in first-seen order) would not load."""
+    def ordered(value):
+        if isinstance(value, dict):
+            return {k: ordered(v) for k, v in sorted(value.items())}
+        return [ordered(v) for v in value] if isinstance(value, list) else value
+
+    out = ordered(config)
+    if isinstance(config.get("tasks"), dict):
+        out["tasks"] = {name: ordered(task) for name, task in config["tasks"].items()}
+    return json.dumps(out, indent=indent)
+
+
 def _is_weights_sample(v) -> bool:
     """What ``backbones.weights_sample`` writes: 16 values per sampled tensor (one or two tensors), finite
     (an int too large for a float is not: ``math.isfinite`` would raise OverflowError on it)."""

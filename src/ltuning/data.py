@@ -14,11 +14,13 @@ import json
 import os
 import random
 import sys
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 
-from .config import check_arg, is_text, is_utf8, shown_bytes
+from .config import check_arg, is_text, is_utf8, shown, shown_bytes
 from .errors import DataError
 
 Text = str | tuple[str, str]
@@ -251,6 +253,68 @@ def _column_getter(columns: list[str] | None, col: str | int, path: Path):
     return lambda row, i=i: row[i] if i < len(row) else None
 
 
+def _check_text_columns(text_columns: list[str | int]) -> None:
+    if not text_columns:
+        raise DataError("give at least one text column (--text-column)")
+    if len(text_columns) > 2:
+        raise DataError(f"at most 2 text columns (a sentence pair), got {text_columns}")
+
+
+def _open_table(path: Path, columns: list[str | int], header: bool) -> tuple[list[tuple[int, object]], list]:
+    """The data rows of a CSV / TSV / JSONL file, each with its row number in the file (the number errors
+    name: the header is row 1), and one value getter per column of ``columns``.
+    Raises: DataError: an unreadable file, no data rows, a column the file does not have."""
+    names, rows = _read_rows(path, header)
+    if not rows:
+        raise DataError(f"{path} has no data rows")
+    is_json = isinstance(rows[0], dict)
+    if is_json:
+        for col in columns:
+            if col not in rows[0]:
+                raise DataError(f"column {col!r} not in {path} (columns: {', '.join(names)})")
+        getters = [lambda r, c=c: r.get(c) for c in columns]
+    else:
+        getters = [_column_getter(names, c, path) for c in columns]
+    first_line = 2 if header and not is_json else 1
+    return [(i + first_line, r) for i, r in enumerate(rows)], getters
+
+
+def _rows_dataset(path: Path, rows: list[tuple[int, object]], get_text: list, get_label,
+                  label_names: list[str] | None, source: str, task: str | None = None) -> TextDataset:
+    """The :class:`TextDataset` of numbered rows (``(row number in the file, row)``): the one conversion
+    behind :func:`read_table` and :func:`read_table_tasks`. ``label_names`` None: the rows' sorted distinct
+    labels, as :class:`FileLabels` from ``source``. ``task`` names the rows' task in errors.
+    Raises: DataError naming the file and row: missing label, empty text, a label outside the set; fewer
+    than 2 labels."""
+    raw_labels = [get_label(r) for _, r in rows]
+    for (n, _), v in zip(rows, raw_labels, strict=True):
+        if v is None or str(v).strip() == "":
+            raise DataError(f"{path}, row {n}: missing label")
+    if label_names is None:
+        values = sorted({str(v).strip() for v in raw_labels},
+                        key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
+        label_names = FileLabels(values, source)
+    # integers are class indices into a task's (or the caller's) label set, or a file's index-like labels;
+    # against names read off another file they would be a guess (training neg/neu/pos, validation 1 -> neu?)
+    allow_index = not isinstance(label_names, FileLabels) or label_names.index_like()
+    if not allow_index and not all(_is_int(n) for n in label_names):
+        _refuse_integer_labels(path, raw_labels, label_names)
+    if len(label_names) < 2:
+        if task is not None:
+            raise DataError(f"{path}: task {task!r} has only the label {label_names[0]!r}; every task needs at "
+                            "least 2 labels: give it rows with another label, or remove its rows")
+        raise DataError(f"{path}: found {len(label_names)} label value(s) {label_names}; need at least 2")
+    texts: list[Text] = []
+    labels: list[int] = []
+    for (n, row), raw in zip(rows, raw_labels, strict=True):
+        where = f"{path}, row {n}"
+        parts = [_check_text(g(row), where) for g in get_text]
+        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+        labels.append(_label_index(raw, label_names, where, allow_index))
+    names = FileLabels(label_names, label_names.source) if isinstance(label_names, FileLabels) else list(label_names)
+    return TextDataset(texts, labels, names, source)
+
+
 def read_table(path: str | Path, text_columns: list[str | int], label_column: str | int,
                label_names: list[str] | None = None, header: bool = True) -> TextDataset:
     """Read a CSV / TSV / JSONL file.
@@ -263,48 +327,54 @@ def read_table(path: str | Path, text_columns: list[str | int], label_column: st
         DataError: missing file or column, label outside the set, empty text, fewer than 2 labels.
     """
     path = Path(path)
-    if not text_columns:
-        raise DataError("give at least one text column (--text-column)")
-    if len(text_columns) > 2:
-        raise DataError(f"at most 2 text columns (a sentence pair), got {text_columns}")
-    columns, rows = _read_rows(path, header)
-    if not rows:
-        raise DataError(f"{path} has no data rows")
-    is_json = bool(rows) and isinstance(rows[0], dict)
-    if is_json:
-        for col in [*text_columns, label_column]:
-            if not any(col in r for r in rows[:1]):
-                raise DataError(f"column {col!r} not in {path} (columns: {', '.join(columns)})")
-        get_text = [lambda r, c=c: r.get(c) for c in text_columns]
-        get_label = lambda r: r.get(label_column)  # noqa: E731
-    else:
-        get_text = [_column_getter(columns, c, path) for c in text_columns]
-        get_label = _column_getter(columns, label_column, path)
-    raw_labels = [get_label(r) for r in rows]
-    first_line = 2 if header and not is_json else 1
-    for i, v in enumerate(raw_labels):
-        if v is None or str(v).strip() == "":
-            raise DataError(f"{path}, row {i + first_line}: missing label")
-    if label_names is None:
-        values = sorted({str(v).strip() for v in raw_labels},
-                        key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
-        label_names = FileLabels(values, str(path))
-    # integers are class indices into a task's (or the caller's) label set, or a file's index-like labels;
-    # against names read off another file they would be a guess (training neg/neu/pos, validation 1 -> neu?)
-    allow_index = not isinstance(label_names, FileLabels) or label_names.index_like()
-    if not allow_index and not all(_is_int(n) for n in label_names):
-        _refuse_integer_labels(path, raw_labels, label_names)
-    if len(label_names) < 2:
-        raise DataError(f"{path}: found {len(label_names)} label value(s) {label_names}; need at least 2")
-    texts: list[Text] = []
-    labels: list[int] = []
-    for i, row in enumerate(rows):
-        where = f"{path}, row {i + first_line}"
-        parts = [_check_text(g(row), where) for g in get_text]
-        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
-        labels.append(_label_index(raw_labels[i], label_names, where, allow_index))
-    names = FileLabels(label_names, label_names.source) if isinstance(label_names, FileLabels) else list(label_names)
-    return TextDataset(texts, labels, names, str(path))
+    _check_text_columns(text_columns)
+    rows, getters = _open_table(path, [*text_columns, label_column], header)
+    return _rows_dataset(path, rows, getters[:-1], getters[-1], label_names, str(path))
+
+
+def read_table_tasks(path: str | Path, text_columns: list[str | int], label_column: str | int,
+                     task_column: str | int, label_names: Mapping[str, list[str]] | None = None,
+                     header: bool = True) -> dict[str, TextDataset]:
+    """Read a CSV / TSV / JSONL file that holds several tasks: one :class:`TextDataset` per value of
+    ``task_column`` (stripped), in the order the tasks first appear in the file.
+
+    The file is read once; each task's rows convert as :func:`read_table` converts a file, and errors name
+    the row's number in the file. Task names are any non-empty text without control characters (tabs,
+    line breaks).
+
+    Args:
+        text_columns, label_column: as for :func:`read_table`.
+        task_column: the column naming each row's task (a header name, or a 0-based index without header).
+        label_names: {task: label names} (a validation file read with the training tasks' labels); None: each
+            task's labels are the sorted distinct labels of its rows (:class:`FileLabels`).
+    Raises:
+        DataError: what :func:`read_table` raises; an empty task name or one with control characters (file
+        and row); a task with fewer than 2 labels; with ``label_names``, a task it does not have.
+    """
+    path = Path(path)
+    _check_text_columns(text_columns)
+    rows, getters = _open_table(path, [*text_columns, label_column, task_column], header)
+    get_task = getters[-1]
+    groups: dict[str, list[tuple[int, object]]] = {}
+    for n, row in rows:
+        value = get_task(row)
+        name = "" if value is None else str(value).strip()
+        if not name:
+            raise DataError(f"{path}, row {n}: empty task (column {task_column!r}); give every row its task's "
+                            "name, or remove the row")
+        if any(unicodedata.category(c) == "Cc" for c in name) or not is_utf8(name):
+            what = "holds a control character (a tab or a line break)" if is_utf8(name) else "is not UTF-8 text"
+            raise DataError(f"{path}, row {n}: task name {shown(name)} {what}; task names are printed and given "
+                            "as --adapter-task: rename the task")
+        groups.setdefault(name, []).append((n, row))
+    if label_names is not None:
+        unknown = [t for t in groups if t not in label_names]
+        if unknown:
+            raise DataError(f"{path}: task(s) {unknown} are not training tasks (the training file has "
+                            f"{list(label_names)}); validate only tasks the adapter trains on: fix the task "
+                            "names or remove those rows")
+    return {t: _rows_dataset(path, g, getters[:-2], getters[-2], None if label_names is None else label_names[t],
+                             f"{path} (task {t!r})", task=t) for t, g in groups.items()}
 
 
 def _refuse_integer_labels(path: Path, raw_labels: list, label_names: FileLabels) -> None:
@@ -479,12 +549,9 @@ def read_text_lines(path: str | Path | None, inline: list[str] | None = None) ->
     return numbered
 
 
-def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | None:
-    """Parse ``--label-texts``: a JSON file or inline JSON (list in label order, or object name -> text),
-    or a comma-separated list in label order."""
-    if spec is None:
-        return None
-    text = spec
+def _label_texts_text(spec: str) -> str:
+    """``--label-texts``' JSON text: the file's content when ``spec`` names a .json file or an existing file
+    (and does not start like inline JSON), else ``spec`` itself. Raises: DataError for an unreadable file."""
     try:
         is_file = Path(spec).is_file()
     except OSError:  # inline texts longer than a file name can be (ENAMETOOLONG)
@@ -492,30 +559,86 @@ def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | No
     if not spec.lstrip().startswith(("[", "{")) and (Path(spec).suffix.lower() == ".json" or is_file):
         p = Path(spec)
         try:
-            text = p.read_text(encoding="utf-8")
+            return p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(f"label-texts file not found: {p}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"cannot read label-texts file {str(p)[:200]} ({type(e).__name__})") from None
+    return spec
+
+
+def _label_texts_of(value: list | dict, label_names: list[str], option: str = "--label-texts") -> list[str]:
+    """One label set's texts from parsed ``--label-texts`` JSON: a list in label order, or an object label
+    name -> text (every name, no other). Raises: DataError naming ``option``."""
+    if isinstance(value, dict):
+        missing = [n for n in label_names if n not in value]
+        extra = [k for k in value if k not in label_names]
+        if missing or extra:
+            raise DataError(f"{option}: names {sorted(value)} do not match the labels {label_names}")
+        texts = [str(value[n]) for n in label_names]
+    else:
+        if len(value) != len(label_names):
+            raise DataError(f"{option} has {len(value)} texts for {len(label_names)} labels {label_names}")
+        texts = [str(v) for v in value]
+    for n, t in zip(label_names, texts, strict=False):
+        if not t.strip():
+            raise DataError(f"{option}: label {n!r} has an empty text")
+    return texts
+
+
+def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | None:
+    """Parse ``--label-texts``: a JSON file or inline JSON (list in label order, or object name -> text),
+    or a comma-separated list in label order."""
+    if spec is None:
+        return None
+    text = _label_texts_text(spec)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = [s.strip() for s in text.split(",")]
     except (ValueError, RecursionError) as e:  # a 5000-digit number, or lists nested thousands deep
         raise DataError(f"--label-texts: invalid JSON ({str(e)[:200]})") from None
-    if isinstance(value, dict):
-        missing = [n for n in label_names if n not in value]
-        extra = [k for k in value if k not in label_names]
-        if missing or extra:
-            raise DataError(f"--label-texts: names {sorted(value)} do not match the labels {label_names}")
-        texts = [str(value[n]) for n in label_names]
-    elif isinstance(value, list):
-        if len(value) != len(label_names):
-            raise DataError(f"--label-texts has {len(value)} texts for {len(label_names)} labels {label_names}")
-        texts = [str(v) for v in value]
-    else:
+    if not isinstance(value, list | dict):
         raise DataError("--label-texts must be a JSON list or object, or comma-separated texts")
-    for n, t in zip(label_names, texts, strict=False):
-        if not t.strip():
-            raise DataError(f"--label-texts: label {n!r} has an empty text")
-    return texts
+    return _label_texts_of(value, label_names)
+
+
+def load_task_label_texts(spec: str | None, label_names: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """Parse ``--label-texts`` for several tasks (``--task-column``): a JSON object (inline, or a .json file)
+    task name -> that task's label texts, each in a form :func:`load_label_texts` takes (a list in label
+    order, or an object label name -> text). ``label_names``: {task: label names}.
+
+    Returns: every task's label texts, in ``label_names``' order; a task the spec leaves out (all of them
+    for None) reads its label names.
+    Raises: DataError: not a JSON object, a key that is not a task, a task's texts that do not fit its labels.
+    """
+    given: dict = {}
+    if spec is not None:
+        text = _label_texts_text(spec)
+        try:
+            given = json.loads(text)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise DataError(f"--label-texts with --task-column: invalid JSON ({str(e)[:200]}); give a JSON object "
+                            "{task: label texts}") from None
+        if not isinstance(given, dict):
+            raise DataError(f"--label-texts with --task-column must be a JSON object {{task: label texts}} (each a "
+                            f"list in label order or an object label -> text), got a JSON {_json_kind(given)}")
+        unknown = [k for k in given if k not in label_names]
+        if unknown:
+            raise DataError(f"--label-texts: {unknown} are not tasks of the training file (its tasks: "
+                            f"{list(label_names)}); with --task-column its keys are task names")
+    out = {}
+    for task, names in label_names.items():
+        value = given.get(task)
+        option = f"--label-texts[{task!r}]"
+        if value is not None and not isinstance(value, list | dict):
+            raise DataError(f"{option} must be a list of texts in label order or an object label -> text, got a "
+                            f"JSON {_json_kind(value)}")
+        out[task] = list(names) if value is None else _label_texts_of(value, list(names), option)
+    return out
+
+
+def _json_kind(value) -> str:
+    """The JSON type of a parsed value, as JSON names it."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")

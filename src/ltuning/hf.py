@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from .config import TRAINER_CONFIG_KEY
+from .config import TRAINER_CONFIG_KEY, config_json
 from .errors import DataError
 from .evaluate import classification_metrics
 from .model import LTuningModel
@@ -90,7 +89,7 @@ class LTuningForTrainer(nn.Module):
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
         out = {k: v for k, v in state.items() if ".method." in f".{k}"}
-        config = json.dumps(self.model.config.to_dict(), sort_keys=True).encode("utf-8")
+        config = config_json(self.model.config.to_dict()).encode("utf-8")
         out[prefix + TRAINER_CONFIG_KEY] = torch.frombuffer(bytearray(config), dtype=torch.uint8)
         return out
 

@@ -172,6 +172,8 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
     build_seconds = time.perf_counter() - t0
     training.record_objective(model, args)  # an evaluation in on_built reports the objective's loss
+    # everything train refuses is refused here, before on_built (where ltuning train starts writing)
+    training.check_training(model, train_data, validation_data, args)
     if on_built is not None:
         on_built(model)
     result = training.train(model, train_data, validation_data, args, on_eval=on_eval)

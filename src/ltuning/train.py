@@ -295,14 +295,15 @@ def task_table(train_data: Mapping[str, TextDataset], label_texts: Mapping[str, 
     return check_tasks(table)
 
 
-def _check_validation_labels(train_data: TextDataset, validation_data: TextDataset | None,
-                             task_data: list | None) -> None:
-    """Validation labels in the model's (or each task's) label order, checked before the first step: evaluation
-    would refuse them anyway, but only at the first evaluation, after minutes of training."""
-    checks = ([(f"task {n!r}: ", d.label_names, v) for n, d, v in task_data] if task_data is not None
-              else [("", train_data.label_names, validation_data)])
-    for where, names, val in checks:
+def _check_validation_labels(train_data: Mapping[str, TextDataset],
+                             validation_data: Mapping[str, TextDataset | None] | None) -> None:
+    """Validation labels in the training labels' order, each task's (one task: the name ""), checked before the
+    first step: evaluation would refuse them anyway, but only at the first evaluation, after minutes of
+    training."""
+    for name, val in (validation_data or {}).items():
+        names = train_data[name].label_names
         if val is not None and val.label_names != names:
+            where = f"task {name!r}: " if name else ""
             raise DataError(f"{where}the validation labels {val.label_names} differ from the training labels {names} "
                             "(names and order: a label index means the same class in both); read the validation "
                             "data with the training labels (read_table(..., label_names=train.label_names))")
@@ -367,17 +368,46 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
         NonFiniteLossError: a NaN/inf loss or gradient (unless ``skip_nonfinite``); the weights and the
             checkpoints on disk stay as they were before that step.
     """
-    check_arg(isinstance(model, LTuningModel), "model", "an LTuningModel (ltuning.get_ltuning_model)", model)
-    check_train_inputs(train_data, validation_data, args)
-    if isinstance(train_data, Mapping):
-        _check_task_model(model, train_data)
-    elif model.config.tasks is not None and len(model.config.tasks) > 1:
-        raise DataError(f"the model has tasks {list(model.config.tasks)}: give train_data as a dict "
-                        "{task name: TextDataset} with every task's data")
+    check_training(model, train_data, validation_data, args)
     loop = _TrainingLoop(model, train_data, validation_data, args, on_eval)
     if args.resume:
         loop.resume()
     return loop.run()
+
+
+def check_training(model: LTuningModel, train_data, validation_data, args: TrainArgs) -> None:
+    """What :func:`train` checks before its first step, on their own: the inputs' types, the model's labels
+    (multi-task: its tasks) against the data's, at least 2 training examples (each task's), the objective and
+    the options that need validation data. :func:`ltuning.recipe.build_and_train` runs it before its
+    ``on_built`` hook, so ``ltuning train`` refuses a run before it writes anything (nor removes a previous
+    run for ``--overwrite``).
+
+    Raises: ConfigError / DataError as :func:`train` does."""
+    check_arg(isinstance(model, LTuningModel), "model", "an LTuningModel (ltuning.get_ltuning_model)", model)
+    check_train_inputs(train_data, validation_data, args)
+    multi = isinstance(train_data, Mapping)
+    if multi:
+        _check_task_model(model, train_data)
+        _check_validation_labels(train_data, validation_data)
+        train_data = next(iter(train_data.values()))
+    elif model.config.tasks is not None and len(model.config.tasks) > 1:
+        raise DataError(f"the model has tasks {list(model.config.tasks)}: give train_data as a dict "
+                        "{task name: TextDataset} with every task's data")
+    if train_data.label_names != model.label_names:
+        raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
+    if len(train_data) < 2:
+        raise DataError(f"need at least 2 training examples, got {len(train_data)}")
+    if not multi:
+        _check_validation_labels({"": train_data}, {"": validation_data})
+    if args.objective == "pairwise" and not model.label_conditioned:
+        raise ConfigError(f"--objective pairwise is for the label-conditioned methods (lt-*); "
+                          f"{model.config.method} trains a K-way softmax over its head (listwise)")
+    no_validation = validation_data is None or (multi and not validation_data)
+    if no_validation and (args.early_stopping_patience or args.metric_for_best != "accuracy"):
+        given = [f for f, v in (("--early-stopping-patience", args.early_stopping_patience),
+                                ("--metric-for-best", args.metric_for_best != "accuracy")) if v]
+        raise ConfigError(f"{' and '.join(given)} need validation data to act on: give --validation-file "
+                          "(or a task with a validation split), or leave them out")
 
 
 class _TrainingLoop:
@@ -394,19 +424,7 @@ class _TrainingLoop:
             self.task_data = [(n, d, (validation_data or {}).get(n)) for n, d in train_data.items()]
             train_data = self.task_data[0][1]
             validation_data = validation_data or None
-        if train_data.label_names != model.label_names:
-            raise DataError(f"training labels {train_data.label_names} differ from the model's {model.label_names}")
-        if len(train_data) < 2:
-            raise DataError(f"need at least 2 training examples, got {len(train_data)}")
-        _check_validation_labels(train_data, validation_data, self.task_data if self.multi else None)
-        if args.objective == "pairwise" and not model.label_conditioned:
-            raise ConfigError(f"--objective pairwise is for the label-conditioned methods (lt-*); "
-                              f"{model.config.method} trains a K-way softmax over its head (listwise)")
-        if validation_data is None and (args.early_stopping_patience or args.metric_for_best != "accuracy"):
-            given = [f for f, v in (("--early-stopping-patience", args.early_stopping_patience),
-                                    ("--metric-for-best", args.metric_for_best != "accuracy")) if v]
-            raise ConfigError(f"{' and '.join(given)} need validation data to act on: give --validation-file "
-                              "(or a task with a validation split), or leave them out")
+        # the data and options were checked by check_training (train calls it first)
         self.model, self.train_data, self.validation_data = model, train_data, validation_data
         self.args, self.on_eval = args, on_eval
         sets = [d for _, d, _ in self.task_data] if self.multi else [train_data]
