@@ -124,8 +124,11 @@ def test_errors_name_the_files_row(tmp_path, fmt, first_row):
         read([*ROWS[:3], ("topic", "a film", ""), *ROWS[4:]])
     with pytest.raises(DataError, match=rf"m\.{fmt}, row {row}: empty task \(column 'task'\)"):
         read([*ROWS[:3], ("  ", "a film", "plot"), *ROWS[4:]])
-    with pytest.raises(DataError, match=rf"row {row}: task name 'a\\tb' holds a control character"):
+    with pytest.raises(DataError, match=rf"row {row}: task name 'a\\tb' holds a control or invisible character"):
         read([*ROWS[:3], ("a\tb", "a film", "plot"), *ROWS[4:]])
+    for invisible in ("\u200b", "a\u2028b"):  # a zero-width space (a name that looks empty), a line separator
+        with pytest.raises(DataError, match=rf"row {row}: task name .* holds a control or invisible character"):
+            read([*ROWS[:3], (invisible, "a film", "plot"), *ROWS[4:]])
     with pytest.raises(DataError, match=r"task 'topic' has only the label 'plot'; every task needs at least 2 labels"):
         read([r for r in ROWS if r[0] == "sent"] + [("topic", "a", "plot"), ("topic", "b", "plot")])
 

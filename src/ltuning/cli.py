@@ -122,8 +122,8 @@ def _add_data_args(p: _Parser, train: bool) -> None:
                             "task in the file giving the adapter's primary labels. --label-texts then maps task -> "
                             "label texts. Instead of --task / --tasks")
     g.add_argument("--no-header", action="store_true",
-                   help="the .csv/.tsv data files have no header row: give --text-column and --label-column as "
-                        "0-based column indices (e.g. CoLA: --text-column 3 --label-column 1)")
+                   help="the .csv/.tsv data files have no header row: give --text-column and --label-column (and "
+                        "--task-column) as 0-based column indices (e.g. CoLA: --text-column 3 --label-column 1)")
 
 
 def build_parser() -> _Parser:
@@ -1006,7 +1006,7 @@ def cmd_train(args) -> int:
         labels = model.config.tasks[task]["label_names"] if task else model.config.label_names
         print(f"best validation (step {result.best_step}){' on ' + task if task else ''}:")
         print(format_metrics(metrics, labels))
-    if multi and result.best_metrics:
+    if multi and result.best_metrics and len(result.best_metrics.get("tasks") or {}) > 1:
         print(f"mean over the tasks: accuracy {result.best_metrics['accuracy']:.4f}, mcc {result.best_metrics['mcc']:.4f}")
     steps = (f"{result.stopped_early_at} steps (stopped early, of --max-steps {args.max_steps})"
              if result.stopped_early_at is not None else f"{args.max_steps} steps")

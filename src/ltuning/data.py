@@ -64,6 +64,8 @@ class TextDataset:
         check_arg(isinstance(self.labels, list | tuple) and len(self.labels) == len(self.texts)
                   and all(isinstance(y, Integral) and not isinstance(y, bool) and 0 <= y < k for y in self.labels), "labels",
                   f"a list of one class index in [0, {k}) per text ({len(self.texts)} texts)", self.labels, DataError)
+        if not isinstance(self.label_names, list):  # a tuple: one type, so label sets compare equal by value
+            self.label_names = list(self.label_names)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -362,8 +364,9 @@ def read_table_tasks(path: str | Path, text_columns: list[str | int], label_colu
         if not name:
             raise DataError(f"{path}, row {n}: empty task (column {task_column!r}); give every row its task's "
                             "name, or remove the row")
-        if any(unicodedata.category(c) == "Cc" for c in name) or not is_utf8(name):
-            what = "holds a control character (a tab or a line break)" if is_utf8(name) else "is not UTF-8 text"
+        if not is_utf8(name) or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+            what = ("holds a control or invisible character (a tab, a line break, a zero-width space)"
+                    if is_utf8(name) else "is not UTF-8 text")
             raise DataError(f"{path}, row {n}: task name {shown(name)} {what}; task names are printed and given "
                             "as --adapter-task: rename the task")
         groups.setdefault(name, []).append((n, row))

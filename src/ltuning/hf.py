@@ -70,12 +70,12 @@ class LTuningForTrainer(nn.Module):
                 raise DataError("training an LT method needs pair_class and pair_target: use ltuning.hf.PairCollator")
             m.config.objective = "pairwise"  # what this trains; saved with the adapter
             logits = m(batch, pair_class)  # (B,)
-            return {"loss": F.binary_cross_entropy_with_logits(logits, pair_target.float()), "logits": logits}
+            return {"loss": F.binary_cross_entropy_with_logits(logits, pair_target.to(logits.dtype)), "logits": logits}
         scores = m.class_scores(batch)  # (B, K)
         out: dict[str, torch.Tensor] = {"logits": scores}
         if labels is not None:
             if m.label_conditioned:  # mean BCE over all B*K pairs, as ltuning.evaluate reports
-                out["loss"] = F.binary_cross_entropy_with_logits(scores, F.one_hot(labels, m.num_labels).float())
+                out["loss"] = F.binary_cross_entropy_with_logits(scores, F.one_hot(labels, m.num_labels).to(scores.dtype))
             else:
                 out["loss"] = F.cross_entropy(scores, labels)
         return out

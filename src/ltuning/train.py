@@ -303,10 +303,11 @@ def _check_validation_labels(train_data: Mapping[str, TextDataset],
     for name, val in (validation_data or {}).items():
         names = train_data[name].label_names
         if val is not None and val.label_names != names:
-            where = f"task {name!r}: " if name else ""
-            raise DataError(f"{where}the validation labels {val.label_names} differ from the training labels {names} "
-                            "(names and order: a label index means the same class in both); read the validation "
-                            "data with the training labels (read_table(..., label_names=train.label_names))")
+            where, how = ((f"task {name!r}: ", "read_table_tasks(..., label_names={task: train[task].label_names})")
+                          if name else ("", "read_table(..., label_names=train.label_names)"))
+            raise DataError(f"{where}the validation labels {list(val.label_names)} differ from the training labels "
+                            f"{list(names)} (names and order: a label index means the same class in both); read the "
+                            f"validation data with the training labels ({how})")
 
 
 def _check_task_model(model: LTuningModel, train_data: Mapping[str, TextDataset]) -> None:
@@ -402,6 +403,10 @@ def check_training(model: LTuningModel, train_data, validation_data, args: Train
     if args.objective == "pairwise" and not model.label_conditioned:
         raise ConfigError(f"--objective pairwise is for the label-conditioned methods (lt-*); "
                           f"{model.config.method} trains a K-way softmax over its head (listwise)")
+    world = distributed_state().num_processes
+    if args.batch_size < world:
+        raise ConfigError(f"--batch-size {args.batch_size} is smaller than the {world} processes; "
+                          "the batch is split across processes")
     no_validation = validation_data is None or (multi and not validation_data)
     if no_validation and (args.early_stopping_patience or args.metric_for_best != "accuracy"):
         given = [f for f, v in (("--early-stopping-patience", args.early_stopping_patience),
@@ -433,9 +438,6 @@ class _TrainingLoop:
         record_objective(model, args)
         self.state = state = distributed_state()
         self.world, self.rank, self.main = state.num_processes, state.process_index, state.is_main_process
-        if args.batch_size < self.world:
-            raise ConfigError(f"--batch-size {args.batch_size} is smaller than the {self.world} processes; "
-                              "the batch is split across processes")
         self.dev = state.device
         model.to(self.dev)
         # bf16 from --bf16, or from `accelerate launch --mixed_precision bf16`
