@@ -101,6 +101,10 @@ def test_save_load_and_task_selection(bb, tmp_path):
         evaluate(loaded, topic(3))  # the primary labels are sent's
     with pytest.raises(ConfigError, match=r"task 'nope'.*its tasks are \['sent', 'topic'\]"):
         loaded.for_task("nope")
+    card = (tmp_path / "a" / "README.md").read_text()  # the model card lists every task and how to pick one
+    assert "## Tasks" in card and "| sent | neg (neg), pos (pos) |" in card
+    assert "| topic | movie (movie), plot (plot), actors (actors) |" in card
+    assert 'model.for_task("topic")' in card and "--adapter-task topic" in card
 
 
 def test_task_view_follows_the_model(bb):

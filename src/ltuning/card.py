@@ -7,6 +7,7 @@ validation metrics when training reported them, and the command that produced th
 from __future__ import annotations
 
 import json
+import shlex
 
 from .methods import get_method
 
@@ -86,6 +87,15 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     lines += ["", "## Labels", "", "| index | name | label text |", "|---|---|---|"]
     for i, (n, t) in enumerate(zip(config["label_names"], config["label_texts"], strict=True)):
         lines.append(f"| {i} | {_cell(n)} | {_cell(t)} |")
+    tasks = config.get("tasks") or {}
+    if len(tasks) > 1:  # a multi-task adapter: the labels above are its first task's
+        lines += ["", "## Tasks", "",
+                  f"One adapter for {len(tasks)} tasks; the labels above are the first task's. Another task's labels: "
+                  "`model.for_task(name)` in Python, `--adapter-task NAME` on the command line.", "",
+                  "| task | labels (label text) |", "|---|---|"]
+        lines += [f"| {_cell(name)} | " + ", ".join(f"{_cell(n)} ({_cell(t)})" for n, t in
+                                                      zip(task["label_names"], task["label_texts"], strict=True)) + " |"
+                  for name, task in tasks.items()]
     metrics = meta.get("validation") or meta.get("metrics")
     if metrics:
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -104,5 +114,11 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     ]
     if method.startswith("lt-"):
         lines.append('model.predict(["an example text"], candidate_labels=["other", "label names"])')
-    lines += ["```", "", "```bash", "ltuning predict --adapter path/to/this/folder \"an example text\"", "```", ""]
+    if len(tasks) > 1:
+        lines.append(f'model.for_task({json.dumps(list(tasks)[1])}).predict(["an example text"])')
+    lines += ["```", "", "```bash", "ltuning predict --adapter path/to/this/folder \"an example text\""]
+    if len(tasks) > 1:
+        lines.append(f"ltuning predict --adapter path/to/this/folder --adapter-task {shlex.quote(list(tasks)[1])} "
+                     "\"an example text\"")
+    lines += ["```", ""]
     return "\n".join(lines)
