@@ -195,3 +195,22 @@ def test_saved_tasks_keep_their_order(bb, tmp_path):
     assert loaded.task_names == ["topic", "sent"] and loaded.label_names == TOPIC
     text = (tmp_path / "a" / "adapter_config.json").read_text()
     assert text.index('"backbone_fingerprint"') < text.index('"label_names"') < text.index('"method"')  # sorted
+
+
+def test_an_adapter_saved_with_sorted_tasks_loads_with_its_primary_first(bb, tmp_path):
+    """Before config_json, adapter_config.json sorted ``tasks`` by name, so an adapter whose primary task was
+    not first alphabetically did not load; it loads now, its primary task put back in front."""
+    import json
+
+    run = build_and_train(bb, {"topic": topic(), "sent": sentiment()}, None, args(), say=None)
+    run.model.save_pretrained(tmp_path / "a")
+    path = tmp_path / "a" / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    assert list(raw["tasks"]) == ["topic", "sent"]  # written in training order today
+    path.write_text(json.dumps(raw, indent=2, sort_keys=True))  # what the older writer did
+    assert list(json.loads(path.read_text())["tasks"]) == ["sent", "topic"]
+    loaded = LTuningModel.from_pretrained(tmp_path / "a", bb)
+    assert list(loaded.config.tasks) == ["topic", "sent"] and loaded.label_names == TOPIC
+    texts = sentiment(4).texts
+    assert torch.equal(loaded.for_task("sent").score_texts(texts), run.model.for_task("sent").score_texts(texts))
+    assert torch.equal(loaded.score_texts(texts), run.model.score_texts(texts))

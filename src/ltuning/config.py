@@ -215,6 +215,7 @@ class LTuningConfig:
         _check_config_types(raw, source)
         # Adapters saved before score_head existed were trained with the paper's head.
         raw.setdefault("score_head", "paper")
+        _primary_task_first(raw)
         try:
             return cls.from_dict(raw)
         except (ConfigError, TypeError, ValueError) as e:
@@ -425,6 +426,22 @@ def check_tasks(tasks: dict) -> dict[str, dict[str, list[str]]]:
             raise ConfigError(f"{where}: a label text is empty ({texts}); give every label a text")
         out[str(name)] = {"label_names": names, "label_texts": texts}
     return out
+
+
+def _primary_task_first(raw: dict) -> None:
+    """Multi-task adapters saved before ``config_json`` had their ``tasks`` sorted by name, so the primary task
+    (the one whose labels are ``label_names`` / ``label_texts``) was not always first and the adapter did not
+    load. Put it back in front where exactly one task is the primary label set; anything else is left for the
+    config's own check to refuse."""
+    tasks, names, texts = raw.get("tasks"), raw.get("label_names"), raw.get("label_texts")
+    if not isinstance(tasks, dict) or not tasks or not isinstance(names, list):
+        return
+    def is_primary(t) -> bool:
+        return (isinstance(t, dict) and t.get("label_names") == names
+                and (t.get("label_texts") or t.get("label_names")) == (texts or names))
+    primary = [k for k, t in tasks.items() if is_primary(t)]
+    if len(primary) == 1 and next(iter(tasks)) != primary[0]:
+        raw["tasks"] = {primary[0]: tasks[primary[0]], **{k: t for k, t in tasks.items() if k != primary[0]}}
 
 
 def config_json(config: dict, indent: int | None = None) -> str:
