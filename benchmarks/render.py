@@ -592,6 +592,61 @@ def fewshot_plot(runs) -> list[str]:
     return [str(png.relative_to(common.ROOT) if png.is_relative_to(common.ROOT) else png)]
 
 
+MULTITASK_DIR = common.RESULTS / "multitask"
+
+
+def _multitask_runs(runs) -> list[dict]:
+    """benchmarks/multitask.py's records (a smoke run's, tagged in its file name, carry steps < 10: left out)."""
+    keys = ("tasks", "held_out", "seed", "multitask", "per_task", "held_out_task")
+    return [r for r in runs if isinstance(r, dict) and all(k in r for k in keys) and r.get("steps", 0) >= 10]
+
+
+def _mt_row(runs, tasks, name: str, get) -> list[str]:
+    """A table row: ``get(run, task)`` per task over the runs (mean ± std), then the mean over tasks; no row
+    where a run lacks a value."""
+    vals = [[get(r, t) for r in runs] for t in tasks]
+    if any(v is None for vs in vals for v in vs):
+        return []
+    means = [statistics.mean(v) for v in vals]
+    return [f"| {name} | " + " | ".join(fmt_ms(v) for v in vals) + f" | {statistics.mean(means):.3f} |"]
+
+
+def multitask_tables(runs) -> str:
+    """One LT-prefix adapter on several tasks against per-task adapters on each task, and on a held-back task:
+    accuracy, mean ± std over seeds (seed count in brackets)."""
+    runs = _multitask_runs(runs)
+    if not runs:
+        return "No multi-task results yet (`python benchmarks/multitask.py`)."
+    out = []
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r["fewshot_steps"])].append(r)
+    for (backbone, tasks, held, steps, fsteps), rs in sorted(groups.items()):
+        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        val_rows = rs[0]["val_rows"]
+        out += [f"**{backbone}: one adapter on {' + '.join(tasks)} ({steps} steps of batch {rs[0]['batch_size']}), "
+                f"held-back task {held}** (seeds {seeds}; accuracy on "
+                + ", ".join(f"{val_rows[t]} {t}" for t in tasks) + f" and {rs[0]['held_out_task']['rows']} {held} "
+                "validation rows)", "",
+                "| model | " + " | ".join(tasks) + " | mean |", "|---|" + "---|" * (len(tasks) + 1)]
+        out += _mt_row(rs, tasks, "multi-task adapter", lambda r, t: r["multitask"]["validation"][t]["accuracy"])
+        for kind, what in (("same-budget", f"its own adapter, {steps} steps"),
+                           ("same-task-steps", "its own adapter, the batches the multi-task run drew from it")):
+            out += _mt_row(rs, tasks, what, lambda r, t, kind=kind: (r["per_task"].get(f"{t}/{kind}") or {}).get(
+                "validation", {}).get("accuracy"))
+        out += ["", f"Held-back task `{held}` (labels " + " / ".join(f"`{x}`" for x in rs[0]["held_out_task"][
+            "label_texts"]) + f"; continued training: {fsteps} steps, final state):", "",
+                "| model | accuracy |", "|---|---|"]
+        keys = [k for k in rs[0]["held_out_task"] if isinstance(rs[0]["held_out_task"][k], dict)]
+        for k in keys:
+            vals = [r["held_out_task"][k]["accuracy"] for r in rs if k in r["held_out_task"]]
+            out.append(f"| {k} | {fmt_ms(vals)} |")
+        secs = statistics.mean(r["seconds"] for r in rs)
+        out += ["", f"{len(rs)} run(s), {secs / 60:.0f} min each (one torch thread); versions "
+                + ", ".join(f"{k} {v}" for k, v in sorted(rs[0].get("versions", {}).items())) + ".", ""]
+    return "\n".join(out)
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -641,6 +696,7 @@ def main(argv=None) -> int:
     fs = load(FEWSHOT_DIR)
     doc = splice(doc, "fewshot", "\n".join([*(f"![{Path(p).stem}]({p})" for p in fewshot_plot(fs)), "",
                                             fewshot_tables(fs)]))
+    doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
