@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import save_tiny_bert
+from test_cli import _offline, save_tiny_bert  # noqa: F401 - _offline: autouse fixture (no hub, cwd tmp_path)
 from test_data import write
 
 from ltuning.adapter import CONFIG_NAME, load_adapter
@@ -45,14 +45,6 @@ def write_tasks(path: Path, rows, header=HEADER) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return str(save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", extra_words=EXTRA_WORDS))
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    """No hub here; default outputs (runs/...) land in tmp_path."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 # ---------------------------------------------------------------------- the reader

@@ -88,7 +88,8 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     for i, (n, t) in enumerate(zip(config["label_names"], config["label_texts"], strict=True)):
         lines.append(f"| {i} | {_cell(n)} | {_cell(t)} |")
     tasks = config.get("tasks") or {}
-    if len(tasks) > 1:  # a multi-task adapter: the labels above are its first task's
+    other_task = list(tasks)[1] if len(tasks) > 1 else None  # a multi-task adapter: its second task, for examples
+    if other_task is not None:  # the labels above are the first task's
         lines += ["", "## Tasks", "",
                   f"One adapter for {len(tasks)} tasks; the labels above are the first task's. Another task's labels: "
                   "`model.for_task(name)` in Python, `--adapter-task NAME` on the command line.", "",
@@ -114,11 +115,11 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     ]
     if method.startswith("lt-"):
         lines.append('model.predict(["an example text"], candidate_labels=["other", "label names"])')
-    if len(tasks) > 1:
-        lines.append(f'model.for_task({json.dumps(list(tasks)[1])}).predict(["an example text"])')
+    if other_task is not None:
+        lines.append(f'model.for_task({json.dumps(other_task)}).predict(["an example text"])')
     lines += ["```", "", "```bash", "ltuning predict --adapter path/to/this/folder \"an example text\""]
-    if len(tasks) > 1:
-        lines.append(f"ltuning predict --adapter path/to/this/folder --adapter-task {shlex.quote(list(tasks)[1])} "
+    if other_task is not None:
+        lines.append(f"ltuning predict --adapter path/to/this/folder --adapter-task {shlex.quote(other_task)} "
                      "\"an example text\"")
     lines += ["```", ""]
     return "\n".join(lines)
