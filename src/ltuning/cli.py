@@ -198,6 +198,12 @@ def build_parser() -> _Parser:
     g.add_argument("--early-stopping-patience", type=int, default=0,
                    help="stop after N evaluations without a better --metric-for-best (default: 0, never; "
                         "needs validation data)")
+    g.add_argument("--init-from", metavar="ADAPTER",
+                   help="start from the trained weights of this adapter folder instead of a fresh init, e.g. a "
+                        "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
+                        "(each label is read through its text); prefix / prompt need the adapter's labels. "
+                        "--label-length and --prefix-layers default to the adapter's; --method, --score-head and the "
+                        "pooling options must match it")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
@@ -977,6 +983,8 @@ def cmd_train(args) -> int:
             print(f"ltuning train: {args.method} on {args.model} ({backbone.kind}, m={backbone.dims.num_layers}, "
                   f"d={backbone.dims.hidden_size}), {prefix}{len(tr)} train / {len(ev) if ev is not None else 0} "
                   f"validation texts, labels {labels}, l={config.label_length}")
+        if args.init_from:
+            print(f"starting from the weights of {args.init_from}")
         model.print_trainable_parameters()
 
     targs.output_dir = str(out_dir)
@@ -985,13 +993,14 @@ def cmd_train(args) -> int:
                           label_length=args.label_length, max_length=args.max_length,
                           prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
                           label_position=args.label_position, score_head=args.score_head, base_model=args.model,
-                          prefix_layers=args.prefix_layers)
+                          prefix_layers=args.prefix_layers, init_from=args.init_from)
     if not is_main_process():
         return 0
     model, result = run.model, run.result
     extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
              **({"tasks": list(train_data)} if multi else {}),
              **({"task_column": args.task_column} if args.task_column is not None else {}),
+             **({"init_from": args.init_from} if args.init_from else {}),
              "validation": {k: v for k, v in result.best_metrics.items() if k not in ("confusion_matrix", "tasks")}}
     save_adapter(model, out_dir, extra=extra, overwrite=args.overwrite)
     summary = {

@@ -23,12 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import labels
 from . import train as training
 from .backbones import Backbone
-from .config import LTuningConfig, check_arg, is_text
+from .config import LTuningConfig, check_arg, is_path, is_text
 from .data import Task, TextDataset, get_task
+from .errors import ConfigError
 from .model import LTuningModel
 from .train import TrainArgs, TrainResult
 
@@ -131,8 +133,64 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     return model
 
 
+#: What shapes an adapter's weights, with the ``ltuning train`` option that sets it: a warm start
+#: (:func:`warm_start`) needs the same value in the adapter it starts from.
+_SHAPE_OPTIONS = {"method": "--method", "label_length": "--label-length", "prefix_pooling": "--prefix-pooling",
+                  "text_pooling": "--text-pooling", "label_position": "--label-position",
+                  "score_head": "--score-head", "prefix_layers": "--prefix-layers"}
+
+
+def _shape_value(config: LTuningConfig, key: str, backbone: Backbone):
+    v = getattr(config, key)
+    if key == "prefix_layers" and v is None:
+        return backbone.dims.num_layers  # None: every layer
+    return v.value if hasattr(v, "value") else v
+
+
+def warm_start(model: LTuningModel, directory: str | Path) -> LTuningConfig:
+    """Load the trained weights of the adapter in ``directory`` into ``model`` (built, not yet trained), so
+    training starts from them: for example a multi-task adapter adapted to a new task from a few examples.
+
+    An LT adapter's weights read each label through its text, so ``model`` may have other labels than the
+    adapter (that is the point). A classic prefix / prompt adapter's head has one row per label, so its labels
+    must be ``model``'s. Everything that shapes the weights must agree: the method, l (``label_length``), the
+    pooling options, the score head, the prefix depth, and the backbone (its architecture and weights, as when
+    loading the adapter). Returns the adapter's config.
+
+    Raises:
+        AdapterError: missing or corrupt adapter files, or an adapter trained on another backbone.
+        ConfigError: an option that shapes the weights differs between ``model`` and the adapter (named, with
+            the value to give), or a classic adapter with other labels.
+    """
+    from .adapter_io import (
+        check_adapter_weights,
+        fit_config_to_backbone,
+        read_adapter_config,
+        read_adapter_weights,
+    )
+
+    check_arg(is_path(directory), "init_from", "an adapter folder (str or pathlib.Path)", directory)
+    source = read_adapter_config(directory)
+    state = read_adapter_weights(directory)
+    fit_config_to_backbone(directory, source, model.backbone)
+    pairs = {k: (_shape_value(source, k, model.backbone), _shape_value(model.config, k, model.backbone))
+             for k in _SHAPE_OPTIONS}
+    differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
+    if differ:
+        said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_SHAPE_OPTIONS[k]} {a})" for k, a, b in differ)
+        raise ConfigError(f"init_from {directory}: its weights have another shape than this run's model: {said}")
+    if not model.label_conditioned and source.label_names != model.config.label_names:
+        raise ConfigError(f"init_from {directory}: a {source.method} adapter's head has one row per label, for "
+                          f"{source.label_names}, and this run's labels are {model.config.label_names}; a warm start "
+                          "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
+    check_adapter_weights(directory, source.method, model.method.state_dict(), state)
+    model.method.load_state_dict(state)
+    model.clear_injection_cache()
+    return source
+
+
 def build_and_train(backbone: Backbone | str, train_data: TextDataset, validation_data: TextDataset | None,
-                    args: TrainArgs, *, trust_remote_code: bool = False,
+                    args: TrainArgs, *, trust_remote_code: bool = False, init_from: str | Path | None = None,
                     on_built: Callable[[LTuningModel], None] | None = None,
                     on_eval: Callable[[dict], None] | None = None,
                     say: Callable[[str], None] | None = print, **model_options) -> TrainingRun:
@@ -150,6 +208,9 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused
     as it is (it stays frozen), so one backbone serves many runs.
 
+    ``init_from``: an adapter folder whose trained weights the run starts from (:func:`warm_start`); l
+    defaults to the adapter's, the other options that shape the weights must match it.
+
     Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
     Raises: what :func:`prepare_model` and :func:`ltuning.train.train` raise.
     """
@@ -160,6 +221,14 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         from .loading import load_backbone
 
         backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
+    if init_from is not None:  # l and the prefix depth default to the adapter's; the rest must match it
+        from .adapter_io import read_adapter_config
+
+        check_arg(is_path(init_from), "init_from", "an adapter folder (str or pathlib.Path)", init_from)
+        source = read_adapter_config(init_from)
+        for key in ("label_length", "prefix_layers"):
+            if model_options.get(key) is None:
+                model_options[key] = getattr(source, key)
     t0 = time.perf_counter()
     if isinstance(train_data, Mapping):  # multi-task: the first task's labels are the primary label set
         tasks = training.task_table(train_data, model_options.pop("task_label_texts", None))
@@ -170,6 +239,8 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         model = prepare_model(backbone, first["label_names"], say=say, tasks=tasks, **model_options)
     else:
         model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
+    if init_from is not None:
+        warm_start(model, init_from)
     build_seconds = time.perf_counter() - t0
     training.record_objective(model, args)  # an evaluation in on_built reports the objective's loss
     # everything train refuses is refused here, before on_built (where ltuning train starts writing)

@@ -1,0 +1,145 @@
+"""Warm start (``build_and_train(init_from=...)``, ``ltuning train --init-from``): training starts from a saved
+adapter's weights, for example a multi-task adapter adapted to a new task from a few examples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_cli import _offline, models, save_tiny_bert  # noqa: F401 - fixtures
+
+from ltuning import LTuningModel, build_and_train, load_backbone
+from ltuning.cli import main
+from ltuning.data import TextDataset
+from ltuning.errors import AdapterError, ConfigError
+from ltuning.recipe import prepare_model, warm_start
+from ltuning.train import TrainArgs
+
+REVIEWS = ["neg", "pos"]  # words the tiny tokenizer knows (conftest.LABEL_WORDS)
+SPAM = ["no", "yes"]
+ROWS = [("a great film", 1), ("dull and long", 0), ("i loved it", 1), ("bad plot", 0)]
+MESSAGES = [("win a free prize now", 1), ("see you at lunch", 0), ("claim your cash", 1), ("running late", 0)]
+
+
+def data(rows, names) -> TextDataset:
+    return TextDataset([t for t, _ in rows], [y for _, y in rows], list(names))
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return load_backbone(str(save_tiny_bert(tmp_path_factory.mktemp("warm") / "tiny-bert")))
+
+
+@pytest.fixture(scope="module")
+def source(backbone, tmp_path_factory):
+    """A trained lt-prefix adapter on review labels, with l = 3 (longer than the spam labels need)."""
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=6, batch_size=4, progress=False),
+                          method="lt-prefix", label_texts=["neg neu b", "pos neu c"], say=None)
+    folder = tmp_path_factory.mktemp("warm") / "reviews"
+    run.model.save_pretrained(folder)
+    return folder
+
+
+def test_warm_start_on_new_labels_scores_as_the_adapter_does_with_those_candidate_labels(backbone, source):
+    loaded = LTuningModel.from_pretrained(source, backbone)
+    l = loaded.config.label_length
+    model = prepare_model(backbone, SPAM, label_length=l, say=None)
+    fresh = {k: v.clone() for k, v in model.method.state_dict().items()}
+    got = warm_start(model, source)
+    assert got.label_names == REVIEWS  # the adapter's config is returned
+    state = loaded.method.state_dict()
+    assert model.method.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.method.state_dict().items())
+    assert any(not torch.equal(v, state[k]) for k, v in fresh.items())  # the load changed something
+    texts = [t for t, _ in MESSAGES]
+    model.eval()
+    # the same weights, reading the spam labels' texts: the scores of the adapter given them as candidates
+    expected = loaded.predict_proba(texts, candidate_labels=SPAM)
+    assert torch.allclose(torch.as_tensor(model.predict_proba(texts)), torch.as_tensor(expected), atol=1e-6)
+
+
+def test_build_and_train_takes_the_adapters_label_length_and_trains_from_its_weights(backbone, source):
+    l = LTuningModel.from_pretrained(source, backbone).config.label_length
+    args = TrainArgs(max_steps=2, batch_size=4, progress=False)
+    seen = {}
+
+    def on_built(model):
+        seen.update({k: v.clone() for k, v in model.method.state_dict().items()})
+
+    run = build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix", init_from=source,
+                          on_built=on_built, say=None)
+    assert run.model.config.label_length == l
+    assert run.model.config.label_names == SPAM
+    state = LTuningModel.from_pretrained(source, backbone).method.state_dict()
+    assert all(torch.equal(seen[k], state[k]) for k in state)  # training began at the adapter's weights
+    assert any(not torch.equal(v, state[k]) for k, v in run.model.method.state_dict().items())  # and moved
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"method": "lt-prompt"}, r"method is 'lt-prefix' there, 'lt-prompt' here \(give --method lt-prefix\)"),
+    ({"score_head": "paper"}, r"score_head is 'similarity' there, 'paper' here \(give --score-head similarity\)"),
+    ({"prefix_pooling": "softmax"}, r"prefix_pooling is 'raw' there, 'softmax' here"),
+    ({"prefix_layers": 1}, r"prefix_layers is 2 there, 1 here \(give --prefix-layers 2\)"),
+])
+def test_an_option_that_shapes_the_weights_must_match(backbone, source, options, match):
+    with pytest.raises(ConfigError, match=match):
+        build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        init_from=source, say=None, **{"method": "lt-prefix", **options})
+
+
+def test_label_length_given_and_different_is_refused(backbone, source):
+    l = LTuningModel.from_pretrained(source, backbone).config.label_length
+    with pytest.raises(ConfigError, match=rf"label_length is {l} there, {l + 1} here \(give --label-length {l}\)"):
+        build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        init_from=source, label_length=l + 1, say=None)
+
+
+def test_classic_adapters_warm_start_only_on_their_own_labels(backbone, tmp_path):
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=2, batch_size=4, progress=False),
+                          method="prefix", say=None)
+    run.model.save_pretrained(tmp_path / "prefix")
+    with pytest.raises(ConfigError, match=r"one row per label, for \['neg', 'pos'\].*needs an LT method"):
+        build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        method="prefix", init_from=tmp_path / "prefix", say=None)
+    again = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=1, progress=False),
+                            method="prefix", init_from=tmp_path / "prefix", say=None)
+    assert again.model.config.method == "prefix"
+
+
+def test_another_backbone_or_a_missing_folder_is_refused(source, tmp_path):
+    other = load_backbone(str(save_tiny_bert(tmp_path / "three-layers", 3)))
+    with pytest.raises(AdapterError, match="fingerprint"):
+        build_and_train(other, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        init_from=source, say=None)
+    with pytest.raises(AdapterError):
+        build_and_train(other, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        init_from=tmp_path / "nothing-here", say=None)
+    with pytest.raises(ConfigError, match="init_from"):
+        build_and_train(other, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False), init_from=3,
+                        say=None)
+
+
+def _write(path, rows, names):
+    path.write_text("text,label\n" + "".join(f"{t},{names[y]}\n" for t, y in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_cli_init_from(models, tmp_path, capsys):  # noqa: F811 - the fixture
+    reviews, messages = _write(tmp_path / "r.csv", ROWS, REVIEWS), _write(tmp_path / "m.csv", MESSAGES, SPAM)
+    common = ["--model", models["tiny"], "--text-column", "text", "--label-column", "label", "--max-steps", "2",
+              "--batch-size", "4", "--quiet"]
+    assert main(["train", "--train-file", reviews, "--output-dir", str(tmp_path / "src"), *common]) == 0
+    assert main(["train", "--train-file", messages, "--init-from", str(tmp_path / "src"),
+                 "--output-dir", str(tmp_path / "dst"), *common]) == 0
+    out = capsys.readouterr().out
+    assert f"starting from the weights of {tmp_path / 'src'}" in out
+    meta = json.loads((tmp_path / "dst" / "adapter_config.json").read_text())
+    assert meta["label_names"] == SPAM and meta["_meta"]["init_from"] == str(tmp_path / "src")
+    assert f"| init from | {tmp_path / 'src'} |" in (tmp_path / "dst" / "README.md").read_text()
+    # a mismatch is said before anything is written
+    rc = main(["train", "--train-file", messages, "--init-from", str(tmp_path / "src"), "--method", "lt-prompt",
+               "--output-dir", str(tmp_path / "bad"), *common])
+    err = capsys.readouterr().err
+    assert rc != 0 and "give --method lt-prefix" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
