@@ -11,7 +11,10 @@ similarity score head and the listwise objective for the LT methods, mean poolin
 batch 16, the final state kept (no validation during training). ``linear-probe``: Linear(d, K) on the frozen
 pooled vector, the same 100 steps, batch 16, lr 1e-2. ``zero-shot-similarity``: no training (``shots`` 0), the
 cosine between the text's and each label text's frozen sentence embedding, the task's label texts as they are
-in ``ltuning.data.TASKS`` (fixed before any run).
+in ``ltuning.data.TASKS`` (fixed before any run). ``lt-prefix-multitask``: lt-prefix with the same recipe, started
+(``ltuning train --init-from``) from one LT-prefix adapter trained on the *other* datasets' training rows
+(:func:`source_tasks`: those whose label set differs from the target's; 300 steps of batch 16, seed 0, library
+defaults), so it uses labelled data of other tasks that no other row gets; its cost is reported apart.
 
     python benchmarks/fewshot.py                                   # export, then every cell (hours of CPU)
     python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
@@ -39,7 +42,8 @@ DATA = common.ROOT / "benchmarks" / ".fewshot_data"
 DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
-METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe"]
+METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
+           "lt-prefix-multitask"]
 STEPS, BATCH, LR = 100, 16, 1e-2
 MAX_VALIDATION = 500  # a seeded sample of each dataset's validation split (seed 0), the same rows for every method
 BACKBONE = "minilm"
@@ -114,6 +118,43 @@ ABLATIONS = {  # LT variants compared on dev rows carved from train (``ablate``)
 }
 
 
+SOURCES = common.ROOT / "benchmarks" / ".fewshot_sources"
+SOURCE_STEPS, SOURCE_SEED = 300, 0
+
+
+def source_tasks(dataset: str) -> list[str]:
+    """``lt-prefix-multitask``'s training tasks for ``dataset``: every other dataset here whose label texts
+    differ from ``dataset``'s, so the target's label set is one the source adapter never saw (sst2 and demo
+    share negative / positive, so neither is the other's source)."""
+    from ltuning.data import get_task
+
+    own = get_task(dataset).label_texts
+    return [d for d in DATASETS if d != dataset and get_task(d).label_texts != own]
+
+
+def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
+    """The multi-task LT-prefix adapter ``lt-prefix-multitask`` starts from for ``dataset``: trained on all the
+    training rows of :func:`source_tasks` (``SOURCE_STEPS`` of batch 16, seed ``SOURCE_SEED``, the library's
+    defaults, final state), saved once in ``benchmarks/.fewshot_sources/`` and reused by every shot count and
+    seed. Returns the folder and what it cost."""
+    from ltuning.data import read_glue
+    from ltuning.recipe import build_and_train
+    from ltuning.train import TrainArgs
+
+    folder = SOURCES / f"{BACKBONE}-for-{dataset}-seed{SOURCE_SEED}"
+    info = folder / "source.json"
+    if not info.exists():
+        tasks = source_tasks(dataset)
+        t = _clock()
+        run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
+                              TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, seed=SOURCE_SEED, progress=False),
+                              method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None)
+        run.model.save_pretrained(folder, overwrite=True)
+        info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
+                                    "train_seconds": _since(t)}))
+    return folder, json.loads(info.read_text())
+
+
 def dev_load(dataset: str):
     """(train minus dev, dev): 500 rows of a seeded dev split carved from the training rows, for ``ablate``."""
     import headstart
@@ -170,10 +211,21 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             from ltuning.train import TrainArgs, set_seed
             from ltuning.train import train as fit
 
+            source = None
+            if method == "lt-prefix-multitask":
+                from ltuning.adapter_io import read_adapter_config
+                from ltuning.recipe import warm_start
+
+                folder, source = source_adapter(bb, dataset, pooling)
+                recipe["init_from"] = source
             set_seed(seed)
-            cfg = LTuningConfig(method=method, base_model=BACKBONE, label_names=task.label_names,
-                                label_texts=task.label_texts, text_pooling=pooling, max_length=common.MAX_LENGTH)
+            cfg = LTuningConfig(method="lt-prefix" if source else method, base_model=BACKBONE,
+                                label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
+                                max_length=common.MAX_LENGTH,
+                                label_length=read_adapter_config(folder).label_length if source else None)
             model = LTuningModel(bb, cfg)
+            if source:
+                warm_start(model, folder)
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)

@@ -482,7 +482,8 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
-FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe", "setfit"]
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe", "setfit",
+                 "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
 FEWSHOT_SEEDS = 5
