@@ -85,6 +85,7 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning import LTuningModel, build_and_train
     from ltuning.config import LTuningConfig
     from ltuning.data import get_task, read_glue
+    from ltuning.recipe import warm_start
     from ltuning.train import TrainArgs, set_seed, train
 
     def targs(steps: int) -> TrainArgs:
@@ -130,7 +131,6 @@ def run(backbone, args, seed: int) -> dict:
     held_rec = {"label_texts": texts, "rows": len(held_val),
                 "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
                 "multitask-zero-shot": {"accuracy": hit / len(held_val)}}
-    weights = {k: v.detach().clone() for k, v in model.method.state_dict().items()}
     for k in args.shots:
         shots = per_class_sample(held_train, k, seed)
         for start in ("multitask", "scratch"):
@@ -140,7 +140,7 @@ def run(backbone, args, seed: int) -> dict:
                                 max_length=model.config.max_length, text_pooling=model.pooling)
             m = LTuningModel(backbone, cfg)
             if start == "multitask":
-                m.method.load_state_dict(weights)
+                warm_start(m, model)  # ltuning train --init-from
             # batch: the k-shot set, at most the library batch size
             fargs = TrainArgs(max_steps=args.fewshot_steps, batch_size=min(args.batch_size, len(shots)), seed=seed,
                               progress=False)

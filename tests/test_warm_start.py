@@ -143,3 +143,24 @@ def test_cli_init_from(models, tmp_path, capsys):  # noqa: F811 - the fixture
     err = capsys.readouterr().err
     assert rc != 0 and "give --method lt-prefix" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_model_in_memory_is_a_source_too(backbone, source):
+    loaded = LTuningModel.from_pretrained(source, backbone)
+    model = prepare_model(backbone, SPAM, label_length=loaded.config.label_length, say=None)
+    assert warm_start(model, loaded) is loaded.config
+    assert all(torch.equal(v, loaded.method.state_dict()[k]) for k, v in model.method.state_dict().items())
+    run = build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, batch_size=4, progress=False),
+                          init_from=loaded, say=None)
+    assert run.model.config.label_length == loaded.config.label_length
+    # the source model is not trained by the warm-started run: the weights were copied, not shared
+    fresh = LTuningModel.from_pretrained(source, backbone)
+    assert all(torch.equal(v, fresh.method.state_dict()[k]) for k, v in loaded.method.state_dict().items())
+
+
+def test_a_source_model_on_another_backbone_is_refused(backbone, source, tmp_path):
+    other = load_backbone(str(save_tiny_bert(tmp_path / "three-layers", 3)))
+    loaded = LTuningModel.from_pretrained(source, backbone)
+    model = prepare_model(other, SPAM, label_length=loaded.config.label_length, say=None)
+    with pytest.raises(ConfigError, match="the source model is on backbone"):
+        warm_start(model, loaded)

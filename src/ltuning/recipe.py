@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import labels
 from . import train as training
 from .backbones import Backbone
@@ -147,50 +149,69 @@ def _shape_value(config: LTuningConfig, key: str, backbone: Backbone):
     return v.value if hasattr(v, "value") else v
 
 
-def warm_start(model: LTuningModel, directory: str | Path) -> LTuningConfig:
-    """Load the trained weights of the adapter in ``directory`` into ``model`` (built, not yet trained), so
-    training starts from them: for example a multi-task adapter adapted to a new task from a few examples.
+def _source_config(source: LTuningModel | str | Path) -> LTuningConfig:
+    """The config of a warm start's ``source``: a model, or an adapter folder (read and checked)."""
+    from .adapter_io import read_adapter_config
+
+    if isinstance(source, LTuningModel):
+        return source.config
+    check_arg(is_path(source), "init_from", "an adapter folder (str or pathlib.Path) or an LTuningModel", source)
+    return read_adapter_config(source)
+
+
+def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTuningConfig:
+    """Load the trained weights of ``source`` (an adapter folder, or a model in memory) into ``model`` (built,
+    not yet trained), so training starts from them: for example a multi-task adapter adapted to a new task from
+    a few examples.
 
     An LT adapter's weights read each label through its text, so ``model`` may have other labels than the
-    adapter (that is the point). A classic prefix / prompt adapter's head has one row per label, so its labels
+    source (that is the point). A classic prefix / prompt adapter's head has one row per label, so its labels
     must be ``model``'s. Everything that shapes the weights must agree: the method, l (``label_length``), the
     pooling options, the score head, the prefix depth, and the backbone (its architecture and weights, as when
-    loading the adapter). Returns the adapter's config.
+    loading the adapter). Returns the source's config.
 
     Raises:
         AdapterError: missing or corrupt adapter files, or an adapter trained on another backbone.
-        ConfigError: an option that shapes the weights differs between ``model`` and the adapter (named, with
-            the value to give), or a classic adapter with other labels.
+        ConfigError: an option that shapes the weights differs between ``model`` and the source (named, with
+            the value to give), a classic source with other labels, or a source model on another backbone.
     """
-    from .adapter_io import (
-        check_adapter_weights,
-        fit_config_to_backbone,
-        read_adapter_config,
-        read_adapter_weights,
-    )
+    from .adapter_io import check_adapter_weights, fit_config_to_backbone, read_adapter_weights
+    from .backbones import same_weights
 
-    check_arg(is_path(directory), "init_from", "an adapter folder (str or pathlib.Path)", directory)
-    source = read_adapter_config(directory)
-    state = read_adapter_weights(directory)
-    fit_config_to_backbone(directory, source, model.backbone)
-    pairs = {k: (_shape_value(source, k, model.backbone), _shape_value(model.config, k, model.backbone))
+    config = _source_config(source)
+    if isinstance(source, LTuningModel):
+        name, state = "the source model", {k: v.detach() for k, v in source.method.state_dict().items()}
+        theirs = source.backbone
+        a, b = theirs.weights_sample, model.backbone.weights_sample
+        if theirs is not model.backbone and (theirs.fingerprint != model.backbone.fingerprint or (
+                a is not None and b is not None and not same_weights(a, b))):
+            raise ConfigError(f"init_from: the source model is on backbone {theirs.name!r}, this run's model on "
+                              f"{model.backbone.name!r} (another architecture or other weights); build the model on "
+                              "the source's backbone")
+    else:
+        name, state = str(source), read_adapter_weights(source)
+        fit_config_to_backbone(source, config, model.backbone)
+    pairs = {k: (_shape_value(config, k, model.backbone), _shape_value(model.config, k, model.backbone))
              for k in _SHAPE_OPTIONS}
     differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
     if differ:
         said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_SHAPE_OPTIONS[k]} {a})" for k, a, b in differ)
-        raise ConfigError(f"init_from {directory}: its weights have another shape than this run's model: {said}")
-    if not model.label_conditioned and source.label_names != model.config.label_names:
-        raise ConfigError(f"init_from {directory}: a {source.method} adapter's head has one row per label, for "
-                          f"{source.label_names}, and this run's labels are {model.config.label_names}; a warm start "
+        raise ConfigError(f"init_from {name}: its weights have another shape than this run's model: {said}")
+    if not model.label_conditioned and config.label_names != model.config.label_names:
+        raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
+                          f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
-    check_adapter_weights(directory, source.method, model.method.state_dict(), state)
-    model.method.load_state_dict(state)
+    if not isinstance(source, LTuningModel):
+        check_adapter_weights(source, config.method, model.method.state_dict(), state)
+    with torch.no_grad():
+        model.method.load_state_dict(state)
     model.clear_injection_cache()
-    return source
+    return config
 
 
 def build_and_train(backbone: Backbone | str, train_data: TextDataset, validation_data: TextDataset | None,
-                    args: TrainArgs, *, trust_remote_code: bool = False, init_from: str | Path | None = None,
+                    args: TrainArgs, *, trust_remote_code: bool = False,
+                    init_from: LTuningModel | str | Path | None = None,
                     on_built: Callable[[LTuningModel], None] | None = None,
                     on_eval: Callable[[dict], None] | None = None,
                     say: Callable[[str], None] | None = print, **model_options) -> TrainingRun:
@@ -208,7 +229,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused
     as it is (it stays frozen), so one backbone serves many runs.
 
-    ``init_from``: an adapter folder whose trained weights the run starts from (:func:`warm_start`); l
+    ``init_from``: an adapter folder (or a model in memory) whose trained weights the run starts from (:func:`warm_start`); l
     defaults to the adapter's, the other options that shape the weights must match it.
 
     Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
@@ -222,10 +243,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
 
         backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
     if init_from is not None:  # l and the prefix depth default to the adapter's; the rest must match it
-        from .adapter_io import read_adapter_config
-
-        check_arg(is_path(init_from), "init_from", "an adapter folder (str or pathlib.Path)", init_from)
-        source = read_adapter_config(init_from)
+        source = _source_config(init_from)
         for key in ("label_length", "prefix_layers"):
             if model_options.get(key) is None:
                 model_options[key] = getattr(source, key)
