@@ -202,8 +202,8 @@ def build_parser() -> _Parser:
                    help="start from the trained weights of this adapter folder instead of a fresh init, e.g. a "
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
                         "(each label is read through its text); prefix / prompt need the adapter's labels. "
-                        "--label-length and --prefix-layers default to the adapter's; --method, --score-head and the "
-                        "pooling options must match it")
+                        "--label-length and --prefix-layers default to the adapter's; --method, --score-head, "
+                        "--prefix-pooling, --text-pooling and --label-position must match it")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
