@@ -44,6 +44,8 @@ SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
 METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
            "lt-prefix-multitask"]
+#: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
+ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
 STEPS, BATCH, LR = 100, 16, 1e-2
 MAX_VALIDATION = 500  # a seeded sample of each dataset's validation split (seed 0), the same rows for every method
 BACKBONE = "minilm"
@@ -190,10 +192,12 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             {"training": "none"}
         train_rows = 0
     else:
-        few = sample(train, shots, seed)
-        train_rows = len(few)
+        few = sample(train, shots, seed) if shots else None
+        train_rows = len(few) if shots else 0
         recipe = {"steps": STEPS, "batch_size": BATCH, "learning_rate": LR, "state": "final (no validation)",
                   "text_pooling": pooling.value, "max_length": common.MAX_LENGTH}
+        if not shots:
+            recipe.update(steps=0, state="the source adapter, no training on the target")
         if method == "linear-probe":
             import peer_loop
 
@@ -232,8 +236,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             targs = TrainArgs(max_steps=change.get("steps", STEPS), batch_size=BATCH,
                               learning_rate=change.get("learning_rate", LR), seed=seed, progress=False)
             t = _clock()
-            fit(model, few, None, targs)
-            train_s, trainable = _since(t), model.num_trainable_parameters()
+            if shots:  # 0 shots (lt-prefix-multitask): the source adapter as it is, on the target's labels
+                fit(model, few, None, targs)
+            train_s, trainable = _since(t) if shots else None, model.num_trainable_parameters()
             t = _clock()
             preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), _since(t)
             recipe.update(objective=targs.objective, adapter=model.config.to_dict(), **change)
@@ -252,10 +257,9 @@ def cells(datasets, methods, shots, seeds):
         for k in shots:
             for d in datasets:
                 for m in methods:
-                    if m == "zero-shot-similarity":
-                        if seed == seeds[0] and k == shots[0]:
-                            yield d, m, 0, 0
-                    else:
+                    if m in ZERO_SHOT and seed == seeds[0] and k == shots[0]:
+                        yield d, m, 0, 0
+                    if m != "zero-shot-similarity":
                         yield d, m, k, seed
 
 
