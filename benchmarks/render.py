@@ -530,7 +530,9 @@ def fewshot_tables(runs) -> str:
             vals = [cells.get((d, m, k), []) for k in FEWSHOT_SHOTS]
             if not any(vals):
                 continue
-            shown = ["–" if not v else (f"{v[0]:.3f}" if m == "zero-shot-similarity" else _fs_cell(v)) for v in vals]
+            # a 0-shot cell is one deterministic run (no sample to draw)
+            shown = ["–" if not v else (f"{v[0]:.3f}" if k == 0 else _fs_cell(v)) for k, v in zip(FEWSHOT_SHOTS, vals,
+                                                                                                 strict=True)]
             out.append(f"| {m} | " + " | ".join(shown) + " |")
         out.append("")
     # the mean over datasets: only where every dataset has the cell (a mean over fewer would mislead)
@@ -545,6 +547,18 @@ def fewshot_tables(runs) -> str:
             shown.append(f"{statistics.mean(means):.3f}" if len(means) == len(datasets) else "–")
         secs = [r["train_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("train_seconds")]
         out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} |")
+    sources = {}  # lt-prefix-multitask: the adapter each dataset's cells start from, trained once
+    for r in runs:
+        src = (r.get("recipe") or {}).get("init_from")
+        if isinstance(src, dict) and "tasks" in src:
+            sources[r["dataset"]] = src
+    if sources:
+        said = "; ".join(f"{d}: {' + '.join(src['tasks'])}, {src['steps']} steps, "
+                         f"{(src.get('train_seconds') or {}).get('cpu', 0):.0f} CPU s"
+                         for d, src in sorted(sources.items(), key=lambda kv: FEWSHOT_DATASETS.index(kv[0])
+                                              if kv[0] in FEWSHOT_DATASETS else 99))
+        out += ["", "lt-prefix-multitask starts from one multi-task LT-prefix adapter per dataset, trained on the "
+                f"other datasets' labelled training rows (not in its train CPU s above): {said}."]
     total = sum((r.get("train_seconds") or {}).get("wall", 0) + (r.get("predict_seconds") or {}).get("wall", 0)
                 for r in runs)
     versions = sorted({", ".join(f"{k} {v}" for k, v in sorted((r.get("versions") or {}).items())) for r in runs})
