@@ -145,15 +145,18 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
 
     folder = SOURCES / f"{BACKBONE}-for-{dataset}-seed{SOURCE_SEED}"
     info = folder / "source.json"
-    if not info.exists():
-        tasks = source_tasks(dataset)
+    tasks = source_tasks(dataset)
+    made = json.loads(info.read_text()) if info.exists() else {}
+    if {k: made.get(k) for k in ("tasks", "steps", "batch_size", "seed", "text_pooling")} != {
+            "tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
+            "text_pooling": pooling.value}:  # none yet, or made with another recipe: (re)train it
         t = _clock()
         run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
                               TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, seed=SOURCE_SEED, progress=False),
                               method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None)
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
-                                    "train_seconds": _since(t)}))
+                                    "text_pooling": pooling.value, "train_seconds": _since(t)}))
     return folder, json.loads(info.read_text())
 
 

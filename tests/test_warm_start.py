@@ -33,7 +33,7 @@ def backbone(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(backbone, tmp_path_factory):
-    """A trained lt-prefix adapter on review labels, with l = 3 (longer than the spam labels need)."""
+    """A trained lt-prefix adapter on review labels, with l = 5 ([CLS] + 3 words + [SEP]; longer than the new labels need)."""
     run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=6, batch_size=4, progress=False),
                           method="lt-prefix", label_texts=["neg neu b", "pos neu c"], say=None)
     folder = tmp_path_factory.mktemp("warm") / "reviews"
@@ -77,12 +77,13 @@ def test_build_and_train_takes_the_adapters_label_length_and_trains_from_its_wei
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"method": "lt-prompt"}, r"method is 'lt-prefix' there, 'lt-prompt' here \(give --method lt-prefix\)"),
+    ({"method": "lt-prompt"}, r"it is a lt-prefix adapter and this run trains lt-prompt; give --method lt-prefix"),
+    ({"text_pooling": "cls"}, r"text_pooling is 'pooler' there, 'cls' here \(give --text-pooling pooler\)"),
     ({"score_head": "paper"}, r"score_head is 'similarity' there, 'paper' here \(give --score-head similarity\)"),
     ({"prefix_pooling": "softmax"}, r"prefix_pooling is 'raw' there, 'softmax' here"),
     ({"prefix_layers": 1}, r"prefix_layers is 2 there, 1 here \(give --prefix-layers 2\)"),
 ])
-def test_an_option_that_shapes_the_weights_must_match(backbone, source, options, match):
+def test_an_option_the_weights_depend_on_must_match(backbone, source, options, match):
     with pytest.raises(ConfigError, match=match):
         build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
                         init_from=source, say=None, **{"method": "lt-prefix", **options})
@@ -102,9 +103,12 @@ def test_classic_adapters_warm_start_only_on_their_own_labels(backbone, tmp_path
     with pytest.raises(ConfigError, match=r"one row per label, for \['neg', 'pos'\].*needs an LT method"):
         build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
                         method="prefix", init_from=tmp_path / "prefix", say=None)
+    seen = {}
     again = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=1, progress=False),
-                            method="prefix", init_from=tmp_path / "prefix", say=None)
+                            method="prefix", init_from=tmp_path / "prefix", say=None,
+                            on_built=lambda m: seen.update({k: v.clone() for k, v in m.method.state_dict().items()}))
     assert again.model.config.method == "prefix"
+    assert seen and all(torch.equal(v, run.model.method.state_dict()[k]) for k, v in seen.items())
 
 
 def test_another_backbone_or_a_missing_folder_is_refused(source, tmp_path):
@@ -164,3 +168,69 @@ def test_a_source_model_on_another_backbone_is_refused(backbone, source, tmp_pat
     model = prepare_model(other, SPAM, label_length=loaded.config.label_length, say=None)
     with pytest.raises(ConfigError, match="the source model is on backbone"):
         warm_start(model, loaded)
+
+
+def test_the_prefix_depth_defaults_to_the_adapters(backbone, tmp_path):
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=1, batch_size=4, progress=False),
+                          prefix_layers=1, say=None)
+    run.model.save_pretrained(tmp_path / "top1")
+    again = build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                            init_from=tmp_path / "top1", say=None)
+    assert again.model.config.prefix_layers == 1
+
+
+def test_lt_prefix_refuses_label_texts_longer_than_the_adapters_l(backbone, source):
+    l = LTuningModel.from_pretrained(source, backbone).config.label_length
+    long = ["no neu b c 0 1", "yes neu b c 0 1"]  # 6 words + [CLS] [SEP]: longer than l
+    assert l == 5
+    with pytest.raises(ConfigError, match=r"label texts 'no neu b c 0 1' \(8 tokens\), 'yes neu b c 0 1' \(8 tokens\) "
+                                          r"are longer than the adapter's l = 5"):
+        build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                        init_from=source, label_texts=long, say=None)
+    # a multi-task run names the task
+    with pytest.raises(ConfigError, match=r"label texts of task 'b' 'no neu b c 0 1' \(8 tokens\)"):
+        build_and_train(backbone, {"a": data(ROWS, REVIEWS), "b": data(MESSAGES, SPAM)}, None,
+                        TrainArgs(max_steps=1, progress=False), init_from=source,
+                        task_label_texts={"b": long}, say=None)
+
+
+def test_a_multi_task_run_starts_from_an_adapter(backbone, source):
+    seen = {}
+    run = build_and_train(backbone, {"a": data(ROWS, REVIEWS), "b": data(MESSAGES, SPAM)}, None,
+                          TrainArgs(max_steps=2, batch_size=4, progress=False), init_from=source, say=None,
+                          on_built=lambda m: seen.update({k: v.clone() for k, v in m.method.state_dict().items()}))
+    assert run.model.task_names == ["a", "b"]
+    state = LTuningModel.from_pretrained(source, backbone).method.state_dict()
+    assert all(torch.equal(seen[k], state[k]) for k in state)
+
+
+def test_lt_prompt_weights_do_not_depend_on_l(backbone, tmp_path):
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=4, batch_size=4, progress=False),
+                          method="lt-prompt", say=None)
+    run.model.save_pretrained(tmp_path / "prompt")
+    loaded = LTuningModel.from_pretrained(tmp_path / "prompt", backbone)
+    long = ["no neu b c 0 1", "yes neu b c 0 1"]
+    model = prepare_model(backbone, SPAM, method="lt-prompt", label_texts=long, say=None)
+    assert model.config.label_length > loaded.config.label_length  # its own l, not the adapter's
+    warm_start(model, loaded)
+    model.eval()
+    texts = [t for t, _ in MESSAGES]
+    expected = loaded.predict_proba(texts, candidate_labels=long)
+    assert torch.allclose(torch.as_tensor(model.predict_proba(texts)), torch.as_tensor(expected), atol=1e-6)
+    # and build_and_train leaves l to the labels
+    again = build_and_train(backbone, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
+                            method="lt-prompt", label_texts=long, init_from=tmp_path / "prompt", say=None)
+    assert again.model.config.label_length == model.config.label_length
+
+
+def test_cli_refuses_an_init_from_inside_the_output_dir(models, tmp_path, capsys):  # noqa: F811 - the fixture
+    reviews = _write(tmp_path / "r.csv", ROWS, REVIEWS)
+    common = ["--model", models["tiny"], "--text-column", "text", "--label-column", "label", "--max-steps", "2",
+              "--batch-size", "4", "--quiet"]
+    assert main(["train", "--train-file", reviews, "--output-dir", str(tmp_path / "src"), *common]) == 0
+    before = sorted(p.name for p in (tmp_path / "src").iterdir())
+    rc = main(["train", "--train-file", reviews, "--init-from", str(tmp_path / "src"), "--overwrite",
+               "--output-dir", str(tmp_path / "src"), *common])
+    err = capsys.readouterr().err
+    assert rc != 0 and "is inside --output-dir" in err
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == before  # the source adapter is untouched

@@ -202,8 +202,9 @@ def build_parser() -> _Parser:
                    help="start from the trained weights of this adapter folder instead of a fresh init, e.g. a "
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
                         "(each label is read through its text); prefix / prompt need the adapter's labels. "
-                        "--label-length and --prefix-layers default to the adapter's; --method, --score-head, "
-                        "--prefix-pooling, --text-pooling and --label-position must match it")
+                        "--model must be the adapter's backbone; --label-length and --prefix-layers default to the "
+                        "adapter's; --method and what its weights depend on (--score-head, --text-pooling, "
+                        "--label-position; lt-prefix also --prefix-pooling and l) must match it")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
@@ -837,6 +838,11 @@ def _train_output(args) -> tuple[Path, list[Path]]:
     _check_output_dir(out_dir, "--output-dir")
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite deletes the run that --resume continues; give one of them")
+    if args.init_from:
+        source, out = Path(args.init_from).resolve(), out_dir.resolve()
+        if source == out or out in source.parents:
+            raise ConfigError(f"--init-from {args.init_from} is inside --output-dir {out_dir}, which this run writes "
+                              "into; give another --output-dir (or copy the adapter elsewhere first)")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "

@@ -135,14 +135,13 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     return model
 
 
-#: What shapes an adapter's weights, with the ``ltuning train`` option that sets it: a warm start
-#: (:func:`warm_start`) needs the same value in the adapter it starts from.
-_SHAPE_OPTIONS = {"method": "--method", "label_length": "--label-length", "prefix_pooling": "--prefix-pooling",
-                  "text_pooling": "--text-pooling", "label_position": "--label-position",
-                  "score_head": "--score-head", "prefix_layers": "--prefix-layers"}
+#: The ``ltuning train`` option of each config key a method's weights depend on (``Method.weight_options``).
+_OPTION_FLAGS = {"method": "--method", "label_length": "--label-length", "prefix_pooling": "--prefix-pooling",
+                 "text_pooling": "--text-pooling", "label_position": "--label-position",
+                 "score_head": "--score-head", "prefix_layers": "--prefix-layers"}
 
 
-def _shape_value(config: LTuningConfig, key: str, backbone: Backbone):
+def _option_value(config: LTuningConfig, key: str, backbone: Backbone):
     v = getattr(config, key)
     if key == "prefix_layers" and v is None:
         return backbone.dims.num_layers  # None: every layer
@@ -159,6 +158,56 @@ def _source_config(source: LTuningModel | str | Path) -> LTuningConfig:
     return read_adapter_config(source)
 
 
+def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, backbone: Backbone, method: str) -> None:
+    """What a warm start needs before the model is built: the source's backbone (architecture and weights)
+    and its method.
+    Raises: AdapterError (a folder's adapter on another backbone), ConfigError."""
+    from .adapter_io import fit_config_to_backbone
+    from .backbones import same_weights
+    from .errors import AdapterError
+
+    if isinstance(source, LTuningModel):
+        theirs = source.backbone
+        a, b = theirs.weights_sample, backbone.weights_sample
+        if theirs is not backbone and (theirs.fingerprint != backbone.fingerprint or (
+                a is not None and b is not None and not same_weights(a, b))):
+            raise ConfigError(f"init_from: the source model is on backbone {theirs.name!r}, this run's model on "
+                              f"{backbone.name!r} (another architecture or other weights); build the model on the "
+                              "source's backbone")
+    else:
+        try:
+            fit_config_to_backbone(source, config, backbone)
+        except AdapterError as e:
+            raise AdapterError(f"init_from: {e} (a warm start trains on the adapter's backbone: give --model "
+                               f"{config.base_model})") from None
+    if config.method != method:
+        raise ConfigError(f"init_from {_source_name(source)}: it is a {config.method} adapter and this run trains "
+                          f"{method}; give --method {config.method}")
+
+
+def _check_label_fit(source, config: LTuningConfig, backbone: Backbone, texts: dict) -> None:
+    """A method whose weights depend on l (LT-prefix's Z reads exactly l tokens per label) refuses label texts
+    longer than the source's l: cut, two labels could become one, and the cut text is not the label.
+    ``texts``: {task or None: label texts}. Raises: ConfigError naming the labels."""
+    from .methods import get_method
+
+    if "label_length" not in get_method(config.method).weight_options or not get_method(config.method).label_conditioned:
+        return
+    for task, t in texts.items():
+        long = [(x, n) for x, n in zip(t, labels.label_token_lengths(backbone, t), strict=True) if n > config.label_length]
+        if long:
+            where = "" if task is None else f" of task {task!r}"
+            raise ConfigError(
+                f"init_from {_source_name(source)}: label texts{where} "
+                f"{', '.join(f'{x!r} ({n} tokens)' for x, n in long)} are longer than the adapter's l = "
+                f"{config.label_length}, and {config.method} reads exactly l tokens per label; give shorter label texts "
+                "(--label-texts), or train without --init-from")
+
+
+def _source_name(source) -> str:
+    return "the source model" if isinstance(source, LTuningModel) else str(source)
+
+
 def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTuningConfig:
     """Load the trained weights of ``source`` (an adapter folder, or a model in memory) into ``model`` (built,
     not yet trained), so training starts from them: for example a multi-task adapter adapted to a new task from
@@ -166,41 +215,40 @@ def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTunin
 
     An LT adapter's weights read each label through its text, so ``model`` may have other labels than the
     source (that is the point). A classic prefix / prompt adapter's head has one row per label, so its labels
-    must be ``model``'s. Everything that shapes the weights must agree: the method, l (``label_length``), the
-    pooling options, the score head, the prefix depth, and the backbone (its architecture and weights, as when
-    loading the adapter). Returns the source's config.
+    must be ``model``'s. What the weights depend on must agree: the backbone (architecture and weights, as when
+    loading the adapter), the method and its ``Method.weight_options`` (for lt-prefix l, the pooling options,
+    the score head, the prefix depth; lt-prompt's weights do not depend on l). LT-prefix's Z reads exactly l
+    tokens per label, so a label text longer than the source's l is refused rather than cut. Returns the
+    source's config.
 
     Raises:
         AdapterError: missing or corrupt adapter files, or an adapter trained on another backbone.
-        ConfigError: an option that shapes the weights differs between ``model`` and the source (named, with
-            the value to give), a classic source with other labels, or a source model on another backbone.
+        ConfigError: an option the weights depend on differs between ``model`` and the source (named, with
+            the value to give), a classic source with other labels, a label text longer than LT-prefix's l, or
+            a source model on another backbone.
     """
-    from .adapter_io import check_adapter_weights, fit_config_to_backbone, read_adapter_weights
-    from .backbones import same_weights
+    from .adapter_io import check_adapter_weights, read_adapter_weights
+    from .methods import get_method
 
     config = _source_config(source)
-    if isinstance(source, LTuningModel):
-        name, state = "the source model", {k: v.detach() for k, v in source.method.state_dict().items()}
-        theirs = source.backbone
-        a, b = theirs.weights_sample, model.backbone.weights_sample
-        if theirs is not model.backbone and (theirs.fingerprint != model.backbone.fingerprint or (
-                a is not None and b is not None and not same_weights(a, b))):
-            raise ConfigError(f"init_from: the source model is on backbone {theirs.name!r}, this run's model on "
-                              f"{model.backbone.name!r} (another architecture or other weights); build the model on "
-                              "the source's backbone")
-    else:
-        name, state = str(source), read_adapter_weights(source)
-        fit_config_to_backbone(source, config, model.backbone)
-    pairs = {k: (_shape_value(config, k, model.backbone), _shape_value(model.config, k, model.backbone))
-             for k in _SHAPE_OPTIONS}
+    name = _source_name(source)
+    _check_source(source, config, model.backbone, model.config.method)
+    method = get_method(config.method)
+    pairs = {k: (_option_value(config, k, model.backbone), _option_value(model.config, k, model.backbone))
+             for k in method.weight_options}
     differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
     if differ:
-        said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_SHAPE_OPTIONS[k]} {a})" for k, a, b in differ)
-        raise ConfigError(f"init_from {name}: its weights have another shape than this run's model: {said}")
+        said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_OPTION_FLAGS[k]} {a})" for k, a, b in differ)
+        raise ConfigError(f"init_from {name}: its weights were trained with other options than this run's: {said}")
     if not model.label_conditioned and config.label_names != model.config.label_names:
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
                           f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
+    if model.label_conditioned:
+        tasks = model.config.tasks or {None: {"label_texts": model.config.label_texts}}
+        _check_label_fit(source, config, model.backbone, {t: v["label_texts"] for t, v in tasks.items()})
+    state = ({k: v.detach() for k, v in source.method.state_dict().items()} if isinstance(source, LTuningModel)
+             else read_adapter_weights(source))
     if not isinstance(source, LTuningModel):
         check_adapter_weights(source, config.method, model.method.state_dict(), state)
     with torch.no_grad():
@@ -242,10 +290,13 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         from .loading import load_backbone
 
         backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
-    if init_from is not None:  # l and the prefix depth default to the adapter's; the rest must match it
+    if init_from is not None:  # the backbone and method first; then l and the depth default to the adapter's
+        from .methods import get_method
+
         source = _source_config(init_from)
+        _check_source(init_from, source, backbone, model_options.get("method", "lt-prefix"))
         for key in ("label_length", "prefix_layers"):
-            if model_options.get(key) is None:
+            if key in get_method(source.method).weight_options and model_options.get(key) is None:
                 model_options[key] = getattr(source, key)
     t0 = time.perf_counter()
     if isinstance(train_data, Mapping):  # multi-task: the first task's labels are the primary label set
@@ -254,8 +305,14 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         if model_options.get("label_texts") is None:
             model_options["label_texts"] = first["label_texts"]
         tasks[next(iter(tasks))]["label_texts"] = list(model_options["label_texts"])
+        if init_from is not None:  # before building, where a cut could make two labels one
+            _check_label_fit(init_from, source, backbone, {t: v["label_texts"] for t, v in tasks.items()})
         model = prepare_model(backbone, first["label_names"], say=say, tasks=tasks, **model_options)
     else:
+        if init_from is not None:
+            texts = default_label_texts(train_data.label_names, model_options.get("label_texts"),
+                                        model_options.get("task"))
+            _check_label_fit(init_from, source, backbone, {None: texts or list(train_data.label_names)})
         model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
     if init_from is not None:
         warm_start(model, init_from)

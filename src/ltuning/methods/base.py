@@ -66,6 +66,9 @@ class Method(nn.Module):
     default_learning_rate: ClassVar[float] = 1e-2
     #: Why ``label_position="after"`` is refused for this method (None: it is supported).
     label_after_refusal: ClassVar[str | None] = None
+    #: Config options (besides the method and the backbone) that this method's trained weights depend on:
+    #: a warm start (``ltuning.recipe.warm_start``) needs the same values as the adapter it starts from.
+    weight_options: ClassVar[tuple[str, ...]] = ("text_pooling", "score_head", "label_position")
 
     # ------------------------------------------------------------------ hooks (checks, initialisation)
     @classmethod

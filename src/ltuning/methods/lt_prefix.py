@@ -24,6 +24,8 @@ class LTPrefix(Method):
     injection = "prefix"
     label_conditioned = True
     description = "L-Tuning prefix: per-label keys/values computed from the frozen label encoding"
+    #: Z reads exactly l scores per label
+    weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers")
     label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
                            "to; there is no 'after' form of it")
 
