@@ -268,7 +268,8 @@ def cells(datasets, methods, shots, seeds):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", nargs="?", choices=["run", "export", "ablate", "transfer"], default="run")
+    ap.add_argument("command", nargs="?", choices=["run", "export", "ablate", "transfer", "source-parts"],
+                    default="run")
     ap.add_argument("--source", default="sst2", choices=DATASETS, help="transfer: the dataset the adapter trains on")
     ap.add_argument("--source-steps", type=int, default=300, help="transfer: training steps (the CLI default)")
     ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
@@ -284,6 +285,8 @@ def main(argv=None) -> int:
         return ablate(args)
     if args.command == "transfer":
         return transfer(args)
+    if args.command == "source-parts":
+        return source_parts(args)
     export(args.datasets, args.shots, args.seeds)
     if args.command == "export":
         return 0
@@ -365,6 +368,66 @@ def transfer(args) -> int:
             common.write_result(out / f"{args.source}-{method}-to-{d}-seed{seed}.json", rec)
             print(f"{args.source} {method} -> {d}: accuracy {m['accuracy']:.4f} (zero-shot similarity "
                   f"{z['accuracy']:.4f})", flush=True)
+    return 0
+
+
+#: ``source-parts``: lt-prefix-multitask's source adapter on the target's labels, no training, with learned parts
+#: put back to their initial values (the similarity head's: C_zeta 0, W the identity, Z 0). Which of them moves
+#: the 0-shot score off the frozen model's similarity?
+SOURCE_PARTS = {
+    "as trained": (),
+    "C_zeta reset": ("head",),
+    "W reset": ("text_map",),
+    "Z reset": ("transform",),
+    "C_zeta and W reset": ("head", "text_map"),
+    "C_zeta, W and Z reset": ("head", "text_map", "transform"),
+}
+
+
+def source_parts(args) -> int:
+    """0-shot accuracy of each target's source adapter (:func:`source_adapter`, which must exist: run the
+    ``lt-prefix-multitask`` cells first) with some learned parts reset (:data:`SOURCE_PARTS`); one JSON per
+    target in ``results/fewshot/source-parts/``."""
+    import torch
+
+    from ltuning.config import TextPooling
+    from ltuning.data import get_task
+    from ltuning.loading import load_backbone
+    from ltuning.metrics import classification_metrics
+    from ltuning.model import LTuningModel
+
+    torch.set_num_threads(args.threads)
+    bb = load_backbone(BACKBONE)
+    pooling = bb.resolve_pooling(TextPooling(common.PROTOCOL[BACKBONE]["text_pooling"]))
+    out = OUT / "source-parts"
+    for d in args.datasets:
+        path = out / f"{d}.json"
+        if path.exists() and not args.overwrite:
+            continue
+        folder, source = source_adapter(bb, d, pooling)
+        model = LTuningModel.from_pretrained(folder, bb)
+        trained = {k: v.clone() for k, v in model.method.state_dict().items()}
+        task, val = get_task(d), load(d)[1]
+        rows = {}
+        for name, parts in SOURCE_PARTS.items():
+            model.method.load_state_dict(trained)
+            with torch.no_grad():
+                for part in parts:
+                    w = getattr(model.method, part).weight
+                    w.copy_(torch.eye(w.shape[0]) if part == "text_map" else torch.zeros_like(w))
+            model.clear_injection_cache()
+            names = model.predict(list(val.texts), candidate_labels=list(task.label_texts))
+            m = classification_metrics([task.label_texts.index(n) for n in names], list(val.labels),
+                                       len(task.label_names))
+            rows[name] = {"reset": list(parts), "accuracy": m["accuracy"], "mcc": m["mcc"]}
+            print(f"{d} {name}: {m['accuracy']:.4f}", flush=True)
+        rec = {"dataset": d, "backbone": BACKBONE, "source": source, "label_texts": task.label_texts,
+               "validation_rows": len(val), "scale_s": model.method.logit_scale.exp().item(),
+               "bias_b": model.method.logit_bias.item(), "variants": rows,
+               "versions": common.versions("torch", "transformers"), "git": common.git_commit(),
+               "machine": common.machine(), "threads": torch.get_num_threads(), "finished": common.now(),
+               "command": "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])}
+        common.write_result(path, rec)
     return 0
 
 
