@@ -567,6 +567,29 @@ def fewshot_tables(runs) -> str:
     return "\n".join(out)
 
 
+def source_parts_table(runs) -> str:
+    """``fewshot.py source-parts``: each target's multi-task source adapter, 0-shot on the target's labels, with
+    learned parts reset to their initial values; the frozen model's similarity beside it."""
+    runs = [r for r in runs if isinstance(r, dict) and "variants" in r and "dataset" in r]
+    if not runs:
+        return "No source-parts results yet (`python benchmarks/fewshot.py source-parts`)."
+    runs.sort(key=lambda r: FEWSHOT_DATASETS.index(r["dataset"]) if r["dataset"] in FEWSHOT_DATASETS else 99)
+    zero = {r["dataset"]: r["accuracy"] for r in _fewshot_runs(load(FEWSHOT_DIR))
+            if r["method"] == "zero-shot-similarity"}
+    names = sorted(runs[0]["variants"], key=lambda n: (len(runs[0]["variants"][n]["reset"]), n))  # fewer resets first
+    out = ["| target (source tasks) | " + " | ".join(names) + " | zero-shot-similarity | s, b |",
+           "|---|" + "---|" * (len(names) + 2)]
+    for r in runs:
+        cells = [f"{r['variants'][n]['accuracy']:.3f}" if n in r["variants"] else "–" for n in names]
+        z = zero.get(r["dataset"])
+        out.append(f"| {r['dataset']} ({' + '.join(r['source']['tasks'])}) | " + " | ".join(cells)
+                   + f" | {'–' if z is None else f'{z:.3f}'} | {r['scale_s']:.1f}, {r['bias_b']:.2f} |")
+    out += ["", f"Accuracy on the same {runs[0]['validation_rows']} validation rows as the few-shot table; "
+            "reset: C_zeta (the paper's head) and Z (LT-prefix's label-to-prefix map) to 0, W (the similarity "
+            "head's text map) to the identity; s, b: the learned similarity scale and bias, kept in every column."]
+    return "\n".join(out)
+
+
 def fewshot_plot(runs) -> list[str]:
     try:
         import matplotlib
@@ -711,6 +734,7 @@ def main(argv=None) -> int:
     fs = load(FEWSHOT_DIR)
     doc = splice(doc, "fewshot", "\n".join([*(f"![{Path(p).stem}]({p})" for p in fewshot_plot(fs)), "",
                                             fewshot_tables(fs)]))
+    doc = splice(doc, "fewshot-source-parts", source_parts_table(load(FEWSHOT_DIR / "source-parts")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
