@@ -113,7 +113,7 @@ def test_classic_adapters_warm_start_only_on_their_own_labels(backbone, tmp_path
 
 def test_another_backbone_or_a_missing_folder_is_refused(source, tmp_path):
     other = load_backbone(str(save_tiny_bert(tmp_path / "three-layers", 3)))
-    with pytest.raises(AdapterError, match="fingerprint"):
+    with pytest.raises(AdapterError, match=r"fingerprint.*give --model .*tiny-bert"):
         build_and_train(other, data(MESSAGES, SPAM), None, TrainArgs(max_steps=1, progress=False),
                         init_from=source, say=None)
     with pytest.raises(AdapterError):

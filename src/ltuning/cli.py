@@ -202,9 +202,10 @@ def build_parser() -> _Parser:
                    help="start from the trained weights of this adapter folder instead of a fresh init, e.g. a "
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
                         "(each label is read through its text); prefix / prompt need the adapter's labels. "
-                        "--model must be the adapter's backbone; --label-length and --prefix-layers default to the "
-                        "adapter's; --method and what its weights depend on (--score-head, --text-pooling, "
-                        "--label-position; lt-prefix also --prefix-pooling and l) must match it")
+                        "--model must be the adapter's backbone and --method its method; --label-length (lt-prefix, "
+                        "prefix, prompt; lt-prompt keeps its labels' own l) and --prefix-layers (prefix methods) "
+                        "default to the adapter's; --score-head, --text-pooling, --label-position and, for "
+                        "lt-prefix, --prefix-pooling must match it")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")

@@ -175,9 +175,14 @@ def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, back
                               f"{backbone.name!r} (another architecture or other weights); build the model on the "
                               "source's backbone")
     else:
+        a, b = config.backbone_weights, backbone.weights_sample
+        other = (bool(config.backbone_fingerprint) and config.backbone_fingerprint != backbone.fingerprint) or (
+            a is not None and b is not None and not same_weights(a, b))
         try:
             fit_config_to_backbone(source, config, backbone)
         except AdapterError as e:
+            if not other:  # a broken adapter file, not another backbone
+                raise
             raise AdapterError(f"init_from: {e} (a warm start trains on the adapter's backbone: give --model "
                                f"{config.base_model})") from None
     if config.method != method:
@@ -277,8 +282,9 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     gets each validation row on the main process. A loaded :class:`~ltuning.backbones.Backbone` is reused
     as it is (it stays frozen), so one backbone serves many runs.
 
-    ``init_from``: an adapter folder (or a model in memory) whose trained weights the run starts from (:func:`warm_start`); l
-    defaults to the adapter's, the other options that shape the weights must match it.
+    ``init_from``: an adapter folder (or a model in memory) whose trained weights the run starts from
+    (:func:`warm_start`); l and the prefix depth default to the adapter's where the method's weights depend on
+    them (not lt-prompt's l), the other options its weights depend on must match it.
 
     Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
     Raises: what :func:`prepare_model` and :func:`ltuning.train.train` raise.
@@ -294,7 +300,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         from .methods import get_method
 
         source = _source_config(init_from)
-        _check_source(init_from, source, backbone, model_options.get("method", "lt-prefix"))
+        _check_source(init_from, source, backbone, model_options.get("method") or "lt-prefix")
         for key in ("label_length", "prefix_layers"):
             if key in get_method(source.method).weight_options and model_options.get(key) is None:
                 model_options[key] = getattr(source, key)
