@@ -19,6 +19,7 @@ defaults), so it uses labelled data of other tasks that no other row gets; its c
     python benchmarks/fewshot.py                                   # export, then every cell (hours of CPU)
     python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
     python benchmarks/fewshot.py export                            # only the samples, for the SetFit peer
+    python benchmarks/fewshot.py source-parts                      # lt-prefix-multitask's sources, parts reset
 
 Samples are nested: for one seed, each class's examples are a seeded shuffle of that class's training rows,
 and k shots take the first k, so the 8-shot sample is part of the 16-shot one.
