@@ -386,8 +386,8 @@ SOURCE_PARTS = {
 
 
 def source_parts(args) -> int:
-    """0-shot accuracy of each target's source adapter (:func:`source_adapter`, which must exist: run the
-    ``lt-prefix-multitask`` cells first) with some learned parts reset (:data:`SOURCE_PARTS`); one JSON per
+    """0-shot accuracy of each target's source adapter (:func:`source_adapter`: the one the
+    ``lt-prefix-multitask`` cells used, trained here if missing) with some learned parts reset (:data:`SOURCE_PARTS`); one JSON per
     target in ``results/fewshot/source-parts/``."""
     import torch
 

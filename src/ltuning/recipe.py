@@ -166,18 +166,16 @@ def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, back
     from .backbones import same_weights
     from .errors import AdapterError
 
+    # the config records its backbone (fingerprint, weights sample) for a model in memory as for a saved adapter
+    a, b = config.backbone_weights, backbone.weights_sample
+    other = (bool(config.backbone_fingerprint) and config.backbone_fingerprint != backbone.fingerprint) or (
+        a is not None and b is not None and not same_weights(a, b))
     if isinstance(source, LTuningModel):
-        theirs = source.backbone
-        a, b = theirs.weights_sample, backbone.weights_sample
-        if theirs is not backbone and (theirs.fingerprint != backbone.fingerprint or (
-                a is not None and b is not None and not same_weights(a, b))):
-            raise ConfigError(f"init_from: the source model is on backbone {theirs.name!r}, this run's model on "
-                              f"{backbone.name!r} (another architecture or other weights); build the model on the "
+        if other:
+            raise ConfigError(f"init_from: the source model is on backbone {source.backbone.name!r}, this run's model "
+                              f"on {backbone.name!r} (another architecture or other weights); build the model on the "
                               "source's backbone")
     else:
-        a, b = config.backbone_weights, backbone.weights_sample
-        other = (bool(config.backbone_fingerprint) and config.backbone_fingerprint != backbone.fingerprint) or (
-            a is not None and b is not None and not same_weights(a, b))
         try:
             fit_config_to_backbone(source, config, backbone)
         except AdapterError as e:
@@ -196,7 +194,8 @@ def _check_label_fit(source, config: LTuningConfig, backbone: Backbone, texts: d
     ``texts``: {task or None: label texts}. Raises: ConfigError naming the labels."""
     from .methods import get_method
 
-    if "label_length" not in get_method(config.method).weight_options or not get_method(config.method).label_conditioned:
+    method = get_method(config.method)
+    if "label_length" not in method.weight_options or not method.label_conditioned:
         return
     for task, t in texts.items():
         long = [(x, n) for x, n in zip(t, labels.label_token_lengths(backbone, t), strict=True) if n > config.label_length]
@@ -232,15 +231,24 @@ def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTunin
             the value to give), a classic source with other labels, a label text longer than LT-prefix's l, or
             a source model on another backbone.
     """
+    config = _source_config(source)
+    _check_source(source, config, model.backbone, model.config.method)
+    if model.label_conditioned:
+        tasks = model.config.tasks or {None: {"label_texts": model.config.label_texts}}
+        _check_label_fit(source, config, model.backbone, {t: v["label_texts"] for t, v in tasks.items()})
+    _load_source(model, source, config)
+    return config
+
+
+def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config: LTuningConfig) -> None:
+    """The rest of :func:`warm_start`, once ``_check_source`` and ``_check_label_fit`` have passed: the options
+    the weights depend on, a classic head's labels, then the weights."""
     from .adapter_io import check_adapter_weights, read_adapter_weights
     from .methods import get_method
 
-    config = _source_config(source)
     name = _source_name(source)
-    _check_source(source, config, model.backbone, model.config.method)
-    method = get_method(config.method)
     pairs = {k: (_option_value(config, k, model.backbone), _option_value(model.config, k, model.backbone))
-             for k in method.weight_options}
+             for k in get_method(config.method).weight_options}
     differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
     if differ:
         said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_OPTION_FLAGS[k]} {a})" for k, a, b in differ)
@@ -249,17 +257,14 @@ def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTunin
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
                           f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
-    if model.label_conditioned:
-        tasks = model.config.tasks or {None: {"label_texts": model.config.label_texts}}
-        _check_label_fit(source, config, model.backbone, {t: v["label_texts"] for t, v in tasks.items()})
-    state = ({k: v.detach() for k, v in source.method.state_dict().items()} if isinstance(source, LTuningModel)
-             else read_adapter_weights(source))
-    if not isinstance(source, LTuningModel):
+    if isinstance(source, LTuningModel):
+        state = {k: v.detach() for k, v in source.method.state_dict().items()}
+    else:
+        state = read_adapter_weights(source)
         check_adapter_weights(source, config.method, model.method.state_dict(), state)
     with torch.no_grad():
         model.method.load_state_dict(state)
     model.clear_injection_cache()
-    return config
 
 
 def build_and_train(backbone: Backbone | str, train_data: TextDataset, validation_data: TextDataset | None,
@@ -320,8 +325,8 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
                                         model_options.get("task"))
             _check_label_fit(init_from, source, backbone, {None: texts or list(train_data.label_names)})
         model = prepare_model(backbone, train_data.label_names, say=say, **model_options)
-    if init_from is not None:
-        warm_start(model, init_from)
+    if init_from is not None:  # the backbone, method and label lengths were checked above
+        _load_source(model, init_from, source)
     build_seconds = time.perf_counter() - t0
     training.record_objective(model, args)  # an evaluation in on_built reports the objective's loss
     # everything train refuses is refused here, before on_built (where ltuning train starts writing)

@@ -23,7 +23,7 @@ class Prefix(Method):
     label_conditioned = False
     description = "classic prefix tuning: shared learned keys/values, K-way head"
     init_std = 0.2  # about the scale of LT-prefix's keys/values at initialisation
-    #: L virtual tokens in the top j layers
+    #: l virtual tokens in the top j layers
     weight_options = Method.weight_options + ("label_length", "prefix_layers")
     label_after_refusal = "classic prefix tuning has no label in its prefix"
 

@@ -22,7 +22,7 @@ class Prompt(Method):
     label_conditioned = False
     description = "classic prompt tuning: shared learned soft prompt, K-way head"
     init_std = 0.02
-    #: L soft-prompt vectors
+    #: l soft-prompt vectors
     weight_options = Method.weight_options + ("label_length",)
     label_after_refusal = ("classic prompt tuning has no label in its prompt (and runs one row per text whatever "
                            "the order, so there is nothing to share)")
