@@ -234,3 +234,35 @@ def test_cli_refuses_an_init_from_inside_the_output_dir(models, tmp_path, capsys
     err = capsys.readouterr().err
     assert rc != 0 and "is inside --output-dir" in err
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == before  # the source adapter is untouched
+
+
+def test_cli_resume_of_a_warm_start_asks_for_the_same_init_from(models, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The warm start chose l from its adapter (longer than the new labels need), so a resume without
+    --init-from would build other weight shapes: it is refused by name, and resumes with it."""
+    import ltuning.checkpoint as ckpt
+
+    reviews, messages = _write(tmp_path / "r.csv", ROWS, REVIEWS), _write(tmp_path / "m.csv", MESSAGES, SPAM)
+    common = ["--model", models["tiny"], "--text-column", "text", "--label-column", "label", "--batch-size", "4",
+              "--quiet"]
+    assert main(["train", "--train-file", reviews, "--label-texts", "neg neu b,pos neu c", "--max-steps", "2",
+                 "--output-dir", str(tmp_path / "src"), *common]) == 0
+    real = ckpt.save_checkpoint
+
+    def save_then_interrupt(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_interrupt)
+    run = ["train", "--train-file", messages, "--max-steps", "4", "--checkpoint-every", "1",
+           "--output-dir", str(tmp_path / "dst"), *common]
+    warm = ["--init-from", str(tmp_path / "src")]
+    assert main([*run, *warm]) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(ckpt, "save_checkpoint", real)
+    assert main([*run, "--resume"]) != 0
+    err = capsys.readouterr().err
+    assert "warm_start: checkpoint True, now False" in err and "resume it with the same --init-from" in err, err
+    assert "weights: checkpoint" in err, err  # the shapes differ too (l 5 from the adapter, 3 without it)
+    assert main([*run, *warm, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "dst" / "adapter_config.json").read_text())["label_length"] == 5

@@ -114,6 +114,9 @@ class LTuningModel(nn.Module):
         vectors = labels.encode_vectors(backbone, self.pooling) if self.method.uses_label_vectors else None
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
         self.method.init_from_backbone(backbone)
+        # Set by recipe.warm_start: the run's checkpoints record it, so resuming it without the same
+        # --init-from (whose adapter set l and the prefix depth) is refused by name, not by a weight shape.
+        self.warm_started = False
 
     # ------------------------------------------------------------------ properties
     @property

@@ -265,6 +265,7 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
     with torch.no_grad():
         model.method.load_state_dict(state)
     model.clear_injection_cache()
+    model.warm_started = True
 
 
 def build_and_train(backbone: Backbone | str, train_data: TextDataset, validation_data: TextDataset | None,

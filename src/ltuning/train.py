@@ -252,7 +252,9 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             **({"prefix_pooling": model.config.prefix_pooling.value}
                if model.config.prefix_pooling != PrefixPooling.RAW else {}),
             **({"score_head": model.config.score_head.value}
-               if model.config.score_head != ScoreHead.PAPER else {})}
+               if model.config.score_head != ScoreHead.PAPER else {}),
+            # a warm start (--init-from) chose l and the prefix depth from its adapter: resume with it again
+            **({"warm_start": True} if getattr(model, "warm_started", False) else {})}
 
 
 def _is_task_table(v) -> bool:
@@ -502,11 +504,14 @@ class _TrainingLoop:
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
             defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before",
-                        "metric_for_best": "accuracy", "objective": "pairwise"}
+                        "metric_for_best": "accuracy", "objective": "pairwise", "warm_start": False}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
             hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
                     if "objective" in diff and saved.get("objective", "pairwise") == "pairwise" else "")
+            if "warm_start" in diff:
+                hint += ("; the run started from an adapter's weights: resume it with the same --init-from"
+                         if saved.get("warm_start") else "; the run did not start from --init-from: resume it without")
             raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
                                              f"({shown}); rerun with the same options or another --output-dir{hint}")
 
