@@ -20,6 +20,8 @@ defaults), so it uses labelled data of other tasks that no other row gets; its c
     python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
     python benchmarks/fewshot.py export                            # only the samples, for the SetFit peer
     python benchmarks/fewshot.py source-parts                      # lt-prefix-multitask's sources, parts reset
+    python benchmarks/fewshot.py ablate --methods lt-prefix prefix --variants default lr-1e-3 --shots 16
+                                                                   # recipe variants on dev rows carved from train
 
 Samples are nested: for one seed, each class's examples are a seeded shuffle of that class's training rows,
 and k shots take the first k, so the 8-shot sample is part of the 16-shot one.
@@ -274,7 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="sst2", choices=DATASETS, help="transfer: the dataset the adapter trains on")
     ap.add_argument("--source-steps", type=int, default=300, help="transfer: training steps (the CLI default)")
     ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
-                    help="ablate: LT variants, scored on dev rows carved from train (never the reported rows)")
+                    help="ablate: variants (the frozen map LT only), scored on dev rows carved from train (never "
+                         "the reported rows)")
     ap.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)
@@ -448,8 +451,10 @@ def ablate(args) -> int:
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:
-                for m in [m for m in args.methods if m.startswith("lt-")]:
-                    for v in args.variants:
+                # the classic methods too, for the variants that apply to them (a learning rate or a budget
+                # chosen for LT only would compare a tuned LT with untuned baselines)
+                for m in [m for m in args.methods if m in ("lt-prefix", "lt-prompt", "prefix", "prompt")]:
+                    for v in [v for v in args.variants if m.startswith("lt-") or not ABLATIONS[v].get("freeze")]:
                         path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
                         if path.exists() and not args.overwrite:
                             continue

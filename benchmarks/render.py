@@ -538,15 +538,18 @@ def fewshot_tables(runs) -> str:
     # the mean over datasets: only where every dataset has the cell (a mean over fewer would mislead)
     datasets = FEWSHOT_DATASETS
     out += ["**Mean over the datasets** (of each dataset's mean over seeds; a cell only where all "
-            f"{len(datasets)} datasets have it), and mean training CPU seconds per run", "",
-            head[:-2] + " | train CPU s |", rule + "---|"]
+            f"{len(datasets)} datasets have it), and mean CPU seconds per run: training, and prediction of the "
+            "validation rows (LT scores K rows per text, the others one)", "",
+            head[:-2] + " | train CPU s | predict CPU s |", rule + "---|---|"]
     for m in methods:
         shown = []
         for k in FEWSHOT_SHOTS:
             means = [statistics.mean(cells[(d, m, k)]) for d in datasets if cells.get((d, m, k))]
             shown.append(f"{statistics.mean(means):.3f}" if len(means) == len(datasets) else "–")
         secs = [r["train_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("train_seconds")]
-        out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} |")
+        pred = [r["predict_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("predict_seconds")]
+        out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} | "
+                   f"{statistics.mean(pred) if pred else 0:.1f} |")
     sources = {}  # lt-prefix-multitask: the adapter each dataset's cells start from, trained once
     for r in runs:
         src = (r.get("recipe") or {}).get("init_from")
