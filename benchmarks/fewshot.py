@@ -115,7 +115,7 @@ def _since(t):
     return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
 
 
-ABLATIONS = {  # LT variants compared on dev rows carved from train (``ablate``): which trainable part overfits?
+ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablate``); "freeze": LT methods only
     "default": {},
     "frozen-text-map": {"freeze": ["text_map.weight"]},   # the similarity head's W stays the identity
     "lr-1e-3": {"learning_rate": 1e-3},
@@ -453,7 +453,7 @@ def ablate(args) -> int:
             for d in args.datasets:
                 # the classic methods too, for the variants that apply to them (a learning rate or a budget
                 # chosen for LT only would compare a tuned LT with untuned baselines)
-                for m in [m for m in args.methods if m in ("lt-prefix", "lt-prompt", "prefix", "prompt")]:
+                for m in [m for m in args.methods if m.startswith("lt-") or m in ("prefix", "prompt")]:
                     for v in [v for v in args.variants if m.startswith("lt-") or not ABLATIONS[v].get("freeze")]:
                         path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
                         if path.exists() and not args.overwrite:

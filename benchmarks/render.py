@@ -538,8 +538,8 @@ def fewshot_tables(runs) -> str:
     # the mean over datasets: only where every dataset has the cell (a mean over fewer would mislead)
     datasets = FEWSHOT_DATASETS
     out += ["**Mean over the datasets** (of each dataset's mean over seeds; a cell only where all "
-            f"{len(datasets)} datasets have it), and mean CPU seconds per run: training, and prediction of the "
-            "validation rows (LT scores K rows per text, the others one)", "",
+            f"{len(datasets)} datasets have it), and mean CPU seconds per run over every dataset and shot count: "
+            "training, and prediction of the 500 validation rows (the LT methods score K rows per text)", "",
             head[:-2] + " | train CPU s | predict CPU s |", rule + "---|---|"]
     for m in methods:
         shown = []

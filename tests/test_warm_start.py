@@ -236,14 +236,18 @@ def test_cli_refuses_an_init_from_inside_the_output_dir(models, tmp_path, capsys
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == before  # the source adapter is untouched
 
 
-def test_cli_resume_of_a_warm_start_asks_for_the_same_init_from(models, tmp_path, capsys, monkeypatch):  # noqa: F811
-    """The warm start chose l from its adapter (longer than the new labels need), so a resume without
-    --init-from would build other weight shapes: it is refused by name, and resumes with it."""
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_cli_resume_of_a_warm_start_asks_for_the_same_init_from(models, tmp_path, capsys, monkeypatch,  # noqa: F811
+                                                               method):
+    """A warm start is one of the run's options: a resume without --init-from is refused by name (for lt-prefix
+    the adapter's l, longer than the new labels need, also changes the weight shapes; for lt-prompt the flag is
+    the only difference), and so is a resume that adds it; with it, the run resumes."""
     import ltuning.checkpoint as ckpt
+    from ltuning.checkpoint import list_checkpoints
 
     reviews, messages = _write(tmp_path / "r.csv", ROWS, REVIEWS), _write(tmp_path / "m.csv", MESSAGES, SPAM)
-    common = ["--model", models["tiny"], "--text-column", "text", "--label-column", "label", "--batch-size", "4",
-              "--quiet"]
+    common = ["--model", models["tiny"], "--method", method, "--text-column", "text", "--label-column", "label",
+              "--batch-size", "4", "--quiet"]
     assert main(["train", "--train-file", reviews, "--label-texts", "neg neu b,pos neu c", "--max-steps", "2",
                  "--output-dir", str(tmp_path / "src"), *common]) == 0
     real = ckpt.save_checkpoint
@@ -252,17 +256,32 @@ def test_cli_resume_of_a_warm_start_asks_for_the_same_init_from(models, tmp_path
         real(*a, **k)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_interrupt)
-    run = ["train", "--train-file", messages, "--max-steps", "4", "--checkpoint-every", "1",
-           "--output-dir", str(tmp_path / "dst"), *common]
+    def run(out):
+        return ["train", "--train-file", messages, "--max-steps", "4", "--checkpoint-every", "1",
+                "--output-dir", str(tmp_path / out), *common]
+
     warm = ["--init-from", str(tmp_path / "src")]
-    assert main([*run, *warm]) == 130
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_interrupt)
+    assert main([*run("dst"), *warm]) == 130 and main(run("cold")) == 130
     capsys.readouterr()
     monkeypatch.setattr(ckpt, "save_checkpoint", real)
-    assert main([*run, "--resume"]) != 0
+    assert main([*run("dst"), "--resume"]) != 0
     err = capsys.readouterr().err
     assert "warm_start: checkpoint True, now False" in err and "resume it with the same --init-from" in err, err
-    assert "weights: checkpoint" in err, err  # the shapes differ too (l 5 from the adapter, 3 without it)
-    assert main([*run, *warm, "--resume"]) == 0
+    assert ("weights: checkpoint" in err) == (method == "lt-prefix"), err  # l 5 from the adapter, 3 without it
+    assert main([*run("cold"), *warm, "--resume"]) != 0
+    err = capsys.readouterr().err
+    assert "warm_start: checkpoint False, now True" in err and "resume it without --init-from" in err, err
+    assert main([*run("dst"), *warm, "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    assert json.loads((tmp_path / "dst" / "adapter_config.json").read_text())["label_length"] == 5
+    assert json.loads((tmp_path / "dst" / "adapter_config.json").read_text())["_meta"]["init_from"] == \
+        str(tmp_path / "src")
+    # a checkpoint written before the key was recorded resumes with --init-from (its weights fit)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_interrupt)
+    assert main([*run("old"), *warm]) == 130
+    monkeypatch.setattr(ckpt, "save_checkpoint", real)
+    for _, folder in list_checkpoints(tmp_path / "old"):
+        state = json.loads((folder / "trainer_state.json").read_text())
+        del state["run"]["warm_start"]
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert main([*run("old"), *warm, "--resume"]) == 0

@@ -114,8 +114,9 @@ class LTuningModel(nn.Module):
         vectors = labels.encode_vectors(backbone, self.pooling) if self.method.uses_label_vectors else None
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
         self.method.init_from_backbone(backbone)
-        # Set by recipe.warm_start: the run's checkpoints record it, so resuming it without the same
-        # --init-from (whose adapter set l and the prefix depth) is refused by name, not by a weight shape.
+        # True once an adapter's weights were loaded by recipe.warm_start or build_and_train(init_from=): the
+        # run's checkpoints record it, so a resume must give --init-from again, like its other options (the
+        # source also set l and the prefix depth, and is named in the saved adapter's _meta and card).
         self.warm_started = False
 
     # ------------------------------------------------------------------ properties

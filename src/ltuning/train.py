@@ -253,8 +253,8 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
                if model.config.prefix_pooling != PrefixPooling.RAW else {}),
             **({"score_head": model.config.score_head.value}
                if model.config.score_head != ScoreHead.PAPER else {}),
-            # a warm start (--init-from) chose l and the prefix depth from its adapter: resume with it again
-            **({"warm_start": True} if getattr(model, "warm_started", False) else {})}
+            # a warm start (--init-from, init_from=) is one of the run's options: resume it with the same source
+            "warm_start": model.warm_started}
 
 
 def _is_task_table(v) -> bool:
@@ -494,6 +494,8 @@ class _TrainingLoop:
         if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
             saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
         signature = dict(self.signature)
+        if "warm_start" not in saved:  # written before the key: either kind resumes when the weight shapes fit
+            signature.pop("warm_start", None)
         ours, theirs = signature.pop("backbone_weights", None), saved.pop("backbone_weights", None)
         if ours is not None and theirs is not None and not same_weights(ours, theirs):
             raise checkpoint.CheckpointError(
@@ -504,14 +506,15 @@ class _TrainingLoop:
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
             defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before",
-                        "metric_for_best": "accuracy", "objective": "pairwise", "warm_start": False}
+                        "metric_for_best": "accuracy", "objective": "pairwise"}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
             hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
                     if "objective" in diff and saved.get("objective", "pairwise") == "pairwise" else "")
             if "warm_start" in diff:
-                hint += ("; the run started from an adapter's weights: resume it with the same --init-from"
-                         if saved.get("warm_start") else "; the run did not start from --init-from: resume it without")
+                hint += ("; the run started from an adapter's weights: resume it with the same --init-from "
+                         "(Python: init_from=)" if saved["warm_start"] else
+                         "; the run did not start from an adapter's weights: resume it without --init-from")
             raise checkpoint.CheckpointError(f"cannot resume from {folder}: it was written with other options "
                                              f"({shown}); rerun with the same options or another --output-dir{hint}")
 
