@@ -8,6 +8,7 @@ import torch
 from conftest import TINY
 
 from ltuning.backbones import Backbone
+from ltuning.checkpoint import CheckpointError
 from ltuning.config import LTuningConfig
 from ltuning.data import TextDataset
 from ltuning.errors import ConfigError, DataError
@@ -170,6 +171,17 @@ def test_resume_is_exact(bb, tmp_path):
     assert timeless(resumed.result.history) == timeless(full.result.history)
     after = [r["loss"] for r in full.result.train_log if r["step"] > 3]
     assert after and [r["loss"] for r in resumed.result.train_log if r["step"] > 3] == after
+
+
+def test_resume_with_the_tasks_in_another_order_is_refused(bb, tmp_path):
+    """Task i's sampler state resumes task i: the same tasks (and primary labels) in another order would
+    continue each task's data stream on another task, so the order is part of the run's options."""
+    data = {"sent": sentiment(12), "topic": topic(24), "topic2": topic(18)}
+    build_and_train(bb, data, None, args(checkpoint_every=3, output_dir=str(tmp_path)), say=None)
+    swapped = {k: data[k] for k in ("sent", "topic2", "topic")}
+    with pytest.raises(CheckpointError, match=r"task_order: checkpoint \['sent', 'topic', 'topic2'\], "
+                                              r"now \['sent', 'topic2', 'topic'\]"):
+        build_and_train(bb, swapped, None, args(checkpoint_every=3, output_dir=str(tmp_path), resume=True), say=None)
 
 
 def test_cli_refusals(tmp_path, capsys):

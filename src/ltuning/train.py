@@ -233,7 +233,9 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             # multi-task runs: each task's labels, label texts and size (the task draws depend on the sizes,
             # the tasks' label encodings on the texts and l)
             **({"tasks": {n: [d.label_names, len(d), list((model.config.tasks or {}).get(n, {}).get("label_texts", []))]
-                          for n, d in train_data.items()}, "label_length": model.config.label_length}
+                          for n, d in train_data.items()}, "label_length": model.config.label_length,
+                # the order too (a dict compares without it): task i's sampler state resumes task i
+                "task_order": list(train_data)}
                if isinstance(train_data, Mapping) else {}),
             "max_steps": args.max_steps, "batch_size": args.batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": lr,
@@ -494,8 +496,9 @@ class _TrainingLoop:
         if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
             saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
         signature = dict(self.signature)
-        if "warm_start" not in saved:  # written before the key: either kind resumes when the weight shapes fit
-            signature.pop("warm_start", None)
+        for key in ("warm_start", "task_order"):  # written before the key: not compared
+            if key not in saved:
+                signature.pop(key, None)
         ours, theirs = signature.pop("backbone_weights", None), saved.pop("backbone_weights", None)
         if ours is not None and theirs is not None and not same_weights(ours, theirs):
             raise checkpoint.CheckpointError(
