@@ -120,6 +120,10 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "frozen-text-map": {"freeze": ["text_map.weight"]},   # the similarity head's W stays the identity
     "lr-1e-3": {"learning_rate": 1e-3},
     "steps-25": {"steps": 25},
+    # which half of LT-prefix learns from few examples: the similarity head alone (Z stays at zero, so every
+    # label's prefix is zero) or the label-conditioned prefix alone (W, C_zeta, s, b stay at their start)
+    "head-only": {"freeze": ["pool.weight", "transform.weight"]},
+    "prefix-only": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]},
     "lr-3e-3": {"learning_rate": 3e-3},
     "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3 and default (1e-2): the converged protocol's grid
 }
