@@ -593,6 +593,40 @@ def source_parts_table(runs) -> str:
     return "\n".join(out)
 
 
+def fewshot_ablation_table(runs) -> str:
+    """``fewshot.py ablate``: recipe variants scored on dev rows carved from each dataset's training split (never
+    the reported rows); mean dev accuracy over seeds, the seed count in brackets, per shot count."""
+    runs = [r for r in runs if isinstance(r, dict) and r.get("variant") and all(k in r for k in FEWSHOT_KEYS)]
+    if not runs:
+        return "No ablation results yet (`python benchmarks/fewshot.py ablate`)."
+    cells = defaultdict(list)
+    for r in runs:
+        cells[(r["shots"], r["method"], r["variant"], r["dataset"])].append(r["accuracy"])
+    datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
+    variants = ["default", *sorted({k[2] for k in cells} - {"default"})]
+    out = []
+    for k in sorted({k[0] for k in cells if k[0]}):
+        out += [f"**{k} examples per class** (dev accuracy, mean over seeds; the seed count in brackets)", "",
+                "| method | variant | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
+        zero = [cells.get((0, "zero-shot-similarity", "default", d), []) for d in datasets]
+        if any(zero):
+            mean = f"{statistics.mean(v[0] for v in zero):.3f}" if all(zero) else "–"
+            out.append("| zero-shot-similarity | no training | "
+                       + " | ".join(f"{v[0]:.3f}" if v else "–" for v in zero) + f" | {mean} |")
+        for m in [m for m in FEWSHOT_ORDER if any(c[1] == m and c[0] == k for c in cells)]:
+            for v in [v for v in variants if any(c[:3] == (k, m, v) for c in cells)]:
+                vals = [cells.get((k, m, v, d), []) for d in datasets]
+                shown = [f"{statistics.mean(x):.3f}" + (f" ({len(x)})" if len(x) != max(map(len, vals)) else "")
+                         if x else "–" for x in vals]
+                mean = (f"{statistics.mean(statistics.mean(x) for x in vals):.3f}"
+                        if all(vals) and len({len(x) for x in vals}) == 1 else "–")
+                out.append(f"| {m} | {v} | " + " | ".join(shown) + f" | {mean} |")
+        seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
+        out += ["", f"Seeds {', '.join(map(str, seeds))}; a bracket marks a cell with fewer seeds than its row's "
+                "others, and the mean is shown only where every dataset has the same seeds.", ""]
+    return "\n".join(out)
+
+
 def fewshot_plot(runs) -> list[str]:
     try:
         import matplotlib
@@ -738,6 +772,7 @@ def main(argv=None) -> int:
     doc = splice(doc, "fewshot", "\n".join([*(f"![{Path(p).stem}]({p})" for p in fewshot_plot(fs)), "",
                                             fewshot_tables(fs)]))
     doc = splice(doc, "fewshot-source-parts", source_parts_table(load(FEWSHOT_DIR / "source-parts")))
+    doc = splice(doc, "fewshot-ablation", fewshot_ablation_table(load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
