@@ -550,6 +550,7 @@ def fewshot_tables(runs) -> str:
         pred = [r["predict_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("predict_seconds")]
         out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} | "
                    f"{statistics.mean(pred) if pred else 0:.1f} |")
+    out += ["", *fewshot_paired(runs)]
     sources = {}  # lt-prefix-multitask: the adapter each dataset's cells start from, trained once
     for r in runs:
         src = (r.get("recipe") or {}).get("init_from")
@@ -591,6 +592,34 @@ def source_parts_table(runs) -> str:
             "reset: C_zeta (the paper's head) and Z (LT-prefix's label-to-prefix map) to 0, W (the similarity "
             "head's text map) to the identity; s, b: the learned similarity scale and bias, kept in every column."]
     return "\n".join(out)
+
+
+FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe")]
+
+
+def fewshot_paired(runs) -> list[str]:
+    """The LT methods against their twins and SetFit, paired by seed (each seed is one sample that every method
+    trained on): mean ± std of the per-seed difference and how many seeds LT won, per dataset and shot count."""
+    acc = {(r["dataset"], r["method"], r["shots"], r["seed"]): r["accuracy"] for r in runs}
+    datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in acc)]
+    rows = []
+    for k in [k for k in FEWSHOT_SHOTS if k]:
+        for a, b in FEWSHOT_PAIRS:
+            cells, any_pairs = [], False
+            for d in datasets:
+                diffs = [acc[(d, a, k, s)] - acc[(d, b, k, s)] for s in sorted({key[3] for key in acc})
+                         if (d, a, k, s) in acc and (d, b, k, s) in acc]
+                any_pairs |= len(diffs) >= 2
+                cells.append(f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}, "
+                             f"{sum(x > 0 for x in diffs)}/{len(diffs)}"
+                             if len(diffs) >= 2 else "–")
+            if any_pairs:
+                rows.append(f"| {k} | {a} − {b} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["**Paired by seed** (the same sample per seed for every method): mean ± std over seeds of the accuracy "
+            "difference, and the seeds the first method won", "",
+            "| shots | difference | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets), *rows]
 
 
 def fewshot_ablation_table(runs) -> str:
