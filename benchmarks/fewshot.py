@@ -124,8 +124,9 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # label's prefix is zero) or the label-conditioned prefix alone (W, C_zeta, s, b stay at their start)
     "head-only": {"freeze": ["pool.weight", "transform.weight"]},
     "prefix-only": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]},
+    "lr-3e-4": {"learning_rate": 3e-4},
     "lr-3e-3": {"learning_rate": 3e-3},
-    "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3 and default (1e-2): the converged protocol's grid
+    "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3 and default (1e-2): the converged protocol's grid, and 3e-4
 }
 
 
