@@ -635,6 +635,7 @@ def fewshot_ablation_table(runs) -> str:
     variants = ["default", *sorted({k[2] for k in cells} - {"default"})]
     out = []
     for k in sorted({k[0] for k in cells if k[0]}):
+        seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
         out += [f"**{k} examples per class** (dev accuracy, mean over seeds; the seed count in brackets)", "",
                 "| method | variant | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
         zero = [cells.get((0, "zero-shot-similarity", "default", d), []) for d in datasets]
@@ -645,14 +646,13 @@ def fewshot_ablation_table(runs) -> str:
         for m in [m for m in FEWSHOT_ORDER if any(c[1] == m and c[0] == k for c in cells)]:
             for v in [v for v in variants if any(c[:3] == (k, m, v) for c in cells)]:
                 vals = [cells.get((k, m, v, d), []) for d in datasets]
-                shown = [f"{statistics.mean(x):.3f}" + (f" ({len(x)})" if len(x) != max(map(len, vals)) else "")
+                shown = [f"{statistics.mean(x):.3f}" + (f" ({len(x)})" if len(x) != len(seeds) else "")
                          if x else "–" for x in vals]
                 mean = (f"{statistics.mean(statistics.mean(x) for x in vals):.3f}"
                         if all(vals) and len({len(x) for x in vals}) == 1 else "–")
                 out.append(f"| {m} | {v} | " + " | ".join(shown) + f" | {mean} |")
-        seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
-        out += ["", f"Seeds {', '.join(map(str, seeds))}; a bracket marks a cell with fewer seeds than its row's "
-                "others, and the mean is shown only where every dataset has the same seeds.", ""]
+        out += ["", f"Seeds {', '.join(map(str, seeds))}; a bracket gives a cell's seed count where it has fewer, "
+                "and the mean is shown only where every dataset has the same seeds.", ""]
     return "\n".join(out)
 
 
