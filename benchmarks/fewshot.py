@@ -283,8 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default="sst2", choices=DATASETS, help="transfer: the dataset the adapter trains on")
     ap.add_argument("--source-steps", type=int, default=300, help="transfer: training steps (the CLI default)")
     ap.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
-                    help="ablate: variants (the frozen map LT only), scored on dev rows carved from train (never "
-                         "the reported rows)")
+                    help="ablate: recipe variants (those that freeze parts: LT methods only), scored on dev rows "
+                         "carved from train (never the reported rows)")
     ap.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)

@@ -602,18 +602,18 @@ def fewshot_paired(runs) -> list[str]:
     trained on): mean ± std of the per-seed difference and how many seeds LT won, per dataset and shot count."""
     acc = {(r["dataset"], r["method"], r["shots"], r["seed"]): r["accuracy"] for r in runs}
     datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in acc)]
+    seeds = sorted({key[3] for key in acc})
     rows = []
     for k in [k for k in FEWSHOT_SHOTS if k]:
         for a, b in FEWSHOT_PAIRS:
-            cells, any_pairs = [], False
+            cells = []
             for d in datasets:
-                diffs = [acc[(d, a, k, s)] - acc[(d, b, k, s)] for s in sorted({key[3] for key in acc})
+                diffs = [acc[(d, a, k, s)] - acc[(d, b, k, s)] for s in seeds
                          if (d, a, k, s) in acc and (d, b, k, s) in acc]
-                any_pairs |= len(diffs) >= 2
                 cells.append(f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}, "
                              f"{sum(x > 0 for x in diffs)}/{len(diffs)}"
                              if len(diffs) >= 2 else "–")
-            if any_pairs:
+            if any(c != "–" for c in cells):
                 rows.append(f"| {k} | {a} − {b} | " + " | ".join(cells) + " |")
     if not rows:
         return []
