@@ -6,15 +6,16 @@ own venv), and every method is scored on the same validation rows. One JSON per 
 ``benchmarks/results/fewshot/<dataset>-<method>-<shots>shot-seed<N>.json``.
 
 The recipe is fixed for every dataset, shot count and method (few shots leave no rows to choose on, and no
-choice is made on the reported rows): the library's defaults for each method (learning rate 1e-2, the
-similarity score head and the listwise objective for the LT methods, mean pooling on minilm) with 100 steps of
-batch 16, the final state kept (no validation during training). ``linear-probe``: Linear(d, K) on the frozen
-pooled vector, the same 100 steps, batch 16, lr 1e-2. ``zero-shot-similarity``: no training (``shots`` 0), the
+choice is made on the reported rows): the library's defaults for each method (its own default learning rate,
+:func:`learning_rate`; the similarity score head and the listwise objective for the LT methods, mean pooling on
+minilm) with 100 steps of batch 16, the final state kept (no validation during training). ``linear-probe``:
+Linear(d, K) on the frozen pooled vector, the same 100 steps, batch 16, lr 1e-2. ``zero-shot-similarity``: no training (``shots`` 0), the
 cosine between the text's and each label text's frozen sentence embedding, the task's label texts as they are
 in ``ltuning.data.TASKS`` (fixed before any run). ``lt-prefix-multitask``: lt-prefix with the same recipe, started
 (``ltuning train --init-from``) from one LT-prefix adapter trained on the *other* datasets' training rows
 (:func:`source_tasks`: those whose label set differs from the target's; 300 steps of batch 16, seed 0, library
-defaults), so it uses labelled data of other tasks that no other row gets; its cost is reported apart.
+defaults of the time, lr 1e-2), so it uses labelled data of other tasks that no other row gets; its cost is
+reported apart. It keeps lr 1e-2 (:data:`MULTITASK_LR`), the recipe its rows were run with.
 
     python benchmarks/fewshot.py                                   # export, then every cell (hours of CPU)
     python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
@@ -49,9 +50,22 @@ METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt",
            "lt-prefix-multitask"]
 #: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
 ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
-STEPS, BATCH, LR = 100, 16, 1e-2
+STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's
+#: lt-prefix-multitask and its source adapters: the lr its rows were run with (lt-prefix's default until it
+#: became 3e-3); kept so that the row and its cached sources stay one recipe
+MULTITASK_LR = 1e-2
 MAX_VALIDATION = 500  # a seeded sample of each dataset's validation split (seed 0), the same rows for every method
 BACKBONE = "minilm"
+
+
+def learning_rate(method: str) -> float:
+    """The fixed recipe's learning rate for ``method``: the library's default for it (what a user gets without
+    ``--learning-rate``); ``linear-probe`` LR, ``lt-prefix-multitask`` MULTITASK_LR."""
+    from ltuning.methods import METHODS
+
+    if method in METHODS:
+        return METHODS[method].default_learning_rate
+    return MULTITASK_LR if method == "lt-prefix-multitask" else LR
 
 
 def load(dataset: str):
@@ -162,7 +176,8 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
             "text_pooling": pooling.value}:  # none yet, or made with another recipe: (re)train it
         t = _clock()
         run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
-                              TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, seed=SOURCE_SEED, progress=False),
+                              TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, learning_rate=MULTITASK_LR,
+                                        seed=SOURCE_SEED, progress=False),
                               method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None)
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
@@ -207,7 +222,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
     else:
         few = sample(train, shots, seed) if shots else None
         train_rows = len(few) if shots else 0
-        recipe = {"steps": STEPS, "batch_size": BATCH, "learning_rate": LR, "state": "final (no validation)",
+        recipe = {"steps": STEPS, "batch_size": BATCH, "learning_rate": change.get("learning_rate", learning_rate(method)),
+                  "state": "final (no validation)",
                   "text_pooling": pooling.value, "max_length": common.MAX_LENGTH}
         if not shots:
             recipe.update(steps=0, state="the source adapter, no training on the target")
@@ -247,7 +263,7 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
             targs = TrainArgs(max_steps=change.get("steps", STEPS), batch_size=BATCH,
-                              learning_rate=change.get("learning_rate", LR), seed=seed, progress=False)
+                              learning_rate=recipe["learning_rate"], seed=seed, progress=False)
             t = _clock()
             if shots:  # 0 shots (lt-prefix-multitask): the source adapter as it is, on the target's labels
                 fit(model, few, None, targs)
@@ -349,7 +365,8 @@ def transfer(args) -> int:
         model = LTuningModel(bb, LTuningConfig(method=method, base_model=BACKBONE, label_names=src.label_names,
                                                label_texts=src.label_texts, text_pooling=pooling,
                                                max_length=common.MAX_LENGTH))
-        targs = TrainArgs(max_steps=args.source_steps, batch_size=BATCH, learning_rate=LR, seed=seed, progress=False)
+        targs = TrainArgs(max_steps=args.source_steps, batch_size=BATCH, learning_rate=learning_rate(method),
+                          seed=seed, progress=False)
         source_train = load(args.source)[0]
         t = _clock()
         fit(model, source_train, None, targs)
@@ -366,7 +383,8 @@ def transfer(args) -> int:
             zs = headstart.zero_shot(bb, list(val.texts), task.label_texts, pooling).argmax(-1).tolist()
             z = classification_metrics(zs, list(val.labels), len(task.label_names))
             rec = {"source": args.source, "target": d, "method": method, "seed": seed, "backbone": BACKBONE,
-                   "source_training": {"steps": args.source_steps, "batch_size": BATCH, "learning_rate": LR,
+                   "source_training": {"steps": args.source_steps, "batch_size": BATCH,
+                                       "learning_rate": targs.learning_rate,
                                        "objective": targs.objective, "rows": len(source_train),
                                        "label_texts": src.label_texts},
                    "target_label_texts": task.label_texts, "validation_rows": len(val),

@@ -492,15 +492,38 @@ FEWSHOT_SEEDS = 5
 FEWSHOT_KEYS = ("dataset", "method", "shots", "accuracy")
 
 
+def _lr(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def _fs_row(r: dict) -> str:
+    """A result's row: its method, with its learning rate where that is not the fixed recipe's rate for the
+    method today (``fewshot.learning_rate``; rows kept from an earlier recipe, e.g. ``lt-prefix (lr 1e-2)``)."""
+    import fewshot
+
+    lr = (r.get("recipe") or {}).get("learning_rate")
+    if lr is None or r["method"] in ("setfit", "zero-shot-similarity") or lr == fewshot.learning_rate(r["method"]):
+        return r["method"]
+    return f"{r['method']} (lr {_lr(lr)})"
+
+
 def _fewshot_runs(runs) -> list[dict]:
-    """The few-shot result records; a foreign or half-written file (without the key fields) is left out."""
-    return [r for r in runs if isinstance(r, dict) and all(k in r for k in FEWSHOT_KEYS)]
+    """The few-shot result records, each with its table row (``row``); a foreign or half-written file (without
+    the key fields) is left out."""
+    return [{**r, "row": _fs_row(r)} for r in runs if isinstance(r, dict) and all(k in r for k in FEWSHOT_KEYS)]
+
+
+def _fs_rows(runs) -> list[str]:
+    """The rows present, in FEWSHOT_ORDER; a method's earlier-recipe rows right after its current one."""
+    pairs = {(r["method"], r["row"]) for r in runs}
+    order = {m: i for i, m in enumerate(FEWSHOT_ORDER)}
+    return [row for m, row in sorted(pairs, key=lambda p: (order.get(p[0], len(order)), p[1] != p[0], p[1]))]
 
 
 def _fewshot_cells(runs) -> dict:
     cells = defaultdict(list)
     for r in runs:
-        cells[(r["dataset"], r["method"], r["shots"])].append(r["accuracy"])
+        cells[(r["dataset"], r["row"], r["shots"])].append(r["accuracy"])
     return cells
 
 
@@ -519,7 +542,7 @@ def fewshot_tables(runs) -> str:
         return "No few-shot results yet (`python benchmarks/fewshot.py`)."
     cells = _fewshot_cells(runs)
     datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in cells)]
-    methods = [m for m in FEWSHOT_ORDER if any(k[1] == m for k in cells)]
+    methods = _fs_rows(runs)
     head = "| method | " + " | ".join(f"{k}-shot" for k in FEWSHOT_SHOTS) + " |"
     rule = "|---|" + "---|" * len(FEWSHOT_SHOTS)
     out = []
@@ -546,8 +569,8 @@ def fewshot_tables(runs) -> str:
         for k in FEWSHOT_SHOTS:
             means = [statistics.mean(cells[(d, m, k)]) for d in datasets if cells.get((d, m, k))]
             shown.append(f"{statistics.mean(means):.3f}" if len(means) == len(datasets) else "–")
-        secs = [r["train_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("train_seconds")]
-        pred = [r["predict_seconds"]["cpu"] for r in runs if r.get("method") == m and r.get("predict_seconds")]
+        secs = [r["train_seconds"]["cpu"] for r in runs if r["row"] == m and r.get("train_seconds")]
+        pred = [r["predict_seconds"]["cpu"] for r in runs if r["row"] == m and r.get("predict_seconds")]
         out.append(f"| {m} | " + " | ".join(shown) + f" | {statistics.mean(secs) if secs else 0:.0f} | "
                    f"{statistics.mean(pred) if pred else 0:.1f} |")
     out += ["", *fewshot_paired(runs)]
@@ -600,12 +623,14 @@ FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt",
 def fewshot_paired(runs) -> list[str]:
     """The LT methods against their twins and SetFit, paired by seed (each seed is one sample that every method
     trained on): mean ± std of the per-seed difference and how many seeds LT won, per dataset and shot count."""
-    acc = {(r["dataset"], r["method"], r["shots"], r["seed"]): r["accuracy"] for r in runs}
+    acc = {(r["dataset"], r["row"], r["shots"], r["seed"]): r["accuracy"] for r in runs}
     datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in acc)]
     seeds = sorted({key[3] for key in acc})
+    # each method against its own earlier-recipe rows too: what the recipe change bought, sample by sample
+    pairs = FEWSHOT_PAIRS + sorted({(r["method"], r["row"]) for r in runs if r["row"] != r["method"]})
     rows = []
     for k in [k for k in FEWSHOT_SHOTS if k]:
-        for a, b in FEWSHOT_PAIRS:
+        for a, b in pairs:
             cells = []
             for d in datasets:
                 diffs = [acc[(d, a, k, s)] - acc[(d, b, k, s)] for s in seeds
@@ -629,10 +654,12 @@ def fewshot_ablation_table(runs) -> str:
     if not runs:
         return "No ablation results yet (`python benchmarks/fewshot.py ablate`)."
     cells = defaultdict(list)
-    for r in runs:
-        cells[(r["shots"], r["method"], r["variant"], r["dataset"])].append(r["accuracy"])
+    for r in runs:  # "default": the recipe's learning rate for the method when the cell ran, said in the row
+        lr = (r.get("recipe") or {}).get("learning_rate")
+        v = f"default (lr {_lr(lr)})" if r["variant"] == "default" and lr is not None else r["variant"]
+        cells[(r["shots"], r["method"], v, r["dataset"])].append(r["accuracy"])
     datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
-    variants = ["default", *sorted({k[2] for k in cells} - {"default"})]
+    variants = sorted({k[2] for k in cells}, key=lambda v: (not v.startswith("default"), v))
     out = []
     for k in sorted({k[0] for k in cells if k[0]}):
         seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
@@ -653,6 +680,64 @@ def fewshot_ablation_table(runs) -> str:
                 out.append(f"| {m} | {v} | " + " | ".join(shown) + f" | {mean} |")
         out += ["", f"Seeds {', '.join(map(str, seeds))}; a bracket gives a cell's seed count where it has fewer, "
                 "and the mean is shown only where every dataset has the same seeds.", ""]
+    return "\n".join(out)
+
+
+#: The converged learning-rate search's rows that ran each method with its library defaults (the LT methods:
+#: the similarity score head and the listwise objective).
+DEFAULT_LR_CONVERGED = {"lt-prefix": "lt-prefix-listwise", "lt-prompt": "lt-prompt-listwise", "prefix": "prefix",
+                        "prompt": "prompt"}
+
+
+def default_lr_regimes(lr_search, ablation) -> dict:
+    """method -> [(regime, {lr: dev metric})]: the few-shot dev mean (16 examples per class; the mean over the
+    four datasets of each one's mean over seeds, only where every dataset has the same seeds) and each task of
+    the converged learning-rate search (best dev metric within its 500 steps)."""
+    out = {}
+    for m, conv in DEFAULT_LR_CONVERGED.items():
+        cells = defaultdict(list)
+        for r in ablation:
+            lr = (r.get("recipe") or {}).get("learning_rate")
+            if r.get("method") == m and r.get("shots") == 16 and lr is not None and (
+                    r.get("variant") == "default" or str(r.get("variant", "")).startswith("lr-")):
+                cells[(lr, r["dataset"])].append((r["seed"], r["accuracy"]))
+        few = {}
+        for lr in sorted({lr for lr, _ in cells}):
+            per = [cells.get((lr, d), []) for d in FEWSHOT_DATASETS]
+            if all(per) and len({tuple(sorted(s for s, _ in x)) for x in per}) == 1:
+                few[lr] = statistics.mean(statistics.mean(a for _, a in x) for x in per)
+        regimes = [("few-shot dev", few)]
+        for t in CONVERGED_TASKS:
+            regimes.append((f"{t} dev", {r["learning_rate"]: r["best_dev_metric"] for r in lr_search
+                                         if r.get("method") == conv and r.get("task") == t}))
+        out[m] = regimes
+    return out
+
+
+def default_lr_table(lr_search, ablation) -> str:
+    """Each method's learning rate by the rule: among the rates measured in every regime, the one whose worst
+    shortfall from the regime's best is smallest; beside it, the library's default today."""
+    from ltuning.methods import METHODS
+
+    regimes = default_lr_regimes(lr_search, ablation)
+    names = [name for name, _ in next(iter(regimes.values()))]
+    out = ["| method | lr | " + " | ".join(names) + " | worst shortfall | |", "|---|---|" + "---|" * (len(names) + 2)]
+    for m, regs in regimes.items():
+        lrs = sorted(set.intersection(*(set(v) for _, v in regs))) if all(v for _, v in regs) else []
+        best = [max(v[lr] for lr in lrs) for _, v in regs] if lrs else []
+        short = {lr: max(b - v[lr] for b, (_, v) in zip(best, regs, strict=True)) for lr in lrs}
+        chosen = min(short, key=short.get) if short else None
+        default = METHODS[m].default_learning_rate
+        for lr in sorted(set().union(*(set(v) for _, v in regs))):
+            vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
+            said = ("chosen" if lr == chosen else "") + (", library default" if lr == default else "")
+            out.append(f"| {m} | {_lr(lr)} | " + " | ".join(vals) + " | "
+                       + (f"{short[lr]:.3f}" if lr in short else "not measured everywhere") + f" | {said.strip(', ')} |")
+    out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds 0-1, 500 dev rows "
+            "carved from each dataset's training split, mean over sst2, demo, trec and sms-spam (the ablation table "
+            "of the few-shot section). sst2 / cola / rte dev: the converged protocol's learning-rate search (seed 0, "
+            "500 steps of batch 32, best dev metric), with each method's library defaults. Shortfall: the regime's "
+            "best over the rates measured everywhere, minus this rate's value."]
     return "\n".join(out)
 
 
@@ -802,6 +887,7 @@ def main(argv=None) -> int:
                                             fewshot_tables(fs)]))
     doc = splice(doc, "fewshot-source-parts", source_parts_table(load(FEWSHOT_DIR / "source-parts")))
     doc = splice(doc, "fewshot-ablation", fewshot_ablation_table(load(FEWSHOT_DIR / "ablation")))
+    doc = splice(doc, "default-lr", default_lr_table(lr_search, load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")

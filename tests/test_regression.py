@@ -65,8 +65,9 @@ def _run(case: str) -> tuple[float, torch.Tensor]:
     model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
                          LTuningConfig(label_names=["negative", "positive"], **CASES[case][0]))
     data = TextDataset([t for t, _ in TRAIN], [y for _, y in TRAIN], ["negative", "positive"])
-    result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, seed=0, progress=False,
-                                                objective=CASES[case][1]))
+    # lr 1e-2: every method's default when the values were pinned (lt-prefix's is 3e-3 now)
+    result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, learning_rate=1e-2, seed=0,
+                                                progress=False, objective=CASES[case][1]))
     with torch.no_grad():
         scores = model.eval().score_texts(PROBE)
     return result.train_log[-1]["loss"], scores
@@ -82,3 +83,14 @@ def test_seeded_tiny_run_gives_the_stored_numbers(case):
     torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), torch.tensor(want_loss, dtype=torch.float64),
                                atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(scores, torch.tensor(want_scores, dtype=scores.dtype), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, lr", [("lt-prefix", 3e-3), ("lt-prompt", 1e-2), ("prefix", 1e-2),
+                                        ("prompt", 1e-2)])
+def test_without_a_learning_rate_each_method_trains_at_its_own_default(method, lr):
+    torch.manual_seed(0)
+    model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
+                         LTuningConfig(method=method, label_names=["negative", "positive"]))
+    data = TextDataset([t for t, _ in TRAIN], [y for _, y in TRAIN], ["negative", "positive"])
+    result = train(model, data, None, TrainArgs(max_steps=1, batch_size=4, seed=0, progress=False))
+    assert result.learning_rate == lr == model.method.default_learning_rate

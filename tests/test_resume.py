@@ -282,6 +282,22 @@ def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_pa
     assert main(args_for(setup, pairwise, "--max-steps", "3", "--objective", "pairwise", "--resume")) == 0
 
 
+def test_resume_without_the_checkpoints_learning_rate_names_it(setup, tmp_path, capsys):
+    """A run begun at 1e-2 (lt-prefix's default before it became 3e-3) and resumed without --learning-rate is
+    refused, naming the flag and value that continue it; with them it resumes."""
+    def lt_prefix(*extra):
+        argv = args_for(setup, tmp_path / "out", "--max-steps", "3", "--method", "lt-prefix", *extra)
+        at = argv.index("--learning-rate")
+        return argv[:at] + argv[at + 2:]
+
+    assert main(lt_prefix("--learning-rate", "0.01")) == 0
+    capsys.readouterr()
+    assert main(lt_prefix("--resume")) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate: checkpoint 0.01, now 0.003" in err and "pass --learning-rate 0.01" in err, err
+    assert main(lt_prefix("--learning-rate", "0.01", "--resume")) == 0
+
+
 @pytest.mark.parametrize("again, ok", [((), True), (("--text-pooling", "pooler"), True),
                                        (("--text-pooling", "cls"), False)])
 def test_checkpoint_without_text_pooling_means_autos_old_rule(setup, tmp_path, capsys, again, ok):

@@ -74,6 +74,14 @@ def _methods() -> list[str]:
     return sorted(METHODS)
 
 
+def _default_rates() -> str:
+    """'3e-3 for lt-prefix, 1e-2 for lt-prompt, ...': each method's default learning rate, for --help."""
+    from .methods import METHODS
+
+    return ", ".join(f"{cls.default_learning_rate:.0e} for {name}".replace("e-0", "e-")
+                     for name, cls in sorted(METHODS.items()))
+
+
 def _default_score_head() -> str:
     from .config import LTuningConfig
 
@@ -182,7 +190,7 @@ def build_parser() -> _Parser:
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
     g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
     g.add_argument("--learning-rate", type=float,
-                   help="AdamW learning rate (default: 1e-2 for every method)")
+                   help="AdamW learning rate (default: the method's own: " + _default_rates() + ")")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
     g.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup share of the steps (default: 0.06)")
     g.add_argument("--eval-every", type=int, default=50, help="validate every N steps (default: 50)")

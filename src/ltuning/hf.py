@@ -19,7 +19,8 @@ Example:
     >>> from transformers import Trainer, TrainingArguments  # doctest: +SKIP
     >>> model = get_ltuning_model("minilm", LTuningConfig(method="lt-prefix"), labels=["negative", "positive"])
     >>> trainer = Trainer(model=LTuningForTrainer(model), args=TrainingArguments(
-    ...     "runs/trainer", max_steps=300, per_device_train_batch_size=16, learning_rate=1e-2,
+    ...     "runs/trainer", max_steps=300, per_device_train_batch_size=16,
+    ...     learning_rate=model.method.default_learning_rate,  # what ltuning train uses for this method
     ...     remove_unused_columns=False),  # the collator reads the raw "text" column
     ...     train_dataset=train_ds, eval_dataset=val_ds, data_collator=PairCollator(model),
     ...     compute_metrics=compute_metrics)  # doctest: +SKIP
