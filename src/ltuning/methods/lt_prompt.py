@@ -22,6 +22,9 @@ class LTPrompt(Method):
     injection = "prompt"
     label_conditioned = True
     description = "L-Tuning prompt: per-label soft prompt computed from the frozen label encoding"
+    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the default learning rates"): the best of the rates
+    #: measured on the few-shot dev rows and on the SST-2, CoLA and RTE dev splits alike.
+    default_learning_rate = 3e-3
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)
