@@ -85,7 +85,7 @@ def test_seeded_tiny_run_gives_the_stored_numbers(case):
     torch.testing.assert_close(scores, torch.tensor(want_scores, dtype=scores.dtype), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method, lr", [("lt-prefix", 3e-3), ("lt-prompt", 3e-3), ("prefix", 1e-2),
+@pytest.mark.parametrize("method, lr", [("lt-prefix", 3e-3), ("lt-prompt", 3e-3), ("prefix", 3e-2),
                                         ("prompt", 1e-2)])
 def test_without_a_learning_rate_each_method_trains_at_its_own_default(method, lr):
     torch.manual_seed(0)
