@@ -86,7 +86,7 @@ def test_seeded_tiny_run_gives_the_stored_numbers(case):
 
 
 @pytest.mark.parametrize("method, lr", [("lt-prefix", 3e-3), ("lt-prompt", 3e-3), ("prefix", 3e-2),
-                                        ("prompt", 1e-2)])
+                                        ("prompt", 3e-2)])
 def test_without_a_learning_rate_each_method_trains_at_its_own_default(method, lr):
     torch.manual_seed(0)
     model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
