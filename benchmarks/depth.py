@@ -198,7 +198,8 @@ def main(argv=None) -> int:
     t.add_argument("--seeds", nargs="+", type=int, default=[0])
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=None, help="default: the method's (the CLI's default)")
+    t.add_argument("--lr", type=float, default=1e-2,
+                   help="default: 1e-2, the rate the committed rows ran at (every method's default then)")
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--dev-rows", type=int, default=300)
     t.add_argument("--threads", type=int, default=1)

@@ -3,7 +3,9 @@
 For each dataset, shot count k and seed, the same k training examples per class go to every method (SetFit
 included: ``export`` writes them to ``benchmarks/.fewshot_data/``, which ``peers/setfit_peer.py`` reads in its
 own venv), and every method is scored on the same validation rows. One JSON per cell:
-``benchmarks/results/fewshot/<dataset>-<method>-<shots>shot-seed<N>.json``.
+``benchmarks/results/fewshot/<dataset>-<method>-<shots>shot-seed<N>.json``; cells run at an earlier default
+learning rate are kept beside them as ``<dataset>-<method>-lr1e-2-<shots>shot-seed<N>.json`` (the renderer reads
+each file's recorded rate, not its name).
 
 The recipe is fixed for every dataset, shot count and method (few shots leave no rows to choose on, and no
 choice is made on the reported rows): the library's defaults for each method (its own default learning rate,
@@ -140,7 +142,8 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "prefix-only": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]},
     "lr-3e-4": {"learning_rate": 3e-4},
     "lr-3e-3": {"learning_rate": 3e-3},
-    "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3 and default (1e-2): the converged protocol's grid, and 3e-4
+    "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3, 3e-3 and 1e-2: the converged protocol's grid, and 3e-4
+    "lr-1e-2": {"learning_rate": 1e-2},  # the grid spelt out, whatever the method's default is today
 }
 
 
@@ -160,8 +163,8 @@ def source_tasks(dataset: str) -> list[str]:
 
 def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
     """The multi-task LT-prefix adapter ``lt-prefix-multitask`` starts from for ``dataset``: trained on all the
-    training rows of :func:`source_tasks` (``SOURCE_STEPS`` of batch 16, seed ``SOURCE_SEED``, the library's
-    defaults, final state), saved once in ``benchmarks/.fewshot_sources/`` and reused by every shot count and
+    training rows of :func:`source_tasks` (``SOURCE_STEPS`` of batch 16, seed ``SOURCE_SEED``, lr
+    ``MULTITASK_LR``, otherwise the library's defaults, final state), saved once in ``benchmarks/.fewshot_sources/`` and reused by every shot count and
     seed. Returns the folder and what it cost."""
     from ltuning.data import read_glue
     from ltuning.recipe import build_and_train
@@ -171,9 +174,10 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
     info = folder / "source.json"
     tasks = source_tasks(dataset)
     made = json.loads(info.read_text()) if info.exists() else {}
-    if {k: made.get(k) for k in ("tasks", "steps", "batch_size", "seed", "text_pooling")} != {
+    made.setdefault("learning_rate", 1e-2)  # written before the key: lt-prefix's default then
+    if {k: made.get(k) for k in ("tasks", "steps", "batch_size", "seed", "text_pooling", "learning_rate")} != {
             "tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
-            "text_pooling": pooling.value}:  # none yet, or made with another recipe: (re)train it
+            "text_pooling": pooling.value, "learning_rate": MULTITASK_LR}:  # none yet, or another recipe: (re)train
         t = _clock()
         run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
                               TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, learning_rate=MULTITASK_LR,
@@ -181,7 +185,7 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
                               method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None)
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
-                                    "text_pooling": pooling.value, "train_seconds": _since(t)}))
+                                    "text_pooling": pooling.value, "learning_rate": MULTITASK_LR, "train_seconds": _since(t)}))
     return folder, json.loads(info.read_text())
 
 
@@ -327,6 +331,11 @@ def main(argv=None) -> int:
     for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
         path = OUT / f"{d}-{m}-{k}shot-seed{seed}.json"
         if path.exists() and not args.overwrite:
+            ran_at = (json.loads(path.read_text()).get("recipe") or {}).get("learning_rate")
+            if ran_at not in (None, learning_rate(m)):  # e.g. the method's default has changed since
+                raise SystemExit(f"{path} ran at lr {ran_at}, the recipe's rate for {m} is {learning_rate(m)} now: "
+                                 f"keep it as {path.name.replace(f'-{m}-', f'-{m}-lr{common.lr_name(ran_at)}-')} (git mv) and "
+                                 "run again, or pass --overwrite to replace it")
             continue
         rec = run_cell(bb, d, m, k, seed)
         common.write_result(path, rec)

@@ -155,7 +155,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--dev-rows", type=int, default=500)
-    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=1e-2,
+                    help="default: 1e-2, the rate the committed rows ran at (every method's default then)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the result file names (e.g. lr3e-3)")
     args = ap.parse_args()

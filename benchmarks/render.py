@@ -492,8 +492,7 @@ FEWSHOT_SEEDS = 5
 FEWSHOT_KEYS = ("dataset", "method", "shots", "accuracy")
 
 
-def _lr(x: float) -> str:
-    return f"{x:.0e}".replace("e-0", "e-")
+_lr = common.lr_name
 
 
 def _fs_row(r: dict) -> str:
@@ -626,8 +625,15 @@ def fewshot_paired(runs) -> list[str]:
     acc = {(r["dataset"], r["row"], r["shots"], r["seed"]): r["accuracy"] for r in runs}
     datasets = [d for d in FEWSHOT_DATASETS if any(k[0] == d for k in acc)]
     seeds = sorted({key[3] for key in acc})
-    # each method against its own earlier-recipe rows too: what the recipe change bought, sample by sample
-    pairs = FEWSHOT_PAIRS + sorted({(r["method"], r["row"]) for r in runs if r["row"] != r["method"]})
+    # the same comparisons within an earlier recipe (its rows carry a tag such as " (lr 1e-2)"; a method that
+    # has no row with the tag, e.g. setfit, is its one row), then each method against its earlier-recipe rows:
+    # what the recipe change bought, sample by sample
+    present = {r["row"] for r in runs}
+    tags = sorted({r["row"][len(r["method"]):] for r in runs if r["row"] != r["method"]})
+    pairs = list(FEWSHOT_PAIRS)
+    for tag in tags:
+        pairs += [(a + tag, b + tag if b + tag in present else b) for a, b in FEWSHOT_PAIRS if a + tag in present]
+    pairs += sorted({(r["method"], r["row"]) for r in runs if r["row"] != r["method"]})
     rows = []
     for k in [k for k in FEWSHOT_SHOTS if k]:
         for a, b in pairs:
@@ -643,7 +649,9 @@ def fewshot_paired(runs) -> list[str]:
     if not rows:
         return []
     return ["**Paired by seed** (the same sample per seed for every method): mean ± std over seeds of the accuracy "
-            "difference, and the seeds the first method won", "",
+            "difference, and the seeds the first method won. A row name without a tag is the method at its own "
+            "default learning rate, as a user gets it (so lt-prefix − prefix compares 3e-3 with 3e-2); a tag such "
+            "as (lr 1e-2) marks the earlier recipe, every method at that rate", "",
             "| shots | difference | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets), *rows]
 
 
@@ -654,9 +662,9 @@ def fewshot_ablation_table(runs) -> str:
     if not runs:
         return "No ablation results yet (`python benchmarks/fewshot.py ablate`)."
     cells = defaultdict(list)
-    for r in runs:  # "default": the recipe's learning rate for the method when the cell ran, said in the row
+    for r in runs:  # a variant that sets no learning rate ran at the recipe's rate for the method then: said
         lr = (r.get("recipe") or {}).get("learning_rate")
-        v = f"default (lr {_lr(lr)})" if r["variant"] == "default" and lr is not None else r["variant"]
+        v = r["variant"] if r["variant"].startswith("lr-") or lr is None else f"{r['variant']} (lr {_lr(lr)})"
         cells[(r["shots"], r["method"], v, r["dataset"])].append(r["accuracy"])
     datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
     variants = sorted({k[2] for k in cells}, key=lambda v: (not v.startswith("default"), v))
@@ -695,15 +703,15 @@ def default_lr_regimes(lr_search, ablation) -> dict:
     the converged learning-rate search (best dev metric within its 500 steps)."""
     out = {}
     for m, conv in DEFAULT_LR_CONVERGED.items():
-        cells = defaultdict(list)
-        for r in ablation:
+        cells = defaultdict(dict)
+        for r in sorted(ablation, key=lambda r: str(r.get("variant"))):
             lr = (r.get("recipe") or {}).get("learning_rate")
             if r.get("method") == m and r.get("shots") == 16 and lr is not None and (
                     r.get("variant") == "default" or str(r.get("variant", "")).startswith("lr-")):
-                cells[(lr, r["dataset"])].append((r["seed"], r["accuracy"]))
+                cells[(lr, r["dataset"])].setdefault(r["seed"], r["accuracy"])  # default and lr-X alike: once
         few = {}
         for lr in sorted({lr for lr, _ in cells}):
-            per = [cells.get((lr, d), []) for d in FEWSHOT_DATASETS]
+            per = [sorted(cells.get((lr, d), {}).items()) for d in FEWSHOT_DATASETS]
             if all(per) and len({tuple(sorted(s for s, _ in x)) for x in per}) == 1:
                 few[lr] = statistics.mean(statistics.mean(a for _, a in x) for x in per)
         regimes = [("few-shot dev", few)]
@@ -733,7 +741,9 @@ def default_lr_table(lr_search, ablation) -> str:
             said = ("chosen" if lr == chosen else "") + (", library default" if lr == default else "")
             out.append(f"| {m} | {_lr(lr)} | " + " | ".join(vals) + " | "
                        + (f"{short[lr]:.3f}" if lr in short else "not measured everywhere") + f" | {said.strip(', ')} |")
-    out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds 0-1, 500 dev rows "
+    seeds = sorted({r["seed"] for r in ablation if r.get("shots") == 16 and r.get("method") in regimes})
+    out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds "
+            f"{', '.join(map(str, seeds))}, 500 dev rows "
             "carved from each dataset's training split, mean over sst2, demo, trec and sms-spam (the ablation table "
             "of the few-shot section). sst2 / cola / rte dev: the converged protocol's learning-rate search (seed 0, "
             "500 steps of batch 32, best dev metric), with each method's library defaults. Shortfall: the regime's "
@@ -757,7 +767,7 @@ def fewshot_plot(runs) -> list[str]:
     FIG_DIR.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.6), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
-        for m in FEWSHOT_ORDER:
+        for m in _fs_rows(runs):
             if m == "zero-shot-similarity":
                 if cells.get((d, m, 0)):
                     ax.axhline(cells[(d, m, 0)][0], color="grey", ls=":", lw=1, label="zero-shot similarity")
@@ -767,7 +777,11 @@ def fewshot_plot(runs) -> list[str]:
                 continue
             mean = [statistics.mean(cells[(d, m, k)]) for k in ks]
             sd = [statistics.stdev(cells[(d, m, k)]) if len(cells[(d, m, k)]) > 1 else 0.0 for k in ks]
-            line = ax.plot(ks, mean, "-" if m.startswith("lt-") else "--", marker="o", ms=3, label=m)[0]
+            earlier = "(lr " in m  # a row kept from an earlier recipe: thin, no band
+            line = ax.plot(ks, mean, "-" if m.startswith("lt-") else "--", marker="o", ms=2 if earlier else 3,
+                           lw=0.8 if earlier else 1.5, alpha=0.5 if earlier else 1.0, label=m)[0]
+            if earlier:
+                continue
             ax.fill_between(ks, [a - b for a, b in zip(mean, sd, strict=True)],
                             [a + b for a, b in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.12)
         ax.set_xscale("log", base=2)
@@ -809,11 +823,14 @@ def multitask_tables(runs) -> str:
     out = []
     groups = defaultdict(list)
     for r in runs:
-        groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r["fewshot_steps"])].append(r)
-    for (backbone, tasks, held, steps, fsteps), rs in sorted(groups.items()):
+        # files without the key ran before lt-prefix's default left 1e-2
+        groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r["fewshot_steps"],
+                r.get("learning_rate", 1e-2))].append(r)
+    for (backbone, tasks, held, steps, fsteps, lr), rs in sorted(groups.items()):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         val_rows = rs[0]["val_rows"]
-        out += [f"**{backbone}: one adapter on {' + '.join(tasks)} ({steps} steps of batch {rs[0]['batch_size']}), "
+        out += [f"**{backbone}: one adapter on {' + '.join(tasks)} ({steps} steps of batch {rs[0]['batch_size']}, "
+                f"lr {_lr(lr)}), "
                 f"held-back task {held}** (seeds {seeds}; accuracy on "
                 + ", ".join(f"{val_rows[t]} {t}" for t in tasks) + f" and {rs[0]['held_out_task']['rows']} {held} "
                 "validation rows)", "",

@@ -499,6 +499,16 @@ def test_predict_keeps_tabs_in_texts_for_a_single_text_adapter(trained, capsys):
     assert capsys.readouterr().out.rstrip("\n").split("\t", 2)[2] == "a good\tfilm"
 
 
+def test_train_help_names_each_methods_default_learning_rate():
+    from ltuning.methods import METHODS
+
+    helptext = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "(default: the method's own: 3e-3 for lt-prefix, 3e-3 for lt-prompt, 3e-2 for prefix, 3e-2 for prompt)" \
+        in helptext, helptext
+    assert {name: cls.default_learning_rate for name, cls in METHODS.items()} == {
+        "lt-prefix": 3e-3, "lt-prompt": 3e-3, "prefix": 3e-2, "prompt": 3e-2}
+
+
 def test_predict_help_documents_pairs():
     helptext = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
     assert "PREMISE<TAB>HYPOTHESIS" in helptext and "exactly one TAB" in helptext

@@ -65,7 +65,7 @@ def _run(case: str) -> tuple[float, torch.Tensor]:
     model = LTuningModel(Backbone(*tiny_bert(), name="tiny-bert"),
                          LTuningConfig(label_names=["negative", "positive"], **CASES[case][0]))
     data = TextDataset([t for t, _ in TRAIN], [y for _, y in TRAIN], ["negative", "positive"])
-    # lr 1e-2: every method's default when the values were pinned (lt-prefix's is 3e-3 now)
+    # lr 1e-2: every method's default when the values were pinned (each method has its own default now)
     result = train(model, data, None, TrainArgs(max_steps=8, batch_size=4, learning_rate=1e-2, seed=0,
                                                 progress=False, objective=CASES[case][1]))
     with torch.no_grad():

@@ -75,11 +75,14 @@ def _methods() -> list[str]:
 
 
 def _default_rates() -> str:
-    """'3e-3 for lt-prefix, 1e-2 for lt-prompt, ...': each method's default learning rate, for --help."""
+    """'3e-3 for lt-prefix, 3e-3 for lt-prompt, ...': each method's default learning rate, for --help."""
     from .methods import METHODS
 
-    return ", ".join(f"{cls.default_learning_rate:.0e} for {name}".replace("e-0", "e-")
-                     for name, cls in sorted(METHODS.items()))
+    def short(x: float) -> str:  # 3e-3, 2.5e-4
+        mantissa, exponent = f"{x:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+    return ", ".join(f"{short(cls.default_learning_rate)} for {name}" for name, cls in sorted(METHODS.items()))
 
 
 def _default_score_head() -> str:

@@ -514,7 +514,7 @@ class _TrainingLoop:
                               for k in diff[:4])
             hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
                     if "objective" in diff and saved.get("objective", "pairwise") == "pairwise" else "")
-            if "learning_rate" in diff:  # e.g. a run begun before its method's default learning rate changed
+            if "learning_rate" in diff and saved.get("learning_rate") is not None:  # e.g. begun at an earlier default
                 hint += (f"; to go on at the checkpoint's learning rate, pass --learning-rate {saved.get('learning_rate')!r} "
                          "(Python: TrainArgs(learning_rate=...)); the default of a method can change between versions")
             if "warm_start" in diff:
