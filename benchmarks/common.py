@@ -54,9 +54,10 @@ MAX_LENGTH = 128
 
 
 def lr_name(x: float) -> str:
-    """3e-3, 2.5e-4: a learning rate as people write it (row names, file names)."""
-    mantissa, exponent = f"{x:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    """3e-3, 2.5e-4: a learning rate as people write it (row names, file names), as ``--help`` writes it."""
+    from ltuning.methods import learning_rate_text
+
+    return learning_rate_text(x)
 
 
 def objective(method: str, listwise: bool = False) -> str:

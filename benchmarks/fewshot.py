@@ -235,7 +235,7 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             import peer_loop
 
             t = _clock()
-            run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=LR, steps=STEPS,
+            run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=recipe["learning_rate"], steps=STEPS,
                                        batch_size=BATCH, eval_every=STEPS + 1, seed=seed,
                                        text_pooling=pooling.value, max_length=common.MAX_LENGTH,
                                        eval_at_start=False)

@@ -85,7 +85,6 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning import LTuningModel, build_and_train
     from ltuning.config import LTuningConfig
     from ltuning.data import get_task, read_glue
-    from ltuning.methods import METHODS
     from ltuning.recipe import warm_start
     from ltuning.train import TrainArgs, set_seed, train
 
@@ -98,10 +97,10 @@ def run(backbone, args, seed: int) -> dict:
               "steps": args.steps, "batch_size": args.batch_size, "fewshot_steps": args.fewshot_steps,
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
-              "recipe": "library defaults (TrainArgs(): listwise, similarity head, method's default lr), final state",
-              "learning_rate": TrainArgs().learning_rate or METHODS["lt-prefix"].default_learning_rate}
+              "recipe": "library defaults (TrainArgs(): listwise, similarity head, method's default lr), final state"}
     t0 = time.perf_counter()
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None)
+    record["learning_rate"] = multi.result.learning_rate  # the rate the run resolved (the method's default)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
     record["multitask"] = {

@@ -76,13 +76,10 @@ def _methods() -> list[str]:
 
 def _default_rates() -> str:
     """'3e-3 for lt-prefix, 3e-3 for lt-prompt, ...': each method's default learning rate, for --help."""
-    from .methods import METHODS
+    from .methods import METHODS, learning_rate_text
 
-    def short(x: float) -> str:  # 3e-3, 2.5e-4
-        mantissa, exponent = f"{x:e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-    return ", ".join(f"{short(cls.default_learning_rate)} for {name}" for name, cls in sorted(METHODS.items()))
+    return ", ".join(f"{learning_rate_text(cls.default_learning_rate)} for {name}"
+                     for name, cls in sorted(METHODS.items()))
 
 
 def _default_score_head() -> str:

@@ -12,6 +12,12 @@ from .prompt import Prompt
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (LTPrefix, LTPrompt, Prefix, Prompt)}
 
 
+def learning_rate_text(x: float) -> str:
+    """A learning rate as people write it: 3e-3, 2.5e-4 (``--help``, benchmark row and file names)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def get_method(name: str) -> type[Method]:
     try:
         return METHODS[name]
