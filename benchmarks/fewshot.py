@@ -144,6 +144,11 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "lr-3e-3": {"learning_rate": 3e-3},
     "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3, 3e-3 and 1e-2: the converged protocol's grid, and 3e-4
     "lr-1e-2": {"learning_rate": 1e-2},  # the grid spelt out, whatever the method's default is today
+    # issue 12's hypothesis "add a shared learned prefix to the label-conditioned part" (LT-prefix only): one
+    # prefix for every label, as classic prefix tuning learns, added to Z's per-label one; at zero (the step-0
+    # head start kept) or drawn as classic prefix draws it (std Prefix.init_std)
+    "shared-prefix": {"shared_prefix": 0.0},
+    "shared-prefix-random": {"shared_prefix": "prefix"},
 }
 
 
@@ -263,6 +268,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             model = LTuningModel(bb, cfg)
             if source:
                 warm_start(model, folder)
+            if "shared_prefix" in change:
+                add_shared_prefix(model.method, change["shared_prefix"])
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
@@ -282,6 +289,29 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                machine=common.machine(), threads=torch.get_num_threads(), finished=common.now(),
                command="python benchmarks/fewshot.py " + " ".join(sys.argv[1:]))
     return rec
+
+
+def add_shared_prefix(method, std) -> None:
+    """The ``shared-prefix`` ablations: give an LT-prefix method one more trainable prefix, shared by every
+    label and added to each label's own (``std``: its initial scale, or ``"prefix"`` for classic prefix's)."""
+    import torch
+
+    from ltuning.methods.prefix import Prefix
+
+    if method.name != "lt-prefix":
+        raise SystemExit(f"the shared-prefix ablations are for lt-prefix, not {method.name}")
+    d = method.dims
+    shape = (1, method.prefix_layers, 2, d.num_kv_heads, method.label_length, d.head_dim)
+    scale = Prefix.init_std if std == "prefix" else float(std)
+    method.register_parameter("shared_prefix", torch.nn.Parameter(torch.randn(shape) * scale))
+    own = method.forward
+
+    def forward(label_states, label_mask):
+        inj = own(label_states, label_mask)
+        inj.prefix = inj.prefix + method.shared_prefix
+        return inj
+
+    method.forward = forward
 
 
 def cells(datasets, methods, shots, seeds):
@@ -469,6 +499,15 @@ def source_parts(args) -> int:
     return 0
 
 
+def applies(variant: str, method: str) -> bool:
+    """Whether an ablation ``variant`` is run for ``method``: freezing a part, LT methods only; a shared prefix,
+    LT-prefix only; a learning rate or a budget, every method."""
+    change = ABLATIONS[variant]
+    if "shared_prefix" in change:
+        return method == "lt-prefix"
+    return method.startswith("lt-") or not change.get("freeze")
+
+
 def ablate(args) -> int:
     import torch
 
@@ -488,7 +527,7 @@ def ablate(args) -> int:
                 # the classic methods too, for the variants that apply to them (a learning rate or a budget
                 # chosen for LT only would compare a tuned LT with untuned baselines)
                 for m in [m for m in args.methods if m.startswith("lt-") or m in ("prefix", "prompt")]:
-                    for v in [v for v in args.variants if m.startswith("lt-") or not ABLATIONS[v].get("freeze")]:
+                    for v in [v for v in args.variants if applies(v, m)]:
                         path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
                         if path.exists() and not args.overwrite:
                             continue
