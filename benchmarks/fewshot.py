@@ -245,6 +245,7 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                                        text_pooling=pooling.value, max_length=common.MAX_LENGTH,
                                        eval_at_start=False)
             train_s, trainable = _since(t), run.trainable
+            fitted = peer_loop.peer_logits(bb, run.pooling, run.head, list(few.texts), common.MAX_LENGTH).argmax(-1)
             t = _clock()
             logits = peer_loop.peer_logits(bb, run.pooling, run.head, list(val.texts), common.MAX_LENGTH)
             preds, predict_s = logits.argmax(-1).tolist(), _since(t)
@@ -279,11 +280,15 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             if shots:  # 0 shots (lt-prefix-multitask): the source adapter as it is, on the target's labels
                 fit(model, few, None, targs)
             train_s, trainable = _since(t) if shots else None, model.num_trainable_parameters()
+            if shots:
+                fitted = model.score_texts(list(few.texts)).argmax(-1)
             t = _clock()
             preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), _since(t)
             recipe.update(objective=targs.objective, adapter=model.config.to_dict(), **change)
     m = classification_metrics(preds, list(val.labels), k)
-    rec.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], train_rows=train_rows,
+    if train_rows:  # how well the few training rows themselves are fitted (a gap to accuracy: generalisation)
+        rec["train_accuracy"] = sum(int(p) == y for p, y in zip(fitted.tolist(), few.labels, strict=True)) / train_rows
+    rec.update(accuracy=m["accuracy"], confusion_matrix=m["confusion_matrix"], mcc=m["mcc"], macro_f1=m["macro_f1"], train_rows=train_rows,
                train_seconds=train_s, predict_seconds=predict_s, trainable_params=trainable, recipe=recipe,
                versions=common.versions("torch", "transformers"), git=common.git_commit(),
                machine=common.machine(), threads=torch.get_num_threads(), finished=common.now(),
