@@ -149,6 +149,9 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # head start kept) or drawn as classic prefix draws it (std Prefix.init_std)
     "shared-prefix": {"shared_prefix": 0.0},
     "shared-prefix-random": {"shared_prefix": "prefix"},
+    # LT-prefix's label-to-prefix map Z at 10x the rate of the rest (W, C_zeta, s, b, F): Z's output is scaled
+    # by 10, which under Adam is Z trained at 10x the learning rate (3e-2, classic prefix's rate, at the default)
+    "z-lr-x10": {"z_rate": 10.0},
 }
 
 
@@ -271,6 +274,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 warm_start(model, folder)
             if "shared_prefix" in change:
                 add_shared_prefix(model.method, change["shared_prefix"])
+            if "z_rate" in change:  # Adam's step is scale-free: an output scaled by c moves c times as fast
+                c = change["z_rate"]
+                model.method.transform.register_forward_hook(lambda mod, inp, out: out * c)
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
@@ -508,7 +514,7 @@ def applies(variant: str, method: str) -> bool:
     """Whether an ablation ``variant`` is run for ``method``: freezing a part, LT methods only; a shared prefix,
     LT-prefix only; a learning rate or a budget, every method."""
     change = ABLATIONS[variant]
-    if "shared_prefix" in change:
+    if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
     return method.startswith("lt-") or not change.get("freeze")
 
