@@ -152,6 +152,9 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # LT-prefix's label-to-prefix map Z at 10x the rate of the rest (W, C_zeta, s, b, F): Z's output is scaled
     # by 10, which under Adam is Z trained at 10x the learning rate (3e-2, classic prefix's rate, at the default)
     "z-lr-x10": {"z_rate": 10.0},
+    # the label-conditioned prefix alone at classic prefix's rate: is the similarity head what a high rate spoils?
+    "prefix-only-lr-3e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
+                            "learning_rate": 3e-2},
 }
 
 
