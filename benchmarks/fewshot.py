@@ -153,8 +153,11 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # by 10, which under Adam is Z trained at 10x the learning rate (3e-2, classic prefix's rate, at the default)
     "z-lr-x10": {"z_rate": 10.0},
     # the label-conditioned prefix alone at classic prefix's rate: is the similarity head what a high rate spoils?
+    # (for LT-prompt, "prefix-only" is its prompt map G alone)
     "prefix-only-lr-3e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
                             "learning_rate": 3e-2},
+    "prefix-only-lr-1e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
+                            "learning_rate": 1e-2},
 }
 
 
