@@ -49,7 +49,10 @@ DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
 METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
-           "lt-prefix-multitask"]
+           "lt-prefix-multitask", "lt-prefix-cosine", "lt-prompt-cosine"]
+#: Rows that are a library method with other options than its defaults: row name -> (method, config options)
+CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"}),
+              "lt-prompt-cosine": ("lt-prompt", {"score_head": "cosine"})}
 #: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
 ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
 STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's
@@ -65,6 +68,9 @@ def learning_rate(method: str) -> float:
     ``--learning-rate``); ``linear-probe`` LR, ``lt-prefix-multitask`` MULTITASK_LR."""
     from ltuning.methods import METHODS
 
+    if method in CONFIGURED:  # what the library trains that configuration at without --learning-rate
+        name, options = CONFIGURED[method]
+        return METHODS[name].learning_rate_for(options.get("score_head", "similarity"))
     if method in METHODS:
         return METHODS[method].default_learning_rate
     return MULTITASK_LR if method == "lt-prefix-multitask" else LR
@@ -271,7 +277,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 folder, source = source_adapter(bb, dataset, pooling)
                 recipe["init_from"] = source
             set_seed(seed)
-            cfg = LTuningConfig(method="lt-prefix" if source else method, base_model=BACKBONE,
+            name, options = CONFIGURED.get(method, ("lt-prefix" if source else method, {}))
+            cfg = LTuningConfig(method=name, **options, base_model=BACKBONE,
                                 label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
                                 max_length=common.MAX_LENGTH,
                                 label_length=read_adapter_config(folder).label_length if source else None)

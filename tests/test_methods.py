@@ -103,10 +103,11 @@ def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: 
                    score_head: str = "paper") -> int:
     d_kv = n_kv * d_h
     similarity = d * d + 2 if score_head == "similarity" else 0  # W: d*d, scale s and bias b
-    if method == "lt-prefix":  # F: d, Z: l * 2*m*l*d_kv, head: 2*d
-        return 2 * l * l * m * d_kv + 3 * d + similarity
-    if method == "lt-prompt":  # G: d*d, head: 2*d
-        return d * d + 2 * d + similarity
+    head = 0 if score_head == "cosine" else 2 * d  # C_zeta: Linear(d, 2); the cosine head has none
+    if method == "lt-prefix":  # F: d, Z: l * 2*m*l*d_kv
+        return 2 * l * l * m * d_kv + d + head + similarity
+    if method == "lt-prompt":  # G: d*d
+        return d * d + head + similarity
     if method == "prefix":  # (l, 2*m*d_kv) keys/values + K-way head
         return 2 * l * m * d_kv + d * K
     if method == "prompt":  # (l, d) soft prompt + K-way head
@@ -114,7 +115,7 @@ def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: 
     raise AssertionError(method)
 
 
-@pytest.mark.parametrize("score_head", ["paper", "similarity"])
+@pytest.mark.parametrize("score_head", ["paper", "similarity", "cosine"])
 @pytest.mark.parametrize("label_length", [None, 6])
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_parameter_count_matches_paper(backbone, method, label_length, score_head):

@@ -49,9 +49,9 @@ def test_adapter_saved_before_score_head_loads_and_scores_as_before(tmp_path, me
     torch.testing.assert_close(model.score_texts(TEXTS), torch.tensor(expected), atol=2e-6, rtol=0)
 
 
-def lt(method="lt-prefix", backbone=None, labels=LABELS, **kw) -> LTuningModel:
+def lt(method="lt-prefix", backbone=None, labels=LABELS, score_head="similarity", **kw) -> LTuningModel:
     bb = backbone or Backbone(*tiny_bert(), name="tiny-bert")
-    return get_ltuning_model(bb, LTuningConfig(method=method, score_head="similarity", text_pooling="mean", **kw),
+    return get_ltuning_model(bb, LTuningConfig(method=method, score_head=score_head, text_pooling="mean", **kw),
                              labels=labels)
 
 
@@ -65,10 +65,12 @@ def test_label_vectors_are_the_frozen_models_own_label_embeddings():
     torch.testing.assert_close(model.label_vectors, pooled(model.backbone, ["negative", "positive"]))
 
 
-def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label():
+@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label(score_head):
     """Step 0: Z and C_zeta are zero, W the identity, so every label gets the same all-zero prefix and the
-    pair logit is s * cos(p, e(y)) + b with p the text's pooled state under that prefix."""
-    model = lt().eval()
+    pair logit is s * cos(p, e(y)) + b with p the text's pooled state under that prefix (the cosine head:
+    the same, with nothing else in it)."""
+    model = lt(score_head=score_head).eval()
     inj = model.injection()
     assert torch.count_nonzero(inj.prefix) == 0
     p = pooled(model.backbone, TEXTS, prefix=inj.prefix[:1].expand(len(TEXTS), -1, -1, -1, -1, -1))
@@ -76,8 +78,9 @@ def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label():
     torch.testing.assert_close(model.score_texts(TEXTS), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_lt_prompt_similarity_starts_with_the_similarity_of_text_and_label():
-    model = lt("lt-prompt").eval()
+@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+def test_lt_prompt_similarity_starts_with_the_similarity_of_text_and_label(score_head):
+    model = lt("lt-prompt", score_head=score_head).eval()
     inj = model.injection()
     scores = model.score_texts(TEXTS)
     for k in range(2):  # rows [CLS] prompt_k text [SEP]: the head part is zero at step 0
@@ -91,30 +94,55 @@ DATA = TextDataset(["the movie was very good", "bad plot", "i loved it", "awful 
                     "i hated it", "wonderful story", "dull film"], [1, 0, 1, 0, 1, 0, 1, 0], ["neg", "pos"])
 
 
+@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
-def test_similarity_head_trains_saves_and_loads_identically(tmp_path, method):
-    model = lt(method)
-    expected = METHODS[method].formula(model.backbone.dims, model.config.label_length, 2, "similarity")[1]
+def test_similarity_head_trains_saves_and_loads_identically(tmp_path, method, score_head):
+    model = lt(method, score_head=score_head)
+    expected = METHODS[method].formula(model.backbone.dims, model.config.label_length, 2, score_head)[1]
     assert model.num_trainable_parameters() == expected
     before = {k: v.clone() for k, v in model.method.state_dict().items()}
     train(model, DATA, DATA, TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False))
     assert any(not torch.equal(before[k], v) for k, v in model.method.state_dict().items())
     model.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / CONFIG_NAME).read_text())["score_head"] == "similarity"
-    assert "score head | similarity" in (tmp_path / "README.md").read_text()
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["score_head"] == score_head
+    assert f"score head | {score_head}" in (tmp_path / "README.md").read_text()
     loaded = load_adapter(tmp_path, backbone=model.backbone)
     assert torch.equal(loaded.score_texts(TEXTS), model.eval().score_texts(TEXTS))
 
 
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
-def test_candidate_labels_score_as_a_model_built_on_them(method):
+def test_the_cosine_head_trains_only_the_injection_at_its_own_default_rate(method):
+    """score_head="cosine": the pair logit is 20 * cos(p, e(y)) - 4 at every step, so the trainable parameters
+    are the label-conditioned injection's alone (LT-prefix F and Z, LT-prompt G), and training without a
+    learning rate uses the method's cosine rate."""
+    model = lt(method, score_head="cosine")
+    injection = {"lt-prefix": ["pool.weight", "transform.weight"], "lt-prompt": ["project.weight"]}[method]
+    assert [n for n, p in model.method.named_parameters() if p.requires_grad] == injection
+    assert model.method.head is None
+    pooled_rows = torch.randn(3, model.backbone.dims.hidden_size)
+    vectors = torch.randn(3, model.backbone.dims.hidden_size)
+    torch.testing.assert_close(model.method.pair_logit(pooled_rows, vectors),
+                               20.0 * F.cosine_similarity(pooled_rows, vectors, dim=-1) - 4.0)
+    with pytest.raises(ConfigError, match="cosine head needs the labels' embeddings"):
+        model.method.pair_logit(pooled_rows)
+    result = train(model, DATA, None, TrainArgs(max_steps=1, batch_size=4, progress=False))
+    cls = METHODS[method]
+    assert result.learning_rate == model.method.default_learning_rate == cls.learning_rate_for("cosine") == (
+        cls.cosine_learning_rate or cls.default_learning_rate)
+    assert lt(method).method.default_learning_rate == cls.default_learning_rate  # the other heads: unchanged
+
+
+@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
     """Open vocabulary: candidates get their own prefixes / prompts and their own label vectors, exactly as
     a model whose label texts they were."""
-    model = lt(method, label_length=3).eval()
+    model = lt(method, label_length=3, score_head=score_head).eval()
     with torch.no_grad():
         for p in model.method.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    other = lt(method, backbone=model.backbone, labels={"bad": "bad", "good": "good"}, label_length=3).eval()
+    other = lt(method, backbone=model.backbone, labels={"bad": "bad", "good": "good"}, label_length=3,
+               score_head=score_head).eval()
     other.method.load_state_dict(model.method.state_dict())
     got = model.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True)
     want = torch.softmax(other.score_texts(TEXTS), -1)

@@ -50,7 +50,7 @@ def plain_scores(model: LTuningModel, texts) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("score_head", ["paper", "similarity"])
+@pytest.mark.parametrize("score_head", ["paper", "similarity", "cosine"])
 @pytest.mark.parametrize("method", METHODS)
 def test_score_texts_equals_one_text_per_forward(backbone, method, score_head):
     model = make(backbone, method, score_head)

@@ -78,8 +78,18 @@ def _default_rates() -> str:
     """'3e-3 for lt-prefix, 3e-3 for lt-prompt, ...': each method's default learning rate, for --help."""
     from .methods import METHODS, learning_rate_text
 
-    return ", ".join(f"{learning_rate_text(cls.default_learning_rate)} for {name}"
-                     for name, cls in sorted(METHODS.items()))
+    def rate(cls) -> str:
+        cosine = (f" ({learning_rate_text(cls.cosine_learning_rate)} with --score-head cosine)"
+                  if cls.cosine_learning_rate is not None else "")
+        return learning_rate_text(cls.default_learning_rate) + cosine
+
+    return ", ".join(f"{rate(cls)} for {name}" for name, cls in sorted(METHODS.items()))
+
+
+def _score_heads() -> list[str]:
+    from .config import ScoreHead
+
+    return [h.value for h in ScoreHead]
 
 
 def _default_score_head() -> str:
@@ -168,11 +178,12 @@ def build_parser() -> _Parser:
     g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
                    help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
-    g.add_argument("--score-head", choices=["paper", "similarity"], default=_default_score_head(),
+    g.add_argument("--score-head", choices=_score_heads(), default=_default_score_head(),
                    help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
-                        "model's zero-shot ranking) or 'paper' (A.3's 2-way head, random init). Default: "
-                        "%(default)s")
+                        "model's zero-shot ranking), 'cosine' (that cosine alone, fixed: only the label prefix / "
+                        "prompt trains; the better few-shot learner in BENCHMARKS.md, and its own default "
+                        "learning rate) or 'paper' (A.3's 2-way head, random init). Default: %(default)s")
     g.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: put the label prefix in the top J of the backbone's m layers only "
                         "(default: all m). With J < m prediction computes each text's bottom m - J layers once for "
@@ -305,7 +316,7 @@ def build_parser() -> _Parser:
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")
     p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text; at most the "
                    "model's position table, or 8192 tokens for rotary / relative positions)")
-    p.add_argument("--score-head", choices=["paper", "similarity"], default=_default_score_head(),
+    p.add_argument("--score-head", choices=_score_heads(), default=_default_score_head(),
                    help="LT methods' score head to count (default: %(default)s, as train)")
     p.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: count a label prefix in the top J layers only (default: all m, as train)")

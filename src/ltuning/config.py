@@ -80,10 +80,17 @@ class ScoreHead(str, enum.Enum):
     Z initialised at zero. Before any update the model ranks labels as the frozen model's text-label
     similarity does (the zero-shot baseline), and training starts from there: the paper's "head start"
     (A.1), which the ``paper`` head, with random maps, does not have.
+    ``cosine``: ``s * cos(p, e(y)) + b`` with s = 20 and b = -4 fixed: the frozen model's own text-label
+    similarity, nothing in the head trains. Only the label-conditioned prefix / prompt learns, and it can
+    raise a pair's score only by moving the text's pooled state toward the label's own embedding: a label's
+    meaning stays the frozen model's, and the adapter holds no task-specific direction (no W, no C_zeta).
+    LT-prefix's Z starts at zero, so step 0 is the zero-shot ranking, as with ``similarity``. Trains at
+    the method's ``cosine_learning_rate`` by default (BENCHMARKS.md, "Few-shot").
     """
 
     PAPER = "paper"
     SIMILARITY = "similarity"
+    COSINE = "cosine"
 
 
 @dataclass
@@ -113,8 +120,9 @@ class LTuningConfig:
     )
     score_head: ScoreHead = field(
         default=ScoreHead.SIMILARITY,
-        metadata={"help": "LT methods: paper (C_zeta, random init) or similarity (starts at the frozen model's "
-                  "text-label similarity). Adapters saved without the key use paper."},
+        metadata={"help": "LT methods: paper (C_zeta, random init), similarity (starts at the frozen model's "
+                  "text-label similarity) or cosine (that similarity, fixed: only the prefix / prompt trains). "
+                  "Adapters saved without the key use paper."},
     )
     prefix_layers: int | None = field(
         default=None,

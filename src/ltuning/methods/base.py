@@ -64,6 +64,9 @@ class Method(nn.Module):
     description: ClassVar[str]
     #: AdamW learning rate when the user gives none.
     default_learning_rate: ClassVar[float] = 1e-2
+    #: The same with the ``cosine`` score head (LT methods; None: ``default_learning_rate``). Only the
+    #: injection trains there, and it is the part that wants a higher rate.
+    cosine_learning_rate: ClassVar[float | None] = None
     #: Why ``label_position="after"`` is refused for this method (None: it is supported).
     label_after_refusal: ClassVar[str | None] = None
     #: Config options (besides the method and the backbone) that this method's trained weights depend on:
@@ -119,8 +122,11 @@ class Method(nn.Module):
         self.num_labels = num_labels
         self.label_length = label_length
         out = 2 if self.label_conditioned else num_labels
-        self.head = nn.Linear(dims.hidden_size, out, bias=False)  # C_zeta
         self.score_head = ScoreHead(config.score_head) if self.label_conditioned else ScoreHead.PAPER
+        #: what training uses without --learning-rate (an instance value: it depends on the score head)
+        self.default_learning_rate = self.learning_rate_for(self.score_head)
+        # C_zeta (the classic methods' K-way head); the cosine head has none: nothing in it trains
+        self.head = None if self.score_head == ScoreHead.COSINE else nn.Linear(dims.hidden_size, out, bias=False)
         if self.score_head == ScoreHead.SIMILARITY:
             d = dims.hidden_size
             self.text_map = nn.Linear(d, d, bias=False)  # W, at the identity: p is compared as it is
@@ -136,10 +142,17 @@ class Method(nn.Module):
     initial_scale: ClassVar[float] = 20.0
     initial_bias: ClassVar[float] = -4.0
 
+    @classmethod
+    def learning_rate_for(cls, score_head: ScoreHead | str) -> float:
+        """The default AdamW learning rate of this method with ``score_head``."""
+        if ScoreHead(score_head) == ScoreHead.COSINE and cls.cosine_learning_rate is not None:
+            return cls.cosine_learning_rate
+        return cls.default_learning_rate
+
     @property
     def uses_label_vectors(self) -> bool:
         """Whether the pair score reads the labels' pooled frozen embeddings (``Injection.label_vectors``)."""
-        return self.score_head == ScoreHead.SIMILARITY
+        return self.score_head in (ScoreHead.SIMILARITY, ScoreHead.COSINE)
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         """label_states (K, l, d), label_mask (K, l) -> Injection for K labels or 1 shared group."""
@@ -147,29 +160,29 @@ class Method(nn.Module):
 
     def pair_logit(self, pooled: torch.Tensor, label_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Label-conditioned methods: (..., d) pooled states of (text, label) rows -> (...,) log-odds that the
-        label is the text's. ``label_vectors`` (..., d): the rows' label embeddings (similarity head)."""
+        label is the text's. ``label_vectors`` (..., d): the rows' label embeddings (similarity and cosine
+        heads)."""
+        if self.uses_label_vectors and label_vectors is None:
+            raise ConfigError(
+                f"{self.name} with the {self.score_head.value} head needs the labels' embeddings in the injection "
+                "(Injection.label_vectors): build it with LTuningModel.injection() or "
+                "ltuning.api.candidate_injection(), not by calling the method directly")
+        if self.score_head == ScoreHead.COSINE:  # the frozen model's own similarity, at fixed s and b
+            cos = F.cosine_similarity(pooled, label_vectors.to(pooled.dtype), dim=-1)
+            return self.initial_scale * cos + self.initial_bias
         two = self.head(pooled)
         logit = two[..., 1] - two[..., 0]
         if self.score_head == ScoreHead.SIMILARITY:
-            if label_vectors is None:
-                raise ConfigError(
-                    f"{self.name} with the similarity head needs the labels' embeddings in the injection "
-                    "(Injection.label_vectors): build it with LTuningModel.injection() or "
-                    "ltuning.api.candidate_injection(), not by calling the method directly")
             cos = F.cosine_similarity(self.text_map(pooled), label_vectors.to(pooled.dtype), dim=-1)
             logit = logit + self.logit_scale.exp() * cos + self.logit_bias
         return logit
-
-    def similarity_parameters(self) -> int:
-        """Trainable parameters of the similarity head beyond C_zeta: W (d^2), s and b."""
-        return self.dims.hidden_size ** 2 + 2 if self.score_head == ScoreHead.SIMILARITY else 0
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
                 score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
         """Trainable-parameter count as written in the paper (A.5), with its value here (LT methods: plus
-        the similarity head's d^2 + 2 with ``score_head`` similarity; prefix methods: m becomes j with
-        ``prefix_layers`` j < m)."""
+        the similarity head's d^2 + 2 with ``score_head`` similarity, less C_zeta's 2*d with ``cosine``; prefix
+        methods: m becomes j with ``prefix_layers`` j < m)."""
         raise NotImplementedError
 
     @staticmethod

@@ -14,7 +14,7 @@ from .base import Injection, Method
 class LTPrefix(Method):
     """F_Phi: Linear(d, 1) scores each label token; Z_Psi: Linear(l, 2*j*l*d_kv) maps the l scores to keys
     and values for the top j layers (``prefix_layers``; default j = m, every layer).
-    Trainable: d + 2*l^2*j*d_kv + 2*d.
+    Trainable: d + 2*l^2*j*d_kv, + 2*d (C_zeta) with the paper and similarity heads, + d^2 + 2 more with similarity.
 
     Input shape: label_states (K, l, d), label_mask (K, l)
     Output shape: prefix (K, j, 2, n_kv, l, d_h)
@@ -28,6 +28,8 @@ class LTPrefix(Method):
     #: never far from the best across few-shot and full-data regimes): 1e-2 scored 3.8 points of few-shot dev
     #: accuracy and 5.5 of CoLA dev MCC below it.
     default_learning_rate = 3e-3
+    #: With the cosine head (only F and Z train), chosen on the few-shot dev rows (BENCHMARKS.md, "Few-shot").
+    cosine_learning_rate = 3e-2
     #: Z reads exactly l scores per label
     weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers")
     label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
@@ -58,7 +60,7 @@ class LTPrefix(Method):
         self.pool = nn.Linear(dims.hidden_size, 1, bias=False)  # F_Phi
         self.prefix_layers = config.prefix_layers or dims.num_layers  # j
         self.transform = nn.Linear(l, 2 * self.prefix_layers * l * dims.kv_dim, bias=False)  # Z_Psi
-        if self.score_head == ScoreHead.SIMILARITY:
+        if self.score_head in (ScoreHead.SIMILARITY, ScoreHead.COSINE):
             # Every label starts with the same all-zero prefix: the text's pooled state is (nearly) the frozen
             # model's own, so the similarity head starts at the zero-shot ranking; Z learns from there.
             nn.init.zeros_(self.transform.weight)
@@ -79,6 +81,8 @@ class LTPrefix(Method):
                 score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
         l, d, dkv = label_length, dims.hidden_size, dims.kv_dim
         m, layers = Method.prefix_depth(dims, prefix_layers)
-        sim, sim_n = (" + d^2 + 2", d * d + 2) if score_head == ScoreHead.SIMILARITY else ("", 0)
         kv = "d" if dkv == d else "d_kv"
+        if score_head == ScoreHead.COSINE:  # F and Z only: no C_zeta
+            return f"2*l^2*{layers}*{kv} + d", 2 * l * l * m * dkv + d
+        sim, sim_n = (" + d^2 + 2", d * d + 2) if score_head == ScoreHead.SIMILARITY else ("", 0)
         return f"2*l^2*{layers}*{kv} + 3*d" + sim, 2 * l * l * m * dkv + 3 * d + sim_n

@@ -12,7 +12,7 @@ from .base import Injection, Method
 
 class LTPrompt(Method):
     """G_gamma: Linear(d, d) maps the frozen label encoding h_k to l soft-prompt vectors e(y_k).
-    Trainable: d^2 + 2*d.
+    Trainable: d^2, + 2*d (C_zeta) with the paper and similarity heads, + d^2 + 2 more with similarity.
 
     Input shape: label_states (K, l, d), label_mask (K, l)
     Output shape: prompt (K, l, d), prompt_mask (K, l) (padded label positions stay masked)
@@ -37,6 +37,8 @@ class LTPrompt(Method):
     def formula(dims: Dims, label_length: int, num_labels: int,
                 score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
         d = dims.hidden_size
+        if score_head == ScoreHead.COSINE:  # G only: no C_zeta
+            return "d^2", d * d
         if score_head == ScoreHead.SIMILARITY:
             return "2*d^2 + 2*d + 2", 2 * d * d + 2 * d + 2
         return "d^2 + 2*d", d * d + 2 * d
