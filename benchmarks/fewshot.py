@@ -164,6 +164,8 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
                             "learning_rate": 3e-2},
     "prefix-only-lr-1e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
                             "learning_rate": 1e-2},
+    "prefix-only-lr-3e-3": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
+                            "learning_rate": 3e-3},
 }
 
 
@@ -425,7 +427,8 @@ def transfer(args) -> int:
             continue
         seed = args.seeds[0]
         set_seed(seed)
-        model = LTuningModel(bb, LTuningConfig(method=method, base_model=BACKBONE, label_names=src.label_names,
+        name, options = CONFIGURED.get(method, (method, {}))
+        model = LTuningModel(bb, LTuningConfig(method=name, **options, base_model=BACKBONE, label_names=src.label_names,
                                                label_texts=src.label_texts, text_pooling=pooling,
                                                max_length=common.MAX_LENGTH))
         targs = TrainArgs(max_steps=args.source_steps, batch_size=BATCH, learning_rate=learning_rate(method),
