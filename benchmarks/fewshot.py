@@ -49,10 +49,9 @@ DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
 METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
-           "lt-prefix-multitask", "lt-prefix-cosine", "lt-prompt-cosine"]
+           "lt-prefix-multitask", "lt-prefix-cosine"]
 #: Rows that are a library method with other options than its defaults: row name -> (method, config options)
-CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"}),
-              "lt-prompt-cosine": ("lt-prompt", {"score_head": "cosine"})}
+CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"})}
 #: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
 ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
 STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's

@@ -9,7 +9,7 @@ Every number here is on a **dev split carved from the training data** (seeded, 1
         lt-prefix-similarity prefix --steps 400 --eval-every 50
 
 Variants: ``zero-shot-similarity`` (no training: cosine of the frozen sentence embeddings of text and label
-text), ``<method>-paper`` / ``<method>-similarity`` for the LT methods (``score_head``), and the classic
+text), ``<method>-paper`` / ``<method>-similarity`` / ``<method>-cosine`` for the LT methods (``score_head``), and the classic
 ``prefix`` / ``prompt``. A ``-listwise`` suffix on an LT variant trains with ``objective="listwise"`` (a K-way
 softmax over the K pair scores of each text: K forward rows per text where the pairwise A.3 objective has one);
 ``forward_rows_per_step`` in the JSON says which.
@@ -108,8 +108,8 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         listwise = variant.endswith("-listwise")
         frozen_injection = variant.removesuffix("-listwise").endswith("-frozen-injection")
         base = variant.removesuffix("-listwise").removesuffix("-frozen-injection")
-        score_head = "paper" if base.endswith("-paper") else "similarity"
-        method = base.removesuffix("-paper").removesuffix("-similarity")
+        score_head = next((h for h in ("paper", "cosine") if base.endswith("-" + h)), "similarity")
+        method = base.removesuffix("-paper").removesuffix("-similarity").removesuffix("-cosine")
         set_seed(seed)
         cfg = LTuningConfig(method=method, base_model=backbone_name, label_names=names, label_texts=label_texts,
                             text_pooling=pooling, max_length=common.MAX_LENGTH,

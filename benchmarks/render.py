@@ -482,8 +482,8 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
-FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "lt-prompt-cosine", "prefix",
-                 "prompt", "linear-probe", "setfit", "lt-prefix-multitask"]
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "prefix", "prompt",
+                 "linear-probe", "setfit", "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
 FEWSHOT_SEEDS = 5
@@ -617,8 +617,7 @@ def source_parts_table(runs) -> str:
 
 
 FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe"),
-                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix"),
-                 ("lt-prompt-cosine", "prompt"), ("lt-prompt-cosine", "lt-prompt")]
+                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix")]
 
 
 def fewshot_paired(runs) -> list[str]:
