@@ -665,7 +665,8 @@ def fewshot_ablation_table(runs) -> str:
     cells = defaultdict(list)
     for r in runs:  # a variant that sets no learning rate ran at the recipe's rate for the method then: said
         lr = (r.get("recipe") or {}).get("learning_rate")
-        v = r["variant"] if r["variant"].startswith("lr-") or lr is None else f"{r['variant']} (lr {_lr(lr)})"
+        named = lr is None or r["variant"].startswith("lr-") or r["variant"].endswith(f"-lr-{_lr(lr)}")
+        v = r["variant"] if named else f"{r['variant']} (lr {_lr(lr)})"
         cells[(r["shots"], r["method"], v, r["dataset"])].append(r["accuracy"])
     datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
     variants = sorted({k[2] for k in cells}, key=lambda v: (not v.startswith("default"), v))
