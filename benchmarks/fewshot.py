@@ -526,12 +526,16 @@ def source_parts(args) -> int:
 
 
 def applies(variant: str, method: str) -> bool:
-    """Whether an ablation ``variant`` is run for ``method``: freezing a part, LT methods only; a shared prefix,
-    LT-prefix only; a learning rate or a budget, every method."""
+    """Whether an ablation ``variant`` is run for ``method``: freezing a part, the LT methods with a trained head
+    only (a configured row such as ``lt-prefix-cosine`` has none of the head's parts, and freezing its injection
+    would leave nothing to train); a shared prefix or Z's own rate, LT-prefix only; a learning rate or a budget,
+    every method."""
     change = ABLATIONS[variant]
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
-    return method.startswith("lt-") or not change.get("freeze")
+    if change.get("freeze"):
+        return method in ("lt-prefix", "lt-prompt")
+    return True
 
 
 def ablate(args) -> int:

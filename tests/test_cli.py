@@ -503,10 +503,12 @@ def test_train_help_names_each_methods_default_learning_rate():
     from ltuning.methods import METHODS
 
     helptext = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
-    assert "(default: the method's own: 3e-3 for lt-prefix, 3e-3 for lt-prompt, 3e-2 for prefix, 3e-2 for prompt)" \
-        in helptext, helptext
+    assert ("(default: the method's own: 3e-3 (1e-2 with --score-head cosine) for lt-prefix, 3e-3 for lt-prompt, "
+            "3e-2 for prefix, 3e-2 for prompt)") in helptext, helptext
     assert {name: cls.default_learning_rate for name, cls in METHODS.items()} == {
         "lt-prefix": 3e-3, "lt-prompt": 3e-3, "prefix": 3e-2, "prompt": 3e-2}
+    assert {name: cls.cosine_learning_rate for name, cls in METHODS.items()} == {
+        "lt-prefix": 1e-2, "lt-prompt": None, "prefix": None, "prompt": None}
 
 
 def test_predict_help_documents_pairs():

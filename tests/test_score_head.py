@@ -126,10 +126,9 @@ def test_the_cosine_head_trains_only_the_injection_at_its_own_default_rate(metho
     with pytest.raises(ConfigError, match="cosine head needs the labels' embeddings"):
         model.method.pair_logit(pooled_rows)
     result = train(model, DATA, None, TrainArgs(max_steps=1, batch_size=4, progress=False))
-    cls = METHODS[method]
-    assert result.learning_rate == model.method.default_learning_rate == cls.learning_rate_for("cosine") == (
-        cls.cosine_learning_rate or cls.default_learning_rate)
-    assert lt(method).method.default_learning_rate == cls.default_learning_rate  # the other heads: unchanged
+    # lt-prefix: its own cosine rate; lt-prompt has none (the cosine head did not help it) and keeps 3e-3
+    assert result.learning_rate == model.method.default_learning_rate == {"lt-prefix": 1e-2, "lt-prompt": 3e-3}[method]
+    assert lt(method).method.default_learning_rate == 3e-3  # the other heads: the method's own default
 
 
 @pytest.mark.parametrize("score_head", ["similarity", "cosine"])

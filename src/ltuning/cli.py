@@ -75,7 +75,8 @@ def _methods() -> list[str]:
 
 
 def _default_rates() -> str:
-    """'3e-3 for lt-prefix, 3e-3 for lt-prompt, ...': each method's default learning rate, for --help."""
+    """'3e-3 (1e-2 with --score-head cosine) for lt-prefix, 3e-3 for lt-prompt, ...': each method's default
+    learning rate, for --help."""
     from .methods import METHODS, learning_rate_text
 
     def rate(cls) -> str:
@@ -182,8 +183,9 @@ def build_parser() -> _Parser:
                    help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
                         "model's zero-shot ranking), 'cosine' (that cosine alone, fixed: only the label prefix / "
-                        "prompt trains; the better few-shot learner in BENCHMARKS.md, and its own default "
-                        "learning rate) or 'paper' (A.3's 2-way head, random init). Default: %(default)s")
+                        "prompt trains; with lt-prefix the better learner from a few examples per class in "
+                        "BENCHMARKS.md, at its own default rate) or 'paper' (A.3's 2-way head, random init). "
+                        "Default: %(default)s")
     g.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: put the label prefix in the top J of the backbone's m layers only "
                         "(default: all m). With J < m prediction computes each text's bottom m - J layers once for "
@@ -310,7 +312,8 @@ def build_parser() -> _Parser:
     p = command("params", help="trainable parameters of each method, next to the paper's formulas",
                 description="Count each method's trainable parameters on a backbone and show the "
                             "paper's formula (A.5) with this backbone's m, d, d_kv, l, K (plus d^2 + 2 for the LT "
-                            "methods' similarity head; --score-head paper gives the paper's counts).")
+                            "methods' similarity head; --score-head paper gives the paper's counts, --score-head "
+                            "cosine 2*d fewer: no C_zeta).")
     _add_model_args(p)
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="labels to count with (default: sst2)")
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")

@@ -85,7 +85,7 @@ class ScoreHead(str, enum.Enum):
     raise a pair's score only by moving the text's pooled state toward the label's own embedding: a label's
     meaning stays the frozen model's, and the adapter holds no task-specific direction (no W, no C_zeta).
     LT-prefix's Z starts at zero, so step 0 is the zero-shot ranking, as with ``similarity``. Trains at
-    the method's ``cosine_learning_rate`` by default (BENCHMARKS.md, "Few-shot").
+    the method's ``cosine_learning_rate`` by default where it has one (LT-prefix; BENCHMARKS.md, "Few-shot").
     """
 
     PAPER = "paper"
