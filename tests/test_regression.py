@@ -82,7 +82,16 @@ def test_seeded_tiny_run_gives_the_stored_numbers(case):
     want_loss, want_scores = PINNED[case]
     torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), torch.tensor(want_loss, dtype=torch.float64),
                                atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(scores, torch.tensor(want_scores, dtype=scores.dtype), atol=1e-5, rtol=1e-4)
+    want = torch.tensor(want_scores, dtype=scores.dtype)
+    if CASES[case][1] == "listwise":
+        # A listwise loss does not see an offset common to every score, so the similarity head's bias b gets a
+        # gradient of pure rounding noise, which Adam scales to a full step of either sign: b, and so every
+        # score, drifts by a machine-dependent constant (0.009 here on two CPUs). What the model predicts is
+        # the scores relative to each other: pin those, and the offset loosely.
+        torch.testing.assert_close(scores - scores[:1, :1], want - want[:1, :1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(scores, want, atol=0.1, rtol=0)
+    else:
+        torch.testing.assert_close(scores, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("method, lr", [("lt-prefix", 3e-3), ("lt-prompt", 3e-3), ("prefix", 3e-2),
