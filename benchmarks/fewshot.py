@@ -65,11 +65,12 @@ BACKBONE = "minilm"
 def learning_rate(method: str) -> float:
     """The fixed recipe's learning rate for ``method``: the library's default for it (what a user gets without
     ``--learning-rate``); ``linear-probe`` LR, ``lt-prefix-multitask`` MULTITASK_LR."""
+    from ltuning.config import LTuningConfig
     from ltuning.methods import METHODS
 
     if method in CONFIGURED:  # what the library trains that configuration at without --learning-rate
         name, options = CONFIGURED[method]
-        return METHODS[name].learning_rate_for(options.get("score_head", "similarity"))
+        return METHODS[name].learning_rate_for(options.get("score_head", LTuningConfig().score_head))
     if method in METHODS:
         return METHODS[method].default_learning_rate
     return MULTITASK_LR if method == "lt-prefix-multitask" else LR
@@ -136,6 +137,9 @@ def _since(t):
     return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
 
 
+#: The similarity head's trained parts (C_zeta, W, s, b): frozen at their start, the head is the cosine head
+HEAD_PARTS = ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]
+
 ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablate``); "freeze": LT methods only
     "default": {},
     "frozen-text-map": {"freeze": ["text_map.weight"]},   # the similarity head's W stays the identity
@@ -144,7 +148,7 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # which half of LT-prefix learns from few examples: the similarity head alone (Z stays at zero, so every
     # label's prefix is zero) or the label-conditioned prefix alone (W, C_zeta, s, b stay at their start)
     "head-only": {"freeze": ["pool.weight", "transform.weight"]},
-    "prefix-only": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]},
+    "prefix-only": {"freeze": HEAD_PARTS},
     "lr-3e-4": {"learning_rate": 3e-4},
     "lr-3e-3": {"learning_rate": 3e-3},
     "lr-3e-2": {"learning_rate": 3e-2},  # with lr-1e-3, 3e-3 and 1e-2: the converged protocol's grid, and 3e-4
@@ -159,12 +163,9 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "z-lr-x10": {"z_rate": 10.0},
     # the label-conditioned prefix alone at classic prefix's rate: is the similarity head what a high rate spoils?
     # (for LT-prompt, "prefix-only" is its prompt map G alone)
-    "prefix-only-lr-3e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
-                            "learning_rate": 3e-2},
-    "prefix-only-lr-1e-2": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
-                            "learning_rate": 1e-2},
-    "prefix-only-lr-3e-3": {"freeze": ["head.weight", "text_map.weight", "logit_scale", "logit_bias"],
-                            "learning_rate": 3e-3},
+    "prefix-only-lr-3e-2": {"freeze": HEAD_PARTS, "learning_rate": 3e-2},
+    "prefix-only-lr-1e-2": {"freeze": HEAD_PARTS, "learning_rate": 1e-2},
+    "prefix-only-lr-3e-3": {"freeze": HEAD_PARTS, "learning_rate": 3e-3},
 }
 
 
