@@ -103,6 +103,17 @@ def split(task: str):
     return train_ds, dev, get_task(task), label_texts
 
 
+def parse_row(row: str) -> tuple[str, str, str]:
+    """(method, objective, score head) of a row name: ``<method>[-paper|-cosine][-listwise]``. An LT row trains
+    pairwise unless it ends in ``-listwise``; its head is the similarity head unless ``-paper`` or ``-cosine``
+    says otherwise (a classic method has the paper's K-way head)."""
+    base = row.removesuffix("-listwise")
+    head = next((h for h in ("paper", "cosine") if base.endswith("-" + h)), None)
+    method = base.removesuffix(f"-{head}") if head else base
+    score_head = head or ("similarity" if method.startswith("lt-") else "paper")
+    return method, common.objective(method, listwise=row.endswith("-listwise")), score_head
+
+
 def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps: int, patience: int,
              device, report: bool) -> dict:
     from ltuning.evaluate import evaluate
@@ -110,9 +121,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     from ltuning.train import TrainArgs
 
     train_ds, dev, t, label_texts = split(task)
-    method = row.removesuffix("-listwise").removesuffix("-paper")
-    objective = common.objective(method, listwise=row.endswith("-listwise"))
-    score_head = "paper" if row.endswith("-paper") or not method.startswith("lt-") else "similarity"
+    method, objective, score_head = parse_row(row)
     metric = metric_of(task)
     curve = []
 
