@@ -693,23 +693,35 @@ def fewshot_ablation_table(runs) -> str:
     return "\n".join(out)
 
 
-#: The converged learning-rate search's rows that ran each method with its library defaults (the LT methods:
-#: the similarity score head and the listwise objective).
-DEFAULT_LR_CONVERGED = {"lt-prefix": "lt-prefix-listwise", "lt-prompt": "lt-prompt-listwise", "prefix": "prefix",
-                        "prompt": "prompt"}
+#: The configurations a method's default is chosen among: (method, score head) -> (the few-shot dev ablation
+#: variants that ran it, the converged learning-rate search's row that ran it). The LT rows train listwise. A
+#: few-shot ``default`` / ``lr-X`` cell runs the similarity head; ``prefix-only-lr-X`` (LT-prefix with that head
+#: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head. A classic method
+#: has one head (the paper's K-way head; None here).
+DEFAULT_CONFIGS = {
+    ("lt-prefix", "similarity"): (("default", "lr-"), "lt-prefix-listwise"),
+    ("lt-prefix", "cosine"): (("prefix-only-lr-",), "lt-prefix-cosine-listwise"),
+    ("lt-prompt", "similarity"): (("default", "lr-"), "lt-prompt-listwise"),
+    ("prefix", None): (("default", "lr-"), "prefix"),
+    ("prompt", None): (("default", "lr-"), "prompt"),
+}
+
+
+def _is_variant(variant: str, kinds) -> bool:
+    return any(variant == k if k == "default" else variant.startswith(k) for k in kinds)
 
 
 def default_lr_regimes(lr_search, ablation) -> dict:
-    """method -> [(regime, {lr: dev metric})]: the few-shot dev mean (16 examples per class; the mean over the
-    four datasets of each one's mean over seeds, only where every dataset has the same seeds) and each task of
-    the converged learning-rate search (best dev metric within its 500 steps)."""
+    """(method, head) -> [(regime, {lr: dev metric})]: the few-shot dev mean (16 examples per class; the mean
+    over the four datasets of each one's mean over seeds, only where every dataset has the same seeds) and each
+    task of the converged learning-rate search (best dev metric within its 500 steps)."""
     out = {}
-    for m, conv in DEFAULT_LR_CONVERGED.items():
+    for (m, head), (variants, conv) in DEFAULT_CONFIGS.items():
         cells = defaultdict(dict)
         for r in sorted(ablation, key=lambda r: str(r.get("variant"))):
             lr = (r.get("recipe") or {}).get("learning_rate")
-            if r.get("method") == m and r.get("shots") == 16 and lr is not None and (
-                    r.get("variant") == "default" or str(r.get("variant", "")).startswith("lr-")):
+            if r.get("method") == m and r.get("shots") == 16 and lr is not None and _is_variant(
+                    str(r.get("variant", "")), variants):
                 cells[(lr, r["dataset"])].setdefault(r["seed"], r["accuracy"])  # default and lr-X alike: once
         few = {}
         for lr in sorted({lr for lr, _ in cells}):
@@ -720,36 +732,62 @@ def default_lr_regimes(lr_search, ablation) -> dict:
         for t in CONVERGED_TASKS:
             regimes.append((f"{t} dev", {r["learning_rate"]: r["best_dev_metric"] for r in lr_search
                                          if r.get("method") == conv and r.get("task") == t}))
-        out[m] = regimes
+        out[(m, head)] = regimes
+    return out
+
+
+def default_choices(regimes) -> dict:
+    """method -> ((head, lr) chosen, {(head, lr): worst shortfall}) by the rule: among the (head, rate)
+    configurations measured in every regime, the one whose worst shortfall from the regime's best (over every
+    configuration of the method measured everywhere) is smallest; ties go to the lower rate, then the head
+    listed first in DEFAULT_CONFIGS."""
+    out = {}
+    for m in dict.fromkeys(k[0] for k in regimes):
+        heads = [h for mm, h in regimes if mm == m]
+        everywhere = [(h, lr) for h in heads for lr in sorted(set.intersection(*(set(v) for _, v in regimes[(m, h)])))]
+        if not everywhere:
+            out[m] = (None, {})
+            continue
+        names = [name for name, _ in regimes[(m, heads[0])]]
+        best = [max(dict(regimes[(m, h)])[name][lr] for h, lr in everywhere) for name in names]
+        short = {(h, lr): max(b - dict(regimes[(m, h)])[name][lr] for b, name in zip(best, names, strict=True))
+                 for h, lr in everywhere}
+        out[m] = (min(short, key=lambda k: (short[k], k[1], heads.index(k[0]))), short)
     return out
 
 
 def default_lr_table(lr_search, ablation) -> str:
-    """Each method's learning rate by the rule: among the rates measured in every regime, the one whose worst
-    shortfall from the regime's best is smallest; beside it, the library's default today."""
+    """Each method's default (score head and learning rate) by the rule of :func:`default_choices`; beside it,
+    the library's default today."""
+    from ltuning.config import LTuningConfig
     from ltuning.methods import METHODS
 
     regimes = default_lr_regimes(lr_search, ablation)
+    choices = default_choices(regimes)
     names = [name for name, _ in next(iter(regimes.values()))]
-    out = ["| method | lr | " + " | ".join(names) + " | worst shortfall | |", "|---|---|" + "---|" * (len(names) + 2)]
-    for m, regs in regimes.items():
-        lrs = sorted(set.intersection(*(set(v) for _, v in regs))) if all(v for _, v in regs) else []
-        best = [max(v[lr] for lr in lrs) for _, v in regs] if lrs else []
-        short = {lr: max(b - v[lr] for b, (_, v) in zip(best, regs, strict=True)) for lr in lrs}
-        chosen = min(short, key=short.get) if short else None
-        default = METHODS[m].default_learning_rate
+    lib_head = LTuningConfig.__dataclass_fields__["score_head"].default
+    out = ["| method | score head | lr | " + " | ".join(names) + " | worst shortfall | |",
+           "|---|---|---|" + "---|" * (len(names) + 2)]
+    for (m, head), regs in regimes.items():
+        chosen, short = choices[m]
+        default_head = lib_head if m.startswith("lt-") else None
+        default = METHODS[m].learning_rate_for(head) if head else METHODS[m].default_learning_rate
         for lr in sorted(set().union(*(set(v) for _, v in regs))):
             vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
-            said = ("chosen" if lr == chosen else "") + (", library default" if lr == default else "")
-            out.append(f"| {m} | {_lr(lr)} | " + " | ".join(vals) + " | "
-                       + (f"{short[lr]:.3f}" if lr in short else "not measured everywhere") + f" | {said.strip(', ')} |")
-    seeds = sorted({r["seed"] for r in ablation if r.get("shots") == 16 and r.get("method") in regimes})
+            said = (("chosen" if (head, lr) == chosen else "")
+                    + (", library default" if lr == default and head == default_head else "")
+                    + (", its default rate" if lr == default and head != default_head else ""))
+            out.append(f"| {m} | {head or '–'} | {_lr(lr)} | " + " | ".join(vals) + " | "
+                       + (f"{short[(head, lr)]:.3f}" if (head, lr) in short else "not measured everywhere")
+                       + f" | {said.strip(', ')} |")
+    seeds = sorted({r["seed"] for r in ablation if r.get("shots") == 16 and r.get("method") in choices})
     out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds "
             f"{', '.join(map(str, seeds))}, 500 dev rows "
             "carved from each dataset's training split, mean over sst2, demo, trec and sms-spam (the ablation table "
-            "of the few-shot section). sst2 / cola / rte dev: the converged protocol's learning-rate search (seed 0, "
-            "500 steps of batch 32, best dev metric), with each method's library defaults. Shortfall: the regime's "
-            "best over the rates measured everywhere, minus this rate's value."]
+            "of the few-shot section; the cosine head's cells are its `prefix-only-lr-X` rows). sst2 / cola / rte "
+            "dev: the converged protocol's learning-rate search (seed 0, 500 steps of batch 32, best dev metric), "
+            "LT rows listwise. Shortfall: the regime's best over the configurations of the method measured "
+            "everywhere, minus this one's value. `its default rate`: the rate the library uses with that head."]
     return "\n".join(out)
 
 
