@@ -20,7 +20,8 @@ Protocol (PROTOCOL below; BENCHMARKS.md states it):
 
 Rows: ``prefix``, ``prompt``, ``lt-prefix``, ``lt-prompt`` (the library's defaults: the similarity score
 head), ``lt-prefix-paper`` / ``lt-prompt-paper`` (the paper's head, A.3), ``linear-probe``, ``full-finetune``
-and ``zero-shot-similarity`` (no training). Workers claim jobs in priority order (all learning-rate runs,
+and ``zero-shot-similarity`` (no training). ``--rows`` also takes ``-listwise`` (the listwise objective) and
+``-cosine`` (the cosine score head) forms, e.g. ``lt-prefix-cosine-listwise`` (:func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs,
 then seed 0, then seeds 1-2) through lock files, so several processes (or machines writing to copies of the
 folder) fill the table; a job whose JSON exists is skipped.
 """

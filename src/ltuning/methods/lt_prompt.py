@@ -22,7 +22,7 @@ class LTPrompt(Method):
     injection = "prompt"
     label_conditioned = True
     description = "L-Tuning prompt: per-label soft prompt computed from the frozen label encoding"
-    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the default learning rates"): the best of the rates
+    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the defaults"): the best of the rates
     #: measured on the few-shot dev rows and on the SST-2, CoLA and RTE dev splits alike.
     default_learning_rate = 3e-3
 

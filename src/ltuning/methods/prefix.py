@@ -22,7 +22,7 @@ class Prefix(Method):
     injection = "prefix"
     label_conditioned = False
     description = "classic prefix tuning: shared learned keys/values, K-way head"
-    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the default learning rates"): the best measured rate on
+    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the defaults"): the best measured rate on
     #: the SST-2, CoLA and RTE dev splits, and level with 1e-2 on the few-shot dev rows.
     default_learning_rate = 3e-2
     init_std = 0.2  # about the scale of LT-prefix's keys/values at initialisation

@@ -21,7 +21,7 @@ class Prompt(Method):
     injection = "prompt"
     label_conditioned = False
     description = "classic prompt tuning: shared learned soft prompt, K-way head"
-    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the default learning rates"): the rate never far from the
+    #: Chosen on dev rows only (BENCHMARKS.md, "Choosing the defaults"): the rate never far from the
     #: best across the few-shot dev rows and the SST-2, CoLA and RTE dev splits.
     default_learning_rate = 3e-2
     init_std = 0.02
