@@ -166,6 +166,7 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "prefix-only-lr-3e-2": {"freeze": HEAD_PARTS, "learning_rate": 3e-2},
     "prefix-only-lr-1e-2": {"freeze": HEAD_PARTS, "learning_rate": 1e-2},
     "prefix-only-lr-3e-3": {"freeze": HEAD_PARTS, "learning_rate": 3e-3},
+    "prefix-only-lr-1e-3": {"freeze": HEAD_PARTS, "learning_rate": 1e-3},
 }
 
 
