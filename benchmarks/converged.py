@@ -108,10 +108,7 @@ def parse_row(row: str) -> tuple[str, str, str]:
     """(method, objective, score head) of a row name: ``<method>[-paper|-cosine][-listwise]``. An LT row trains
     pairwise unless it ends in ``-listwise``; its head is the similarity head unless ``-paper`` or ``-cosine``
     says otherwise (a classic method has the paper's K-way head)."""
-    base = row.removesuffix("-listwise")
-    head = next((h for h in ("paper", "cosine") if base.endswith("-" + h)), None)
-    method = base.removesuffix(f"-{head}") if head else base
-    score_head = head or ("similarity" if method.startswith("lt-") else "paper")
+    method, score_head = common.split_score_head(row.removesuffix("-listwise"))
     return method, common.objective(method, listwise=row.endswith("-listwise")), score_head
 
 

@@ -108,15 +108,14 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         listwise = variant.endswith("-listwise")
         frozen_injection = variant.removesuffix("-listwise").endswith("-frozen-injection")
         base = variant.removesuffix("-listwise").removesuffix("-frozen-injection")
-        score_head = next((h for h in ("paper", "cosine") if base.endswith("-" + h)), "similarity")
-        method = base.removesuffix("-paper").removesuffix("-similarity").removesuffix("-cosine")
+        method, score_head = common.split_score_head(base)
         if frozen_injection and score_head == "cosine":
             raise SystemExit(f"{variant}: the cosine head trains nothing but the injection; freezing it leaves "
                              "nothing to train")
         set_seed(seed)
         cfg = LTuningConfig(method=method, base_model=backbone_name, label_names=names, label_texts=label_texts,
                             text_pooling=pooling, max_length=common.MAX_LENGTH,
-                            score_head=score_head if method.startswith("lt-") else "paper")
+                            score_head=score_head)
         model = LTuningModel(backbone, cfg)
         if frozen_injection:
             keep = {"head.weight", "text_map.weight", "logit_scale", "logit_bias"}

@@ -748,9 +748,10 @@ def default_choices(regimes) -> dict:
         if not everywhere:
             out[m] = (None, {})
             continue
-        names = [name for name, _ in regimes[(m, heads[0])]]
-        best = [max(dict(regimes[(m, h)])[name][lr] for h, lr in everywhere) for name in names]
-        short = {(h, lr): max(b - dict(regimes[(m, h)])[name][lr] for b, name in zip(best, names, strict=True))
+        by_head = {h: dict(regimes[(m, h)]) for h in heads}  # head -> {regime: {lr: dev metric}}
+        names = list(by_head[heads[0]])
+        best = [max(by_head[h][name][lr] for h, lr in everywhere) for name in names]
+        short = {(h, lr): max(b - by_head[h][name][lr] for b, name in zip(best, names, strict=True))
                  for h, lr in everywhere}
         out[m] = (min(short, key=lambda k: (short[k], k[1], heads.index(k[0]))), short)
     return out
@@ -765,7 +766,7 @@ def default_lr_table(lr_search, ablation) -> str:
     regimes = default_lr_regimes(lr_search, ablation)
     choices = default_choices(regimes)
     names = [name for name, _ in next(iter(regimes.values()))]
-    lib_head = LTuningConfig.__dataclass_fields__["score_head"].default
+    lib_head = LTuningConfig().score_head.value
     out = ["| method | score head | lr | " + " | ".join(names) + " | worst shortfall | |",
            "|---|---|---|" + "---|" * (len(names) + 2)]
     for (m, head), regs in regimes.items():
