@@ -67,12 +67,12 @@ def objective(method: str, listwise: bool = False) -> str:
 
 
 def split_score_head(name: str) -> tuple[str, str]:
-    """(method, score head) of a row or variant name ``lt-<method>[-paper|-similarity|-cosine]``: the suffix
+    """(method, score head) of a row or variant name ``lt-<method>[-paper|-similarity|-cosine|-anchored]``: the suffix
     names the head; without one, the library's similarity head. Only the LT methods have a choice of head: any
     other name is the method itself with the paper's K-way head (``zero-shot-similarity`` included)."""
     if not name.startswith("lt-"):
         return name, "paper"
-    head = next((h for h in ("paper", "similarity", "cosine") if name.endswith("-" + h)), None)
+    head = next((h for h in ("paper", "similarity", "cosine", "anchored") if name.endswith("-" + h)), None)
     return (name.removesuffix(f"-{head}") if head else name), head or "similarity"
 
 

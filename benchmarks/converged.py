@@ -271,6 +271,8 @@ def worker(a) -> int:
     bb.name = a.backbone
     bb.model.to(device)
     todo = jobs(a.backbone, a.tasks, a.rows, a.seeds)
+    if a.lrs:  # a partial search: those rates' runs only (the final runs wait for the whole grid)
+        todo = [j for j in todo if j[0] == "lr" and j[3] in a.lrs]
     end = time.time() + a.deadline if a.deadline else None
     while True:
         if end is not None and time.time() > end:
@@ -323,6 +325,8 @@ def main() -> int:
     ap.add_argument("--tasks", nargs="+", default=TASKS)
     ap.add_argument("--rows", nargs="+", default=ROWS)
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--lrs", nargs="+", type=float,
+                    help="run only these rates of the learning-rate search, and no final run (a partial search)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     ap.add_argument("--deadline", type=float, default=0, help="claim no job after this many seconds (0: none)")

@@ -49,9 +49,10 @@ DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
 METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
-           "lt-prefix-multitask", "lt-prefix-cosine"]
+           "lt-prefix-multitask", "lt-prefix-cosine", "lt-prefix-anchored"]
 #: Rows that are a library method with other options than its defaults: row name -> (method, config options)
-CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"})}
+CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"}),
+              "lt-prefix-anchored": ("lt-prefix", {"score_head": "anchored"})}
 #: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
 ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
 STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's
@@ -65,15 +66,25 @@ BACKBONE = "minilm"
 def learning_rate(method: str) -> float:
     """The fixed recipe's learning rate for ``method``: the library's default for it (what a user gets without
     ``--learning-rate``); ``linear-probe`` LR, ``lt-prefix-multitask`` MULTITASK_LR."""
-    from ltuning.config import LTuningConfig
     from ltuning.methods import METHODS
 
     if method in CONFIGURED:  # what the library trains that configuration at without --learning-rate
         name, options = CONFIGURED[method]
-        return METHODS[name].learning_rate_for(options.get("score_head", LTuningConfig().score_head))
+        return METHODS[name].learning_rate_for(options.get("score_head"))
     if method in METHODS:
         return METHODS[method].default_learning_rate
     return MULTITASK_LR if method == "lt-prefix-multitask" else LR
+
+
+def score_head(method: str) -> str | None:
+    """The score head the fixed recipe trains ``method`` with today: a configured row's own, an LT method's
+    library default (what a user gets without ``--score-head``); None for the other rows."""
+    from ltuning.methods import METHODS
+
+    name, options = CONFIGURED.get(method, (method, {}))
+    if name not in METHODS or not METHODS[name].label_conditioned:
+        return None
+    return METHODS[name].head_for(options.get("score_head")).value
 
 
 def load(dataset: str):
@@ -167,6 +178,18 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "prefix-only-lr-1e-2": {"freeze": HEAD_PARTS, "learning_rate": 1e-2},
     "prefix-only-lr-3e-3": {"freeze": HEAD_PARTS, "learning_rate": 3e-3},
     "prefix-only-lr-1e-3": {"freeze": HEAD_PARTS, "learning_rate": 1e-3},
+    # issue 13's hypothesis: a similarity head that stays the cosine head with few examples and learns a
+    # direction with many. (a) the head's direction-learning parts (W - I, C_zeta) at a tenth of the rate of
+    # the rest; (b) a Gaussian prior centred on the head's start, (lambda / n) * (||W - I||^2 + ||C_zeta||^2)
+    # added to the loss, n the training texts: as in any MAP estimate its weight falls as 1 / n, so it holds
+    # the head at the frozen similarity on 16 examples per class and lets it go on a full training set
+    "head-rate-x0.1-lr-1e-2": {"head_rate": 0.1, "learning_rate": 1e-2},
+    "head-prior-1-lr-1e-2": {"head_prior": 1.0, "learning_rate": 1e-2},
+    "head-prior-10-lr-1e-2": {"head_prior": 10.0, "learning_rate": 1e-2},
+    "head-prior-100-lr-1e-2": {"head_prior": 100.0, "learning_rate": 1e-2},
+    "head-prior-10-lr-3e-3": {"head_prior": 10.0, "learning_rate": 3e-3},
+    "head-prior-1-lr-3e-3": {"head_prior": 1.0, "learning_rate": 3e-3},
+    "head-prior-100-lr-3e-3": {"head_prior": 100.0, "learning_rate": 3e-3},
 }
 
 
@@ -293,6 +316,10 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             if "z_rate" in change:  # Adam's step is scale-free: an output scaled by c moves c times as fast
                 c = change["z_rate"]
                 model.method.transform.register_forward_hook(lambda mod, inp, out: out * c)
+            if "head_rate" in change:
+                slow_head(model.method, change["head_rate"])
+            if "head_prior" in change:
+                head_prior(model.method, change["head_prior"] / len(few))
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
@@ -316,6 +343,22 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                machine=common.machine(), threads=torch.get_num_threads(), finished=common.now(),
                command="python benchmarks/fewshot.py " + " ".join(sys.argv[1:]))
     return rec
+
+
+def slow_head(method, c: float) -> None:
+    """The ``head-rate`` ablation: the similarity head's W - I and C_zeta move at ``c`` times the rate of the
+    rest. Under Adam a step is scale-free, so a part whose output is scaled by c (W's departure from the
+    identity, C_zeta's logit, both zero at the start) moves c times as fast; s and b keep the full rate."""
+    method.text_map.register_forward_hook(lambda mod, inp, out: inp[0] + c * (out - inp[0]))
+    method.head.register_forward_hook(lambda mod, inp, out: out * c)
+
+
+def head_prior(method, weight: float) -> None:
+    """The ``head-prior`` ablations: ``weight * (||W - W0||^2 + ||C_zeta - C0||^2)`` added to the loss (through
+    its gradient, ``2 * weight * (theta - theta0)``, added to each of the two parameters' own)."""
+    for p in (method.text_map.weight, method.head.weight):
+        start = p.detach().clone()
+        p.register_hook(lambda g, p=p, start=start: g + 2 * weight * (p.detach() - start))
 
 
 def add_shared_prefix(method, std) -> None:
@@ -388,11 +431,16 @@ def main(argv=None) -> int:
     for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
         path = OUT / f"{d}-{m}-{k}shot-seed{seed}.json"
         if path.exists() and not args.overwrite:
-            ran_at = (json.loads(path.read_text()).get("recipe") or {}).get("learning_rate")
+            recipe = json.loads(path.read_text()).get("recipe") or {}
+            ran_at, ran_with = recipe.get("learning_rate"), (recipe.get("adapter") or {}).get("score_head")
             if ran_at not in (None, learning_rate(m)):  # e.g. the method's default has changed since
                 raise SystemExit(f"{path} ran at lr {ran_at}, the recipe's rate for {m} is {learning_rate(m)} now: "
                                  f"keep it as {path.name.replace(f'-{m}-', f'-{m}-lr{common.lr_name(ran_at)}-')} (git mv) and "
                                  "run again, or pass --overwrite to replace it")
+            if ran_with and score_head(m) and ran_with != score_head(m):  # the default head has changed since
+                raise SystemExit(f"{path} ran with the {ran_with} score head, the recipe's for {m} is {score_head(m)} "
+                                 f"now: keep it as {path.name.replace(f'-{m}-', f'-{m}-{ran_with}-')} (git mv) and run "
+                                 "again, or pass --overwrite to replace it")
             continue
         rec = run_cell(bb, d, m, k, seed)
         common.write_result(path, rec)
@@ -535,7 +583,7 @@ def applies(variant: str, method: str) -> bool:
     change = ABLATIONS[variant]
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
-    if change.get("freeze"):
+    if change.get("freeze") or "head_rate" in change or "head_prior" in change:
         return method in ("lt-prefix", "lt-prompt")
     return True
 

@@ -482,7 +482,7 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
-FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "prefix", "prompt",
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prefix-anchored", "lt-prompt", "prefix", "prompt",
                  "linear-probe", "setfit", "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
@@ -496,14 +496,19 @@ _lr = common.lr_name
 
 
 def _fs_row(r: dict) -> str:
-    """A result's row: its method, with its learning rate where that is not the fixed recipe's rate for the
-    method today (``fewshot.learning_rate``; rows kept from an earlier recipe, e.g. ``lt-prefix (lr 1e-2)``)."""
+    """A result's row: its method, with its learning rate and score head where those are not the fixed
+    recipe's for the method today (``fewshot.learning_rate``, ``fewshot.score_head``; rows kept from an earlier
+    recipe, e.g. ``lt-prefix (lr 1e-2)``, ``lt-prefix (similarity head)``)."""
     import fewshot
 
-    lr = (r.get("recipe") or {}).get("learning_rate")
-    if lr is None or r["method"] in ("setfit", "zero-shot-similarity") or lr == fewshot.learning_rate(r["method"]):
-        return r["method"]
-    return f"{r['method']} (lr {_lr(lr)})"
+    recipe = r.get("recipe") or {}
+    lr, head = recipe.get("learning_rate"), (recipe.get("adapter") or {}).get("score_head")
+    tags = []
+    if lr is not None and r["method"] not in ("setfit", "zero-shot-similarity") and lr != fewshot.learning_rate(r["method"]):
+        tags.append(f"lr {_lr(lr)}")
+    if head and fewshot.score_head(r["method"]) not in (None, head):
+        tags.append(f"{head} head")
+    return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
 def _fewshot_runs(runs) -> list[dict]:
@@ -617,7 +622,9 @@ def source_parts_table(runs) -> str:
 
 
 FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe"),
-                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix")]
+                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix"),
+                 ("lt-prefix-anchored", "setfit"), ("lt-prefix-anchored", "prefix"),
+                 ("lt-prefix-anchored", "lt-prefix-cosine")]
 
 
 def fewshot_paired(runs) -> list[str]:
@@ -696,11 +703,13 @@ def fewshot_ablation_table(runs) -> str:
 #: The configurations a method's default is chosen among: (method, score head) -> (the few-shot dev ablation
 #: variants that ran it, the converged learning-rate search's row that ran it). The LT rows train listwise. A
 #: few-shot ``default`` / ``lr-X`` cell runs the similarity head; ``prefix-only-lr-X`` (LT-prefix with that head
-#: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head. A classic method
+#: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head, and
+#: ``head-prior-10-lr-X`` (a prior of weight 10 / n on W - I and C_zeta) the anchored head. A classic method
 #: has one head (the paper's K-way head; None here).
 DEFAULT_CONFIGS = {
     ("lt-prefix", "similarity"): (("default", "lr-"), "lt-prefix-listwise"),
     ("lt-prefix", "cosine"): (("prefix-only-lr-",), "lt-prefix-cosine-listwise"),
+    ("lt-prefix", "anchored"): (("head-prior-10-lr-",), "lt-prefix-anchored-listwise"),
     ("lt-prompt", "similarity"): (("default", "lr-"), "lt-prompt-listwise"),
     ("prefix", None): (("default", "lr-"), "prefix"),
     ("prompt", None): (("default", "lr-"), "prompt"),
@@ -760,18 +769,16 @@ def default_choices(regimes) -> dict:
 def default_lr_table(lr_search, ablation) -> str:
     """Each method's default (score head and learning rate) by the rule of :func:`default_choices`; beside it,
     the library's default today."""
-    from ltuning.config import LTuningConfig
     from ltuning.methods import METHODS
 
     regimes = default_lr_regimes(lr_search, ablation)
     choices = default_choices(regimes)
     names = [name for name, _ in next(iter(regimes.values()))]
-    lib_head = LTuningConfig().score_head.value
     out = ["| method | score head | lr | " + " | ".join(names) + " | worst shortfall | |",
            "|---|---|---|" + "---|" * (len(names) + 2)]
     for (m, head), regs in regimes.items():
         chosen, short = choices[m]
-        default_head = lib_head if m.startswith("lt-") else None
+        default_head = METHODS[m].default_score_head.value if METHODS[m].label_conditioned else None
         default = METHODS[m].learning_rate_for(head) if head else METHODS[m].default_learning_rate
         for lr in sorted(set().union(*(set(v) for _, v in regs))):
             vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
@@ -785,7 +792,7 @@ def default_lr_table(lr_search, ablation) -> str:
     out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds "
             f"{', '.join(map(str, seeds))}, 500 dev rows "
             "carved from each dataset's training split, mean over sst2, demo, trec and sms-spam (the ablation table "
-            "of the few-shot section; the cosine head's cells are its `prefix-only-lr-X` rows). sst2 / cola / rte "
+            "of the few-shot section; the cosine head's cells are its `prefix-only-lr-X` rows, the anchored head's its `head-prior-10-lr-X` rows). sst2 / cola / rte "
             "dev: the converged protocol's learning-rate search (seed 0, 500 steps of batch 32, best dev metric), "
             "LT rows listwise. Shortfall: the regime's best over the configurations of the method measured "
             "everywhere, minus this one's value. `its default rate`: the rate the library uses with that head."]

@@ -507,8 +507,8 @@ def test_train_help_names_each_methods_default_learning_rate():
             "3e-2 for prefix, 3e-2 for prompt)") in helptext, helptext
     assert {name: cls.default_learning_rate for name, cls in METHODS.items()} == {
         "lt-prefix": 3e-3, "lt-prompt": 3e-3, "prefix": 3e-2, "prompt": 3e-2}
-    assert {name: cls.cosine_learning_rate for name, cls in METHODS.items()} == {
-        "lt-prefix": 1e-2, "lt-prompt": None, "prefix": None, "prompt": None}
+    assert {name: cls.head_learning_rates for name, cls in METHODS.items()} == {
+        "lt-prefix": {"cosine": 1e-2}, "lt-prompt": {}, "prefix": {}, "prompt": {}}
 
 
 def test_predict_help_documents_pairs():

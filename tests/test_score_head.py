@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from ltuning import LTuningConfig, get_ltuning_model
 from ltuning.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter
 from ltuning.backbones import Backbone
+from ltuning.config import ScoreHead
 from ltuning.data import TextDataset
 from ltuning.errors import ConfigError
 from ltuning.methods import METHODS, Injection, Method
@@ -65,7 +66,7 @@ def test_label_vectors_are_the_frozen_models_own_label_embeddings():
     torch.testing.assert_close(model.label_vectors, pooled(model.backbone, ["negative", "positive"]))
 
 
-@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+@pytest.mark.parametrize("score_head", ["similarity", "cosine", "anchored"])
 def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label(score_head):
     """Step 0: Z and C_zeta are zero, W the identity, so every label gets the same all-zero prefix and the
     pair logit is s * cos(p, e(y)) + b with p the text's pooled state under that prefix (the cosine head:
@@ -78,7 +79,7 @@ def test_lt_prefix_similarity_starts_at_the_similarity_of_text_and_label(score_h
     torch.testing.assert_close(model.score_texts(TEXTS), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+@pytest.mark.parametrize("score_head", ["similarity", "cosine", "anchored"])
 def test_lt_prompt_similarity_starts_with_the_similarity_of_text_and_label(score_head):
     model = lt("lt-prompt", score_head=score_head).eval()
     inj = model.injection()
@@ -94,7 +95,7 @@ DATA = TextDataset(["the movie was very good", "bad plot", "i loved it", "awful 
                     "i hated it", "wonderful story", "dull film"], [1, 0, 1, 0, 1, 0, 1, 0], ["neg", "pos"])
 
 
-@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+@pytest.mark.parametrize("score_head", ["similarity", "cosine", "anchored"])
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
 def test_similarity_head_trains_saves_and_loads_identically(tmp_path, method, score_head):
     model = lt(method, score_head=score_head)
@@ -131,7 +132,7 @@ def test_the_cosine_head_trains_only_the_injection_at_its_own_default_rate(metho
     assert lt(method).method.default_learning_rate == 3e-3  # the other heads: the method's own default
 
 
-@pytest.mark.parametrize("score_head", ["similarity", "cosine"])
+@pytest.mark.parametrize("score_head", ["similarity", "cosine", "anchored"])
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
 def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
     """Open vocabulary: candidates get their own prefixes / prompts and their own label vectors, exactly as
@@ -148,6 +149,34 @@ def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
     for g, w in zip(got, want, strict=True):
         scores = dict(zip(g["labels"], g["scores"], strict=True))
         assert [scores["bad"], scores["good"]] == pytest.approx(w.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
+def test_the_anchored_head_is_the_similarity_head_plus_a_prior_weighted_by_one_over_n(method):
+    """score_head="anchored": the similarity head's parameters and scores, and a training loss that adds
+    (anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2), n the training texts. The prior's gradient is zero at
+    the start, so one step from the same weights and batch moves both heads alike; the second step's loss
+    then differs by exactly the prior at those (common) weights."""
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    sim, anc = lt(method, backbone=bb), lt(method, backbone=bb, score_head="anchored")
+    start = {k: v.clone() for k, v in sim.method.state_dict().items()}
+    anc.method.load_state_dict(start)
+    assert sim.method.anchor_penalty() is None and float(anc.method.anchor_penalty()) == 0.0
+    assert anc.num_trainable_parameters() == sim.num_trainable_parameters()
+    assert torch.equal(anc.eval().score_texts(TEXTS), sim.eval().score_texts(TEXTS))
+    args = TrainArgs(max_steps=2, batch_size=4, learning_rate=0.05, progress=False)
+    one = TrainArgs(**{**args.__dict__, "max_steps": 1})
+    logs = {h: train(m, DATA, None, args).train_log for h, m in (("similarity", sim), ("anchored", anc))}
+    assert logs["anchored"][0]["loss"] == logs["similarity"][0]["loss"]
+    after_one = lt(method, backbone=bb, score_head="anchored")  # the same start, one step: step 2's weights
+    after_one.method.load_state_dict(start)
+    train(after_one, DATA, None, one)
+    m = after_one.method
+    eye = torch.eye(m.text_map.weight.shape[0])
+    penalty = float((m.text_map.weight - eye).pow(2).sum() + m.head.weight.pow(2).sum())
+    assert penalty > 0 and float(m.anchor_penalty()) == pytest.approx(penalty, rel=1e-6)
+    expected = Method.anchor_weight / len(DATA) * penalty
+    assert logs["anchored"][1]["loss"] - logs["similarity"][1]["loss"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_config_from_another_backbone_gets_this_backbones_fingerprint(tmp_path):
@@ -214,15 +243,33 @@ def test_a_new_method_needs_no_edit_outside_methods(monkeypatch, tmp_path):
 def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_path):
     """`ltuning train --config runs/x/run_config.json` reruns a run exactly: a run_config.json from before
     --score-head lists every other option and no score_head, and that run used the paper's head."""
-    from ltuning.cli import _apply_config, build_parser
+    from ltuning.cli import _apply_config, _resolved_config, build_parser
 
     old = {"command": "train", "method": "lt-prefix", "task": "sst2", "label_position": "before",
            "prefix_pooling": "raw", "text_pooling": "auto", "max_steps": 3}
     new = {**old, "score_head": "similarity"}
+    # a short config file leaves the head unset: the method's default head, which the run's own
+    # run_config.json then records by name (so that it reruns with that head if the default changes)
     for content, expected in ((old, "paper"), (new, "similarity"), ({"command": "train", "method": "lt-prefix"},
-                                                                     "similarity")):
+                                                                     None)):
         path = tmp_path / "run_config.json"
         path.write_text(json.dumps(content))
         parser = build_parser()
         argv, _ = _apply_config(parser, ["train", "--config", str(path)])
-        assert parser.parse_args(argv).score_head == expected
+        args = parser.parse_args(argv)
+        assert args.score_head == expected
+        assert _resolved_config(args)["score_head"] == expected or METHODS["lt-prefix"].default_score_head.value
+    assert _resolved_config(build_parser().parse_args(["train", "--method", "prefix"]))["score_head"] == "paper"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_an_unset_score_head_is_the_methods_own_default(method):
+    """LTuningConfig(score_head=None) (what `ltuning train` passes without --score-head): an LT method builds its
+    ``default_score_head`` and trains at that head's default rate; a classic method the paper's K-way head. The
+    built model's config records the head by name, so a saved adapter says which it has."""
+    cls = METHODS[method]
+    model = get_ltuning_model(Backbone(*tiny_bert(), name="tiny-bert"), LTuningConfig(method=method), labels=LABELS)
+    assert LTuningConfig().score_head is None
+    expected = cls.default_score_head if cls.label_conditioned else ScoreHead.PAPER
+    assert model.config.score_head == model.method.score_head == expected
+    assert model.method.default_learning_rate == cls.learning_rate_for(None) == cls.learning_rate_for(expected)

@@ -96,3 +96,27 @@ def test_pretokenized_dataset_keeps_default_remove_unused_columns(tmp_path):
     trainer = Trainer(model=LTuningForTrainer(model), args=args, train_dataset=train,
                       data_collator=PairCollator(model))
     assert trainer.train().training_loss > 0
+
+
+def test_anchored_head_adds_its_prior_to_the_trainer_loss_and_needs_the_training_size():
+    """score_head="anchored": LTuningForTrainer adds (anchor_weight / n) * anchor_penalty() to the pair loss,
+    n given as num_train_texts; without n it refuses, saying what to pass."""
+    from conftest import tiny_bert
+
+    from ltuning.errors import ConfigError
+
+    bert, tok = tiny_bert()
+    model = get_ltuning_model(bert, LTuningConfig(method="lt-prefix", score_head="anchored"),
+                              labels=as_dataset(TRAIN).features["label"], tokenizer=tok)
+    with pytest.raises(ConfigError, match=r"num_train_texts=len\(train_dataset\)"):
+        LTuningForTrainer(model)
+    wrapped = LTuningForTrainer(model, num_train_texts=len(TRAIN)).train()
+    with torch.no_grad():
+        model.method.text_map.weight.add_(0.01)  # away from the identity: the prior is no longer zero
+    batch = PairCollator(model, seed=0)([{"text": t, "label": y} for t, y in TRAIN[:4]])
+    loss = wrapped(**batch)["loss"]
+    logits = model({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch},
+                   batch["pair_class"])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["pair_target"].float())
+    penalty = 0.01 ** 2 * model.method.text_map.weight.numel()
+    assert float(loss - bce) == pytest.approx(model.method.anchor_weight / len(TRAIN) * penalty, rel=1e-4)

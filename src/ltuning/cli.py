@@ -80,9 +80,11 @@ def _default_rates() -> str:
     from .methods import METHODS, learning_rate_text
 
     def rate(cls) -> str:
-        cosine = (f" ({learning_rate_text(cls.cosine_learning_rate)} with --score-head cosine)"
-                  if cls.cosine_learning_rate is not None else "")
-        return learning_rate_text(cls.default_learning_rate) + cosine
+        by_rate: dict[float, list[str]] = {}
+        for head, lr in cls.head_learning_rates.items():
+            by_rate.setdefault(lr, []).append(head)
+        heads = "".join(f" ({learning_rate_text(lr)} with --score-head {' or '.join(hs)})" for lr, hs in by_rate.items())
+        return learning_rate_text(cls.default_learning_rate) + heads
 
     return ", ".join(f"{rate(cls)} for {name}" for name, cls in sorted(METHODS.items()))
 
@@ -93,10 +95,16 @@ def _score_heads() -> list[str]:
     return [h.value for h in ScoreHead]
 
 
-def _default_score_head() -> str:
-    from .config import LTuningConfig
+def _default_score_heads() -> str:
+    """'similarity for lt-prefix and lt-prompt' (or one head per method): each LT method's default score head,
+    for --help."""
+    from .methods import METHODS
 
-    return LTuningConfig().score_head.value
+    by_head: dict[str, list[str]] = {}
+    for name, cls in sorted(METHODS.items()):
+        if cls.label_conditioned:
+            by_head.setdefault(cls.default_score_head.value, []).append(name)
+    return ", ".join(f"{head} for {' and '.join(names)}" for head, names in by_head.items())
 
 
 # ---------------------------------------------------------------------- argument groups
@@ -179,13 +187,15 @@ def build_parser() -> _Parser:
     g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
                    help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
-    g.add_argument("--score-head", choices=_score_heads(), default=_default_score_head(),
+    g.add_argument("--score-head", choices=_score_heads(),
                    help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
                         "model's zero-shot ranking), 'cosine' (that cosine alone, fixed: only the label prefix / "
                         "prompt trains; with lt-prefix the better learner from a few examples per class in "
-                        "BENCHMARKS.md, at its own default rate) or 'paper' (A.3's 2-way head, random init). "
-                        "Default: %(default)s")
+                        "BENCHMARKS.md, at its own default rate), 'anchored' (the similarity head, trained with a "
+                        "prior that holds it at its start with weight 1/n, n the training texts: the cosine head "
+                        "on a few examples, free to learn on many) or 'paper' (A.3's 2-way head, random init). "
+                        f"Default: the method's own: {_default_score_heads()}")
     g.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: put the label prefix in the top J of the backbone's m layers only "
                         "(default: all m). With J < m prediction computes each text's bottom m - J layers once for "
@@ -319,8 +329,8 @@ def build_parser() -> _Parser:
     p.add_argument("--label-texts", help="label texts (as for train); overrides the task's")
     p.add_argument("--label-length", type=int, help="l (default: the longest tokenized label text; at most the "
                    "model's position table, or 8192 tokens for rotary / relative positions)")
-    p.add_argument("--score-head", choices=_score_heads(), default=_default_score_head(),
-                   help="LT methods' score head to count (default: %(default)s, as train)")
+    p.add_argument("--score-head", choices=_score_heads(),
+                   help=f"LT methods' score head to count (default: the method's own, as train: {_default_score_heads()})")
     p.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: count a label prefix in the top J layers only (default: all m, as train)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -592,7 +602,12 @@ def _resolved_config(args) -> dict:
     """Every option of this run, as a config file that reruns it (``--config run_config.json``)."""
     # --overwrite and --resume act on the folder once; a rerun from this file must ask for them again.
     skip = {"func", "config", "command", "overwrite", "resume"}
-    return {"command": args.command, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}}
+    values = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    if "score_head" in values and values["score_head"] is None and values.get("method"):
+        from .methods import get_method  # the head the run used, not "the default" (which may change)
+
+        values["score_head"] = get_method(values["method"]).head_for(None).value
+    return {"command": args.command, **values}
 
 
 def _default_train_output(args) -> None:
@@ -1245,7 +1260,7 @@ def cmd_params(args) -> int:
         config.prefix_layers = depth
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
             counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
-        expr, value = cls.formula(dims, l, K, config.score_head, depth)
+        expr, value = cls.formula(dims, l, K, cls.head_for(config.score_head), depth)
         rows.append({"method": name, "trainable": counted, "formula": expr, "formula_value": value,
                      "match": counted == value})
     info = {"model": args.model, "m": dims.num_layers, "d": dims.hidden_size, "n_heads": dims.num_heads,

@@ -85,12 +85,29 @@ class ScoreHead(str, enum.Enum):
     raise a pair's score only by moving the text's pooled state toward the label's own embedding: a label's
     meaning stays the frozen model's, and the adapter holds no task-specific direction (no W, no C_zeta).
     LT-prefix's Z starts at zero, so step 0 is the zero-shot ranking, as with ``similarity``. Trains at
-    the method's ``cosine_learning_rate`` by default where it has one (LT-prefix; BENCHMARKS.md, "Few-shot").
+    the method's ``head_learning_rates["cosine"]`` by default where it has one (LT-prefix; BENCHMARKS.md, "Few-shot").
+    ``anchored``: the ``similarity`` head, trained with a Gaussian prior centred on its start (W at the identity,
+    C_zeta at zero): ``(anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2)`` is added to the loss, n the number
+    of training texts. As in any MAP estimate the prior's weight falls as 1 / n: on a few examples per class it
+    holds the head near the frozen similarity (the ``cosine`` head) and only the label prefix / prompt moves;
+    on a full training set it lets W and C_zeta learn a task direction (the ``similarity`` head). The same
+    weights and scores as ``similarity`` once trained.
     """
 
     PAPER = "paper"
     SIMILARITY = "similarity"
     COSINE = "cosine"
+    ANCHORED = "anchored"
+
+    @property
+    def reads_label(self) -> bool:
+        """Whether the pair score reads the label's frozen embedding e(y) (every head but ``paper``)."""
+        return self != ScoreHead.PAPER
+
+    @property
+    def learns_direction(self) -> bool:
+        """Whether the head has the trained text map W, C_zeta, s and b (``similarity`` and ``anchored``)."""
+        return self in (ScoreHead.SIMILARITY, ScoreHead.ANCHORED)
 
 
 @dataclass
@@ -118,10 +135,12 @@ class LTuningConfig:
         metadata={"help": "lt-prompt on decoders: label prompt before the text (paper) or after it (text keys/values "
                   "shared by all labels at prediction)."},
     )
-    score_head: ScoreHead = field(
-        default=ScoreHead.SIMILARITY,
-        metadata={"help": "LT methods: paper (C_zeta, random init), similarity (starts at the frozen model's "
-                  "text-label similarity) or cosine (that similarity, fixed: only the prefix / prompt trains). "
+    score_head: ScoreHead | None = field(
+        default=None,
+        metadata={"help": "LT methods: None (the method's own default, Method.default_score_head), paper (C_zeta, "
+                  "random init), similarity (starts at the frozen model's "
+                  "text-label similarity), cosine (that similarity, fixed: only the prefix / prompt trains) or "
+                  "anchored (similarity, held near its start by a prior weighted 1 / n). "
                   "Adapters saved without the key use paper."},
     )
     prefix_layers: int | None = field(
@@ -161,6 +180,8 @@ class LTuningConfig:
             check_arg(check(getattr(self, f.name)), f.name, what, getattr(self, f.name))
         for name, kind in (("prefix_pooling", PrefixPooling), ("text_pooling", TextPooling),
                            ("score_head", ScoreHead)):
+            if name == "score_head" and self.score_head is None:  # the method's default, resolved when built
+                continue
             try:
                 setattr(self, name, kind(getattr(self, name)))
             except ValueError:
@@ -396,7 +417,7 @@ _CONFIG_TYPES = {
     "prefix_pooling": (lambda v: isinstance(v, str), "a string"),
     "text_pooling": (lambda v: isinstance(v, str), "a string"),
     "label_position": (lambda v: isinstance(v, str), "a string"),
-    "score_head": (lambda v: isinstance(v, str), "a string"),
+    "score_head": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "objective": (lambda v: v is None or is_text(v), "a string or null"),

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .config import TRAINER_CONFIG_KEY, config_json
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluate import classification_metrics
 from .model import LTuningModel
 from .progress import EVERY_SECONDS, LineProgress, is_terminal
@@ -53,11 +53,21 @@ class LTuningForTrainer(nn.Module):
     Input: input_ids, attention_mask (B, n); token_type_ids (B, n) or None; labels (B,) true classes;
         pair_class (B,) the label each text is paired with; pair_target (B,) 1 true pair / 0 false pair.
     Output: training: loss, logits (B,) pair log-odds (LT) or (B, K) (classic); eval: loss, logits (B, K).
+
+    ``num_train_texts``: the training set's size n, needed by the ``anchored`` score head only (its prior on
+    the head is weighted ``anchor_weight / n`` and added to the training loss, as ``ltuning train`` does).
     """
 
-    def __init__(self, model: LTuningModel) -> None:
+    def __init__(self, model: LTuningModel, num_train_texts: int | None = None) -> None:
         super().__init__()
         self.model = model
+        self.anchor = 0.0
+        if model.method.anchor_penalty() is not None:
+            if not num_train_texts or num_train_texts < 1:
+                raise ConfigError(
+                    f"the anchored score head weighs its prior by 1 / n, n the number of training texts: pass "
+                    f"LTuningForTrainer(model, num_train_texts=len(train_dataset)) (got {num_train_texts!r})")
+            self.anchor = model.method.anchor_weight / num_train_texts
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -71,7 +81,10 @@ class LTuningForTrainer(nn.Module):
                 raise DataError("training an LT method needs pair_class and pair_target: use ltuning.hf.PairCollator")
             m.config.objective = "pairwise"  # what this trains; saved with the adapter
             logits = m(batch, pair_class)  # (B,)
-            return {"loss": F.binary_cross_entropy_with_logits(logits, pair_target.to(logits.dtype)), "logits": logits}
+            loss = F.binary_cross_entropy_with_logits(logits, pair_target.to(logits.dtype))
+            if self.anchor:
+                loss = loss + self.anchor * m.method.anchor_penalty()
+            return {"loss": loss, "logits": logits}
         scores = m.class_scores(batch)  # (B, K)
         out: dict[str, torch.Tensor] = {"logits": scores}
         if labels is not None:

@@ -463,6 +463,8 @@ class _TrainingLoop:
             self.views = [model]
             self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
             self.signature = _run_signature(model, train_data, args, lr)
+        # the anchored score head's prior, weighted lambda / n (n: the training texts, of every task)
+        self.anchor = model.method.anchor_weight / sum(len(d) for d in sets) if model.method.anchor_penalty() is not None else 0.0
         self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
         self.best_state = copy.deepcopy(model.method.state_dict())
         self.best_key = (-math.inf, -math.inf)
@@ -606,6 +608,8 @@ class _TrainingLoop:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev),
                                   objective=self.args.objective)
+            if self.anchor:  # the prior counts once per step: each share carries its part of it too
+                loss = loss.float() + self.anchor * model.method.anchor_penalty()
             # this process's share of the global mean: summed over processes and micro-batches it is the
             # mean loss of the A * B pairs
             part = loss.float() * (len(local.indices) / B) / A

@@ -64,9 +64,13 @@ class Method(nn.Module):
     description: ClassVar[str]
     #: AdamW learning rate when the user gives none.
     default_learning_rate: ClassVar[float] = 1e-2
-    #: The same with the ``cosine`` score head (LT methods; None: ``default_learning_rate``). Only the
-    #: injection trains there, and it is the part that wants a higher rate.
-    cosine_learning_rate: ClassVar[float | None] = None
+    #: The score head of an LT method whose config leaves ``score_head`` unset (classic methods: the paper's
+    #: K-way head, always). Chosen on dev rows with the learning rate (BENCHMARKS.md, "Choosing the defaults").
+    default_score_head: ClassVar[ScoreHead] = ScoreHead.SIMILARITY
+    #: The same with a given score head, where it differs (LT methods; a head left out trains at
+    #: ``default_learning_rate``): with ``cosine`` only the injection trains, and with ``anchored`` the head is
+    #: held near its start on few examples; the injection is the part that wants a higher rate.
+    head_learning_rates: ClassVar[dict[str, float]] = {}
     #: Why ``label_position="after"`` is refused for this method (None: it is supported).
     label_after_refusal: ClassVar[str | None] = None
     #: Config options (besides the method and the backbone) that this method's trained weights depend on:
@@ -122,12 +126,12 @@ class Method(nn.Module):
         self.num_labels = num_labels
         self.label_length = label_length
         out = 2 if self.label_conditioned else num_labels
-        self.score_head = ScoreHead(config.score_head) if self.label_conditioned else ScoreHead.PAPER
+        self.score_head = self.head_for(config.score_head)
         #: what training uses without --learning-rate (an instance value: it depends on the score head)
         self.default_learning_rate = self.learning_rate_for(self.score_head)
         # C_zeta (the classic methods' K-way head); the cosine head has none: nothing in it trains
         self.head = None if self.score_head == ScoreHead.COSINE else nn.Linear(dims.hidden_size, out, bias=False)
-        if self.score_head == ScoreHead.SIMILARITY:
+        if self.score_head.learns_direction:
             d = dims.hidden_size
             self.text_map = nn.Linear(d, d, bias=False)  # W, at the identity: p is compared as it is
             self.logit_scale = nn.Parameter(torch.tensor(math.log(self.initial_scale)))  # s = exp(.)
@@ -141,18 +145,37 @@ class Method(nn.Module):
     #: MiniLM are 0.1-0.3: b = -4 puts the initial pair probabilities near one half).
     initial_scale: ClassVar[float] = 20.0
     initial_bias: ClassVar[float] = -4.0
+    #: anchored head: the prior's weight lambda; the loss gets (lambda / n) * anchor_penalty(), n the number of
+    #: training texts (BENCHMARKS.md, "Choosing the defaults: learning rate and score head")
+    anchor_weight: ClassVar[float] = 10.0
 
     @classmethod
-    def learning_rate_for(cls, score_head: ScoreHead | str) -> float:
-        """The default AdamW learning rate of this method with ``score_head``."""
-        if ScoreHead(score_head) == ScoreHead.COSINE and cls.cosine_learning_rate is not None:
-            return cls.cosine_learning_rate
-        return cls.default_learning_rate
+    def head_for(cls, score_head: ScoreHead | str | None) -> ScoreHead:
+        """The score head this method uses when a config asks for ``score_head``: the paper's K-way head for
+        a classic method, whatever is asked; for an LT method the head asked for, or its ``default_score_head``
+        when None."""
+        if not cls.label_conditioned:
+            return ScoreHead.PAPER
+        return cls.default_score_head if score_head is None else ScoreHead(score_head)
+
+    @classmethod
+    def learning_rate_for(cls, score_head: ScoreHead | str | None = None) -> float:
+        """The default AdamW learning rate of this method with ``score_head`` (None: its default head)."""
+        return cls.head_learning_rates.get(cls.head_for(score_head).value, cls.default_learning_rate)
 
     @property
     def uses_label_vectors(self) -> bool:
         """Whether the pair score reads the labels' pooled frozen embeddings (``Injection.label_vectors``)."""
-        return self.score_head in (ScoreHead.SIMILARITY, ScoreHead.COSINE)
+        return self.score_head.reads_label
+
+    def anchor_penalty(self) -> torch.Tensor | None:
+        """The ``anchored`` head's prior term before its weight: ``||W - I||^2 + ||C_zeta||^2``, the squared
+        distance of the head's direction-learning parts from their start (None for every other head)."""
+        if self.score_head != ScoreHead.ANCHORED:
+            return None
+        W = self.text_map.weight
+        eye = torch.eye(W.shape[0], device=W.device, dtype=W.dtype)
+        return (W - eye).pow(2).sum() + self.head.weight.pow(2).sum()
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         """label_states (K, l, d), label_mask (K, l) -> Injection for K labels or 1 shared group."""
@@ -172,7 +195,7 @@ class Method(nn.Module):
             return self.initial_scale * cos + self.initial_bias
         two = self.head(pooled)
         logit = two[..., 1] - two[..., 0]
-        if self.score_head == ScoreHead.SIMILARITY:
+        if self.score_head.learns_direction:
             cos = F.cosine_similarity(self.text_map(pooled), label_vectors.to(pooled.dtype), dim=-1)
             logit = logit + self.logit_scale.exp() * cos + self.logit_bias
         return logit

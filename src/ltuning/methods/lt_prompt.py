@@ -39,6 +39,6 @@ class LTPrompt(Method):
         d = dims.hidden_size
         if score_head == ScoreHead.COSINE:  # G only: no C_zeta
             return "d^2", d * d
-        if score_head == ScoreHead.SIMILARITY:
+        if ScoreHead(score_head).learns_direction:
             return "2*d^2 + 2*d + 2", 2 * d * d + 2 * d + 2
         return "d^2 + 2*d", d * d + 2 * d
