@@ -511,10 +511,29 @@ def _fs_row(r: dict) -> str:
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
+def _fs_method(method: str) -> str:
+    """A configured row (``fewshot.CONFIGURED``) whose options are its library method's defaults today is that
+    method's row (``lt-prefix-anchored`` is ``lt-prefix`` since the anchored head became its default)."""
+    import fewshot
+
+    base = fewshot.CONFIGURED.get(method, (method, {}))[0]
+    if base != method and (fewshot.score_head(method), fewshot.learning_rate(method)) == (
+            fewshot.score_head(base), fewshot.learning_rate(base)):
+        return base
+    return method
+
+
 def _fewshot_runs(runs) -> list[dict]:
-    """The few-shot result records, each with its table row (``row``); a foreign or half-written file (without
-    the key fields) is left out."""
-    return [{**r, "row": _fs_row(r)} for r in runs if isinstance(r, dict) and all(k in r for k in FEWSHOT_KEYS)]
+    """The few-shot result records, each with its table row (``row``; a configured row run under its own name
+    is its method's default row where the two are the same recipe, one record per cell); a foreign or
+    half-written file (without the key fields) is left out."""
+    out = {}
+    for r in runs:
+        if isinstance(r, dict) and all(k in r for k in FEWSHOT_KEYS):
+            r = {**r, "method": _fs_method(r["method"])}
+            r["row"] = _fs_row(r)
+            out.setdefault((r["dataset"], r["row"], r["shots"], r["seed"]), r)
+    return list(out.values())
 
 
 def _fs_rows(runs) -> list[str]:
@@ -623,8 +642,7 @@ def source_parts_table(runs) -> str:
 
 FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe"),
                  ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix"),
-                 ("lt-prefix-anchored", "setfit"), ("lt-prefix-anchored", "prefix"),
-                 ("lt-prefix-anchored", "lt-prefix-cosine")]
+                 ("lt-prefix", "lt-prefix-cosine")]
 
 
 def fewshot_paired(runs) -> list[str]:

@@ -227,9 +227,10 @@ def test_method_matrix(family, method):
     loss.backward()
     for name, p in model.backbone.named_parameters():
         assert p.grad is None, f"backbone parameter {name} got a gradient"
-    # LT-prefix's F reaches the loss through Z, which the similarity head starts at zero: its first
-    # gradient is zero (tests/test_methods.py checks it flows after one step)
-    zero_at_init = {"pool.weight"} if model.config.score_head.value == "similarity" else set()
+    # LT-prefix's F reaches the loss through Z, which every head that reads the label's embedding
+    # (similarity, anchored, cosine) starts at zero: its first gradient is zero (tests/test_methods.py checks
+    # it flows after one step)
+    zero_at_init = {"pool.weight"} if model.config.score_head.reads_label else set()
     for name, p in model.method.named_parameters():
         assert p.grad is not None, f"method parameter {name} got no gradient"
         assert (p.grad.abs().sum() > 0) != (name in zero_at_init), f"method parameter {name}: gradient {p.grad.abs().sum()}"

@@ -67,7 +67,7 @@ def test_a_trainer_checkpoint_loads_as_an_adapter(saved, tmp_path):
     args = TrainingArguments(str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, save_steps=2,
                              report_to=[], use_cpu=True, remove_unused_columns=False, learning_rate=1e-2,
                              disable_tqdm=True)
-    Trainer(model=LTuningForTrainer(model), args=args, train_dataset=datasets.Dataset.from_dict(rows),
+    Trainer(model=LTuningForTrainer(model, num_train_texts=4), args=args, train_dataset=datasets.Dataset.from_dict(rows),
             data_collator=PairCollator(model)).train()
     ckpt = tmp_path / "out" / "checkpoint-2"
     assert not (ckpt / "adapter_config.json").exists()  # what the Trainer writes: model.safetensors + its state

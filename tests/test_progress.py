@@ -72,7 +72,7 @@ def test_trainer_progress_is_plain_lines(capsys, tmp_path):
     args = TrainingArguments(str(tmp_path / "out"), max_steps=10, per_device_train_batch_size=4, logging_steps=5,
                              report_to=[], use_cpu=True, remove_unused_columns=False, save_strategy="no",
                              learning_rate=1e-2)
-    trainer = use_line_progress(Trainer(model=LTuningForTrainer(model), args=args, train_dataset=ds,
+    trainer = use_line_progress(Trainer(model=LTuningForTrainer(model, num_train_texts=len(ds)), args=args, train_dataset=ds,
                                         data_collator=PairCollator(model)))
     names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     assert "ProgressCallback" not in names and names.count(LineProgressCallback.__name__) == 1

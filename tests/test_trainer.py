@@ -56,7 +56,7 @@ def test_trainer_trains_and_evaluates(method, tmp_path):
                              eval_strategy="steps", eval_steps=2, save_steps=2, load_best_model_at_end=True,
                              metric_for_best_model="accuracy", report_to=[], use_cpu=True,
                              remove_unused_columns=False, seed=0)
-    trainer = Trainer(model=LTuningForTrainer(model), args=args, train_dataset=as_dataset(TRAIN),
+    trainer = Trainer(model=LTuningForTrainer(model, num_train_texts=len(TRAIN)), args=args, train_dataset=as_dataset(TRAIN),
                       eval_dataset=as_dataset(VALID), data_collator=PairCollator(model),
                       compute_metrics=compute_metrics)
     trainer.train()
@@ -93,7 +93,7 @@ def test_pretokenized_dataset_keeps_default_remove_unused_columns(tmp_path):
     assert {"input_ids", "attention_mask"} <= set(train.column_names)
     args = TrainingArguments(str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[],
                              use_cpu=True, save_strategy="no", learning_rate=1e-2)
-    trainer = Trainer(model=LTuningForTrainer(model), args=args, train_dataset=train,
+    trainer = Trainer(model=LTuningForTrainer(model, num_train_texts=len(train)), args=args, train_dataset=train,
                       data_collator=PairCollator(model))
     assert trainer.train().training_loss > 0
 
@@ -108,12 +108,13 @@ def test_anchored_head_adds_its_prior_to_the_trainer_loss_and_needs_the_training
     bert, tok = tiny_bert()
     model = get_ltuning_model(bert, LTuningConfig(method="lt-prefix", score_head="anchored"),
                               labels=as_dataset(TRAIN).features["label"], tokenizer=tok)
-    with pytest.raises(ConfigError, match=r"num_train_texts=len\(train_dataset\)"):
-        LTuningForTrainer(model)
+    batch = PairCollator(model, seed=0)([{"text": t, "label": y} for t, y in TRAIN[:4]])
+    with pytest.raises(ConfigError, match=r"num_train_texts=len\(train_dataset\)\) \(got num_train_texts=None\)"):
+        LTuningForTrainer(model).train()(**batch)
+    LTuningForTrainer(model).eval()(**batch)  # scoring needs no n
     wrapped = LTuningForTrainer(model, num_train_texts=len(TRAIN)).train()
     with torch.no_grad():
         model.method.text_map.weight.add_(0.01)  # away from the identity: the prior is no longer zero
-    batch = PairCollator(model, seed=0)([{"text": t, "label": y} for t, y in TRAIN[:4]])
     loss = wrapped(**batch)["loss"]
     logits = model({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch},
                    batch["pair_class"])

@@ -79,7 +79,7 @@ def test_build_and_train_takes_the_adapters_label_length_and_trains_from_its_wei
 @pytest.mark.parametrize("options, match", [
     ({"method": "lt-prompt"}, r"it is a lt-prefix adapter and this run trains lt-prompt; give --method lt-prefix"),
     ({"text_pooling": "cls"}, r"text_pooling is 'pooler' there, 'cls' here \(give --text-pooling pooler\)"),
-    ({"score_head": "paper"}, r"score_head is 'similarity' there, 'paper' here \(give --score-head similarity\)"),
+    ({"score_head": "paper"}, r"score_head is 'anchored' there, 'paper' here \(give --score-head anchored\)"),
     ({"prefix_pooling": "softmax"}, r"prefix_pooling is 'raw' there, 'softmax' here"),
     ({"prefix_layers": 1}, r"prefix_layers is 2 there, 1 here \(give --prefix-layers 2\)"),
 ])

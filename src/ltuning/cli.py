@@ -96,7 +96,7 @@ def _score_heads() -> list[str]:
 
 
 def _default_score_heads() -> str:
-    """'similarity for lt-prefix and lt-prompt' (or one head per method): each LT method's default score head,
+    """'anchored for lt-prefix, similarity for lt-prompt': each LT method's default score head,
     for --help."""
     from .methods import METHODS
 
@@ -322,7 +322,7 @@ def build_parser() -> _Parser:
     p = command("params", help="trainable parameters of each method, next to the paper's formulas",
                 description="Count each method's trainable parameters on a backbone and show the "
                             "paper's formula (A.5) with this backbone's m, d, d_kv, l, K (plus d^2 + 2 for the LT "
-                            "methods' similarity head; --score-head paper gives the paper's counts, --score-head "
+                            "methods' similarity and anchored heads; --score-head paper gives the paper's counts, --score-head "
                             "cosine 2*d fewer: no C_zeta).")
     _add_model_args(p)
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="labels to count with (default: sst2)")

@@ -92,6 +92,9 @@ class ScoreHead(str, enum.Enum):
     holds the head near the frozen similarity (the ``cosine`` head) and only the label prefix / prompt moves;
     on a full training set it lets W and C_zeta learn a task direction (the ``similarity`` head). The same
     weights and scores as ``similarity`` once trained.
+
+    An unset ``LTuningConfig.score_head`` (None) is the method's ``default_score_head``: ``anchored`` for
+    LT-prefix, ``similarity`` for LT-prompt (chosen on dev rows: BENCHMARKS.md, "Choosing the defaults").
     """
 
     PAPER = "paper"

@@ -18,7 +18,7 @@ swaps transformers' tqdm bar for plain progress lines when stderr is a file or a
 Example:
     >>> from transformers import Trainer, TrainingArguments  # doctest: +SKIP
     >>> model = get_ltuning_model("minilm", LTuningConfig(method="lt-prefix"), labels=["negative", "positive"])
-    >>> trainer = Trainer(model=LTuningForTrainer(model), args=TrainingArguments(
+    >>> trainer = Trainer(model=LTuningForTrainer(model, num_train_texts=len(train_ds)), args=TrainingArguments(
     ...     "runs/trainer", max_steps=300, per_device_train_batch_size=16,
     ...     learning_rate=model.method.default_learning_rate,  # what ltuning train uses for this method
     ...     remove_unused_columns=False),  # the collator reads the raw "text" column
@@ -54,20 +54,28 @@ class LTuningForTrainer(nn.Module):
         pair_class (B,) the label each text is paired with; pair_target (B,) 1 true pair / 0 false pair.
     Output: training: loss, logits (B,) pair log-odds (LT) or (B, K) (classic); eval: loss, logits (B, K).
 
-    ``num_train_texts``: the training set's size n, needed by the ``anchored`` score head only (its prior on
-    the head is weighted ``anchor_weight / n`` and added to the training loss, as ``ltuning train`` does).
+    ``num_train_texts``: the training set's size n, needed to train with the ``anchored`` score head (LT-prefix's
+    default; its prior on the head is weighted ``anchor_weight / n`` and added to the training loss, as
+    ``ltuning train`` does). Training without it raises ConfigError; loading and evaluating do not need it.
     """
 
     def __init__(self, model: LTuningModel, num_train_texts: int | None = None) -> None:
         super().__init__()
         self.model = model
-        self.anchor = 0.0
-        if model.method.anchor_penalty() is not None:
-            if not num_train_texts or num_train_texts < 1:
-                raise ConfigError(
-                    f"the anchored score head weighs its prior by 1 / n, n the number of training texts: pass "
-                    f"LTuningForTrainer(model, num_train_texts=len(train_dataset)) (got {num_train_texts!r})")
-            self.anchor = model.method.anchor_weight / num_train_texts
+        self.num_train_texts = num_train_texts
+
+    def _anchor(self) -> float:
+        """The anchored head's prior weight, anchor_weight / n (0 for every other head); needs n to train."""
+        m = self.model.method
+        if m.anchor_penalty() is None:
+            return 0.0
+        n = self.num_train_texts
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(
+                f"training {self.model.config.method} with the anchored score head (lt-prefix's default) weighs its "
+                f"prior by 1 / n, n the number of training texts: build LTuningForTrainer(model, "
+                f"num_train_texts=len(train_dataset)) (got num_train_texts={n!r})")
+        return m.anchor_weight / n
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -82,8 +90,9 @@ class LTuningForTrainer(nn.Module):
             m.config.objective = "pairwise"  # what this trains; saved with the adapter
             logits = m(batch, pair_class)  # (B,)
             loss = F.binary_cross_entropy_with_logits(logits, pair_target.to(logits.dtype))
-            if self.anchor:
-                loss = loss + self.anchor * m.method.anchor_penalty()
+            anchor = self._anchor()
+            if anchor:
+                loss = loss + anchor * m.method.anchor_penalty()
             return {"loss": loss, "logits": logits}
         scores = m.class_scores(batch)  # (B, K)
         out: dict[str, torch.Tensor] = {"logits": scores}
