@@ -68,7 +68,8 @@ def objective(method: str, listwise: bool = False) -> str:
 
 def split_score_head(name: str) -> tuple[str, str]:
     """(method, score head) of a row or variant name ``lt-<method>[-paper|-similarity|-cosine|-anchored]``: the suffix
-    names the head; without one, the library's similarity head. Only the LT methods have a choice of head: any
+    names the head; without one, the similarity head (what these rows ran; LT-prefix's library default is now
+    the anchored head, named with ``-anchored``). Only the LT methods have a choice of head: any
     other name is the method itself with the paper's K-way head (``zero-shot-similarity`` included)."""
     if not name.startswith("lt-"):
         return name, "paper"

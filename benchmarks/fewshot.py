@@ -83,6 +83,8 @@ def score_head(method: str) -> str | None:
     library default (what a user gets without ``--score-head``); None for the other rows."""
     from ltuning.methods import METHODS
 
+    if method == "lt-prefix-multitask":
+        return ABLATION_HEAD
     name, options = CONFIGURED.get(method, (method, {}))
     if name not in METHODS or not METHODS[name].label_conditioned:
         return None
@@ -195,6 +197,10 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
 }
 
 
+#: The head of the ``ablate`` cells of lt-prefix / lt-prompt and of ``lt-prefix-multitask`` (its source adapters
+#: and its target runs): the similarity head, the LT default when they ran; pinned, so that a later default
+#: does not mix recipes under one row
+ABLATION_HEAD = "similarity"
 SOURCES = common.ROOT / "benchmarks" / ".fewshot_sources"
 SOURCE_STEPS, SOURCE_SEED = 300, 0
 
@@ -230,7 +236,8 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
         run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
                               TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, learning_rate=MULTITASK_LR,
                                         seed=SOURCE_SEED, progress=False),
-                              method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None)
+                              method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None,
+                              score_head=ABLATION_HEAD)
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
                                     "text_pooling": pooling.value, "learning_rate": MULTITASK_LR, "train_seconds": _since(t)}))
@@ -306,6 +313,10 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 recipe["init_from"] = source
             set_seed(seed)
             name, options = CONFIGURED.get(method, ("lt-prefix" if source else method, {}))
+            if (variant or source) and name == ("lt-prefix" if source else method):
+                # the ablations of lt-prefix / lt-prompt and lt-prefix-multitask ran, and run, the similarity
+                # head (their stored cells' head; render.DEFAULT_CONFIGS reads them as that head's)
+                options = {**options, "score_head": ABLATION_HEAD}
             cfg = LTuningConfig(method=name, **options, base_model=BACKBONE,
                                 label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
                                 max_length=common.MAX_LENGTH,
@@ -357,7 +368,9 @@ def slow_head(method, c: float) -> None:
 
 def head_prior(method, weight: float) -> None:
     """The ``head-prior`` ablations: ``weight * (||W - W0||^2 + ||C_zeta - C0||^2)`` added to the loss (through
-    its gradient, ``2 * weight * (theta - theta0)``, added to each of the two parameters' own)."""
+    its gradient, ``2 * weight * (theta - theta0)``, added to each of the two parameters' own on every
+    backward: the same as the library's ``anchored`` term with one backward per step and one process, as here,
+    and a fresh model, whose start W0 = I, C0 = 0 is the anchored head's centre)."""
     for p in (method.text_map.weight, method.head.weight):
         start = p.detach().clone()
         p.register_hook(lambda g, p=p, start=start: g + 2 * weight * (p.detach() - start))

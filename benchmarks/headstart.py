@@ -9,7 +9,7 @@ Every number here is on a **dev split carved from the training data** (seeded, 1
         lt-prefix-similarity prefix --steps 400 --eval-every 50
 
 Variants: ``zero-shot-similarity`` (no training: cosine of the frozen sentence embeddings of text and label
-text), ``<method>-paper`` / ``<method>-similarity`` / ``<method>-cosine`` for the LT methods (``score_head``), and the classic
+text), ``<method>-paper`` / ``<method>-similarity`` / ``<method>-cosine`` / ``<method>-anchored`` for the LT methods (``score_head``), and the classic
 ``prefix`` / ``prompt``. A ``-listwise`` suffix on an LT variant trains with ``objective="listwise"`` (a K-way
 softmax over the K pair scores of each text: K forward rows per text where the pairwise A.3 objective has one);
 ``forward_rows_per_step`` in the JSON says which.

@@ -48,6 +48,10 @@ from headstart import zero_shot  # noqa: E402
 OUT = common.RESULTS / "multitask"
 
 
+#: the score head of every adapter here: the similarity head, LT-prefix's default when the stored results ran
+#: (pinned, so that a later default does not change the recipe under them)
+HEAD = "similarity"
+
 def per_class_sample(data, k: int, seed: int):
     """k examples of each class, drawn with a seeded generator per (seed, k, class); all of a class if fewer."""
     from ltuning.data import TextDataset
@@ -99,7 +103,8 @@ def run(backbone, args, seed: int) -> dict:
               "train_rows": {t: len(d) for t, d in train_sets.items()},
               "recipe": "library defaults (TrainArgs(): listwise, similarity head, method's default lr), final state"}
     t0 = time.perf_counter()
-    multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None)
+    multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
+                            score_head=HEAD)
     record["learning_rate"] = multi.result.learning_rate  # the rate the run resolved (the method's default)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
@@ -113,7 +118,8 @@ def run(backbone, args, seed: int) -> dict:
     for t in args.tasks:
         for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
-            single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None)
+            single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
+                                     score_head=HEAD)
             record["per_task"][f"{t}/{kind}"] = {"steps": steps, "seconds": time.perf_counter() - t1,
                                                  "validation": scored(single.model, val_sets[t])}
             print(f"  {t} {kind} ({steps} steps): {record['per_task'][f'{t}/{kind}']['validation']['accuracy']:.3f}",
@@ -137,7 +143,7 @@ def run(backbone, args, seed: int) -> dict:
         for start in ("multitask", "scratch"):
             set_seed(seed)
             cfg = LTuningConfig(method="lt-prefix", base_model=backbone.name, label_names=held.label_names,
-                                label_texts=texts, label_length=model.config.label_length,
+                                label_texts=texts, score_head=HEAD, label_length=model.config.label_length,
                                 max_length=model.config.max_length, text_pooling=model.pooling)
             m = LTuningModel(backbone, cfg)
             if start == "multitask":

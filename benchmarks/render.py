@@ -482,7 +482,7 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
-FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prefix-anchored", "lt-prompt", "prefix", "prompt",
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "prefix", "prompt",
                  "linear-probe", "setfit", "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
@@ -641,8 +641,7 @@ def source_parts_table(runs) -> str:
 
 
 FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe"),
-                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix"),
-                 ("lt-prefix", "lt-prefix-cosine")]
+                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix")]
 
 
 def fewshot_paired(runs) -> list[str]:
@@ -720,7 +719,7 @@ def fewshot_ablation_table(runs) -> str:
 
 #: The configurations a method's default is chosen among: (method, score head) -> (the few-shot dev ablation
 #: variants that ran it, the converged learning-rate search's row that ran it). The LT rows train listwise. A
-#: few-shot ``default`` / ``lr-X`` cell runs the similarity head; ``prefix-only-lr-X`` (LT-prefix with that head
+#: few-shot ``default`` / ``lr-X`` cell of lt-prefix / lt-prompt runs the similarity head (``fewshot.ABLATION_HEAD``); ``prefix-only-lr-X`` (LT-prefix with that head
 #: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head, and
 #: ``head-prior-10-lr-X`` (a prior of weight 10 / n on W - I and C_zeta) the anchored head. A classic method
 #: has one head (the paper's K-way head; None here).

@@ -258,7 +258,7 @@ def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_p
         argv, _ = _apply_config(parser, ["train", "--config", str(path)])
         args = parser.parse_args(argv)
         assert args.score_head == expected
-        assert _resolved_config(args)["score_head"] == expected or METHODS["lt-prefix"].default_score_head.value
+        assert _resolved_config(args)["score_head"] == (expected or METHODS["lt-prefix"].default_score_head.value)
     assert _resolved_config(build_parser().parse_args(["train", "--method", "prefix"]))["score_head"] == "paper"
 
 
@@ -273,3 +273,16 @@ def test_an_unset_score_head_is_the_methods_own_default(method):
     expected = cls.default_score_head if cls.label_conditioned else ScoreHead.PAPER
     assert model.config.score_head == model.method.score_head == expected
     assert model.method.default_learning_rate == cls.learning_rate_for(None) == cls.learning_rate_for(expected)
+
+
+def test_a_saved_adapter_with_a_null_score_head_is_refused(tmp_path):
+    """A built model's config names its head, so a saved adapter with "score_head": null was not written by a
+    trained model; it is refused rather than loaded with whatever today's default head is."""
+    from ltuning.errors import AdapterError
+
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    shapes, _ = OLD_ADAPTERS["lt-prefix"]
+    save_file({k: torch.zeros(shape) for k, shape in shapes}, str(tmp_path / WEIGHTS_NAME))
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**OLD_CONFIG, "method": "lt-prefix", "score_head": None}))
+    with pytest.raises(AdapterError, match="score_head is null; a saved adapter names the head it was trained with"):
+        load_adapter(tmp_path, backbone=bb)

@@ -89,6 +89,23 @@ def test_an_option_the_weights_depend_on_must_match(backbone, source, options, m
                         init_from=source, say=None, **{"method": "lt-prefix", **options})
 
 
+def test_an_unset_score_head_is_the_source_adapters(backbone, source, tmp_path):
+    """Without score_head (--score-head), a warm start trains with the source adapter's head, as it takes its l
+    and depth: an adapter trained with the similarity head (LT-prefix's default before the anchored head)
+    continues with it; given, the head must match."""
+    args = TrainArgs(max_steps=2, batch_size=4, progress=False)
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, args, method="lt-prefix", score_head="similarity",
+                          say=None)
+    run.model.save_pretrained(tmp_path / "similarity")
+    again = build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix",
+                            init_from=tmp_path / "similarity", say=None)
+    assert again.model.config.score_head.value == "similarity"
+    assert LTuningModel.from_pretrained(source, backbone).config.score_head.value == "anchored"  # today's default
+    with pytest.raises(ConfigError, match=r"score_head is 'similarity' there, 'anchored' here"):
+        build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix",
+                        init_from=tmp_path / "similarity", score_head="anchored", say=None)
+
+
 def test_label_length_given_and_different_is_refused(backbone, source):
     l = LTuningModel.from_pretrained(source, backbone).config.label_length
     with pytest.raises(ConfigError, match=rf"label_length is {l} there, {l + 1} here \(give --label-length {l}\)"):

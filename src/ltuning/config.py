@@ -86,8 +86,8 @@ class ScoreHead(str, enum.Enum):
     meaning stays the frozen model's, and the adapter holds no task-specific direction (no W, no C_zeta).
     LT-prefix's Z starts at zero, so step 0 is the zero-shot ranking, as with ``similarity``. Trains at
     the method's ``head_learning_rates["cosine"]`` by default where it has one (LT-prefix; BENCHMARKS.md, "Few-shot").
-    ``anchored``: the ``similarity`` head, trained with a Gaussian prior centred on its start (W at the identity,
-    C_zeta at zero): ``(anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2)`` is added to the loss, n the number
+    ``anchored``: the ``similarity`` head, trained with a Gaussian prior centred on its initial values (W at the
+    identity, C_zeta at zero: the frozen similarity; also when training starts from another adapter's weights): ``(anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2)`` is added to the loss, n the number
     of training texts. As in any MAP estimate the prior's weight falls as 1 / n: on a few examples per class it
     holds the head near the frozen similarity (the ``cosine`` head) and only the label prefix / prompt moves;
     on a full training set it lets W and C_zeta learn a task direction (the ``similarity`` head). The same
@@ -245,8 +245,12 @@ class LTuningConfig:
         raw = read_config_dict(directory)
         source = config_source(directory)
         _check_config_types(raw, source)
-        # Adapters saved before score_head existed were trained with the paper's head.
+        # Adapters saved before score_head existed were trained with the paper's head; a saved adapter names its
+        # head (a built model's config always does), so a null one is not "today's default"
         raw.setdefault("score_head", "paper")
+        if raw["score_head"] is None:
+            raise AdapterError(f"{source}: score_head is null; a saved adapter names the head it was trained with "
+                               f"(one of {[h.value for h in ScoreHead]})")
         _primary_task_first(raw)
         try:
             return cls.from_dict(raw)

@@ -8,7 +8,7 @@ class logits for the classic prefix / prompt). A softmax over K gives ``predict`
 How (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``):
 
 - :class:`OnnxScorer` holds the injection (prefix or prompt for every label, and the label vectors of the
-  similarity and cosine heads) as constant buffers, computed once from the adapter, and runs the model's own
+  similarity, anchored and cosine heads) as constant buffers, computed once from the adapter, and runs the model's own
   :meth:`LTuningModel.class_scores` on them (the K rows of every text).
 - Placing a prompt, and packing rows right-padded, sorts sort keys with a *stable* argsort, which no
   ONNX exporter converts (``aten.sort.stable``). While exporting, the backbone's ``_packing_order`` is

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from .config import TRAINER_CONFIG_KEY, config_json
+from .config import TRAINER_CONFIG_KEY, ScoreHead, config_json
 from .errors import ConfigError, DataError
 from .evaluate import classification_metrics
 from .model import LTuningModel
@@ -67,7 +67,7 @@ class LTuningForTrainer(nn.Module):
     def _anchor(self) -> float:
         """The anchored head's prior weight, anchor_weight / n (0 for every other head); needs n to train."""
         m = self.model.method
-        if m.anchor_penalty() is None:
+        if m.score_head != ScoreHead.ANCHORED:
             return 0.0
         n = self.num_train_texts
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -75,7 +75,7 @@ class LTuningForTrainer(nn.Module):
                 f"training {self.model.config.method} with the anchored score head (lt-prefix's default) weighs its "
                 f"prior by 1 / n, n the number of training texts: build LTuningForTrainer(model, "
                 f"num_train_texts=len(train_dataset)) (got num_train_texts={n!r})")
-        return m.anchor_weight / n
+        return m.anchor_scale(n)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,

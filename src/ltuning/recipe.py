@@ -302,12 +302,12 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         from .loading import load_backbone
 
         backbone = load_backbone(backbone, trust_remote_code=trust_remote_code)
-    if init_from is not None:  # the backbone and method first; then l and the depth default to the adapter's
+    if init_from is not None:  # the backbone and method first; then l, the depth and the head default to the adapter's
         from .methods import get_method
 
         source = _source_config(init_from)
         _check_source(init_from, source, backbone, model_options.get("method") or "lt-prefix")
-        for key in ("label_length", "prefix_layers"):
+        for key in ("label_length", "prefix_layers", "score_head"):
             if key in get_method(source.method).weight_options and model_options.get(key) is None:
                 model_options[key] = getattr(source, key)
     t0 = time.perf_counter()

@@ -464,7 +464,7 @@ class _TrainingLoop:
             self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
             self.signature = _run_signature(model, train_data, args, lr)
         # the anchored score head's prior, weighted lambda / n (n: the training texts, of every task)
-        self.anchor = model.method.anchor_weight / sum(len(d) for d in sets) if model.method.anchor_penalty() is not None else 0.0
+        self.anchor = model.method.anchor_scale(sum(len(d) for d in sets))
         self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
         self.best_state = copy.deepcopy(model.method.state_dict())
         self.best_key = (-math.inf, -math.inf)
@@ -519,6 +519,9 @@ class _TrainingLoop:
             if "learning_rate" in diff and saved.get("learning_rate") is not None:  # e.g. begun at an earlier default
                 hint += (f"; to go on at the checkpoint's learning rate, pass --learning-rate {saved.get('learning_rate')!r} "
                          "(Python: TrainArgs(learning_rate=...)); the default of a method can change between versions")
+            if "score_head" in diff and saved.get("score_head"):  # e.g. begun with an earlier default head
+                hint += (f"; to go on with the checkpoint's score head, pass --score-head {saved['score_head']} "
+                         "(Python: score_head=...); the default head of a method can change between versions")
             if "warm_start" in diff:
                 hint += ("; the run started from an adapter's weights: resume it with the same --init-from "
                          "(Python: init_from=)" if saved["warm_start"] else

@@ -9,7 +9,9 @@ shared injection and classify with a K-way head.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar, Literal
 
 import torch
@@ -70,7 +72,7 @@ class Method(nn.Module):
     #: The same with a given score head, where it differs (LT methods; a head left out trains at
     #: ``default_learning_rate``): with ``cosine`` only the injection trains, and with ``anchored`` the head is
     #: held near its start on few examples; the injection is the part that wants a higher rate.
-    head_learning_rates: ClassVar[dict[str, float]] = {}
+    head_learning_rates: ClassVar[Mapping[str, float]] = MappingProxyType({})
     #: Why ``label_position="after"`` is refused for this method (None: it is supported).
     label_after_refusal: ClassVar[str | None] = None
     #: Config options (besides the method and the backbone) that this method's trained weights depend on:
@@ -167,6 +169,11 @@ class Method(nn.Module):
     def uses_label_vectors(self) -> bool:
         """Whether the pair score reads the labels' pooled frozen embeddings (``Injection.label_vectors``)."""
         return self.score_head.reads_label
+
+    def anchor_scale(self, num_train_texts: int) -> float:
+        """The weight of :meth:`anchor_penalty` in the training loss for ``num_train_texts`` training texts:
+        ``anchor_weight / n`` with the anchored head, 0 with every other head."""
+        return self.anchor_weight / num_train_texts if self.score_head == ScoreHead.ANCHORED else 0.0
 
     def anchor_penalty(self) -> torch.Tensor | None:
         """The ``anchored`` head's prior term before its weight: ``||W - I||^2 + ||C_zeta||^2``, the squared

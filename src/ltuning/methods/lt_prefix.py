@@ -14,7 +14,8 @@ from .base import Injection, Method
 class LTPrefix(Method):
     """F_Phi: Linear(d, 1) scores each label token; Z_Psi: Linear(l, 2*j*l*d_kv) maps the l scores to keys
     and values for the top j layers (``prefix_layers``; default j = m, every layer).
-    Trainable: d + 2*l^2*j*d_kv, + 2*d (C_zeta) with the paper and similarity heads, + d^2 + 2 more with similarity.
+    Trainable: d + 2*l^2*j*d_kv, + 2*d (C_zeta) with the paper, similarity and anchored heads, + d^2 + 2 more
+    with similarity and anchored.
 
     Input shape: label_states (K, l, d), label_mask (K, l)
     Output shape: prefix (K, j, 2, n_kv, l, d_h)

@@ -12,7 +12,8 @@ from .base import Injection, Method
 
 class LTPrompt(Method):
     """G_gamma: Linear(d, d) maps the frozen label encoding h_k to l soft-prompt vectors e(y_k).
-    Trainable: d^2, + 2*d (C_zeta) with the paper and similarity heads, + d^2 + 2 more with similarity.
+    Trainable: d^2, + 2*d (C_zeta) with the paper, similarity and anchored heads, + d^2 + 2 more with similarity
+    and anchored.
 
     Input shape: label_states (K, l, d), label_mask (K, l)
     Output shape: prompt (K, l, d), prompt_mask (K, l) (padded label positions stay masked)
