@@ -151,20 +151,22 @@ def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
         assert [scores["bad"], scores["good"]] == pytest.approx(w.tolist(), abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
-def test_the_anchored_head_is_the_similarity_head_plus_a_prior_weighted_by_one_over_n(method):
+@pytest.mark.parametrize(("method", "accumulate"), [("lt-prefix", 1), ("lt-prompt", 1), ("lt-prefix", 2)])
+def test_the_anchored_head_is_the_similarity_head_plus_a_prior_weighted_by_one_over_n(method, accumulate):
     """score_head="anchored": the similarity head's parameters and scores, and a training loss that adds
     (anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2), n the training texts. The prior's gradient is zero at
     the start, so one step from the same weights and batch moves both heads alike; the second step's loss
-    then differs by exactly the prior at those (common) weights."""
+    then differs by exactly the prior at those (common) weights, also when a step accumulates several batches
+    (the prior counts once per optimizer step)."""
     bb = Backbone(*tiny_bert(), name="tiny-bert")
     sim, anc = lt(method, backbone=bb), lt(method, backbone=bb, score_head="anchored")
     start = {k: v.clone() for k, v in sim.method.state_dict().items()}
     anc.method.load_state_dict(start)
-    assert sim.method.anchor_penalty() is None and float(anc.method.anchor_penalty()) == 0.0
+    assert sim.method.anchor_loss(len(DATA)) is None and float(anc.method.anchor_loss(len(DATA))) == 0.0
     assert anc.num_trainable_parameters() == sim.num_trainable_parameters()
     assert torch.equal(anc.eval().score_texts(TEXTS), sim.eval().score_texts(TEXTS))
-    args = TrainArgs(max_steps=2, batch_size=4, learning_rate=0.05, progress=False)
+    args = TrainArgs(max_steps=2, batch_size=4, learning_rate=0.05, progress=False,
+                     gradient_accumulation_steps=accumulate)
     one = TrainArgs(**{**args.__dict__, "max_steps": 1})
     logs = {h: train(m, DATA, None, args).train_log for h, m in (("similarity", sim), ("anchored", anc))}
     assert logs["anchored"][0]["loss"] == logs["similarity"][0]["loss"]
@@ -174,8 +176,8 @@ def test_the_anchored_head_is_the_similarity_head_plus_a_prior_weighted_by_one_o
     m = after_one.method
     eye = torch.eye(m.text_map.weight.shape[0])
     penalty = float((m.text_map.weight - eye).pow(2).sum() + m.head.weight.pow(2).sum())
-    assert penalty > 0 and float(m.anchor_penalty()) == pytest.approx(penalty, rel=1e-6)
     expected = Method.anchor_weight / len(DATA) * penalty
+    assert penalty > 0 and float(m.anchor_loss(len(DATA))) == pytest.approx(expected, rel=1e-6)
     assert logs["anchored"][1]["loss"] - logs["similarity"][1]["loss"] == pytest.approx(expected, rel=1e-4)
 
 

@@ -99,7 +99,7 @@ def test_pretokenized_dataset_keeps_default_remove_unused_columns(tmp_path):
 
 
 def test_anchored_head_adds_its_prior_to_the_trainer_loss_and_needs_the_training_size():
-    """score_head="anchored": LTuningForTrainer adds (anchor_weight / n) * anchor_penalty() to the pair loss,
+    """score_head="anchored": LTuningForTrainer adds (anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2) to the pair loss,
     n given as num_train_texts; without n it refuses, saying what to pass."""
     from conftest import tiny_bert
 

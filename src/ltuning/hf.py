@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from .config import TRAINER_CONFIG_KEY, ScoreHead, config_json
-from .errors import ConfigError, DataError
+from .config import TRAINER_CONFIG_KEY, config_json
+from .errors import DataError
 from .evaluate import classification_metrics
 from .model import LTuningModel
 from .progress import EVERY_SECONDS, LineProgress, is_terminal
@@ -64,19 +64,6 @@ class LTuningForTrainer(nn.Module):
         self.model = model
         self.num_train_texts = num_train_texts
 
-    def _anchor(self) -> float:
-        """The anchored head's prior weight, anchor_weight / n (0 for every other head); needs n to train."""
-        m = self.model.method
-        if m.score_head != ScoreHead.ANCHORED:
-            return 0.0
-        n = self.num_train_texts
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(
-                f"training {self.model.config.method} with the anchored score head (lt-prefix's default) weighs its "
-                f"prior by 1 / n, n the number of training texts: build LTuningForTrainer(model, "
-                f"num_train_texts=len(train_dataset)) (got num_train_texts={n!r})")
-        return m.anchor_scale(n)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 pair_class: torch.Tensor | None = None, pair_target: torch.Tensor | None = None) -> dict:
@@ -90,9 +77,9 @@ class LTuningForTrainer(nn.Module):
             m.config.objective = "pairwise"  # what this trains; saved with the adapter
             logits = m(batch, pair_class)  # (B,)
             loss = F.binary_cross_entropy_with_logits(logits, pair_target.to(logits.dtype))
-            anchor = self._anchor()
-            if anchor:
-                loss = loss + anchor * m.method.anchor_penalty()
+            prior = m.method.anchor_loss(self.num_train_texts)  # the anchored head's; None for the others
+            if prior is not None:
+                loss = loss + prior
             return {"loss": loss, "logits": logits}
         scores = m.class_scores(batch)  # (B, K)
         out: dict[str, torch.Tensor] = {"logits": scores}

@@ -463,8 +463,8 @@ class _TrainingLoop:
             self.views = [model]
             self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
             self.signature = _run_signature(model, train_data, args, lr)
-        # the anchored score head's prior, weighted lambda / n (n: the training texts, of every task)
-        self.anchor = model.method.anchor_scale(sum(len(d) for d in sets))
+        # n of the anchored score head's prior (lambda / n): the training texts, of every task
+        self.num_train_texts = sum(len(d) for d in sets)
         self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
         self.best_state = copy.deepcopy(model.method.state_dict())
         self.best_key = (-math.inf, -math.inf)
@@ -611,8 +611,9 @@ class _TrainingLoop:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss = model.loss(batch, local.labels.to(dev), local.label_ids.to(dev), local.targets.to(dev),
                                   objective=self.args.objective)
-            if self.anchor:  # the prior counts once per step: each share carries its part of it too
-                loss = loss.float() + self.anchor * model.method.anchor_penalty()
+            prior = model.method.anchor_loss(self.num_train_texts)
+            if prior is not None:  # the prior counts once per step: each share carries its part of it too
+                loss = loss.float() + prior
             # this process's share of the global mean: summed over processes and micro-batches it is the
             # mean loss of the A * B pairs
             part = loss.float() * (len(local.indices) / B) / A

@@ -147,8 +147,8 @@ class Method(nn.Module):
     #: MiniLM are 0.1-0.3: b = -4 puts the initial pair probabilities near one half).
     initial_scale: ClassVar[float] = 20.0
     initial_bias: ClassVar[float] = -4.0
-    #: anchored head: the prior's weight lambda; the loss gets (lambda / n) * anchor_penalty(), n the number of
-    #: training texts (BENCHMARKS.md, "Choosing the defaults: learning rate and score head")
+    #: anchored head: the prior's weight lambda; the loss gets anchor_loss(n) = (lambda / n) * (||W - I||^2 +
+    #: ||C_zeta||^2), n the number of training texts (BENCHMARKS.md, "Choosing the defaults: learning rate and score head")
     anchor_weight: ClassVar[float] = 10.0
 
     @classmethod
@@ -170,19 +170,22 @@ class Method(nn.Module):
         """Whether the pair score reads the labels' pooled frozen embeddings (``Injection.label_vectors``)."""
         return self.score_head.reads_label
 
-    def anchor_scale(self, num_train_texts: int) -> float:
-        """The weight of :meth:`anchor_penalty` in the training loss for ``num_train_texts`` training texts:
-        ``anchor_weight / n`` with the anchored head, 0 with every other head."""
-        return self.anchor_weight / num_train_texts if self.score_head == ScoreHead.ANCHORED else 0.0
-
-    def anchor_penalty(self) -> torch.Tensor | None:
-        """The ``anchored`` head's prior term before its weight: ``||W - I||^2 + ||C_zeta||^2``, the squared
-        distance of the head's direction-learning parts from their start (None for every other head)."""
+    def anchor_loss(self, num_train_texts: int | None) -> torch.Tensor | None:
+        """The ``anchored`` head's prior, the term it adds to the training loss (once per optimizer step):
+        ``(anchor_weight / n) * (||W - I||^2 + ||C_zeta||^2)``, the squared distance of the head's
+        direction-learning parts from their start, weighted down as the number of training texts n grows.
+        None for every other head. Raises ConfigError when the head is anchored and n is not a positive int."""
         if self.score_head != ScoreHead.ANCHORED:
             return None
+        n = num_train_texts
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(
+                "training with the anchored score head (lt-prefix's default) weighs its prior by 1 / n, n the "
+                "number of training texts; with the Trainer build LTuningForTrainer(model, "
+                f"num_train_texts=len(train_dataset)) (got num_train_texts={n!r})")
         W = self.text_map.weight
         eye = torch.eye(W.shape[0], device=W.device, dtype=W.dtype)
-        return (W - eye).pow(2).sum() + self.head.weight.pow(2).sum()
+        return (self.anchor_weight / n) * ((W - eye).pow(2).sum() + self.head.weight.pow(2).sum())
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         """label_states (K, l, d), label_mask (K, l) -> Injection for K labels or 1 shared group."""
