@@ -2,7 +2,8 @@
 
 One lt-prefix adapter is trained on several packaged tasks at once (default demo + trec; each batch from one
 task, tasks drawn in proportion to their size: ``ltuning.pairs.TaskSampler``) with the library's defaults
-(listwise objective, similarity head, the method's default learning rate) for ``--steps`` steps of
+(listwise objective, LT-prefix's default score head unless ``--score-head`` names another, that head's default
+learning rate) for ``--steps`` steps of
 ``--batch-size`` texts, final state (no validation during training: nothing is chosen on the reported rows).
 Against it, per-task adapters with the same recipe:
 
@@ -20,7 +21,7 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
   per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
 - ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
 
-One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-seed<N>.json``, with the
+One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>-lr<rate>-seed<N>.json``, with the
 config, seed, task draws, package versions, git commit and machine. A full run (minutes on a few cores)::
 
     python benchmarks/multitask.py --backbone minilm --tasks demo trec --held-out sms-spam --steps 300 \\
@@ -48,9 +49,27 @@ from headstart import zero_shot  # noqa: E402
 OUT = common.RESULTS / "multitask"
 
 
-#: the score head of every adapter here: the similarity head, LT-prefix's default when the stored results ran
-#: (pinned, so that a later default does not change the recipe under them)
-HEAD = "similarity"
+#: the score head of the stored runs without a ``score_head`` key (LT-prefix's default when they ran, at lr 1e-2)
+LEGACY_HEAD = "similarity"
+
+
+def resolved(score_head: str | None) -> tuple[str, float]:
+    """The (score head, learning rate) an lt-prefix run with ``--score-head score_head`` trains with: the head
+    asked for or the method's default head, and that head's default rate."""
+    from ltuning.methods import get_method
+
+    method = get_method("lt-prefix")
+    return method.head_for(score_head).value, method.learning_rate_for(score_head)
+
+
+def result_path(args, seed: int) -> Path:
+    from ltuning.methods import learning_rate_text
+
+    head, lr = resolved(args.score_head)
+    tag = "-" + args.tag if args.tag else ""
+    return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}-lr{learning_rate_text(lr)}"
+                  f"{tag}-seed{seed}.json")
+
 
 def per_class_sample(data, k: int, seed: int):
     """k examples of each class, drawn with a seeded generator per (seed, k, class); all of a class if fewer."""
@@ -92,6 +111,8 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning.recipe import warm_start
     from ltuning.train import TrainArgs, set_seed, train
 
+    head, _ = resolved(args.score_head)
+
     def targs(steps: int) -> TrainArgs:
         return TrainArgs(max_steps=steps, batch_size=args.batch_size, seed=seed, progress=False)
 
@@ -101,10 +122,11 @@ def run(backbone, args, seed: int) -> dict:
               "steps": args.steps, "batch_size": args.batch_size, "fewshot_steps": args.fewshot_steps,
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
-              "recipe": "library defaults (TrainArgs(): listwise, similarity head, method's default lr), final state"}
+              "score_head": head,
+              "recipe": f"library defaults (TrainArgs(): listwise, the {head} head, its default lr), final state"}
     t0 = time.perf_counter()
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
-                            score_head=HEAD)
+                            score_head=head)
     record["learning_rate"] = multi.result.learning_rate  # the rate the run resolved (the method's default)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
@@ -119,7 +141,7 @@ def run(backbone, args, seed: int) -> dict:
         for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
-                                     score_head=HEAD)
+                                     score_head=head)
             record["per_task"][f"{t}/{kind}"] = {"steps": steps, "seconds": time.perf_counter() - t1,
                                                  "validation": scored(single.model, val_sets[t])}
             print(f"  {t} {kind} ({steps} steps): {record['per_task'][f'{t}/{kind}']['validation']['accuracy']:.3f}",
@@ -143,7 +165,7 @@ def run(backbone, args, seed: int) -> dict:
         for start in ("multitask", "scratch"):
             set_seed(seed)
             cfg = LTuningConfig(method="lt-prefix", base_model=backbone.name, label_names=held.label_names,
-                                label_texts=texts, score_head=HEAD, label_length=model.config.label_length,
+                                label_texts=texts, score_head=head, label_length=model.config.label_length,
                                 max_length=model.config.max_length, text_pooling=model.pooling)
             m = LTuningModel(backbone, cfg)
             if start == "multitask":
@@ -173,6 +195,8 @@ def main() -> None:
     ap.add_argument("--shots", nargs="+", type=int, default=[8, 16], help="examples per class on the held-out task")
     ap.add_argument("--val-rows", type=int, default=500, help="seeded validation rows per task (seed 0)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--score-head", default=None, choices=["paper", "similarity", "anchored", "cosine"],
+                    help="lt-prefix's score head for every adapter here (default: the method's default head)")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
 
@@ -183,7 +207,7 @@ def main() -> None:
 
     backbone = load_backbone(args.backbone)
     for seed in args.seeds:
-        path = OUT / f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}{'-' + args.tag if args.tag else ''}-seed{seed}.json"
+        path = result_path(args, seed)
         if path.exists():
             print(f"skip {path.name} (exists)")
             continue
