@@ -483,7 +483,7 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
 FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "prefix", "prompt",
-                 "linear-probe", "setfit", "lt-prefix-multitask"]
+                 "linear-probe", "setfit", "setfit-frozen-body", "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
 FEWSHOT_SEEDS = 5

@@ -8,6 +8,10 @@ pairs come from its default ``sampling_strategy="oversampling"`` (every unique p
 set oversampled to the size of the larger), body lr 2e-5, then its default scikit-learn logistic-regression head),
 seeded with the cell's seed.
 
+``--frozen-body``: SetFit's head alone on the untouched body (the same scikit-learn logistic regression fitted on
+the packaged body's embeddings of the same examples; no contrastive stage), method ``setfit-frozen-body``: how much
+of SetFit's accuracy comes from fine-tuning the body, which no frozen-backbone method here does.
+
     benchmarks/peers/.setfit-venv/bin/python benchmarks/peers/setfit_peer.py --datasets sst2 --shots 8 16 --seeds 0 1
 """
 
@@ -55,7 +59,7 @@ def metrics(preds: list[int], labels: list[int]) -> dict:
             "macro_f1": float(f1_score(labels, preds, average="macro"))}
 
 
-def run_cell(dataset: str, shots: int, seed: int) -> dict:
+def run_cell(dataset: str, shots: int, seed: int, frozen_body: bool = False) -> dict:
     import datasets
     import sentence_transformers
     import setfit
@@ -72,7 +76,10 @@ def run_cell(dataset: str, shots: int, seed: int) -> dict:
         trainer = Trainer(model=model, args=args,
                           train_dataset=datasets.Dataset.from_dict({"text": texts, "label": labels}))
         t0, c0 = time.perf_counter(), time.process_time()
-        trainer.train()
+        if frozen_body:  # the head's stage of Trainer.train() only: embeddings of the untouched body, then fit
+            model.fit(texts, labels, num_epochs=1, show_progress_bar=False)
+        else:
+            trainer.train()
         train_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     t0, c0 = time.perf_counter(), time.process_time()
     preds = [int(p) for p in model.predict(vtexts, batch_size=64, as_numpy=True)]
@@ -82,7 +89,8 @@ def run_cell(dataset: str, shots: int, seed: int) -> dict:
                                                           "body_learning_rate", "head_learning_rate", "sampling_strategy",
                                                           "max_length", "end_to_end", "l2_weight", "seed")}
     recipe["head"] = type(model.model_head).__name__
-    return {"dataset": dataset, "method": "setfit", "shots": shots, "seed": seed, "backbone": "minilm",
+    recipe["frozen_body"] = frozen_body
+    return {"dataset": dataset, "method": "setfit-frozen-body" if frozen_body else "setfit", "shots": shots, "seed": seed, "backbone": "minilm",
             "validation_rows": len(vlabels), "train_rows": len(labels), **metrics(preds, vlabels),
             "train_seconds": train_s, "predict_seconds": predict_s, "recipe": recipe,
             "versions": {"setfit": setfit.__version__, "sentence_transformers": sentence_transformers.__version__,
@@ -101,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--frozen-body", action="store_true",
+                    help="SetFit's head alone on the untouched body (method setfit-frozen-body)")
     args = ap.parse_args(argv)
     import torch
 
@@ -108,10 +118,11 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:
-                path = OUT / f"{d}-setfit-{k}shot-seed{seed}.json"
+                method = "setfit-frozen-body" if args.frozen_body else "setfit"
+                path = OUT / f"{d}-{method}-{k}shot-seed{seed}.json"
                 if path.exists() and not args.overwrite:
                     continue
-                rec = run_cell(d, k, seed)
+                rec = run_cell(d, k, seed, args.frozen_body)
                 common.write_result(path, rec)
                 print(f"{path.name}: accuracy {rec['accuracy']:.4f}, train {rec['train_seconds']['cpu']:.0f} CPU s",
                       flush=True)
