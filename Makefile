@@ -103,4 +103,6 @@ bench-fewshot: setup $(SETFIT_STAMP)
 	$(BIN)/python benchmarks/fewshot.py --threads $(BENCH_THREADS)
 	$(PEERS_SETFIT_PY) benchmarks/peers/setfit_peer.py --datasets sst2 demo trec sms-spam --shots 8 16 32 64 \
 		--seeds 0 1 2 3 4 --threads $(BENCH_THREADS)
+	$(PEERS_SETFIT_PY) benchmarks/peers/setfit_peer.py --frozen-body --datasets sst2 demo trec sms-spam \
+		--shots 8 16 32 64 --seeds 0 1 2 3 4 --threads $(BENCH_THREADS)
 	$(BIN)/python benchmarks/render.py

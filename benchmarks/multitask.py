@@ -21,7 +21,7 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
   per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
 - ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
 
-One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>-lr<rate>-seed<N>.json``, with the
+One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>-lr<rate>[-<tag>]-seed<N>.json``, with the
 config, seed, task draws, package versions, git commit and machine. A full run (minutes on a few cores)::
 
     python benchmarks/multitask.py --backbone minilm --tasks demo trec --held-out sms-spam --steps 300 \\
@@ -46,26 +46,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from headstart import zero_shot  # noqa: E402
 
+from ltuning.config import ScoreHead  # noqa: E402
+
 OUT = common.RESULTS / "multitask"
 
 
-#: the score head of the stored runs without a ``score_head`` key (LT-prefix's default when they ran, at lr 1e-2)
-LEGACY_HEAD = "similarity"
-
-
-def resolved(score_head: str | None) -> tuple[str, float]:
-    """The (score head, learning rate) an lt-prefix run with ``--score-head score_head`` trains with: the head
-    asked for or the method's default head, and that head's default rate."""
+def resolved(score_head: str | None, learning_rate: float | None = None) -> tuple[str, float]:
+    """The (score head, learning rate) an lt-prefix run with ``--score-head score_head`` and ``--learning-rate
+    learning_rate`` trains with: the head asked for or the method's default head; the rate asked for or that
+    head's default rate. (The stored runs without a ``score_head`` key: the similarity head at 1e-2.)"""
     from ltuning.methods import get_method
 
     method = get_method("lt-prefix")
-    return method.head_for(score_head).value, method.learning_rate_for(score_head)
+    head = method.head_for(score_head).value
+    return head, method.learning_rate_for(head) if learning_rate is None else learning_rate
 
 
 def result_path(args, seed: int) -> Path:
     from ltuning.methods import learning_rate_text
 
-    head, lr = resolved(args.score_head)
+    head, lr = resolved(args.score_head, args.learning_rate)
     tag = "-" + args.tag if args.tag else ""
     return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}-lr{learning_rate_text(lr)}"
                   f"{tag}-seed{seed}.json")
@@ -111,10 +111,10 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning.recipe import warm_start
     from ltuning.train import TrainArgs, set_seed, train
 
-    head, _ = resolved(args.score_head)
+    head, lr = resolved(args.score_head, args.learning_rate)
 
     def targs(steps: int) -> TrainArgs:
-        return TrainArgs(max_steps=steps, batch_size=args.batch_size, seed=seed, progress=False)
+        return TrainArgs(max_steps=steps, batch_size=args.batch_size, seed=seed, progress=False, learning_rate=lr)
 
     train_sets = {t: read_glue(t, "train") for t in args.tasks}
     val_sets = {t: read_glue(t, "validation").subset(args.val_rows, seed=0) for t in args.tasks}
@@ -172,7 +172,7 @@ def run(backbone, args, seed: int) -> dict:
                 warm_start(m, model)  # ltuning train --init-from
             # batch: the k-shot set, at most the library batch size
             fargs = TrainArgs(max_steps=args.fewshot_steps, batch_size=min(args.batch_size, len(shots)), seed=seed,
-                              progress=False)
+                              progress=False, learning_rate=lr)
             train(m, shots, None, fargs)
             held_rec[f"{start}-{k}-shot"] = {**scored(m, held_val), "examples": len(shots)}
             print(f"  {args.held_out} {start} {k}-shot: {held_rec[f'{start}-{k}-shot']['accuracy']:.3f}", flush=True)
@@ -195,8 +195,11 @@ def main() -> None:
     ap.add_argument("--shots", nargs="+", type=int, default=[8, 16], help="examples per class on the held-out task")
     ap.add_argument("--val-rows", type=int, default=500, help="seeded validation rows per task (seed 0)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--score-head", default=None, choices=["paper", "similarity", "anchored", "cosine"],
+    ap.add_argument("--score-head", default=None, choices=[h.value for h in ScoreHead],
                     help="lt-prefix's score head for every adapter here (default: the method's default head)")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="for every adapter here (default: the score head's default rate; the stored similarity-head "
+                         "runs: --score-head similarity --learning-rate 1e-2)")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
 

@@ -181,6 +181,16 @@ def test_the_anchored_head_is_the_similarity_head_plus_a_prior_weighted_by_one_o
     assert logs["anchored"][1]["loss"] - logs["similarity"][1]["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("n", [0, -1, True, 3.0, None])
+def test_the_anchored_prior_refuses_a_training_size_that_is_not_a_positive_int(n):
+    """anchor_loss(n) weighs the prior by 1 / n: an n that is not a positive int is a ConfigError naming the
+    method and the value (the similarity head has no prior and ignores n)."""
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    with pytest.raises(ConfigError, match=rf"training lt-prefix with the anchored .* \(got num_train_texts={n!r}\)"):
+        lt("lt-prefix", backbone=bb, score_head="anchored").method.anchor_loss(n)
+    assert lt("lt-prefix", backbone=bb, score_head="similarity").method.anchor_loss(n) is None
+
+
 def test_a_config_from_another_backbone_gets_this_backbones_fingerprint(tmp_path):
     """Bug A: a config that carries another backbone's fingerprint (copied from another model, or read from
     an adapter) is rebuilt with the fingerprint of the backbone it is built on, and saves / loads there."""

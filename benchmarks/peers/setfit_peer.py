@@ -88,6 +88,8 @@ def run_cell(dataset: str, shots: int, seed: int, frozen_body: bool = False) -> 
               for k, v in args.to_dict().items() if k in ("batch_size", "num_epochs", "num_iterations",
                                                           "body_learning_rate", "head_learning_rate", "sampling_strategy",
                                                           "max_length", "end_to_end", "l2_weight", "seed")}
+    if frozen_body:  # no contrastive stage: only the head's fit ran
+        recipe = {"seed": seed}
     recipe["head"] = type(model.model_head).__name__
     recipe["frozen_body"] = frozen_body
     return {"dataset": dataset, "method": "setfit-frozen-body" if frozen_body else "setfit", "shots": shots, "seed": seed, "backbone": "minilm",

@@ -180,8 +180,8 @@ class Method(nn.Module):
         n = num_train_texts
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(
-                "training with the anchored score head (lt-prefix's default) weighs its prior by 1 / n, n the "
-                "number of training texts; with the Trainer build LTuningForTrainer(model, "
+                f"training {self.name} with the anchored score head (lt-prefix's default) weighs its prior by 1 / n, "
+                "n the number of training texts; with the Trainer build LTuningForTrainer(model, "
                 f"num_train_texts=len(train_dataset)) (got num_train_texts={n!r})")
         W = self.text_map.weight
         eye = torch.eye(W.shape[0], device=W.device, dtype=W.dtype)
