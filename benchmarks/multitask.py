@@ -123,11 +123,11 @@ def run(backbone, args, seed: int) -> dict:
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
               "score_head": head,
-              "recipe": f"library defaults (TrainArgs(): listwise, the {head} head, its default lr), final state"}
+              "recipe": f"library defaults (TrainArgs(): listwise), the {head} head at lr {lr:g}, final state"}
     t0 = time.perf_counter()
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
                             score_head=head)
-    record["learning_rate"] = multi.result.learning_rate  # the rate the run resolved (the method's default)
+    record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
     record["multitask"] = {

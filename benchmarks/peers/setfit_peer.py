@@ -59,6 +59,11 @@ def metrics(preds: list[int], labels: list[int]) -> dict:
             "macro_f1": float(f1_score(labels, preds, average="macro"))}
 
 
+def method_name(frozen_body: bool) -> str:
+    """The row (and file-name) name of a cell: ``setfit``, or ``setfit-frozen-body`` for its head alone."""
+    return "setfit-frozen-body" if frozen_body else "setfit"
+
+
 def run_cell(dataset: str, shots: int, seed: int, frozen_body: bool = False) -> dict:
     import datasets
     import sentence_transformers
@@ -71,28 +76,30 @@ def run_cell(dataset: str, shots: int, seed: int, frozen_body: bool = False) -> 
     vtexts, vlabels = read_jsonl(DATA / f"{dataset}-validation.jsonl")
     load0 = os.getloadavg()
     model = SetFitModel.from_pretrained(str(body_path()))
-    with tempfile.TemporaryDirectory() as tmp:  # its checkpoints go nowhere we keep
-        args = TrainingArguments(seed=seed, output_dir=tmp)
-        trainer = Trainer(model=model, args=args,
-                          train_dataset=datasets.Dataset.from_dict({"text": texts, "label": labels}))
+    if frozen_body:  # the head's stage of Trainer.train() only: embeddings of the untouched body, then fit
         t0, c0 = time.perf_counter(), time.process_time()
-        if frozen_body:  # the head's stage of Trainer.train() only: embeddings of the untouched body, then fit
-            model.fit(texts, labels, num_epochs=1, show_progress_bar=False)
-        else:
-            trainer.train()
+        model.fit(texts, labels, num_epochs=1, show_progress_bar=False)
         train_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        recipe = {"seed": seed}  # no contrastive stage, so none of its settings
+    else:
+        with tempfile.TemporaryDirectory() as tmp:  # its checkpoints go nowhere we keep
+            args = TrainingArguments(seed=seed, output_dir=tmp)
+            trainer = Trainer(model=model, args=args,
+                              train_dataset=datasets.Dataset.from_dict({"text": texts, "label": labels}))
+            t0, c0 = time.perf_counter(), time.process_time()
+            trainer.train()
+            train_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        recipe = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                  for k, v in args.to_dict().items() if k in ("batch_size", "num_epochs", "num_iterations",
+                                                              "body_learning_rate", "head_learning_rate",
+                                                              "sampling_strategy", "max_length", "end_to_end",
+                                                              "l2_weight", "seed")}
     t0, c0 = time.perf_counter(), time.process_time()
     preds = [int(p) for p in model.predict(vtexts, batch_size=64, as_numpy=True)]
     predict_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
-    recipe = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-              for k, v in args.to_dict().items() if k in ("batch_size", "num_epochs", "num_iterations",
-                                                          "body_learning_rate", "head_learning_rate", "sampling_strategy",
-                                                          "max_length", "end_to_end", "l2_weight", "seed")}
-    if frozen_body:  # no contrastive stage: only the head's fit ran
-        recipe = {"seed": seed}
     recipe["head"] = type(model.model_head).__name__
     recipe["frozen_body"] = frozen_body
-    return {"dataset": dataset, "method": "setfit-frozen-body" if frozen_body else "setfit", "shots": shots, "seed": seed, "backbone": "minilm",
+    return {"dataset": dataset, "method": method_name(frozen_body), "shots": shots, "seed": seed, "backbone": "minilm",
             "validation_rows": len(vlabels), "train_rows": len(labels), **metrics(preds, vlabels),
             "train_seconds": train_s, "predict_seconds": predict_s, "recipe": recipe,
             "versions": {"setfit": setfit.__version__, "sentence_transformers": sentence_transformers.__version__,
@@ -117,10 +124,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    method = method_name(args.frozen_body)
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:
-                method = "setfit-frozen-body" if args.frozen_body else "setfit"
                 path = OUT / f"{d}-{method}-{k}shot-seed{seed}.json"
                 if path.exists() and not args.overwrite:
                     continue
