@@ -194,6 +194,12 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "head-prior-10-lr-3e-3": {"head_prior": 10.0, "learning_rate": 3e-3},
     "head-prior-1-lr-3e-3": {"head_prior": 1.0, "learning_rate": 3e-3},
     "head-prior-100-lr-3e-3": {"head_prior": 100.0, "learning_rate": 3e-3},
+    # why the default (the anchored head: prior 10 at 3e-3) gains least from more shots on trec: a rate too low
+    # for the fixed 100 steps (3e-2: classic prefix's rate) or a budget too short (300 steps; classic prefix
+    # given the same)
+    "head-prior-10-lr-3e-2": {"head_prior": 10.0, "learning_rate": 3e-2},
+    "head-prior-10-lr-3e-3-steps-300": {"head_prior": 10.0, "learning_rate": 3e-3, "steps": 300},
+    "steps-300": {"steps": 300},
 }
 
 
