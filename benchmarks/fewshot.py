@@ -200,6 +200,9 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "head-prior-10-lr-3e-2": {"head_prior": 10.0, "learning_rate": 3e-2},
     "head-prior-10-lr-3e-3-steps-300": {"head_prior": 10.0, "learning_rate": 3e-3, "steps": 300},
     "steps-300": {"steps": 300},
+    # a warm start (lt-prefix-multitask): the prior centred on the head it starts from (L2-SP; head_prior's
+    # centre is the weights when the prior is set, after the warm start) or on the fresh head's W = I, C_zeta = 0
+    "head-prior-10-identity-lr-3e-3": {"head_prior": 10.0, "prior_centre": "identity", "learning_rate": 3e-3},
 }
 
 
@@ -338,7 +341,7 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             if "head_rate" in change:
                 slow_head(model.method, change["head_rate"])
             if "head_prior" in change:
-                head_prior(model.method, change["head_prior"] / len(few))
+                head_prior(model.method, change["head_prior"] / len(few), change.get("prior_centre", "start"))
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
@@ -372,13 +375,18 @@ def slow_head(method, c: float) -> None:
     method.head.register_forward_hook(lambda mod, inp, out: out * c)
 
 
-def head_prior(method, weight: float) -> None:
+def head_prior(method, weight: float, centre: str = "start") -> None:
     """The ``head-prior`` ablations: ``weight * (||W - W0||^2 + ||C_zeta - C0||^2)`` added to the loss (through
     its gradient, ``2 * weight * (theta - theta0)``, added to each of the two parameters' own on every
     backward: the same as the library's ``anchored`` term with one backward per step and one process, as here,
-    and a fresh model, whose start W0 = I, C0 = 0 is the anchored head's centre)."""
-    for p in (method.text_map.weight, method.head.weight):
-        start = p.detach().clone()
+    and a fresh model, whose start W0 = I, C0 = 0 is the anchored head's centre). ``centre``: ``start``, the
+    weights when this is called (after a warm start: the source adapter's), or ``identity``, W0 = I, C0 = 0."""
+    import torch
+
+    W = method.text_map.weight
+    fresh = {id(W): torch.eye(W.shape[0], dtype=W.dtype), id(method.head.weight): torch.zeros_like(method.head.weight)}
+    for p in (W, method.head.weight):
+        start = p.detach().clone() if centre == "start" else fresh[id(p)].detach()
         p.register_hook(lambda g, p=p, start=start: g + 2 * weight * (p.detach() - start))
 
 
@@ -599,12 +607,14 @@ def source_parts(args) -> int:
 def applies(variant: str, method: str) -> bool:
     """Whether an ablation ``variant`` is run for ``method``: freezing a part, the LT methods with a trained head
     only (a configured row such as ``lt-prefix-cosine`` has none of the head's parts, and freezing its injection
-    would leave nothing to train); a shared prefix or Z's own rate, LT-prefix only; a learning rate or a budget,
-    every method."""
+    would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix or Z's own
+    rate, LT-prefix only; a learning rate or a budget, every method."""
     change = ABLATIONS[variant]
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
-    if change.get("freeze") or "head_rate" in change or "head_prior" in change:
+    if "head_prior" in change:  # and on lt-prefix-multitask's warm-started head
+        return method in ("lt-prefix", "lt-prompt", "lt-prefix-multitask")
+    if change.get("freeze") or "head_rate" in change:
         return method in ("lt-prefix", "lt-prompt")
     return True
 
