@@ -106,6 +106,51 @@ def test_an_unset_score_head_is_the_source_adapters(backbone, source, tmp_path):
                         init_from=tmp_path / "similarity", score_head="anchored", say=None)
 
 
+def test_the_anchored_prior_stays_centred_on_the_frozen_similarity_after_a_warm_start(backbone, source):
+    """After a warm start the anchored head's prior is still centred on the fresh head's W = I, C_zeta = 0, not on
+    the source's head (L2-SP): it measured worse on the few-shot dev rows (BENCHMARKS.md, "Choosing the
+    defaults"). So it starts at (10 / n) * (||W_src - I||^2 + ||C_src||^2), as for the adapter loaded as it is."""
+    loaded = LTuningModel.from_pretrained(source, backbone)
+    assert loaded.config.score_head.value == "anchored"
+    W, C = loaded.method.text_map.weight, loaded.method.head.weight
+    n = 8
+    from_identity = (10 / n) * ((W - torch.eye(W.shape[0])).pow(2).sum() + C.pow(2).sum())
+    assert from_identity.item() > 0  # the source's head moved off the fresh one in its 6 steps
+    assert torch.allclose(loaded.method.anchor_loss(n), from_identity)
+    model = prepare_model(backbone, SPAM, label_length=loaded.config.label_length, say=None)
+    warm_start(model, source)
+    assert torch.allclose(model.method.anchor_loss(n), from_identity)
+
+
+def test_a_resumed_anchored_warm_start_continues_bit_exactly(backbone, source, tmp_path, monkeypatch):
+    """A warm start with the anchored head's prior, interrupted after 2 of 4 steps and resumed with the same
+    source, ends on the uninterrupted run's weights."""
+    import ltuning.checkpoint as ckpt
+
+    def run(out, **kw):
+        args = TrainArgs(max_steps=4, batch_size=4, checkpoint_every=1, output_dir=str(tmp_path / out),
+                         progress=False, **kw)
+        return build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix", init_from=source,
+                               say=None)
+
+    whole = run("whole").model.method.state_dict()
+    real, saved = ckpt.save_checkpoint, []
+
+    def save_twice_then_interrupt(*a, **k):
+        saved.append(real(*a, **k))
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_twice_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run("split")
+    monkeypatch.setattr(ckpt, "save_checkpoint", real)
+    resumed = run("split", resume=True)
+    assert resumed.result.resumed_from == 2
+    got = resumed.model.method.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in whole.items())
+
+
 def test_label_length_given_and_different_is_refused(backbone, source):
     l = LTuningModel.from_pretrained(source, backbone).config.label_length
     with pytest.raises(ConfigError, match=rf"label_length is {l} there, {l + 1} here \(give --label-length {l}\)"):
