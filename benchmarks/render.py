@@ -689,7 +689,7 @@ def fewshot_ablation_table(runs) -> str:
     cells = defaultdict(list)
     for r in runs:  # a variant that sets no learning rate ran at the recipe's rate for the method then: said
         lr = (r.get("recipe") or {}).get("learning_rate")
-        named = lr is None or r["variant"].startswith("lr-") or r["variant"].endswith(f"-lr-{_lr(lr)}")
+        named = lr is None or r["variant"].startswith("lr-") or f"-lr-{_lr(lr)}" in r["variant"]
         v = r["variant"] if named else f"{r['variant']} (lr {_lr(lr)})"
         cells[(r["shots"], r["method"], v, r["dataset"])].append(r["accuracy"])
     datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
