@@ -383,8 +383,11 @@ def head_prior(method, weight: float, centre: str = "start") -> None:
     weights when this is called (after a warm start: the source adapter's), or ``identity``, W0 = I, C0 = 0."""
     import torch
 
+    if centre not in ("start", "identity"):
+        raise ValueError(f"head_prior: centre must be 'start' or 'identity', got {centre!r}")
     W = method.text_map.weight
-    fresh = {id(W): torch.eye(W.shape[0], dtype=W.dtype), id(method.head.weight): torch.zeros_like(method.head.weight)}
+    fresh = {id(W): torch.eye(W.shape[0], dtype=W.dtype, device=W.device),
+             id(method.head.weight): torch.zeros_like(method.head.weight)}
     for p in (W, method.head.weight):
         start = p.detach().clone() if centre == "start" else fresh[id(p)].detach()
         p.register_hook(lambda g, p=p, start=start: g + 2 * weight * (p.detach() - start))
@@ -612,6 +615,8 @@ def applies(variant: str, method: str) -> bool:
     change = ABLATIONS[variant]
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
+    if "prior_centre" in change:  # where the prior is centred matters only after a warm start
+        return method == "lt-prefix-multitask"
     if "head_prior" in change:  # and on lt-prefix-multitask's warm-started head
         return method in ("lt-prefix", "lt-prompt", "lt-prefix-multitask")
     if change.get("freeze") or "head_rate" in change:
@@ -638,7 +643,8 @@ def ablate(args) -> int:
                 # the classic methods too, for the variants that apply to them (a learning rate or a budget
                 # chosen for LT only would compare a tuned LT with untuned baselines)
                 for m in [m for m in args.methods if m.startswith("lt-") or m in ("prefix", "prompt")]:
-                    for v in [v for v in args.variants if applies(v, m)]:
+                    # a prior weighted by 1 / n needs training texts: no 0-shot cell
+                    for v in [v for v in args.variants if applies(v, m) and (k or "head_prior" not in ABLATIONS[v])]:
                         path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
                         if path.exists() and not args.overwrite:
                             continue

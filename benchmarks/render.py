@@ -734,7 +734,10 @@ DEFAULT_CONFIGS = {
 
 
 def _is_variant(variant: str, kinds) -> bool:
-    return any(variant == k if k == "default" else variant.startswith(k) for k in kinds)
+    """Whether ``variant`` is ``default`` or one of ``kinds`` followed by a learning rate and nothing else
+    (``head-prior-10-lr-3e-3``, not ``head-prior-10-lr-3e-3-steps-300``)."""
+    return any(variant == k if k == "default" else re.fullmatch(re.escape(k) + r"[0-9.]+(e-?[0-9]+)?", variant)
+               for k in kinds)
 
 
 def default_lr_regimes(lr_search, ablation) -> dict:

@@ -108,8 +108,8 @@ def test_an_unset_score_head_is_the_source_adapters(backbone, source, tmp_path):
 
 def test_the_anchored_prior_stays_centred_on_the_frozen_similarity_after_a_warm_start(backbone, source):
     """After a warm start the anchored head's prior is still centred on the fresh head's W = I, C_zeta = 0, not on
-    the source's head (L2-SP): it measured worse on the few-shot dev rows (BENCHMARKS.md, "Choosing the
-    defaults"). So it starts at (10 / n) * (||W_src - I||^2 + ||C_src||^2), as for the adapter loaded as it is."""
+    the source's head (L2-SP), which found no support on the few-shot dev rows (BENCHMARKS.md, the few-shot
+    ablation table and "One adapter for several tasks"). So it starts at (10 / n) * (||W_src - I||^2 + ||C_src||^2), as for the adapter loaded as it is."""
     loaded = LTuningModel.from_pretrained(source, backbone)
     assert loaded.config.score_head.value == "anchored"
     W, C = loaded.method.text_map.weight, loaded.method.head.weight
