@@ -149,6 +149,16 @@ def steps_to_target(history: list[dict], frac: float = 0.95):
     return None
 
 
+def clock() -> tuple[float, float]:
+    """A start point for :func:`since`: (wall, this process's CPU) seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(t: tuple[float, float]) -> dict:
+    """{"wall": s, "cpu": s} elapsed since ``t`` (:func:`clock`)."""
+    return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
+
+
 def write_result(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

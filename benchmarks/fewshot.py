@@ -36,7 +36,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,14 +143,6 @@ def export(datasets, shots, seeds) -> None:
     print(f"exported {len(datasets)} datasets x {len(shots)} shot counts x {len(seeds)} seeds to {DATA}", flush=True)
 
 
-def _clock():
-    return time.perf_counter(), time.process_time()
-
-
-def _since(t):
-    return {"wall": time.perf_counter() - t[0], "cpu": time.process_time() - t[1]}
-
-
 #: The similarity head's trained parts (C_zeta, W, s, b): frozen at their start, the head is the cosine head
 HEAD_PARTS = ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]
 
@@ -241,7 +232,7 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
     if {k: made.get(k) for k in ("tasks", "steps", "batch_size", "seed", "text_pooling", "learning_rate")} != {
             "tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
             "text_pooling": pooling.value, "learning_rate": MULTITASK_LR}:  # none yet, or another recipe: (re)train
-        t = _clock()
+        t = common.clock()
         run = build_and_train(bb, {d: read_glue(d, "train", common.GLUE_DIR) for d in tasks}, None,
                               TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, learning_rate=MULTITASK_LR,
                                         seed=SOURCE_SEED, progress=False),
@@ -249,7 +240,7 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
                               score_head=ABLATION_HEAD)
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
-                                    "text_pooling": pooling.value, "learning_rate": MULTITASK_LR, "train_seconds": _since(t)}))
+                                    "text_pooling": pooling.value, "learning_rate": MULTITASK_LR, "train_seconds": common.since(t)}))
     return folder, json.loads(info.read_text())
 
 
@@ -282,9 +273,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
     if method == "zero-shot-similarity":
         import headstart
 
-        t = _clock()
+        t = common.clock()
         scores = headstart.zero_shot(bb, list(val.texts), task.label_texts, pooling)
-        preds, train_s, predict_s, trainable, recipe = scores.argmax(-1).tolist(), None, _since(t), 0, \
+        preds, train_s, predict_s, trainable, recipe = scores.argmax(-1).tolist(), None, common.since(t), 0, \
             {"training": "none"}
         train_rows = 0
     else:
@@ -298,16 +289,16 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
         if method == "linear-probe":
             import peer_loop
 
-            t = _clock()
+            t = common.clock()
             run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=recipe["learning_rate"], steps=STEPS,
                                        batch_size=BATCH, eval_every=STEPS + 1, seed=seed,
                                        text_pooling=pooling.value, max_length=common.MAX_LENGTH,
                                        eval_at_start=False)
-            train_s, trainable = _since(t), run.trainable
+            train_s, trainable = common.since(t), run.trainable
             fitted = peer_loop.peer_logits(bb, run.pooling, run.head, list(few.texts), common.MAX_LENGTH).argmax(-1)
-            t = _clock()
+            t = common.clock()
             logits = peer_loop.peer_logits(bb, run.pooling, run.head, list(val.texts), common.MAX_LENGTH)
-            preds, predict_s = logits.argmax(-1).tolist(), _since(t)
+            preds, predict_s = logits.argmax(-1).tolist(), common.since(t)
         else:
             from ltuning.model import LTuningModel
             from ltuning.train import TrainArgs, set_seed
@@ -347,14 +338,14 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                     p.requires_grad_(False)
             targs = TrainArgs(max_steps=change.get("steps", STEPS), batch_size=BATCH,
                               learning_rate=recipe["learning_rate"], seed=seed, progress=False)
-            t = _clock()
+            t = common.clock()
             if shots:  # 0 shots (lt-prefix-multitask): the source adapter as it is, on the target's labels
                 fit(model, few, None, targs)
-            train_s, trainable = _since(t) if shots else None, model.num_trainable_parameters()
+            train_s, trainable = common.since(t) if shots else None, model.num_trainable_parameters()
             if shots:
                 fitted = model.score_texts(list(few.texts)).argmax(-1)
-            t = _clock()
-            preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), _since(t)
+            t = common.clock()
+            preds, predict_s = model.score_texts(list(val.texts)).argmax(-1).tolist(), common.since(t)
             recipe.update(objective=targs.objective, adapter=model.config.to_dict(), **change)
     m = classification_metrics(preds, list(val.labels), k)
     if train_rows:  # how well the few training rows themselves are fitted (a gap to accuracy: generalisation)
@@ -385,11 +376,12 @@ def head_prior(method, weight: float, centre: str = "start") -> None:
 
     if centre not in ("start", "identity"):
         raise ValueError(f"head_prior: centre must be 'start' or 'identity', got {centre!r}")
-    W = method.text_map.weight
-    fresh = {id(W): torch.eye(W.shape[0], dtype=W.dtype, device=W.device),
-             id(method.head.weight): torch.zeros_like(method.head.weight)}
-    for p in (W, method.head.weight):
-        start = p.detach().clone() if centre == "start" else fresh[id(p)].detach()
+    W, C = method.text_map.weight, method.head.weight
+    if centre == "start":
+        W0, C0 = W.detach().clone(), C.detach().clone()
+    else:
+        W0, C0 = torch.eye(W.shape[0], dtype=W.dtype, device=W.device), torch.zeros_like(C)
+    for p, start in ((W, W0), (C, C0)):
         p.register_hook(lambda g, p=p, start=start: g + 2 * weight * (p.detach() - start))
 
 
@@ -515,14 +507,14 @@ def transfer(args) -> int:
         targs = TrainArgs(max_steps=args.source_steps, batch_size=BATCH, learning_rate=learning_rate(method),
                           seed=seed, progress=False)
         source_train = load(args.source)[0]
-        t = _clock()
+        t = common.clock()
         fit(model, source_train, None, targs)
-        train_s = _since(t)
+        train_s = common.since(t)
         for d in todo:
             task, val = get_task(d), load(d)[1]
-            t = _clock()
+            t = common.clock()
             names = model.predict(list(val.texts), candidate_labels=list(task.label_texts))
-            predict_s = _since(t)
+            predict_s = common.since(t)
             preds = [task.label_texts.index(n) for n in names]
             m = classification_metrics(preds, list(val.labels), len(task.label_names))
             import headstart

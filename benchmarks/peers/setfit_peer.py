@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,26 +76,26 @@ def run_cell(dataset: str, shots: int, seed: int, frozen_body: bool = False) -> 
     load0 = os.getloadavg()
     model = SetFitModel.from_pretrained(str(body_path()))
     if frozen_body:  # the head's stage of Trainer.train() only: embeddings of the untouched body, then fit
-        t0, c0 = time.perf_counter(), time.process_time()
+        t = common.clock()
         model.fit(texts, labels, num_epochs=1, show_progress_bar=False)
-        train_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        train_s = common.since(t)
         recipe = {"seed": seed}  # no contrastive stage, so none of its settings
     else:
         with tempfile.TemporaryDirectory() as tmp:  # its checkpoints go nowhere we keep
             args = TrainingArguments(seed=seed, output_dir=tmp)
             trainer = Trainer(model=model, args=args,
                               train_dataset=datasets.Dataset.from_dict({"text": texts, "label": labels}))
-            t0, c0 = time.perf_counter(), time.process_time()
+            t = common.clock()
             trainer.train()
-            train_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+            train_s = common.since(t)
         recipe = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                   for k, v in args.to_dict().items() if k in ("batch_size", "num_epochs", "num_iterations",
                                                               "body_learning_rate", "head_learning_rate",
                                                               "sampling_strategy", "max_length", "end_to_end",
                                                               "l2_weight", "seed")}
-    t0, c0 = time.perf_counter(), time.process_time()
+    t = common.clock()
     preds = [int(p) for p in model.predict(vtexts, batch_size=64, as_numpy=True)]
-    predict_s = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    predict_s = common.since(t)
     recipe["head"] = type(model.model_head).__name__
     recipe["frozen_body"] = frozen_body
     return {"dataset": dataset, "method": method_name(frozen_body), "shots": shots, "seed": seed, "backbone": "minilm",
