@@ -18,12 +18,16 @@ Protocol (PROTOCOL below; BENCHMARKS.md states it):
    scored once on the full validation split. One JSON per run under
    ``results/converged/<backbone>-<task>-<method>-seed<N>.json``.
 
-Rows: ``prefix``, ``prompt``, ``lt-prefix``, ``lt-prompt`` (the library's defaults: the similarity score
-head), ``lt-prefix-paper`` / ``lt-prompt-paper`` (the paper's head, A.3), ``linear-probe``, ``full-finetune``
-and ``zero-shot-similarity`` (no training). ``--rows`` also takes ``-listwise`` (the listwise objective) and
-``-cosine`` (the cosine score head) forms, e.g. ``lt-prefix-cosine-listwise`` (:func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs,
-then seed 0, then seeds 1-2) through lock files, so several processes (or machines writing to copies of the
-folder) fill the table; a job whose JSON exists is skipped.
+Rows: ``prefix``, ``prompt``, ``lt-prefix``, ``lt-prompt`` (the similarity score head, pairwise: the
+defaults when they first ran), ``lt-prefix-paper`` / ``lt-prompt-paper`` (the paper's head, A.3),
+``linear-probe``, ``full-finetune``, ``peft-prompt`` / ``peft-lora`` (peft's prompt tuning and LoRA r=8 on the
+attention projections, each with the model's standard K-way head: ``peer_loop``; they need peft in this
+process, ``pip install peft==0.21.2``; peft's prefix tuning needs transformers 4.x and is only in Table 1) and
+``zero-shot-similarity`` (no training). ``--rows`` also takes ``-listwise`` (the listwise objective),
+``-cosine`` and ``-anchored`` (score heads) forms, e.g. ``lt-prefix-anchored-listwise``, today's LT-prefix
+default (:func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs, then seed 0, then
+seeds 1-2) through lock files, so several processes (or machines writing to copies of the folder) fill the
+table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ import peer_loop  # noqa: E402
 OUT = common.RESULTS / "converged"
 TASKS = ["sst2", "cola", "rte"]
 ROWS = ["prefix", "prompt", "lt-prefix", "lt-prompt", "lt-prefix-paper", "lt-prompt-paper", "linear-probe",
-        "full-finetune"]
+        "full-finetune", "peft-prompt", "peft-lora"]
 LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2]
 # all 22.7M weights: the grid above diverges; the usual fine-tuning range instead
 FULL_FINETUNE_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
+# LoRA's usual range (1e-4 to 1e-3 on BERT-sized models) and the shared grid's lower half
+LORA_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 PROTOCOL = {"batch_size": 32, "lr_steps": 500, "max_steps": 3000, "eval_every": 100, "patience": 6,
             "seeds": [0, 1, 2], "max_length": common.MAX_LENGTH, "text_pooling": "mean"}
 
@@ -59,7 +65,7 @@ def metric_of(task: str) -> str:
 
 
 def grid(row: str) -> list[float]:
-    return FULL_FINETUNE_GRID if row == "full-finetune" else LR_GRID
+    return {"full-finetune": FULL_FINETUNE_GRID, "peft-lora": LORA_GRID}.get(row, LR_GRID)
 
 
 def lr_path(backbone: str, task: str, row: str, lr: float) -> Path:
@@ -157,28 +163,30 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     return out
 
 
-def run_peer(bb, backbone: str, load_private, task: str, row: str, lr: float, seed: int, steps: int,
-             patience: int, device, report: bool) -> dict:
-    train_ds, dev, t, _ = split(task)
+def run_peer(bb, backbone: str, load_private, model_dir: str, task: str, row: str, lr: float, seed: int,
+             steps: int, patience: int, device, report: bool) -> dict:
+    train_ds, dev, t, label_texts = split(task)
     metric, K = metric_of(task), len(t.label_names)
     run = peer_loop.train_peer(row, bb, load_private, train_ds, dev, num_labels=K, lr=lr, steps=steps,
                                batch_size=PROTOCOL["batch_size"], eval_every=PROTOCOL["eval_every"], seed=seed,
                                text_pooling=PROTOCOL["text_pooling"], max_length=PROTOCOL["max_length"],
-                               metric=metric, patience=patience, device=device)
+                               metric=metric, patience=patience, device=device, model_path=model_dir,
+                               label_texts=label_texts)
     tr = run.tracker
     curve = [{"step": r["step"], "dev_metric": r[metric], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"],
               "dev_loss": r["loss"], "train_loss": r["train_loss"]} for r in tr.history]
     out = {"curve": curve, "best_step": tr.best_step, "stopped_early_at": run.stopped_early_at,
            "best_dev_metric": tr.best[metric], "trainable_params": run.trainable,
-           "head": f"Linear(d, {K}) with bias, K-way cross-entropy", "train_seconds": run.step_seconds,
-           "seconds": time.perf_counter() - tr.start + run.build_seconds,
+           "head": run.config["head"] if run.config else f"Linear(d, {K}) with bias, K-way cross-entropy",
+           "train_seconds": run.step_seconds, "seconds": time.perf_counter() - tr.start + run.build_seconds,
            "train_rows_per_step": PROTOCOL["batch_size"], "predict_rows_per_text": 1}
+    if run.config:
+        out["peft"] = run.config["peft"]
     if report:
         import torch
 
         val = headstart.held_out(task)
-        logits = peer_loop.peer_logits(run.backbone, run.pooling, run.head, list(val.texts), PROTOCOL["max_length"])
-        m = common.logits_metrics(logits, torch.as_tensor(val.labels), K)
+        m = common.logits_metrics(run.predict(list(val.texts)), torch.as_tensor(val.labels), K)
         out.update(accuracy=m["accuracy"], mcc=m["mcc"], macro_f1=m["macro_f1"], validation_rows=len(val),
                    majority_accuracy=max(val.label_counts()) / len(val), confusion_matrix=m["confusion_matrix"])
     return out
@@ -214,7 +222,7 @@ def device_record(device) -> dict:
     return rec
 
 
-def run_job(job, bb, backbone: str, load_private, device) -> dict:
+def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dict:
     import torch
 
     kind, task, row, arg, path = job
@@ -234,7 +242,7 @@ def run_job(job, bb, backbone: str, load_private, device) -> dict:
             rec.update(lr_selected_on="dev", lr_grid_dev_metric=scores)
         rec.update(seed=seed, learning_rate=lr, steps=steps)
         fn = run_peer if row in peer_loop.PEER_METHODS else run_ours
-        extra = (load_private,) if fn is run_peer else ()
+        extra = (load_private, model_dir) if fn is run_peer else ()
         rec.update(fn(bb, backbone, *extra, task, row, lr, seed, steps, patience, device, report))
         last = rec["curve"][-1]["step"]
         rec["steps_run"] = last
@@ -242,7 +250,8 @@ def run_job(job, bb, backbone: str, load_private, device) -> dict:
         rec["steps_to_95pct_best"] = next((c["step"] for c in rec["curve"] if best is not None
                                            and c["dev_metric"] >= 0.95 * best), None) if best and best > 0 else None
     rec.update(wall_seconds=time.perf_counter() - t0, finished=common.now(),
-               versions=common.versions("torch", "transformers"), git=common.git_commit(),
+               versions=common.versions("torch", "transformers", *(["peft"] if row.startswith("peft-") else [])),
+               git=common.git_commit(),
                machine=device_record(device), torch_threads=torch.get_num_threads(), runner="benchmarks/converged.py")
     return rec
 
@@ -267,6 +276,7 @@ def worker(a) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
     source = a.model_path or a.backbone
+    model_dir = a.model_path or _packaged_folder(a.backbone)  # what a peft peer loads with transformers
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)
@@ -274,6 +284,7 @@ def worker(a) -> int:
     if a.lrs:  # a partial search: those rates' runs only (the final runs wait for the whole grid)
         todo = [j for j in todo if j[0] == "lr" and j[3] in a.lrs]
     end = time.time() + a.deadline if a.deadline else None
+    failed = set()  # (task, row) whose job raised here: its other jobs are skipped, not retried or waited on
     while True:
         if end is not None and time.time() > end:
             print(f"[worker {os.getpid()}] deadline reached", flush=True)
@@ -281,7 +292,7 @@ def worker(a) -> int:
         waiting, took = False, False
         for job in todo:
             path = job[4]
-            if path.exists() or path.with_suffix(".claim").exists():
+            if path.exists() or path.with_suffix(".claim").exists() or job[1:3] in failed:
                 continue
             if job[0] == "final" and chosen_lr(a.backbone, job[1], job[2]) is None:
                 waiting = True
@@ -291,12 +302,13 @@ def worker(a) -> int:
             took = True
             print(f"[{common.now()} worker {os.getpid()}] {job[0]} {job[1]} {job[2]} {job[3]}", flush=True)
             try:
-                rec = run_job(job, bb, a.backbone, lambda: _private(source, device), device)
+                rec = run_job(job, bb, a.backbone, lambda: _private(source, device), model_dir, device)
             except Exception:  # noqa: BLE001 - a failed job is reported and left unclaimed for a rerun
                 traceback.print_exc()
                 path.with_suffix(".claim").unlink(missing_ok=True)
                 if a.stop_on_error:
                     return 1
+                failed.add(job[1:3])
                 break
             common.write_result(path, rec)
             path.with_suffix(".claim").unlink(missing_ok=True)
@@ -307,6 +319,13 @@ def worker(a) -> int:
             if not waiting:
                 return 0
             time.sleep(2)
+
+
+def _packaged_folder(backbone: str) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    import peft_peers
+
+    return peft_peers.model_path(backbone)
 
 
 def _private(source: str, device):
@@ -343,6 +362,7 @@ def main() -> int:
         headstart.DEV_MAX = 40
         LR_GRID[:] = [1e-2, 3e-2]
         FULL_FINETUNE_GRID[:] = [1e-5, 3e-5]
+        LORA_GRID[:] = [1e-3, 3e-3]
     if a.list:
         for job in jobs(a.backbone, a.tasks, a.rows, a.seeds):
             print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))

@@ -295,9 +295,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                                        text_pooling=pooling.value, max_length=common.MAX_LENGTH,
                                        eval_at_start=False)
             train_s, trainable = common.since(t), run.trainable
-            fitted = peer_loop.peer_logits(bb, run.pooling, run.head, list(few.texts), common.MAX_LENGTH).argmax(-1)
+            fitted = run.predict(list(few.texts)).argmax(-1)
             t = common.clock()
-            logits = peer_loop.peer_logits(bb, run.pooling, run.head, list(val.texts), common.MAX_LENGTH)
+            logits = run.predict(list(val.texts))
             preds, predict_s = logits.argmax(-1).tolist(), common.since(t)
         else:
             from ltuning.model import LTuningModel

@@ -2,7 +2,7 @@
 # The converged benchmark's cells on a borrowed GPU machine (one short, prepared run; see BENCHMARKS.md).
 # It expects, in the ignored folder .devcarry/: minilm/ (the packaged all-MiniLM-L6-v2 with its weights
 # stored as fp16; computed in fp32), glue.tar.xz (../shared/data/glue) and the transformers 5.24.0 wheel
-# or, smaller, the wheel's contents as transformers-5.24.0.tar.xz.
+# or, smaller, the wheel's contents as transformers-5.24.0.tar.xz; optionally the peft 0.21.2 wheel.
 # Results land in benchmarks/results/converged/ and, as a tarball, in $OUT (refreshed every 20 s, so a run
 # stopped at its limit still returns what it finished).
 # Usage: [SKIP_SMOKE=1] [EXTRA="--rows ... --seeds ..."] bash benchmarks/gpu_converged.sh WORKERS DEADLINE HARD_LIMIT
@@ -16,6 +16,8 @@ mkdir -p /tmp/site
 if ls .devcarry/transformers-*.tar.xz >/dev/null 2>&1; then tar -C /tmp/site -xJf .devcarry/transformers-*.tar.xz
 else python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/transformers-*.whl; fi \
   && export PYTHONPATH=/tmp/site:$PWD/src || export PYTHONPATH=$PWD/src
+# the peft rows (peft-prompt, peft-lora) pin peft 0.21.2 where its wheel travels too (else the image's peft)
+ls .devcarry/peft-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/peft-*.whl
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.is_available())" \
   || { export PYTHONPATH=$PWD/src; python3 -c "import transformers; print('fallback transformers', transformers.__version__)"; }
 mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_GLUE_DIR=/tmp/glue

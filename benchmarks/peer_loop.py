@@ -1,30 +1,49 @@
-"""The in-process peers' training loop, shared by Table 1 and the converged benchmark: ``linear-probe``
-(Linear(d, K) on the frozen pooled vector, the same pooling as our methods) and ``full-finetune`` (every
-backbone weight + Linear(d, K)), K-way cross-entropy, AdamW with linear warmup/decay like ltuning's own
-``train()``, validation every ``eval_every`` steps, the best state kept (and optionally early stopping).
+"""The in-process peers' training loop, shared by Table 1, the few-shot and the converged benchmarks:
+``linear-probe`` (Linear(d, K) on the frozen pooled vector, the same pooling as our methods),
+``full-finetune`` (every backbone weight + Linear(d, K)) and, where peft is installed, ``peft-prompt`` /
+``peft-lora`` (peft on the backbone's standard sequence-classification model, ``peers/peft_peers.py``;
+``peft-prefix`` needs transformers 4.x and runs only there). K-way cross-entropy, AdamW with linear
+warmup/decay like ltuning's own ``train()``, validation every ``eval_every`` steps, the best state kept (and
+optionally early stopping).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import common
 
-PEER_METHODS = ("linear-probe", "full-finetune")
+HEAD_PEERS = ("linear-probe", "full-finetune")
+PEFT_PEERS = ("peft-prompt", "peft-lora")
+PEER_METHODS = HEAD_PEERS + PEFT_PEERS
 
 
 @dataclass
 class PeerRun:
     tracker: common.RunTracker
-    head: object  # torch.nn.Linear in its best state
-    backbone: object  # the Backbone the peer ran on (a private copy for full-finetune), in its best state
-    pooling: object
+    predict: Callable  # texts -> (N, K) logits on the CPU, the peer in its best state
     trainable: int
     build_seconds: float
     step_seconds: float
     stopped_early_at: int | None
+    config: dict | None = None  # a peft peer's config record (peers/peft_peers.config_record)
+
+
+@dataclass
+class _Peer:
+    """What the loop needs of a peer: its parameters, logits of a batch, its state, and train/eval mode."""
+    params: list
+    logits: Callable  # (texts, grad) -> (B, K) logits on the model's device
+    state: Callable  # () -> a copy of what trains
+    load: Callable  # (state) -> None
+    train: Callable  # (bool) -> None
+    predict: Callable  # texts -> (N, K) logits on the CPU
+    config: dict | None = None
 
 
 def pooled(bb, pooling, texts, max_length, grad):
@@ -49,21 +68,11 @@ def peer_logits(bb, pooling, head, texts, max_length, batch=64):
     return out
 
 
-def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *, num_labels: int, lr: float,
-               steps: int, batch_size: int, eval_every: int, seed: int, text_pooling: str, max_length: int,
-               metric: str = "accuracy", patience: int = 0, device=None, on_eval=None,
-               eval_at_start: bool = True) -> PeerRun:
-    """Train one peer; ``load_private()`` gives full-finetune its own backbone copy (its weights change)."""
+def _head_peer(method, shared_backbone, load_private, num_labels, text_pooling, max_length, device) -> _Peer:
     import torch
-    import torch.nn.functional as F
 
     from ltuning.config import TextPooling
-    from ltuning.train import linear_schedule, set_seed
 
-    if method not in PEER_METHODS:
-        raise ValueError(f"unknown peer {method!r}; known: {PEER_METHODS}")
-    set_seed(seed)
-    t0 = time.perf_counter()
     full = method == "full-finetune"
     bb = load_private() if full else shared_backbone
     if full:
@@ -73,7 +82,81 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
     pooling = bb.resolve_pooling(TextPooling(text_pooling))
     head = torch.nn.Linear(bb.dims.hidden_size, num_labels).to(bb.device)
     params = list(head.parameters()) + (list(bb.model.parameters()) if full else [])
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+    def state():
+        return copy.deepcopy(head.state_dict()), copy.deepcopy(bb.model.state_dict()) if full else None
+
+    def load(st):
+        head.load_state_dict(st[0])
+        if full:
+            bb.model.load_state_dict(st[1])
+
+    return _Peer(params, lambda texts, grad: head(pooled(bb, pooling, texts, max_length, grad)), state, load,
+                 lambda on: bb.model.train(on and full),
+                 lambda texts: peer_logits(bb, pooling, head, texts, max_length))
+
+
+def _peft_peer(method, model_path, num_labels, label_texts, max_length, device) -> _Peer:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    try:
+        import peft  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"{method} needs peft in this environment: pip install peft==0.21.2") from e
+    import peft_peers
+
+    model, tok, cfg = peft_peers.build_peft(model_path, method, num_labels, label_texts)
+    if device is not None:
+        model.to(device)
+    params = [q for q in model.parameters() if q.requires_grad]
+    named = [n for n, q in model.named_parameters() if q.requires_grad]  # the state_dict's names too
+    dev = next(model.parameters()).device
+
+    def logits(texts, grad):
+        enc = {k: v.to(dev) for k, v in peft_peers.encode(tok, texts, max_length).items()}
+        with torch.set_grad_enabled(grad):
+            return model(**enc).logits.float()
+
+    def state():
+        sd = model.state_dict()
+        return {n: sd[n].detach().clone() for n in named}
+
+    def predict(texts, batch=64):
+        idx = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+        out = torch.empty(len(texts), num_labels)
+        with torch.no_grad():
+            for s in range(0, len(texts), batch):
+                b = idx[s:s + batch]
+                out[b] = logits([texts[i] for i in b], False).cpu()
+        return out
+
+    return _Peer(params, logits, state, lambda st: model.load_state_dict(st, strict=False), model.train,
+                 predict, peft_peers.config_record(model, cfg))
+
+
+def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *, num_labels: int, lr: float,
+               steps: int, batch_size: int, eval_every: int, seed: int, text_pooling: str, max_length: int,
+               metric: str = "accuracy", patience: int = 0, device=None, on_eval=None,
+               eval_at_start: bool = True, model_path: str | None = None,
+               label_texts: list[str] | None = None) -> PeerRun:
+    """Train one peer; ``load_private()`` gives full-finetune its own backbone copy (its weights change); a
+    peft peer is built from ``model_path`` (the backbone's folder) with ``label_texts`` setting its number of
+    virtual tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    from ltuning.train import linear_schedule, set_seed
+
+    if method not in PEER_METHODS:
+        raise ValueError(f"unknown peer {method!r}; known: {PEER_METHODS}")
+    set_seed(seed)
+    t0 = time.perf_counter()
+    if method in HEAD_PEERS:
+        peer = _head_peer(method, shared_backbone, load_private, num_labels, text_pooling, max_length, device)
+    else:
+        peer = _peft_peer(method, model_path, num_labels, label_texts, max_length, device)
+    opt = torch.optim.AdamW(peer.params, lr=lr, weight_decay=0.0)
     warmup = int(0.06 * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, steps, warmup))
     g = torch.Generator().manual_seed(seed)
@@ -81,26 +164,25 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
     labels_eval = torch.as_tensor(eval_ds.labels)
 
     def evaluate():
-        bb.model.eval()
-        m = common.logits_metrics(peer_logits(bb, pooling, head, list(eval_ds.texts), max_length), labels_eval,
-                                  num_labels)
-        bb.model.train(full)
+        peer.train(False)
+        m = common.logits_metrics(peer.predict(list(eval_ds.texts)), labels_eval, num_labels)
+        peer.train(True)
         return m
 
     build_s = time.perf_counter() - t0
     tracker = common.RunTracker(metric=metric)
     if eval_at_start:
         tracker.record(0, evaluate(), None)
-    best_state = (copy.deepcopy(head.state_dict()), copy.deepcopy(bb.model.state_dict()) if full else None)
+    best_state = peer.state()
     running, step_s, stopped = 0.0, 0.0, None
-    bb.model.train(full)
+    peer.train(True)
     for step in range(1, steps + 1):
         ts = time.perf_counter()
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(train_ds), generator=g), 0
         b = order[pos:pos + batch_size].tolist()
         pos += batch_size
-        logits = head(pooled(bb, pooling, [train_ds.texts[i] for i in b], max_length, full))
+        logits = peer.logits([train_ds.texts[i] for i in b], True)
         loss = F.cross_entropy(logits, torch.as_tensor([train_ds.labels[i] for i in b], device=logits.device))
         loss.backward()
         opt.step()
@@ -110,16 +192,13 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
         running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
         if step % eval_every == 0 or step == steps:
             if tracker.record(step, evaluate(), running):
-                best_state = (copy.deepcopy(head.state_dict()),
-                              copy.deepcopy(bb.model.state_dict()) if full else None)
+                best_state = peer.state()
             if on_eval is not None:
                 on_eval(tracker.history[-1])
             if patience and tracker.evals_since_best() >= patience:
                 stopped = step
                 break
-    head.load_state_dict(best_state[0])
-    if full:
-        bb.model.load_state_dict(best_state[1])
-    bb.model.eval()
-    trainable = sum(q.numel() for q in params)
-    return PeerRun(tracker, head, bb, pooling, trainable, build_s, step_s, stopped)
+    peer.load(best_state)
+    peer.train(False)
+    trainable = sum(q.numel() for q in peer.params)
+    return PeerRun(tracker, peer.predict, trainable, build_s, step_s, stopped, peer.config)

@@ -94,10 +94,60 @@ def load_config(path: str, num_labels: int):
     return cfg
 
 
+PEFT_METHODS = ("peft-prefix", "peft-prompt", "peft-lora")
+# LoRA as most peft users set it up on BERT: rank 8 on the attention projections (query, key, value and the
+# attention output), alpha 16, no dropout; the K-way head trains too (peft's modules_to_save for SEQ_CLS)
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+        "target_modules": ["query", "key", "value", "attention.output.dense"]}
+
+
+def encode(tok, texts, max_length: int):
+    """A batch of texts (or (premise, hypothesis) pairs) as the model's tensors, padded to the longest."""
+    if isinstance(texts[0], tuple):
+        if tok.sep_token is None:
+            return tok([f"{a}\n{b}" for a, b in texts], truncation=True, max_length=max_length, padding=True,
+                       return_tensors="pt")
+        return tok([a for a, _ in texts], [b for _, b in texts], truncation=True, max_length=max_length,
+                   padding=True, return_tensors="pt")
+    return tok(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+def build_peft(path: str, method: str, num_labels: int, label_texts: list[str]):
+    """(peft model, tokenizer, peft config) for one peer: the backbone with its standard K-way sequence
+    classification head, and prefix tuning / prompt tuning with l virtual tokens (l = ltuning's label length
+    for these label texts) or LoRA (``LORA``)."""
+    import torch
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    if method not in PEFT_METHODS:
+        raise ValueError(f"unknown peft peer {method!r}; known: {PEFT_METHODS}")
+    tok = load_tokenizer(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=load_config(path, num_labels),
+                                                               dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    n_virtual = max(len(tok(t)["input_ids"]) for t in label_texts)  # = ltuning's l for these labels
+    if method == "peft-prefix":
+        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
+    elif method == "peft-prompt":
+        cfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
+    else:
+        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA)
+    return get_peft_model(model, cfg), tok, cfg
+
+
+def config_record(model, cfg) -> dict:
+    """The peft config's plain fields and the head, for a result's JSON."""
+    return {"peft": {k: (v.value if hasattr(v, "value") else v) for k, v in cfg.to_dict().items()
+                     if isinstance(v, (str, int, float, bool, type(None))) or hasattr(v, "value")},
+            "head": f"{type(model.get_base_model()).__name__} (standard K-way head, peft modules_to_save)"}
+
+
 def run(backbone: str, task: str, method: str, seed: int) -> dict:
     import torch
-    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
     p = common.PROTOCOL[backbone]
     train_texts, train_labels, names = read_split(task, "train")
@@ -106,20 +156,7 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
     K = len(names)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    path = model_path(backbone)
-    tok = load_tokenizer(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=load_config(path, K),
-                                                               torch_dtype=torch.float32)
-    model.config.pad_token_id = tok.pad_token_id
-    n_virtual = max(len(tok(t)["input_ids"]) for t in LABEL_TEXTS[task])  # = ltuning's l for these labels
-    if method == "peft-prefix":
-        cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
-    else:
-        cfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
-    model = get_peft_model(model, cfg)
+    model, tok, cfg = build_peft(model_path(backbone), method, K, LABEL_TEXTS[task])
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     params = [q for q in model.parameters() if q.requires_grad]
     lr = p["learning_rate"]
@@ -135,15 +172,6 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     order, pos = torch.randperm(len(train_texts), generator=g), 0
 
-    def encode(texts):
-        if isinstance(texts[0], tuple):
-            if tok.sep_token is None:
-                return tok([f"{a}\n{b}" for a, b in texts], truncation=True, max_length=common.MAX_LENGTH,
-                           padding=True, return_tensors="pt")
-            return tok([a for a, _ in texts], [b for _, b in texts], truncation=True,
-                       max_length=common.MAX_LENGTH, padding=True, return_tensors="pt")
-        return tok(list(texts), truncation=True, max_length=common.MAX_LENGTH, padding=True, return_tensors="pt")
-
     def evaluate():
         model.eval()
         idx = sorted(range(len(val_texts)), key=lambda i: len(str(val_texts[i])))
@@ -151,7 +179,7 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
         with torch.no_grad():
             for s in range(0, len(idx), 64):
                 b = idx[s:s + 64]
-                logits[b] = model(**encode([val_texts[i] for i in b])).logits.float()
+                logits[b] = model(**encode(tok, [val_texts[i] for i in b], common.MAX_LENGTH)).logits.float()
         model.train()
         return common.logits_metrics(logits, torch.as_tensor(val_labels), K)
 
@@ -164,7 +192,8 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
             order, pos = torch.randperm(len(train_texts), generator=g), 0
         b = order[pos:pos + p["batch_size"]].tolist()
         pos += p["batch_size"]
-        out = model(**encode([train_texts[i] for i in b]), labels=torch.as_tensor([train_labels[i] for i in b]))
+        out = model(**encode(tok, [train_texts[i] for i in b], common.MAX_LENGTH),
+                    labels=torch.as_tensor([train_labels[i] for i in b]))
         out.loss.backward()
         opt.step()
         sched.step()
@@ -173,9 +202,7 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
         running = out.loss.item() if step == 1 else 0.9 * running + 0.1 * out.loss.item()
         if step % p["eval_every"] == 0 or step == p["steps"]:
             tracker.record(step, evaluate(), running)
-    config = {"peft": {k: (v.value if hasattr(v, "value") else v) for k, v in cfg.to_dict().items()
-                       if isinstance(v, (str, int, float, bool, type(None))) or hasattr(v, "value")},
-              "head": f"{type(model.get_base_model()).__name__} (standard K-way head, peft modules_to_save)",
+    config = {**config_record(model, cfg),
               "protocol": {"steps": p["steps"], "batch_size": p["batch_size"], "eval_every": p["eval_every"],
                            "learning_rate": lr, "seed": seed, "max_length": common.MAX_LENGTH,
                            "validation": {"split": "validation", "rows": len(val_labels),
