@@ -54,7 +54,7 @@ ROWS = ["prefix", "prompt", "lt-prefix", "lt-prompt", "lt-prefix-paper", "lt-pro
 LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2]
 # all 22.7M weights: the grid above diverges; the usual fine-tuning range instead
 FULL_FINETUNE_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
-# LoRA's usual range (1e-4 to 1e-3 on BERT-sized models) and the shared grid's lower half
+# LoRA's usual range (1e-4 to 1e-3 on BERT-sized models) up to the shared grid's 1e-2
 LORA_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 PROTOCOL = {"batch_size": 32, "lr_steps": 500, "max_steps": 3000, "eval_every": 100, "patience": 6,
             "seeds": [0, 1, 2], "max_length": common.MAX_LENGTH, "text_pooling": "mean"}
@@ -288,7 +288,7 @@ def worker(a) -> int:
     while True:
         if end is not None and time.time() > end:
             print(f"[worker {os.getpid()}] deadline reached", flush=True)
-            return 0
+            return 1 if failed else 0
         waiting, took = False, False
         for job in todo:
             path = job[4]
@@ -303,7 +303,7 @@ def worker(a) -> int:
             print(f"[{common.now()} worker {os.getpid()}] {job[0]} {job[1]} {job[2]} {job[3]}", flush=True)
             try:
                 rec = run_job(job, bb, a.backbone, lambda: _private(source, device), model_dir, device)
-            except Exception:  # noqa: BLE001 - a failed job is reported and left unclaimed for a rerun
+            except Exception:  # noqa: BLE001 - reported, left unclaimed for a later run; this worker skips its (task, row)
                 traceback.print_exc()
                 path.with_suffix(".claim").unlink(missing_ok=True)
                 if a.stop_on_error:
@@ -317,12 +317,14 @@ def worker(a) -> int:
             break
         if not took:
             if not waiting:
-                return 0
+                if failed:
+                    print(f"[worker {os.getpid()}] failed, skipped: {sorted(failed)}", flush=True)
+                return 1 if failed else 0
             time.sleep(2)
 
 
 def _packaged_folder(backbone: str) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    peer_loop.peers_on_path()
     import peft_peers
 
     return peft_peers.model_path(backbone)

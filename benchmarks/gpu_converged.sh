@@ -13,19 +13,24 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 nvidia-smi -L; nproc
 # the wheel, or (smaller, to fit the 64 MiB that travels) its contents as transformers-<version>.tar.xz
 mkdir -p /tmp/site
-if ls .devcarry/transformers-*.tar.xz >/dev/null 2>&1; then tar -C /tmp/site -xJf .devcarry/transformers-*.tar.xz
+if ls .devcarry/transformers-*.tar.xz >/dev/null 2>&1; then tar -C /tmp/site -xJf "$(ls .devcarry/transformers-*.tar.xz | tail -1)"
 else python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/transformers-*.whl; fi \
   && export PYTHONPATH=/tmp/site:$PWD/src || export PYTHONPATH=$PWD/src
 # the peft rows (peft-prompt, peft-lora) pin peft 0.21.2 where its wheel travels too (else the image's peft)
-ls .devcarry/peft-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devcarry/peft-*.whl
+# (its needs, accelerate among them, are in the image); the smoke check then runs peft-lora too
+PEFT_WHL=$(ls .devcarry/peft-*.whl 2>/dev/null | tail -1); SMOKE_PEFT=
+[ -n "$PEFT_WHL" ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PEFT_WHL" \
+  && SMOKE_PEFT=peft-lora
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.is_available())" \
-  || { export PYTHONPATH=$PWD/src; python3 -c "import transformers; print('fallback transformers', transformers.__version__)"; }
+  || { echo "the carried transformers does not import: the image's, without the carried peft"; export PYTHONPATH=$PWD/src
+       python3 -c "import transformers; print('fallback transformers', transformers.__version__)"; }
+python3 -c "import peft; print('peft', peft.__version__)" || echo "no peft: the peft rows will fail"
 mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_GLUE_DIR=/tmp/glue
 RES=benchmarks/results/converged; mkdir -p $RES
 pack() { tar -czf "$OUT/converged.tar.gz.tmp" -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }
 # a check of every code path on the GPU first (tiny budgets, results in /tmp): stop early if it breaks
 [ -n "${SKIP_SMOKE:-}" ] || LTUNING_SMOKE_DIR=/tmp/smoke timeout 90 python3 benchmarks/converged.py --smoke --tasks rte \
-  --rows lt-prefix prompt full-finetune --model-path .devcarry/minilm --stop-on-error > "$OUT/smoke.log" 2>&1
+  --rows lt-prefix prompt full-finetune $SMOKE_PEFT --model-path .devcarry/minilm --stop-on-error > "$OUT/smoke.log" 2>&1
 rc=$?; tail -5 "$OUT/smoke.log"; [ $rc -eq 0 ] || { echo "smoke failed ($rc)"; exit 3; }
 ( while true; do sleep 20; pack; done ) & PACKER=$!
 timeout "$HARD" python3 benchmarks/converged.py --workers "$WORKERS" --model-path .devcarry/minilm \

@@ -91,15 +91,22 @@ def _head_peer(method, shared_backbone, load_private, num_labels, text_pooling, 
         if full:
             bb.model.load_state_dict(st[1])
 
-    return _Peer(params, lambda texts, grad: head(pooled(bb, pooling, texts, max_length, grad)), state, load,
+    return _Peer(params, lambda texts, grad: head(pooled(bb, pooling, texts, max_length, grad and full)), state, load,
                  lambda on: bb.model.train(on and full),
                  lambda texts: peer_logits(bb, pooling, head, texts, max_length))
+
+
+def peers_on_path() -> None:
+    """Make ``benchmarks/peers`` importable (``peft_peers``), once."""
+    folder = str(Path(__file__).resolve().parent / "peers")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def _peft_peer(method, model_path, num_labels, label_texts, max_length, device) -> _Peer:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    peers_on_path()
     try:
         import peft  # noqa: F401
     except ImportError as e:
@@ -141,8 +148,8 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
                eval_at_start: bool = True, model_path: str | None = None,
                label_texts: list[str] | None = None) -> PeerRun:
     """Train one peer; ``load_private()`` gives full-finetune its own backbone copy (its weights change); a
-    peft peer is built from ``model_path`` (the backbone's folder) with ``label_texts`` setting its number of
-    virtual tokens."""
+    peft peer is built from ``model_path`` (the backbone's folder) and needs ``label_texts`` (they set prompt
+    tuning's number of virtual tokens)."""
     import torch
     import torch.nn.functional as F
 

@@ -1,6 +1,8 @@
-"""Peers from Hugging Face peft: prefix tuning and prompt tuning with the standard K-way sequence
+"""Peers from Hugging Face peft: prefix tuning, prompt tuning and LoRA with the standard K-way sequence
 classification head, on the same backbone, data, steps, batch, learning rate and validation rows as
 benchmarks/table1.py. Writes benchmarks/results/table1/<backbone>-<task>-peft-<kind>-seed<N>.json.
+``build_peft`` / ``encode`` are also imported in-process by benchmarks/converged.py (through peer_loop, with
+transformers 5.x, where prompt tuning and LoRA run and prefix tuning does not).
 
 Runs in its own venv (peft 0.21.2 prefix tuning fails on BERT with transformers 5.x; it works with 4.57.x):
 
@@ -97,8 +99,9 @@ def load_config(path: str, num_labels: int):
 PEFT_METHODS = ("peft-prefix", "peft-prompt", "peft-lora")
 # LoRA as most peft users set it up on BERT: rank 8 on the attention projections (query, key, value and the
 # attention output), alpha 16, no dropout; the K-way head trains too (peft's modules_to_save for SEQ_CLS)
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-        "target_modules": ["query", "key", "value", "attention.output.dense"]}
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+LORA_TARGETS = {"bert": ["query", "key", "value", "attention.output.dense"],
+                "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
 def encode(tok, texts, max_length: int):
@@ -115,7 +118,7 @@ def encode(tok, texts, max_length: int):
 def build_peft(path: str, method: str, num_labels: int, label_texts: list[str]):
     """(peft model, tokenizer, peft config) for one peer: the backbone with its standard K-way sequence
     classification head, and prefix tuning / prompt tuning with l virtual tokens (l = ltuning's label length
-    for these label texts) or LoRA (``LORA``)."""
+    for these label texts) or LoRA (``LORA`` on the family's ``LORA_TARGETS``)."""
     import torch
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
@@ -135,7 +138,11 @@ def build_peft(path: str, method: str, num_labels: int, label_texts: list[str]):
     elif method == "peft-prompt":
         cfg = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=n_virtual)
     else:
-        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, **LORA)
+        kind = model.config.model_type
+        if kind not in LORA_TARGETS:
+            raise ValueError(f"peft-lora: no attention projection names for model type {kind!r}; known: "
+                             f"{sorted(LORA_TARGETS)} (add them to LORA_TARGETS)")
+        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, target_modules=LORA_TARGETS[kind], **LORA)
     return get_peft_model(model, cfg), tok, cfg
 
 
