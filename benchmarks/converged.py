@@ -27,12 +27,14 @@ process, ``pip install peft==0.21.2``; peft's prefix tuning needs transformers 4
 ``-cosine`` and ``-anchored`` (score heads) forms, e.g. ``lt-prefix-anchored-listwise``, today's LT-prefix
 default (:func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs, then seed 0, then
 seeds 1-2) through lock files, so several processes (or machines writing to copies of the folder) fill the
-table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on.
+table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on
+(exit status 1); without peft installed the peft rows are skipped with a notice.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -276,11 +278,17 @@ def worker(a) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
     source = a.model_path or a.backbone
-    model_dir = a.model_path or _packaged_folder(a.backbone)  # what a peft peer loads with transformers
+    rows = list(a.rows)
+    if any(r.startswith("peft-") for r in rows) and importlib.util.find_spec("peft") is None:
+        print(f"[worker {os.getpid()}] peft is not installed: skipping the peft rows (pip install peft==0.21.2)",
+              flush=True)
+        rows = [r for r in rows if not r.startswith("peft-")]
+    # the folder a peft peer loads with transformers (only looked up when a peft row runs)
+    model_dir = a.model_path or (_packaged_folder(a.backbone) if any(r.startswith("peft-") for r in rows) else None)
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)
-    todo = jobs(a.backbone, a.tasks, a.rows, a.seeds)
+    todo = jobs(a.backbone, a.tasks, rows, a.seeds)
     if a.lrs:  # a partial search: those rates' runs only (the final runs wait for the whole grid)
         todo = [j for j in todo if j[0] == "lr" and j[3] in a.lrs]
     end = time.time() + a.deadline if a.deadline else None

@@ -19,8 +19,8 @@ else python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s
 # the peft rows (peft-prompt, peft-lora) pin peft 0.21.2 where its wheel travels too (else the image's peft)
 # (its needs, accelerate among them, are in the image); the smoke check then runs peft-lora too
 PEFT_WHL=$(ls .devcarry/peft-*.whl 2>/dev/null | tail -1); SMOKE_PEFT=
-[ -n "$PEFT_WHL" ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PEFT_WHL" \
-  && SMOKE_PEFT=peft-lora
+[ -n "$PEFT_WHL" ] && [[ ${PYTHONPATH:-} == /tmp/site:* ]] \
+  && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$PEFT_WHL" && SMOKE_PEFT=peft-lora
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.is_available())" \
   || { echo "the carried transformers does not import: the image's, without the carried peft"; export PYTHONPATH=$PWD/src
        python3 -c "import transformers; print('fallback transformers', transformers.__version__)"; }
