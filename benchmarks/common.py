@@ -149,6 +149,20 @@ def steps_to_target(history: list[dict], frac: float = 0.95):
     return None
 
 
+def length_ordered_logits(texts, score, num_labels: int, batch: int = 64):
+    """(N, K) float logits on the CPU of ``score(list of texts) -> (B, K)``, without gradients, the texts
+    scored in length order (less padding) in batches of ``batch``."""
+    import torch
+
+    idx = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+    out = torch.empty(len(texts), num_labels)
+    with torch.no_grad():
+        for s in range(0, len(texts), batch):
+            b = idx[s:s + batch]
+            out[b] = score([texts[i] for i in b]).float().cpu()
+    return out
+
+
 def clock() -> tuple[float, float]:
     """A start point for :func:`since`: (wall, this process's CPU) seconds."""
     return time.perf_counter(), time.process_time()

@@ -252,7 +252,7 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
         rec["steps_to_95pct_best"] = next((c["step"] for c in rec["curve"] if best is not None
                                            and c["dev_metric"] >= 0.95 * best), None) if best and best > 0 else None
     rec.update(wall_seconds=time.perf_counter() - t0, finished=common.now(),
-               versions=common.versions("torch", "transformers", *(["peft"] if row.startswith("peft-") else [])),
+               versions=common.versions("torch", "transformers", *(["peft"] if row in peer_loop.PEFT_PEERS else [])),
                git=common.git_commit(),
                machine=device_record(device), torch_threads=torch.get_num_threads(), runner="benchmarks/converged.py")
     return rec
@@ -279,12 +279,12 @@ def worker(a) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
     source = a.model_path or a.backbone
     rows = list(a.rows)
-    if any(r.startswith("peft-") for r in rows) and importlib.util.find_spec("peft") is None:
+    if set(rows) & set(peer_loop.PEFT_PEERS) and importlib.util.find_spec("peft") is None:
         print(f"[worker {os.getpid()}] peft is not installed: skipping the peft rows (pip install peft==0.21.2)",
               flush=True)
-        rows = [r for r in rows if not r.startswith("peft-")]
+        rows = [r for r in rows if r not in peer_loop.PEFT_PEERS]
     # the folder a peft peer loads with transformers (only looked up when a peft row runs)
-    model_dir = a.model_path or (_packaged_folder(a.backbone) if any(r.startswith("peft-") for r in rows) else None)
+    model_dir = a.model_path or (_packaged_folder(a.backbone) if set(rows) & set(peer_loop.PEFT_PEERS) else None)
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)

@@ -24,7 +24,7 @@ PEFT_WHL=$(ls .devcarry/peft-*.whl 2>/dev/null | tail -1); SMOKE_PEFT=
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.is_available())" \
   || { echo "the carried transformers does not import: the image's, without the carried peft"; export PYTHONPATH=$PWD/src
        python3 -c "import transformers; print('fallback transformers', transformers.__version__)"; }
-python3 -c "import peft; print('peft', peft.__version__)" || echo "no peft: the peft rows will fail"
+python3 -c "import peft; print('peft', peft.__version__)" || echo "no peft: the peft rows are skipped"
 mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_GLUE_DIR=/tmp/glue
 RES=benchmarks/results/converged; mkdir -p $RES
 pack() { tar -czf "$OUT/converged.tar.gz.tmp" -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }

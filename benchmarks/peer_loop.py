@@ -57,15 +57,8 @@ def pooled(bb, pooling, texts, max_length, grad):
 
 def peer_logits(bb, pooling, head, texts, max_length, batch=64):
     """(N, K) logits, texts scored in length order (less padding)."""
-    import torch
-
-    idx = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
-    out = torch.empty(len(texts), head.out_features)
-    with torch.no_grad():
-        for s in range(0, len(texts), batch):
-            b = idx[s:s + batch]
-            out[b] = head(pooled(bb, pooling, [texts[i] for i in b], max_length, False)).float().cpu()
-    return out
+    return common.length_ordered_logits(texts, lambda b: head(pooled(bb, pooling, b, max_length, False)),
+                                        head.out_features, batch)
 
 
 def _head_peer(method, shared_backbone, load_private, num_labels, text_pooling, max_length, device) -> _Peer:
@@ -129,17 +122,9 @@ def _peft_peer(method, model_path, num_labels, label_texts, max_length, device) 
         sd = model.state_dict()
         return {n: sd[n].detach().clone() for n in named}
 
-    def predict(texts, batch=64):
-        idx = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
-        out = torch.empty(len(texts), num_labels)
-        with torch.no_grad():
-            for s in range(0, len(texts), batch):
-                b = idx[s:s + batch]
-                out[b] = logits([texts[i] for i in b], False).cpu()
-        return out
-
     return _Peer(params, logits, state, lambda st: model.load_state_dict(st, strict=False), model.train,
-                 predict, peft_peers.config_record(model, cfg))
+                 lambda texts: common.length_ordered_logits(texts, lambda b: logits(b, False), num_labels),
+                 peft_peers.config_record(model, cfg))
 
 
 def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *, num_labels: int, lr: float,

@@ -181,12 +181,8 @@ def run(backbone: str, task: str, method: str, seed: int) -> dict:
 
     def evaluate():
         model.eval()
-        idx = sorted(range(len(val_texts)), key=lambda i: len(str(val_texts[i])))
-        logits = torch.empty(len(val_texts), K)
-        with torch.no_grad():
-            for s in range(0, len(idx), 64):
-                b = idx[s:s + 64]
-                logits[b] = model(**encode(tok, [val_texts[i] for i in b], common.MAX_LENGTH)).logits.float()
+        logits = common.length_ordered_logits(
+            val_texts, lambda b: model(**encode(tok, b, common.MAX_LENGTH)).logits, K)
         model.train()
         return common.logits_metrics(logits, torch.as_tensor(val_labels), K)
 
