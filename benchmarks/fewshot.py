@@ -21,6 +21,9 @@ reported apart. It keeps lr 1e-2 (:data:`MULTITASK_LR`), the recipe its rows wer
 
     python benchmarks/fewshot.py                                   # export, then every cell (hours of CPU)
     python benchmarks/fewshot.py --datasets sst2 --shots 8 16 --seeds 0 1 --methods lt-prefix prefix
+    python benchmarks/fewshot.py --epochs 50 --methods lt-prefix prefix --shots 8 16
+                                                                   # the same rows at a budget that grows with
+                                                                   # the training set (``budget``; ``-ep50`` files)
     python benchmarks/fewshot.py export                            # only the samples, for the SetFit peer
     python benchmarks/fewshot.py source-parts                      # lt-prefix-multitask's sources, parts reset
     python benchmarks/fewshot.py ablate --methods lt-prefix prefix --variants default lr-1e-3 --shots 16
@@ -62,6 +65,19 @@ STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's
 MULTITASK_LR = 1e-2
 MAX_VALIDATION = 500  # a seeded sample of each dataset's validation split (seed 0), the same rows for every method
 BACKBONE = "minilm"
+
+
+def budget(change: dict, n_texts: int) -> int:
+    """The training steps of a cell: the recipe's STEPS; a variant's own ``steps``; or, with ``epochs`` E (a
+    budget that grows with the training set), at least E passes over the n training texts and never fewer than
+    STEPS: ``max(STEPS, ceil(E * n / BATCH))``. The fixed 100 steps give a 2-class set 100 epochs at 8 shots
+    and 50 at 16, a 6-class one (trec) 33 and 17, and any set fewer as the shots grow; E = 50 is what the
+    fixed recipe gives a 2-class set at 16 shots, the shot count the defaults were chosen at."""
+    import math
+
+    if "epochs" in change:
+        return max(STEPS, math.ceil(change["epochs"] * n_texts / BATCH))
+    return change.get("steps", STEPS)
 
 
 def learning_rate(method: str) -> float:
@@ -191,6 +207,10 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "head-prior-10-lr-3e-2": {"head_prior": 10.0, "learning_rate": 3e-2},
     "head-prior-10-lr-3e-3-steps-300": {"head_prior": 10.0, "learning_rate": 3e-3, "steps": 300},
     "steps-300": {"steps": 300},
+    # the same question at 8 and 16 shots: a budget that grows with the training set (``budget``), for every
+    # method alike; E = 50 is fixed before any run (what 100 steps give a 2-class set at 16 shots)
+    "epochs-50": {"epochs": 50},
+    "head-prior-10-lr-3e-3-epochs-50": {"head_prior": 10.0, "learning_rate": 3e-3, "epochs": 50},
     # a warm start (lt-prefix-multitask): the prior centred on the head it starts from (L2-SP; head_prior's
     # centre is the weights when the prior is set, after the warm start) or on the fresh head's W = I, C_zeta = 0
     "head-prior-10-identity-lr-3e-3": {"head_prior": 10.0, "prior_centre": "identity", "learning_rate": 3e-3},
@@ -254,7 +274,8 @@ def dev_load(dataset: str):
     return rest, dev.subset(min(MAX_VALIDATION, len(dev)), seed=0)
 
 
-def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str | None = None) -> dict:
+def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str | None = None,
+             epochs: int | None = None) -> dict:
     import torch
 
     from ltuning.config import LTuningConfig, TextPooling
@@ -263,7 +284,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
 
     task = get_task(dataset)
     train, val = dev_load(dataset) if variant else load(dataset)
-    change = ABLATIONS[variant] if variant else {}
+    change = dict(ABLATIONS[variant]) if variant else {}
+    if epochs:  # a reported row at a budget that grows with the training set (``--epochs``)
+        change["epochs"] = epochs
     k = len(task.label_names)
     pooling = bb.resolve_pooling(TextPooling(common.PROTOCOL[BACKBONE]["text_pooling"]))
     rec = {"dataset": dataset, "method": method, "shots": shots, "seed": seed, "backbone": BACKBONE,
@@ -281,17 +304,20 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
     else:
         few = sample(train, shots, seed) if shots else None
         train_rows = len(few) if shots else 0
-        recipe = {"steps": STEPS, "batch_size": BATCH, "learning_rate": change.get("learning_rate", learning_rate(method)),
+        steps = budget(change, len(few)) if shots else 0
+        recipe = {"steps": steps, "batch_size": BATCH, "learning_rate": change.get("learning_rate", learning_rate(method)),
                   "state": "final (no validation)",
                   "text_pooling": pooling.value, "max_length": common.MAX_LENGTH}
+        if "epochs" in change:  # every row records its budget rule (render.py tags the row with it)
+            recipe["epochs"] = change["epochs"]
         if not shots:
             recipe.update(steps=0, state="the source adapter, no training on the target")
         if method == "linear-probe":
             import peer_loop
 
             t = common.clock()
-            run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=recipe["learning_rate"], steps=STEPS,
-                                       batch_size=BATCH, eval_every=STEPS + 1, seed=seed,
+            run = peer_loop.train_peer(method, bb, None, few, few, num_labels=k, lr=recipe["learning_rate"], steps=steps,
+                                       batch_size=BATCH, eval_every=steps + 1, seed=seed,
                                        text_pooling=pooling.value, max_length=common.MAX_LENGTH,
                                        eval_at_start=False)
             train_s, trainable = common.since(t), run.trainable
@@ -336,7 +362,7 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
             for name, p in model.method.named_parameters():
                 if name in change.get("freeze", []):
                     p.requires_grad_(False)
-            targs = TrainArgs(max_steps=change.get("steps", STEPS), batch_size=BATCH,
+            targs = TrainArgs(max_steps=max(steps, 1), batch_size=BATCH,
                               learning_rate=recipe["learning_rate"], seed=seed, progress=False)
             t = common.clock()
             if shots:  # 0 shots (lt-prefix-multitask): the source adapter as it is, on the target's labels
@@ -433,9 +459,14 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=[*METHODS, *(m for m in CONFIGURED if m not in METHODS)])
     ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="run: a budget that grows with the training set, max(100 steps, ceil(E * n / 16)) for n "
+                         "training texts, instead of the fixed 100 steps; cells go to <dataset>-<method>-ep<E>-...")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
+    if args.epochs is not None and (args.command != "run" or args.epochs < 1):
+        ap.error("--epochs takes a positive number of epochs and applies to the run command only")
     if args.command == "ablate":
         return ablate(args)
     if args.command == "transfer":
@@ -453,7 +484,9 @@ def main(argv=None) -> int:
     bb = load_backbone(BACKBONE)
     OUT.mkdir(parents=True, exist_ok=True)
     for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
-        path = OUT / f"{d}-{m}-{k}shot-seed{seed}.json"
+        if args.epochs and not k:  # a budget needs training texts: the 0-shot cells are the fixed recipe's
+            continue
+        path = OUT / f"{d}-{m}{f'-ep{args.epochs}' if args.epochs else ''}-{k}shot-seed{seed}.json"
         if path.exists() and not args.overwrite:
             recipe = json.loads(path.read_text()).get("recipe") or {}
             ran_at, ran_with = recipe.get("learning_rate"), (recipe.get("adapter") or {}).get("score_head")
@@ -466,7 +499,7 @@ def main(argv=None) -> int:
                                  f"now: keep it as {path.name.replace(f'-{m}-', f'-{m}-{ran_with}-')} (git mv) and run "
                                  "again, or pass --overwrite to replace it")
             continue
-        rec = run_cell(bb, d, m, k, seed)
+        rec = run_cell(bb, d, m, k, seed, epochs=args.epochs)
         common.write_result(path, rec)
         print(f"{path.name}: accuracy {rec['accuracy']:.4f}, train "
               f"{(rec['train_seconds'] or {}).get('cpu', 0):.0f} CPU s, predict {rec['predict_seconds']['cpu']:.0f} "

@@ -498,7 +498,8 @@ _lr = common.lr_name
 def _fs_row(r: dict) -> str:
     """A result's row: its method, with its learning rate and score head where those are not the fixed
     recipe's for the method today (``fewshot.learning_rate``, ``fewshot.score_head``; rows kept from an earlier
-    recipe, e.g. ``lt-prefix (lr 1e-2)``, ``lt-prefix (similarity head)``)."""
+    recipe, e.g. ``lt-prefix (lr 1e-2)``, ``lt-prefix (similarity head)``), and with its budget where it ran at one
+    that grows with the training set (``fewshot.py --epochs``: ``lt-prefix (50-epoch budget)``)."""
     import fewshot
 
     recipe = r.get("recipe") or {}
@@ -508,6 +509,8 @@ def _fs_row(r: dict) -> str:
         tags.append(f"lr {_lr(lr)}")
     if head and fewshot.score_head(r["method"]) not in (None, head):
         tags.append(f"{head} head")
+    if recipe.get("epochs"):  # ``fewshot.py --epochs E``: a budget that grows with the training set
+        tags.append(f"{recipe['epochs']}-epoch budget")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
