@@ -460,8 +460,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", nargs="+", type=int, default=SHOTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     ap.add_argument("--epochs", type=int, default=None,
-                    help="run: a budget that grows with the training set, max(100 steps, ceil(E * n / 16)) for n "
-                         "training texts, instead of the fixed 100 steps; cells go to <dataset>-<method>-ep<E>-...")
+                    help=f"run: a budget that grows with the training set, max({STEPS} steps, ceil(E * n / {BATCH})) "
+                         f"for n training texts, instead of the fixed {STEPS} steps; cells go to "
+                         "<dataset>-<method>-ep<E>-...")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)

@@ -495,6 +495,10 @@ FEWSHOT_KEYS = ("dataset", "method", "shots", "accuracy")
 _lr = common.lr_name
 
 
+#: the tag of a row trained at ``fewshot.py --epochs E`` (after E): another number of steps than its twin's
+BUDGET_TAG = "-epoch budget"
+
+
 def _fs_row(r: dict) -> str:
     """A result's row: its method, with its learning rate and score head where those are not the fixed
     recipe's for the method today (``fewshot.learning_rate``, ``fewshot.score_head``; rows kept from an earlier
@@ -510,7 +514,7 @@ def _fs_row(r: dict) -> str:
     if head and fewshot.score_head(r["method"]) not in (None, head):
         tags.append(f"{head} head")
     if recipe.get("epochs"):  # ``fewshot.py --epochs E``: a budget that grows with the training set
-        tags.append(f"{recipe['epochs']}-epoch budget")
+        tags.append(f"{recipe['epochs']}{BUDGET_TAG}")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
@@ -660,11 +664,11 @@ def fewshot_paired(runs) -> list[str]:
     tags = sorted({r["row"][len(r["method"]):] for r in runs if r["row"] != r["method"]})
     pairs = list(FEWSHOT_PAIRS)
     for tag in tags:
-        # a budget tag is a different number of steps: only SetFit (its own recipe, never an ltuning budget)
-        # stands in untagged; an ltuning twin without the tagged row is no comparison at that budget
-        own = ("setfit",) if "epoch budget" in tag else None
+        # a budget tag is another number of steps: only SetFit (its own recipe, never an ltuning budget) stands
+        # in untagged; an ltuning twin without the tagged row is no comparison at that budget
+        budget = BUDGET_TAG in tag
         pairs += [(a + tag, b + tag if b + tag in present else b) for a, b in FEWSHOT_PAIRS
-                  if a + tag in present and (b + tag in present or own is None or b in own)]
+                  if a + tag in present and (b + tag in present or not budget or b == "setfit")]
     pairs += sorted({(r["method"], r["row"]) for r in runs if r["row"] != r["method"]})
     rows = []
     for k in [k for k in FEWSHOT_SHOTS if k]:
