@@ -5,6 +5,7 @@ validation split.
     python benchmarks/converged.py --list                      # the jobs and which are done
     python benchmarks/converged.py --workers 2 --threads 1     # run what is missing (CPU: hours)
     python benchmarks/converged.py --workers 8 --model-path DIR --deadline 420   # a GPU machine
+    python benchmarks/converged.py --to-cap --tasks sst2 --rows prefix   # the same final runs, no early stopping
 
 Protocol (PROTOCOL below; BENCHMARKS.md states it):
 
@@ -74,13 +75,23 @@ def lr_path(backbone: str, task: str, row: str, lr: float) -> Path:
     return OUT / "lr" / f"{backbone}-{task}-{row}-lr{lr:g}.json"
 
 
-def final_path(backbone: str, task: str, row: str, seed: int) -> Path:
-    return OUT / f"{backbone}-{task}-{row}-seed{seed}.json"
+def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = False) -> Path:
+    return OUT / ("to-cap" if to_cap else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
 
 
-def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None) -> list[tuple]:
-    """(kind, task, row, lr_or_seed, path) in priority order."""
+def reached_cap(path: Path) -> bool:
+    """A final run that early stopping never ended: it is also the run without early stopping (the stop only
+    ends the loop; the schedule, the evaluations and the best dev state up to ``max_steps`` are the same)."""
+    return path.exists() and json.loads(path.read_text()).get("stopped_early_at") is None
+
+
+def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False) -> list[tuple]:
+    """(kind, task, row, lr_or_seed, path) in priority order. ``to_cap``: the final runs without early stopping
+    (results in ``to-cap/``) that the early-stopping table lacks: the runs it stopped early."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
+    if to_cap:
+        return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
+                for t in tasks if not reached_cap(final_path(backbone, t, r, s))]
     out = [("zero-shot", t, "zero-shot-similarity", 0, final_path(backbone, t, "zero-shot-similarity", 0))
            for t in tasks]
     out += [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in grid(r)]
@@ -288,7 +299,7 @@ def worker(a) -> int:
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)
-    todo = jobs(a.backbone, a.tasks, rows, a.seeds)
+    todo = jobs(a.backbone, a.tasks, rows, a.seeds, a.to_cap)
     if a.lrs:  # a partial search: those rates' runs only (the final runs wait for the whole grid)
         todo = [j for j in todo if j[0] == "lr" and j[3] in a.lrs]
     end = time.time() + a.deadline if a.deadline else None
@@ -359,6 +370,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     ap.add_argument("--deadline", type=float, default=0, help="claim no job after this many seconds (0: none)")
+    ap.add_argument("--to-cap", action="store_true",
+                    help="final runs without early stopping (to max_steps, the best dev state kept), in to-cap/; "
+                         "runs of the main table that reached max_steps are not repeated")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     ap.add_argument("--stop-on-error", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (a check of the runner)")
@@ -373,8 +387,10 @@ def main() -> int:
         LR_GRID[:] = [1e-2, 3e-2]
         FULL_FINETUNE_GRID[:] = [1e-5, 3e-5]
         LORA_GRID[:] = [1e-3, 3e-3]
+    if a.to_cap:
+        PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
     if a.list:
-        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds):
+        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap):
             print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))
         return 0
     if a.worker or a.workers == 1:

@@ -355,6 +355,36 @@ def converged_table(runs) -> str:
     return "\n".join(lines)
 
 
+def converged_to_cap_table(runs, to_cap) -> str:
+    """Early stopping against every run to the cap, seed by seed, for the (task, method) cells that have runs in
+    ``converged/to-cap/``. A run that early stopping never ended is its own to-cap run (the stop only ends the
+    loop), so it appears on both sides; the others were rerun with no early stopping."""
+    if not to_cap:
+        return "No runs without early stopping yet: `python benchmarks/converged.py --to-cap`."
+    stopped = {(r["task"], r["method"], r["seed"]): r for r in runs}
+    rerun = {(r["task"], r["method"], r["seed"]): r for r in to_cap}
+    lines = ["| task | method | seed | early stopping: steps run, best step, metric | to the cap: best step, metric "
+             "| to-cap run |", "|---|---|---|---|---|---|"]
+    for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in rerun)]:
+        for m in _order({k[1] for k in rerun if k[0] == t}):
+            metric = "mcc" if t == "cola" else "accuracy"
+            es, cap = [], []
+            for seed in sorted({k[2] for k in stopped if k[:2] == (t, m)} | {k[2] for k in rerun if k[:2] == (t, m)}):
+                a, b = stopped.get((t, m, seed)), rerun.get((t, m, seed))
+                if b is None and a is not None and a.get("stopped_early_at") is None:
+                    b, how = a, "the same run (never stopped early)"
+                else:
+                    how = "rerun without early stopping" if b is not None else "not run yet"
+                left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f}" if a else "–"
+                right = f"{b['best_step']}, {b[metric]:.3f}" if b else "–"
+                es += [a[metric]] if a else []
+                cap += [b[metric]] if b else []
+                lines.append(f"| {t} | {m} | {seed} | {left} | {right} | {how} |")
+            lines.append(f"| {t} | **{m}** | mean | **{fmt_ms(es)}** | **{fmt_ms(cap)}** | {len(cap)} of {len(es)} "
+                         "seeds |")
+    return "\n".join(lines)
+
+
 def converged_lr_table(lr_runs) -> str:
     """The learning-rate search on dev: best dev metric of each rate (seed 0, short runs)."""
     if not lr_runs:
@@ -979,6 +1009,7 @@ def main(argv=None) -> int:
     doc = splice(doc, "converged", "\n".join([*(f"![{Path(p).stem}]({p})" for p in converged_plots(final)), "",
                                               converged_table(final)]))
     doc = splice(doc, "converged-lr", converged_lr_table(lr_search))
+    doc = splice(doc, "converged-to-cap", converged_to_cap_table(final, load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "depth", depth_tables())
     fs = load(FEWSHOT_DIR)
     doc = splice(doc, "fewshot", "\n".join([*(f"![{Path(p).stem}]({p})" for p in fewshot_plot(fs)), "",
