@@ -103,6 +103,14 @@ def cells(backbones=("minilm", "smollm2"), tasks=TASKS, methods=None, seeds=None
     return out
 
 
+def ran_to_cap(rec: dict) -> bool:
+    """A converged final run (benchmarks/converged.py) that early stopping did not end before its last step:
+    it is also the run without early stopping (the stop only ends the loop; the schedule, the evaluations and the
+    best dev state are the same). The patience check also fires at the last step, so a run "stopped" there
+    reached the cap too."""
+    return rec.get("stopped_early_at") in (None, rec["protocol"]["max_steps"])
+
+
 def subsample(texts, labels, n, seed=0):
     """Seeded random subset (same rule as ltuning.data.TextDataset.subset)."""
     if n is None or n >= len(texts):

@@ -79,19 +79,19 @@ def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = Fal
     return OUT / ("to-cap" if to_cap else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
 
 
-def reached_cap(path: Path) -> bool:
-    """A final run that early stopping never ended: it is also the run without early stopping (the stop only
-    ends the loop; the schedule, the evaluations and the best dev state up to ``max_steps`` are the same)."""
-    return path.exists() and json.loads(path.read_text()).get("stopped_early_at") is None
+def stopped_before_cap(path: Path) -> bool:
+    """A final run exists and early stopping ended it before ``max_steps``: the runs ``--to-cap`` repeats."""
+    return path.exists() and not common.ran_to_cap(json.loads(path.read_text()))
 
 
 def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False) -> list[tuple]:
     """(kind, task, row, lr_or_seed, path) in priority order. ``to_cap``: the final runs without early stopping
-    (results in ``to-cap/``) that the early-stopping table lacks: the runs it stopped early."""
+    (results in ``to-cap/``) of the early-stopping runs that stopped before the cap; nothing else (a missing
+    early-stopping run is for the plain command to run first)."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
     if to_cap:
         return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
-                for t in tasks if not reached_cap(final_path(backbone, t, r, s))]
+                for t in tasks if stopped_before_cap(final_path(backbone, t, r, s))]
     out = [("zero-shot", t, "zero-shot-similarity", 0, final_path(backbone, t, "zero-shot-similarity", 0))
            for t in tasks]
     out += [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in grid(r)]
@@ -388,6 +388,8 @@ def main() -> int:
         FULL_FINETUNE_GRID[:] = [1e-5, 3e-5]
         LORA_GRID[:] = [1e-3, 3e-3]
     if a.to_cap:
+        if a.lrs:
+            ap.error("--to-cap reruns final runs and --lrs runs only learning-rate searches: give one of them")
         PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
     if a.list:
         for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap):

@@ -357,31 +357,37 @@ def converged_table(runs) -> str:
 
 def converged_to_cap_table(runs, to_cap) -> str:
     """Early stopping against every run to the cap, seed by seed, for the (task, method) cells that have runs in
-    ``converged/to-cap/``. A run that early stopping never ended is its own to-cap run (the stop only ends the
-    loop), so it appears on both sides; the others were rerun with no early stopping."""
+    ``converged/to-cap/``. A run that early stopping did not end before the cap is its own to-cap run
+    (:func:`common.ran_to_cap`), so it appears on both sides; the others were rerun with no early stopping, on
+    the device each side names. The means are over the seeds that have both sides."""
     if not to_cap:
-        return "No runs without early stopping yet: `python benchmarks/converged.py --to-cap`."
+        return "No runs without early stopping yet: `python benchmarks/converged.py --to-cap --tasks T --rows R`."
     stopped = {(r["task"], r["method"], r["seed"]): r for r in runs}
     rerun = {(r["task"], r["method"], r["seed"]): r for r in to_cap}
-    lines = ["| task | method | seed | early stopping: steps run, best step, metric | to the cap: best step, metric "
-             "| to-cap run |", "|---|---|---|---|---|---|"]
+
+    def device(r):
+        return (r.get("machine") or {}).get("device", "?").split(":")[0]
+
+    lines = ["| task | method | seed | early stopping: steps run, best step, metric (device) | to the cap: best "
+             "step, metric (device) | to-cap run |", "|---|---|---|---|---|---|"]
     for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in rerun)]:
         for m in _order({k[1] for k in rerun if k[0] == t}):
             metric = "mcc" if t == "cola" else "accuracy"
             es, cap = [], []
             for seed in sorted({k[2] for k in stopped if k[:2] == (t, m)} | {k[2] for k in rerun if k[:2] == (t, m)}):
                 a, b = stopped.get((t, m, seed)), rerun.get((t, m, seed))
-                if b is None and a is not None and a.get("stopped_early_at") is None:
-                    b, how = a, "the same run (never stopped early)"
+                if b is None and a is not None and common.ran_to_cap(a):
+                    b, how = a, "the same run (early stopping did not end it before the cap)"
                 else:
                     how = "rerun without early stopping" if b is not None else "not run yet"
-                left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f}" if a else "–"
-                right = f"{b['best_step']}, {b[metric]:.3f}" if b else "–"
-                es += [a[metric]] if a else []
-                cap += [b[metric]] if b else []
+                left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f} ({device(a)})" if a else "–"
+                right = f"{b['best_step']}, {b[metric]:.3f} ({device(b)})" if b else "–"
+                if a and b:
+                    es.append(a[metric])
+                    cap.append(b[metric])
                 lines.append(f"| {t} | {m} | {seed} | {left} | {right} | {how} |")
-            lines.append(f"| {t} | **{m}** | mean | **{fmt_ms(es)}** | **{fmt_ms(cap)}** | {len(cap)} of {len(es)} "
-                         "seeds |")
+            lines.append(f"| {t} | **{m}** | mean of the {len(cap)} seeds with both | **{fmt_ms(es)}** | "
+                         f"**{fmt_ms(cap)}** | |")
     return "\n".join(lines)
 
 
