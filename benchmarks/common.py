@@ -222,13 +222,14 @@ class RunTracker:
         self._best_key = (-math.inf, -math.inf)
         self.start = time.perf_counter()
 
-    def record(self, step: int, m: dict, train_loss: float | None) -> bool:
-        """Add an evaluation; True when it is the new best."""
+    def record(self, step: int, m: dict, train_loss: float | None, candidate: bool = True) -> bool:
+        """Add an evaluation; True when it is the new best. ``candidate=False``: on the curve only, never the
+        kept state (the step-0 evaluation, as in ``ltuning.train``)."""
         self.history.append({"step": step, "loss": m["loss"], "accuracy": m["accuracy"], "mcc": m["mcc"],
                              "macro_f1": m["macro_f1"], "train_loss": train_loss,
                              "elapsed_seconds": time.perf_counter() - self.start})
         print(f"    step {step}: acc {m['accuracy']:.4f} mcc {m['mcc']:.4f} loss {m['loss']:.4f}", flush=True)
-        if (m[self.metric], -m["loss"]) > self._best_key:
+        if candidate and (m[self.metric], -m["loss"]) > self._best_key:
             self._best_key, self.best, self.best_step = (m[self.metric], -m["loss"]), m, step
             return True
         return False

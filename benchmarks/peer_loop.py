@@ -163,8 +163,8 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
 
     build_s = time.perf_counter() - t0
     tracker = common.RunTracker(metric=metric)
-    if eval_at_start:
-        tracker.record(0, evaluate(), None)
+    if eval_at_start:  # the curve's step 0; not a state to keep (ltuning.train chooses among steps >= 1 too)
+        tracker.record(0, evaluate(), None, candidate=False)
     best_state = peer.state()
     running, step_s, stopped = 0.0, 0.0, None
     peer.train(True)
