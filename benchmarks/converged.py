@@ -371,8 +371,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     ap.add_argument("--deadline", type=float, default=0, help="claim no job after this many seconds (0: none)")
     ap.add_argument("--to-cap", action="store_true",
-                    help="final runs without early stopping (to max_steps, the best dev state kept), in to-cap/; "
-                         "runs of the main table that reached max_steps are not repeated")
+                    help="rerun the final runs that early stopping ended before max_steps, without it (the best "
+                         "dev state kept), into to-cap/; a run that reached max_steps is its own to-cap run")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     ap.add_argument("--stop-on-error", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (a check of the runner)")
