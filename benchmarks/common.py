@@ -103,6 +103,11 @@ def cells(backbones=("minilm", "smollm2"), tasks=TASKS, methods=None, seeds=None
     return out
 
 
+def metric_of(task: str) -> str:
+    """The converged benchmark's metric of a GLUE task: MCC on CoLA, accuracy elsewhere."""
+    return "mcc" if task == "cola" else "accuracy"
+
+
 def ran_to_cap(rec: dict) -> bool:
     """A converged final run (benchmarks/converged.py) that early stopping did not end before its last step:
     it is also the run without early stopping (the stop only ends the loop; the schedule, the evaluations and the

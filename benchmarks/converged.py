@@ -63,10 +63,6 @@ PROTOCOL = {"batch_size": 32, "lr_steps": 500, "max_steps": 3000, "eval_every": 
             "seeds": [0, 1, 2], "max_length": common.MAX_LENGTH, "text_pooling": "mean"}
 
 
-def metric_of(task: str) -> str:
-    return "mcc" if task == "cola" else "accuracy"
-
-
 def grid(row: str) -> list[float]:
     return {"full-finetune": FULL_FINETUNE_GRID, "peft-lora": LORA_GRID}.get(row, LR_GRID)
 
@@ -139,7 +135,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 
     train_ds, dev, t, label_texts = split(task)
     method, objective, score_head = parse_row(row)
-    metric = metric_of(task)
+    metric = common.metric_of(task)
     curve = []
 
     def at_start(model):
@@ -179,7 +175,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 def run_peer(bb, backbone: str, load_private, model_dir: str, task: str, row: str, lr: float, seed: int,
              steps: int, patience: int, device, report: bool) -> dict:
     train_ds, dev, t, label_texts = split(task)
-    metric, K = metric_of(task), len(t.label_names)
+    metric, K = common.metric_of(task), len(t.label_names)
     run = peer_loop.train_peer(row, bb, load_private, train_ds, dev, num_labels=K, lr=lr, steps=steps,
                                batch_size=PROTOCOL["batch_size"], eval_every=PROTOCOL["eval_every"], seed=seed,
                                text_pooling=PROTOCOL["text_pooling"], max_length=PROTOCOL["max_length"],
@@ -211,7 +207,7 @@ def run_zero_shot(bb, task: str) -> dict:
 
     _, dev, t, label_texts = split(task)
     pooling = bb.resolve_pooling(TextPooling(PROTOCOL["text_pooling"]))
-    metric = metric_of(task)
+    metric = common.metric_of(task)
     d = classification_metrics(headstart.zero_shot(bb, dev.texts, label_texts, pooling).argmax(-1).tolist(),
                                dev.labels, len(t.label_names))
     val = headstart.held_out(task)
@@ -240,7 +236,7 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
 
     kind, task, row, arg, path = job
     t0 = time.perf_counter()
-    rec = {"backbone": backbone, "task": task, "method": row, "metric": metric_of(task),
+    rec = {"backbone": backbone, "task": task, "method": row, "metric": common.metric_of(task),
            "dev_split": "seeded 10% of train (at most 1,000 rows), seed 0; the rest is trained on",
            "protocol": PROTOCOL, "started": common.now()}
     if kind == "zero-shot":

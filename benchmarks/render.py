@@ -322,6 +322,11 @@ def _order(methods) -> list[str]:
     return [m for m in CONVERGED_ORDER if m in methods] + sorted(set(methods) - set(CONVERGED_ORDER))
 
 
+def _device(r: dict) -> str:
+    """Where a converged run ran: cpu or cuda (no device index)."""
+    return (r.get("machine") or {}).get("device", "?").split(":")[0]
+
+
 def converged_table(runs) -> str:
     """Full GLUE validation, the dev-chosen learning rate and checkpoint: accuracy (MCC on CoLA)."""
     if not runs:
@@ -343,7 +348,7 @@ def converged_table(runs) -> str:
                 continue
             params.append(f"{rs[0].get('trainable_params', 0):,}")
             rows = str(rs[0].get("predict_rows_per_text", 1))
-            metric = "mcc" if t == "cola" else "accuracy"
+            metric = common.metric_of(t)
             row.append(fmt_ms([r[metric] for r in rs]))
             if m == "zero-shot-similarity":
                 row.append("no training")
@@ -365,14 +370,11 @@ def converged_to_cap_table(runs, to_cap) -> str:
     stopped = {(r["task"], r["method"], r["seed"]): r for r in runs}
     rerun = {(r["task"], r["method"], r["seed"]): r for r in to_cap}
 
-    def device(r):
-        return (r.get("machine") or {}).get("device", "?").split(":")[0]
-
     lines = ["| task | method | seed | early stopping: steps run, best step, metric (device) | to the cap: best "
              "step, metric (device) | to-cap run |", "|---|---|---|---|---|---|"]
     for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in rerun)]:
         for m in _order({k[1] for k in rerun if k[0] == t}):
-            metric = "mcc" if t == "cola" else "accuracy"
+            metric = common.metric_of(t)
             es, cap = [], []
             for seed in sorted({k[2] for k in stopped if k[:2] == (t, m)} | {k[2] for k in rerun if k[:2] == (t, m)}):
                 a, b = stopped.get((t, m, seed)), rerun.get((t, m, seed))
@@ -380,8 +382,8 @@ def converged_to_cap_table(runs, to_cap) -> str:
                     b, how = a, "the same run (early stopping did not end it before the cap)"
                 else:
                     how = "rerun without early stopping" if b is not None else "not run yet"
-                left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f} ({device(a)})" if a else "–"
-                right = f"{b['best_step']}, {b[metric]:.3f} ({device(b)})" if b else "–"
+                left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f} ({_device(a)})" if a else "–"
+                right = f"{b['best_step']}, {b[metric]:.3f} ({_device(b)})" if b else "–"
                 if a and b:
                     es.append(a[metric])
                     cap.append(b[metric])
@@ -410,7 +412,7 @@ def converged_lr_table(lr_runs) -> str:
             parts = [(f"**{lr:g}: {r['best_dev_metric']:.3f}**" if lr == best and len(by_lr) >= 4 else f"{lr:g}: {r['best_dev_metric']:.3f}")
                      for lr, r in sorted(by_lr.items())]
             step0 = next(iter(by_lr.values()))["curve"][0]["dev_metric"]
-            devices = sorted({(r.get("machine") or {}).get("device", "?").split(":")[0] for r in by_lr.values()})
+            devices = sorted({_device(r) for r in by_lr.values()})
             note = "" if len(by_lr) >= 4 else " (grid not finished: nothing is chosen from it)"
             lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + f"{note} ({', '.join(devices)}) |")
     return "\n".join(lines)
