@@ -80,11 +80,14 @@ def stopped_before_cap(path: Path) -> bool:
     return path.exists() and not common.ran_to_cap(json.loads(path.read_text()))
 
 
-def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False) -> list[tuple]:
+def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False, lrs=None) -> list[tuple]:
     """(kind, task, row, lr_or_seed, path) in priority order. ``to_cap``: the final runs without early stopping
     (results in ``to-cap/``) of the early-stopping runs that stopped before the cap; nothing else (a missing
-    early-stopping run is for the plain command to run first)."""
+    early-stopping run is for the plain command to run first). ``lrs``: the search runs at those rates only,
+    inside a row's grid or beyond it (a rate beyond the grid is a probe: :func:`chosen_lr` reads the grid only)."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
+    if lrs:
+        return [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in lrs]
     if to_cap:
         return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
                 for t in tasks if stopped_before_cap(final_path(backbone, t, r, s))]
@@ -295,9 +298,7 @@ def worker(a) -> int:
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)
-    todo = jobs(a.backbone, a.tasks, rows, a.seeds, a.to_cap)
-    if a.lrs:  # a partial search: those rates' runs only (the final runs wait for the whole grid)
-        todo = [j for j in todo if j[0] == "lr" and j[3] in a.lrs]
+    todo = jobs(a.backbone, a.tasks, rows, a.seeds, a.to_cap, a.lrs)
     end = time.time() + a.deadline if a.deadline else None
     failed = set()  # (task, row) whose job raised here: its other jobs are skipped, not retried or waited on
     while True:
@@ -362,7 +363,8 @@ def main() -> int:
     ap.add_argument("--rows", nargs="+", default=ROWS)
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--lrs", nargs="+", type=float,
-                    help="run only these rates of the learning-rate search, and no final run (a partial search)")
+                    help="run only these rates of the learning-rate search, and no final run: a partial search, or a "
+                         "probe beyond the grid (the choice reads the grid's rates only)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     ap.add_argument("--deadline", type=float, default=0, help="claim no job after this many seconds (0: none)")
@@ -388,7 +390,7 @@ def main() -> int:
             ap.error("--to-cap reruns final runs and --lrs runs only learning-rate searches: give one of them")
         PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
     if a.list:
-        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap):
+        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs):
             print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))
         return 0
     if a.worker or a.workers == 1:

@@ -393,14 +393,28 @@ def converged_to_cap_table(runs, to_cap) -> str:
     return "\n".join(lines)
 
 
-def converged_lr_table(lr_runs) -> str:
-    """The learning-rate search on dev: best dev metric of each rate (seed 0, short runs)."""
+def _grid_choices(final) -> dict:
+    """(task, method) -> (chosen rate, {grid rate: dev metric}) as the final runs recorded them
+    (``lr_grid_dev_metric``: the protocol's grid only, so a probe beyond it is never part of a choice)."""
+    out = {}
+    for r in sorted(final, key=lambda r: r["seed"]):
+        if r.get("lr_grid_dev_metric") and (r["task"], r["method"]) not in out:
+            out[(r["task"], r["method"])] = (r["learning_rate"],
+                                             {float(k): v for k, v in r["lr_grid_dev_metric"].items()})
+    return out
+
+
+def converged_lr_table(lr_runs, final=()) -> str:
+    """The learning-rate search on dev: best dev metric of each rate (seed 0, short runs). A rate outside the
+    grid the final runs were chosen from is a probe (``converged.py --lrs``), marked and never bold."""
     if not lr_runs:
         return "No learning-rate search results yet."
+    choices = _grid_choices(final)
     cells = defaultdict(dict)
     for r in lr_runs:
         cells[(r["task"], r["method"])][r["learning_rate"]] = r
     steps = sorted({r["steps"] for r in lr_runs})
+    probed = False
     lines = [f"Best dev metric (accuracy; MCC on CoLA) within {', '.join(map(str, steps))} steps of batch "
              f"{lr_runs[0]['protocol']['batch_size']}, seed 0, at each learning rate (chosen: **bold**); step 0 "
              "is before any update.", "",
@@ -408,14 +422,57 @@ def converged_lr_table(lr_runs) -> str:
     for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in cells)]:
         for m in _order({k[1] for k in cells if k[0] == t}):
             by_lr = cells[(t, m)]
-            best = max(by_lr, key=lambda lr: (by_lr[lr]["best_dev_metric"], -sorted(by_lr).index(lr)))
-            parts = [(f"**{lr:g}: {r['best_dev_metric']:.3f}**" if lr == best and len(by_lr) >= 4 else f"{lr:g}: {r['best_dev_metric']:.3f}")
-                     for lr, r in sorted(by_lr.items())]
+            if (t, m) in choices:
+                best, grid = choices[(t, m)][0], set(choices[(t, m)][1])
+            else:
+                grid = set(by_lr)
+                best = max(by_lr, key=lambda lr: (by_lr[lr]["best_dev_metric"], -sorted(by_lr).index(lr)))
+            parts = []
+            for lr, r in sorted(by_lr.items()):
+                if lr not in grid:
+                    probed = True
+                    parts.append(f"*{lr:g}*†: {r['best_dev_metric']:.3f}")
+                elif lr == best and len(grid) >= 4:
+                    parts.append(f"**{lr:g}: {r['best_dev_metric']:.3f}**")
+                else:
+                    parts.append(f"{lr:g}: {r['best_dev_metric']:.3f}")
             step0 = next(iter(by_lr.values()))["curve"][0]["dev_metric"]
             devices = sorted({_device(r) for r in by_lr.values()})
-            note = "" if len(by_lr) >= 4 else " (grid not finished: nothing is chosen from it)"
+            note = "" if len(grid) >= 4 else " (grid not finished: nothing is chosen from it)"
             lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + f"{note} ({', '.join(devices)}) |")
+    if probed:
+        lines += ["", "† a probe beyond the grid (`converged.py --lrs`), run after the choice: it is not part of "
+                      "it (the table below)."]
     return "\n".join(lines)
+
+
+def converged_edges_table(final, lr_runs) -> str:
+    """Every (task, method) whose dev-chosen rate is an end of its grid, and the search run one step beyond
+    that end where one was run: would the choice have moved off the grid?"""
+    choices = _grid_choices(final)
+    probes = defaultdict(dict)
+    for r in lr_runs:
+        probes[(r["task"], r["method"])][r["learning_rate"]] = r["best_dev_metric"]
+    lines = ["| task | method | chosen rate: dev metric | why that end | beyond it: dev metric | the choice |",
+             "|---|---|---|---|---|---|"]
+    for t in CONVERGED_TASKS:
+        for m in _order({k[1] for k in choices if k[0] == t}):
+            lr, grid = choices[(t, m)]
+            if lr not in (min(grid), max(grid)):
+                continue
+            tie = len(set(grid.values())) == 1
+            why = "every rate ties (the tie rule takes the first)" if tie else \
+                ("the best is the largest rate" if lr == max(grid) else "the best is the smallest rate")
+            up = lr == max(grid)
+            beyond = {x: v for x, v in probes[(t, m)].items() if x not in grid and (x > lr if up else x < lr)}
+            if beyond:
+                shown = " · ".join(f"{x:g}: {v:.3f}" for x, v in sorted(beyond.items()))
+                verdict = ("**would move** beyond the grid" if max(beyond.values()) > grid[lr]
+                           else "stands (nothing beyond beats it)")
+            else:
+                shown, verdict = "not run", "not checked"
+            lines.append(f"| {t} | {m} | {lr:g}: {grid[lr]:.3f} | {why} | {shown} | {verdict} |")
+    return "\n".join(lines) if len(lines) > 2 else "No chosen rate sits at an end of its grid."
 
 
 def converged_plots(runs) -> list[str]:
@@ -1016,7 +1073,8 @@ def main(argv=None) -> int:
     final, lr_search = converged_runs()
     doc = splice(doc, "converged", "\n".join([*(f"![{Path(p).stem}]({p})" for p in converged_plots(final)), "",
                                               converged_table(final)]))
-    doc = splice(doc, "converged-lr", converged_lr_table(lr_search))
+    doc = splice(doc, "converged-lr", converged_lr_table(lr_search, final))
+    doc = splice(doc, "converged-edges", converged_edges_table(final, lr_search))
     doc = splice(doc, "converged-to-cap", converged_to_cap_table(final, load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "depth", depth_tables())
     fs = load(FEWSHOT_DIR)
