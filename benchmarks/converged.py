@@ -71,8 +71,8 @@ def lr_path(backbone: str, task: str, row: str, lr: float) -> Path:
     return OUT / "lr" / f"{backbone}-{task}-{row}-lr{lr:g}.json"
 
 
-def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = False) -> Path:
-    return OUT / ("to-cap" if to_cap else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
+def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = False, beyond: bool = False) -> Path:
+    return OUT / ("to-cap" if to_cap else "") / ("beyond-grid" if beyond else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
 
 
 def stopped_before_cap(path: Path) -> bool:
@@ -80,14 +80,20 @@ def stopped_before_cap(path: Path) -> bool:
     return path.exists() and not common.ran_to_cap(json.loads(path.read_text()))
 
 
-def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False, lrs=None) -> list[tuple]:
+def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False, lrs=None,
+         beyond: bool = False) -> list[tuple]:
     """(kind, task, row, lr_or_seed, path) in priority order. ``to_cap``: the final runs without early stopping
     (results in ``to-cap/``) of the early-stopping runs that stopped before the cap; nothing else (a missing
     early-stopping run is for the plain command to run first). ``lrs``: the search runs at those rates only,
-    inside a row's grid or beyond it (a rate beyond the grid is a probe: :func:`chosen_lr` reads the grid only)."""
+    inside a row's grid or beyond it (a rate beyond the grid is a probe: :func:`chosen_lr` reads the grid only).
+    ``beyond``: the final runs at :func:`beyond_grid_lr` of every (task, row) that has one (results in
+    ``beyond-grid/``, or ``to-cap/beyond-grid/`` with ``to_cap``: every seed, there is no earlier run to reuse)."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
     if lrs:
         return [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in lrs]
+    if beyond:
+        return [("beyond", t, r, s, final_path(backbone, t, r, s, to_cap=to_cap, beyond=True)) for s in seeds
+                for r in rows for t in tasks if beyond_grid_lr(backbone, t, r) is not None]
     if to_cap:
         return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
                 for t in tasks if stopped_before_cap(final_path(backbone, t, r, s))]
@@ -111,6 +117,29 @@ def chosen_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
         scores[lr] = r["best_dev_metric"] if r.get("best_dev_metric") is not None else float("-inf")
     best = max(grid(row), key=lambda lr: (scores[lr], -grid(row).index(lr)))
     return best, {f"{lr:g}": scores[lr] for lr in grid(row)}
+
+
+def beyond_grid_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
+    """Where the choice would move if the grid went on: when the grid's chosen rate is its largest (smallest)
+    entry and a search run at a larger (smaller) rate (a probe, ``--lrs``) beat it on dev, the best such
+    rate and the probes' dev metrics; else None. It reads only the probes that were run."""
+    chosen = chosen_lr(backbone, task, row)
+    if chosen is None:
+        return None
+    lr, scores = chosen
+    g = grid(row)
+    if lr not in (g[0], g[-1]):
+        return None
+    probes = {}
+    for p in (OUT / "lr").glob(f"{backbone}-{task}-{row}-lr*.json"):
+        r = json.loads(p.read_text())
+        x = r["learning_rate"]
+        if r.get("best_dev_metric") is not None and x not in g and (x > lr if lr == g[-1] else x < lr):
+            probes[x] = r["best_dev_metric"]
+    if not probes or max(probes.values()) <= scores[f"{lr:g}"]:
+        return None
+    best = max(probes, key=lambda x: (probes[x], -abs(x - lr)))  # ties: the rate nearer the grid
+    return best, {f"{x:g}": v for x, v in sorted(probes.items())}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -252,6 +281,10 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
             lr, scores = chosen_lr(backbone, task, row)
             seed, steps, patience, report = arg, PROTOCOL["max_steps"], PROTOCOL["patience"], True
             rec.update(lr_selected_on="dev", lr_grid_dev_metric=scores)
+            if kind == "beyond":
+                grid_lr = lr
+                lr, probes = beyond_grid_lr(backbone, task, row)
+                rec.update(lr_selected_on="dev, a probe beyond the grid", grid_lr=grid_lr, lr_probe_dev_metric=probes)
         rec.update(seed=seed, learning_rate=lr, steps=steps)
         fn = run_peer if row in peer_loop.PEER_METHODS else run_ours
         extra = (load_private, model_dir) if fn is run_peer else ()
@@ -298,7 +331,7 @@ def worker(a) -> int:
     bb = load_backbone(source)
     bb.name = a.backbone
     bb.model.to(device)
-    todo = jobs(a.backbone, a.tasks, rows, a.seeds, a.to_cap, a.lrs)
+    todo = jobs(a.backbone, a.tasks, rows, a.seeds, a.to_cap, a.lrs, a.beyond_grid)
     end = time.time() + a.deadline if a.deadline else None
     failed = set()  # (task, row) whose job raised here: its other jobs are skipped, not retried or waited on
     while True:
@@ -371,6 +404,10 @@ def main() -> int:
     ap.add_argument("--to-cap", action="store_true",
                     help="rerun the final runs that early stopping ended before max_steps, without it (the best "
                          "dev state kept), into to-cap/; a run that reached max_steps is its own to-cap run")
+    ap.add_argument("--beyond-grid", action="store_true",
+                    help="the final runs at the rate the choice would move to where the grid's chosen rate is an "
+                         "end of the grid and a probe beyond it (--lrs) beat it on dev, into beyond-grid/ "
+                         "(with --to-cap: without early stopping, into to-cap/beyond-grid/)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     ap.add_argument("--stop-on-error", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (a check of the runner)")
@@ -388,9 +425,11 @@ def main() -> int:
     if a.to_cap:
         if a.lrs:
             ap.error("--to-cap reruns final runs and --lrs runs only learning-rate searches: give one of them")
+    if a.beyond_grid and a.lrs:
+        ap.error("--beyond-grid runs final runs and --lrs runs only learning-rate searches: give one of them")
         PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
     if a.list:
-        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs):
+        for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs, a.beyond_grid):
             print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))
         return 0
     if a.worker or a.workers == 1:

@@ -446,15 +446,48 @@ def converged_lr_table(lr_runs, final=()) -> str:
     return "\n".join(lines)
 
 
-def converged_edges_table(final, lr_runs) -> str:
-    """Every (task, method) whose dev-chosen rate is an end of its grid, and the search run one step beyond
-    that end where one was run: would the choice have moved off the grid?"""
+def _beyond_finals(t, m, lr, beyond, final, to_cap) -> str:
+    """The final runs at a probe's rate (``converged.py --beyond-grid``) against the grid rate's runs of the same
+    seeds under the same stopping rule (to the cap: a rerun in ``to-cap/`` or a run that reached the cap)."""
+    runs = [r for r in beyond if (r["task"], r["method"]) == (t, m)]
+    if not runs:
+        return "not run"
+    metric = common.metric_of(t)
+    same = {}
+    for r in final:
+        if (r["task"], r["method"]) == (t, m):
+            same[("es", r["seed"])] = r
+            if common.ran_to_cap(r):
+                same[("cap", r["seed"])] = r
+    for r in to_cap:
+        if (r["task"], r["method"]) == (t, m):
+            same[("cap", r["seed"])] = r
+    out = []
+    for rule in ("cap", "es"):
+        mine = sorted((r for r in runs if (r["protocol"]["patience"] == 0) == (rule == "cap")), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        seeds = [r["seed"] for r in mine]
+        theirs = [same[(rule, s)][metric] for s in seeds if (rule, s) in same]
+        what = "to the cap" if rule == "cap" else "early stopping"
+        rate = mine[0]["learning_rate"]
+        grid_side = (f" against {fmt_ms(theirs)} at {lr:g}" if len(theirs) == len(seeds)
+                     else f" ({lr:g}: not every seed has its run)")
+        out.append(f"{what}, {rate:g}, seeds {','.join(map(str, seeds))}: {fmt_ms([r[metric] for r in mine])}"
+                   + grid_side)
+    return "; ".join(out)
+
+
+def converged_edges_table(final, lr_runs, beyond=(), to_cap=()) -> str:
+    """Every (task, method) whose dev-chosen rate is an end of its grid, the search run one step beyond that
+    end where one was run (would the choice have moved off the grid?) and, where it would, the final runs at
+    that rate against the grid rate's."""
     choices = _grid_choices(final)
     probes = defaultdict(dict)
     for r in lr_runs:
         probes[(r["task"], r["method"])][r["learning_rate"]] = r["best_dev_metric"]
-    lines = ["| task | method | chosen rate: dev metric | why that end | beyond it: dev metric | the choice |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | method | chosen rate: dev metric | why that end | beyond it: dev metric | the choice | "
+             "final runs at the probe's rate (validation) |", "|---|---|---|---|---|---|---|"]
     for t in CONVERGED_TASKS:
         for m in _order({k[1] for k in choices if k[0] == t}):
             lr, grid = choices[(t, m)]
@@ -464,14 +497,15 @@ def converged_edges_table(final, lr_runs) -> str:
             why = "every rate ties (the tie rule takes the first)" if tie else \
                 ("the best is the largest rate" if lr == max(grid) else "the best is the smallest rate")
             up = lr == max(grid)
-            beyond = {x: v for x, v in probes[(t, m)].items() if x not in grid and (x > lr if up else x < lr)}
-            if beyond:
-                shown = " · ".join(f"{x:g}: {v:.3f}" for x, v in sorted(beyond.items()))
-                verdict = ("**would move** beyond the grid" if max(beyond.values()) > grid[lr]
+            past = {x: v for x, v in probes[(t, m)].items() if x not in grid and (x > lr if up else x < lr)}
+            if past:
+                shown = " · ".join(f"{x:g}: {v:.3f}" for x, v in sorted(past.items()))
+                verdict = ("**would move** beyond the grid" if max(past.values()) > grid[lr]
                            else "stands (nothing beyond beats it)")
             else:
                 shown, verdict = "not run", "not checked"
-            lines.append(f"| {t} | {m} | {lr:g}: {grid[lr]:.3f} | {why} | {shown} | {verdict} |")
+            finals = _beyond_finals(t, m, lr, beyond, final, to_cap) if "move" in verdict else "–"
+            lines.append(f"| {t} | {m} | {lr:g}: {grid[lr]:.3f} | {why} | {shown} | {verdict} | {finals} |")
     return "\n".join(lines) if len(lines) > 2 else "No chosen rate sits at an end of its grid."
 
 
@@ -1074,7 +1108,9 @@ def main(argv=None) -> int:
     doc = splice(doc, "converged", "\n".join([*(f"![{Path(p).stem}]({p})" for p in converged_plots(final)), "",
                                               converged_table(final)]))
     doc = splice(doc, "converged-lr", converged_lr_table(lr_search, final))
-    doc = splice(doc, "converged-edges", converged_edges_table(final, lr_search))
+    doc = splice(doc, "converged-edges", converged_edges_table(
+        final, lr_search, load(CONVERGED_DIR / "beyond-grid") + load(CONVERGED_DIR / "to-cap" / "beyond-grid"),
+        load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "converged-to-cap", converged_to_cap_table(final, load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "depth", depth_tables())
     fs = load(FEWSHOT_DIR)
