@@ -80,6 +80,11 @@ def stopped_before_cap(path: Path) -> bool:
     return path.exists() and not common.ran_to_cap(json.loads(path.read_text()))
 
 
+def reached_cap(path: Path) -> bool:
+    """A final run exists and reached ``max_steps``: it is its own run to the cap."""
+    return path.exists() and common.ran_to_cap(json.loads(path.read_text()))
+
+
 def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False, lrs=None,
          beyond: bool = False) -> list[tuple]:
     """(kind, task, row, lr_or_seed, path) in priority order. ``to_cap``: the final runs without early stopping
@@ -87,13 +92,15 @@ def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False
     early-stopping run is for the plain command to run first). ``lrs``: the search runs at those rates only,
     inside a row's grid or beyond it (a rate beyond the grid is a probe: :func:`chosen_lr` reads the grid only).
     ``beyond``: the final runs at :func:`beyond_grid_lr` of every (task, row) that has one (results in
-    ``beyond-grid/``, or ``to-cap/beyond-grid/`` with ``to_cap``: every seed, there is no earlier run to reuse)."""
+    ``beyond-grid/``, or ``to-cap/beyond-grid/`` with ``to_cap``: every seed but those whose ``beyond-grid/`` run
+    reached the cap; a missing early-stopping run is not waited for)."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
     if lrs:
         return [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in lrs]
-    if beyond:
+    if beyond:  # with to_cap, a run that early stopping did not end before the cap is its own to-cap run
         return [("beyond", t, r, s, final_path(backbone, t, r, s, to_cap=to_cap, beyond=True)) for s in seeds
-                for r in rows for t in tasks if beyond_grid_lr(backbone, t, r) is not None]
+                for r in rows for t in tasks if beyond_grid_lr(backbone, t, r) is not None
+                and not (to_cap and reached_cap(final_path(backbone, t, r, s, beyond=True)))]
     if to_cap:
         return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
                 for t in tasks if stopped_before_cap(final_path(backbone, t, r, s))]
@@ -422,11 +429,11 @@ def main() -> int:
         LR_GRID[:] = [1e-2, 3e-2]
         FULL_FINETUNE_GRID[:] = [1e-5, 3e-5]
         LORA_GRID[:] = [1e-3, 3e-3]
+    if a.beyond_grid and a.lrs:
+        ap.error("--beyond-grid runs final runs and --lrs runs only learning-rate searches: give one of them")
     if a.to_cap:
         if a.lrs:
             ap.error("--to-cap reruns final runs and --lrs runs only learning-rate searches: give one of them")
-    if a.beyond_grid and a.lrs:
-        ap.error("--beyond-grid runs final runs and --lrs runs only learning-rate searches: give one of them")
         PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
     if a.list:
         for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs, a.beyond_grid):

@@ -463,8 +463,11 @@ def _beyond_finals(t, m, lr, beyond, final, to_cap) -> str:
         if (r["task"], r["method"]) == (t, m):
             same[("cap", r["seed"])] = r
     out = []
+    by_rule = {"es": {r["seed"]: r for r in runs if r["protocol"]["patience"] != 0}}
+    by_rule["cap"] = {r["seed"]: r for r in by_rule["es"].values() if common.ran_to_cap(r)}
+    by_rule["cap"].update({r["seed"]: r for r in runs if r["protocol"]["patience"] == 0})
     for rule in ("cap", "es"):
-        mine = sorted((r for r in runs if (r["protocol"]["patience"] == 0) == (rule == "cap")), key=lambda r: r["seed"])
+        mine = [by_rule[rule][s] for s in sorted(by_rule[rule])]
         if not mine:
             continue
         seeds = [r["seed"] for r in mine]
