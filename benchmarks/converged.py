@@ -6,6 +6,8 @@ validation split.
     python benchmarks/converged.py --workers 2 --threads 1     # run what is missing (CPU: hours)
     python benchmarks/converged.py --workers 8 --model-path DIR --deadline 420   # a GPU machine
     python benchmarks/converged.py --to-cap --tasks sst2 --rows prefix   # the same final runs, no early stopping
+    python benchmarks/converged.py --tasks sst2 --rows prefix --lrs 0.1  # a probe beyond the grid's end
+    python benchmarks/converged.py --beyond-grid --to-cap --tasks sst2 --rows prefix   # final runs where it won
 
 Protocol (PROTOCOL below; BENCHMARKS.md states it):
 
@@ -18,6 +20,10 @@ Protocol (PROTOCOL below; BENCHMARKS.md states it):
    included), stopped ``patience`` evaluations after the best or at ``max_steps``; the best dev state is
    scored once on the full validation split. One JSON per run under
    ``results/converged/<backbone>-<task>-<method>-seed<N>.json``.
+4. **Beyond the grid (a check, not part of 2-3).** Where the chosen rate is an end of the grid, ``--lrs``
+   runs the same search run at rates beyond it (probes, beside the grid's JSONs); where one beat the end on
+   dev, ``--beyond-grid`` makes the final runs at it (:func:`beyond_grid_lr`) into ``beyond-grid/`` (with
+   ``--to-cap``, no early stopping: ``to-cap/beyond-grid/``), the rate in the file name.
 
 Rows: ``prefix``, ``prompt``, ``lt-prefix``, ``lt-prompt`` (the similarity score head, pairwise: the
 defaults when they first ran), ``lt-prefix-paper`` / ``lt-prompt-paper`` (the paper's head, A.3),
@@ -71,8 +77,11 @@ def lr_path(backbone: str, task: str, row: str, lr: float) -> Path:
     return OUT / "lr" / f"{backbone}-{task}-{row}-lr{lr:g}.json"
 
 
-def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = False, beyond: bool = False) -> Path:
-    return OUT / ("to-cap" if to_cap else "") / ("beyond-grid" if beyond else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
+def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = False,
+               beyond_lr: float | None = None) -> Path:
+    if beyond_lr is None:
+        return OUT / ("to-cap" if to_cap else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
+    return OUT / ("to-cap" if to_cap else "") / "beyond-grid" / f"{backbone}-{task}-{row}-lr{beyond_lr:g}-seed{seed}.json"
 
 
 def stopped_before_cap(path: Path) -> bool:
@@ -93,14 +102,15 @@ def jobs(backbone: str, tasks=TASKS, rows=ROWS, seeds=None, to_cap: bool = False
     inside a row's grid or beyond it (a rate beyond the grid is a probe: :func:`chosen_lr` reads the grid only).
     ``beyond``: the final runs at :func:`beyond_grid_lr` of every (task, row) that has one (results in
     ``beyond-grid/``, or ``to-cap/beyond-grid/`` with ``to_cap``: every seed but those whose ``beyond-grid/`` run
-    reached the cap; a missing early-stopping run is not waited for)."""
+    at that rate reached the cap; a missing early-stopping run is not waited for)."""
     seeds = PROTOCOL["seeds"] if seeds is None else seeds
     if lrs:
         return [("lr", t, r, lr, lr_path(backbone, t, r, lr)) for r in rows for t in tasks for lr in lrs]
     if beyond:  # with to_cap, a run that early stopping did not end before the cap is its own to-cap run
-        return [("beyond", t, r, s, final_path(backbone, t, r, s, to_cap=to_cap, beyond=True)) for s in seeds
-                for r in rows for t in tasks if beyond_grid_lr(backbone, t, r) is not None
-                and not (to_cap and reached_cap(final_path(backbone, t, r, s, beyond=True)))]
+        at = {(t, r): beyond_grid_lr(backbone, t, r) for r in rows for t in tasks}
+        return [("beyond", t, r, s, final_path(backbone, t, r, s, to_cap=to_cap, beyond_lr=at[(t, r)][0]))
+                for s in seeds for r in rows for t in tasks if at[(t, r)] is not None
+                and not (to_cap and reached_cap(final_path(backbone, t, r, s, beyond_lr=at[(t, r)][0])))]
     if to_cap:
         return [("final", t, r, s, final_path(backbone, t, r, s, to_cap=True)) for s in seeds for r in rows
                 for t in tasks if stopped_before_cap(final_path(backbone, t, r, s))]
@@ -129,7 +139,8 @@ def chosen_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
 def beyond_grid_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
     """Where the choice would move if the grid went on: when the grid's chosen rate is its largest (smallest)
     entry and a search run at a larger (smaller) rate (a probe, ``--lrs``) beat it on dev, the best such
-    rate and the probes' dev metrics; else None. It reads only the probes that were run."""
+    rate (of tied probes, the one nearer the grid, at either end) and the probes' dev metrics; else None. It
+    reads only the probes that were run."""
     chosen = chosen_lr(backbone, task, row)
     if chosen is None:
         return None
@@ -431,10 +442,16 @@ def main() -> int:
         LORA_GRID[:] = [1e-3, 3e-3]
     if a.beyond_grid and a.lrs:
         ap.error("--beyond-grid runs final runs and --lrs runs only learning-rate searches: give one of them")
+    for x in a.lrs or ():
+        if x <= 0 or float(f"{x:g}") != x:  # the file name holds the rate as {x:g}: it must read back as x
+            ap.error(f"--lrs {x!r}: give a positive rate that prints as itself (for example 0.1 or 3e-4)")
     if a.to_cap:
         if a.lrs:
             ap.error("--to-cap reruns final runs and --lrs runs only learning-rate searches: give one of them")
         PROTOCOL["patience"] = 0  # recorded in every JSON: no early stopping
+    if a.beyond_grid and not jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, beyond=True):
+        print("--beyond-grid: nothing to run: no (task, row) here has a probe beyond its grid's chosen end that "
+              "beat it on dev (converged.py --lrs runs probes)", file=sys.stderr)
     if a.list:
         for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs, a.beyond_grid):
             print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import converged  # noqa: E402  (the grids and the beyond-grid rule; no torch at import)
 
 DOC = common.ROOT / "BENCHMARKS.md"
 FIG_DIR = common.RESULTS / "figures"
@@ -422,11 +423,12 @@ def converged_lr_table(lr_runs, final=()) -> str:
     for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in cells)]:
         for m in _order({k[1] for k in cells if k[0] == t}):
             by_lr = cells[(t, m)]
+            grid = set(choices[(t, m)][1]) if (t, m) in choices else set(converged.grid(m)) & set(by_lr)
             if (t, m) in choices:
-                best, grid = choices[(t, m)][0], set(choices[(t, m)][1])
+                best = choices[(t, m)][0]
             else:
-                grid = set(by_lr)
-                best = max(by_lr, key=lambda lr: (by_lr[lr]["best_dev_metric"], -sorted(by_lr).index(lr)))
+                ranked = sorted(grid)
+                best = max(ranked, key=lambda lr: (by_lr[lr]["best_dev_metric"], -ranked.index(lr)))
             parts = []
             for lr, r in sorted(by_lr.items()):
                 if lr not in grid:
@@ -441,15 +443,15 @@ def converged_lr_table(lr_runs, final=()) -> str:
             note = "" if len(grid) >= 4 else " (grid not finished: nothing is chosen from it)"
             lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + f"{note} ({', '.join(devices)}) |")
     if probed:
-        lines += ["", "† a probe beyond the grid (`converged.py --lrs`), run after the choice: it is not part of "
-                      "it (the table below)."]
+        lines += ["", "† a rate outside the grid (a probe, `converged.py --lrs`): not part of the choice (the "
+                      "table below)."]
     return "\n".join(lines)
 
 
-def _beyond_finals(t, m, lr, beyond, final, to_cap) -> str:
+def _beyond_finals(t, m, lr, rate, beyond, final, to_cap) -> str:
     """The final runs at a probe's rate (``converged.py --beyond-grid``) against the grid rate's runs of the same
     seeds under the same stopping rule (to the cap: a rerun in ``to-cap/`` or a run that reached the cap)."""
-    runs = [r for r in beyond if (r["task"], r["method"]) == (t, m)]
+    runs = [r for r in beyond if (r["task"], r["method"], r["learning_rate"]) == (t, m, rate)]
     if not runs:
         return "not run"
     metric = common.metric_of(t)
@@ -473,7 +475,6 @@ def _beyond_finals(t, m, lr, beyond, final, to_cap) -> str:
         seeds = [r["seed"] for r in mine]
         theirs = [same[(rule, s)][metric] for s in seeds if (rule, s) in same]
         what = "to the cap" if rule == "cap" else "early stopping"
-        rate = mine[0]["learning_rate"]
         grid_side = (f" against {fmt_ms(theirs)} at {lr:g}" if len(theirs) == len(seeds)
                      else f" ({lr:g}: not every seed has its run)")
         out.append(f"{what}, {rate:g}, seeds {','.join(map(str, seeds))}: {fmt_ms([r[metric] for r in mine])}"
@@ -482,9 +483,9 @@ def _beyond_finals(t, m, lr, beyond, final, to_cap) -> str:
 
 
 def converged_edges_table(final, lr_runs, beyond=(), to_cap=()) -> str:
-    """Every (task, method) whose dev-chosen rate is an end of its grid, the search run one step beyond that
-    end where one was run (would the choice have moved off the grid?) and, where it would, the final runs at
-    that rate against the grid rate's."""
+    """Every (task, method) whose dev-chosen rate is an end of its grid, the search runs beyond that end where
+    any were run (would the choice have moved off the grid? :func:`converged.beyond_grid_lr`) and, where it
+    would, the final runs at that rate against the grid rate's."""
     choices = _grid_choices(final)
     probes = defaultdict(dict)
     for r in lr_runs:
@@ -500,14 +501,15 @@ def converged_edges_table(final, lr_runs, beyond=(), to_cap=()) -> str:
             why = "every rate ties (the tie rule takes the first)" if tie else \
                 ("the best is the largest rate" if lr == max(grid) else "the best is the smallest rate")
             up = lr == max(grid)
-            past = {x: v for x, v in probes[(t, m)].items() if x not in grid and (x > lr if up else x < lr)}
+            past = {x: v for x, v in probes[(t, m)].items()
+                    if v is not None and x not in grid and (x > lr if up else x < lr)}
+            moved = converged.beyond_grid_lr(final[0]["backbone"], t, m) if past else None
             if past:
                 shown = " · ".join(f"{x:g}: {v:.3f}" for x, v in sorted(past.items()))
-                verdict = ("**would move** beyond the grid" if max(past.values()) > grid[lr]
-                           else "stands (nothing beyond beats it)")
+                verdict = (f"**would move** to {moved[0]:g}" if moved else "stands (nothing beyond beats it)")
             else:
                 shown, verdict = "not run", "not checked"
-            finals = _beyond_finals(t, m, lr, beyond, final, to_cap) if "move" in verdict else "–"
+            finals = _beyond_finals(t, m, lr, moved[0], beyond, final, to_cap) if moved else "–"
             lines.append(f"| {t} | {m} | {lr:g}: {grid[lr]:.3f} | {why} | {shown} | {verdict} | {finals} |")
     return "\n".join(lines) if len(lines) > 2 else "No chosen rate sits at an end of its grid."
 
