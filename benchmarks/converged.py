@@ -136,25 +136,32 @@ def chosen_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
     return best, {f"{lr:g}": scores[lr] for lr in grid(row)}
 
 
-def beyond_grid_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
-    """Where the choice would move if the grid went on: when the grid's chosen rate is its largest (smallest)
-    entry and a search run at a larger (smaller) rate (a probe, ``--lrs``) beat it on dev, the best such
-    rate (of tied probes, the one nearer the grid, at either end) and the probes' dev metrics; else None. It
-    reads only the probes that were run."""
+def probes_beyond(backbone: str, task: str, row: str) -> dict[float, float]:
+    """{rate: dev metric} of the search runs (probes, ``--lrs``) beyond the end of the grid that the chosen rate
+    is: larger rates when it is the largest entry, smaller when the smallest; {} when the choice is inside the
+    grid or not made yet."""
     chosen = chosen_lr(backbone, task, row)
-    if chosen is None:
-        return None
-    lr, scores = chosen
     g = grid(row)
-    if lr not in (g[0], g[-1]):
-        return None
-    probes = {}
+    if chosen is None or chosen[0] not in (g[0], g[-1]):
+        return {}
+    lr, probes = chosen[0], {}
     for p in (OUT / "lr").glob(f"{backbone}-{task}-{row}-lr*.json"):
         r = json.loads(p.read_text())
         x = r["learning_rate"]
         if r.get("best_dev_metric") is not None and x not in g and (x > lr if lr == g[-1] else x < lr):
             probes[x] = r["best_dev_metric"]
-    if not probes or max(probes.values()) <= scores[f"{lr:g}"]:
+    return probes
+
+
+def beyond_grid_lr(backbone: str, task: str, row: str) -> tuple[float, dict] | None:
+    """Where the choice would move if the grid went on: when a probe beyond the chosen end of the grid
+    (:func:`probes_beyond`) beat that end on dev, the best such rate (of tied probes, the one nearer the grid,
+    at either end) and the probes' dev metrics; else None. It reads only the probes that were run."""
+    probes = probes_beyond(backbone, task, row)
+    if not probes:
+        return None
+    lr, scores = chosen_lr(backbone, task, row)
+    if max(probes.values()) <= scores[f"{lr:g}"]:
         return None
     best = max(probes, key=lambda x: (probes[x], -abs(x - lr)))  # ties: the rate nearer the grid
     return best, {f"{x:g}": v for x, v in sorted(probes.items())}
@@ -302,6 +309,8 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
             if kind == "beyond":
                 grid_lr = lr
                 lr, probes = beyond_grid_lr(backbone, task, row)
+                if path.name != final_path(backbone, task, row, seed, beyond_lr=lr).name:  # a probe landed since
+                    raise RuntimeError(f"{path.name}: the beyond-grid rate is now {lr:g}; list the jobs again")
                 rec.update(lr_selected_on="dev, a probe beyond the grid", grid_lr=grid_lr, lr_probe_dev_metric=probes)
         rec.update(seed=seed, learning_rate=lr, steps=steps)
         fn = run_peer if row in peer_loop.PEER_METHODS else run_ours

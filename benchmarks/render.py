@@ -361,6 +361,14 @@ def converged_table(runs) -> str:
     return "\n".join(lines)
 
 
+def _runs_to_cap(runs, to_cap) -> dict:
+    """(task, method, seed) -> the run to the cap: the rerun without early stopping where there is one, else
+    the run itself when early stopping did not end it before the cap (:func:`common.ran_to_cap`)."""
+    out = {(r["task"], r["method"], r["seed"]): r for r in runs if common.ran_to_cap(r)}
+    out.update({(r["task"], r["method"], r["seed"]): r for r in to_cap})
+    return out
+
+
 def converged_to_cap_table(runs, to_cap) -> str:
     """Early stopping against every run to the cap, seed by seed, for the (task, method) cells that have runs in
     ``converged/to-cap/``. A run that early stopping did not end before the cap is its own to-cap run
@@ -370,6 +378,7 @@ def converged_to_cap_table(runs, to_cap) -> str:
         return "No runs without early stopping yet: `python benchmarks/converged.py --to-cap --tasks T --rows R`."
     stopped = {(r["task"], r["method"], r["seed"]): r for r in runs}
     rerun = {(r["task"], r["method"], r["seed"]): r for r in to_cap}
+    capped = _runs_to_cap(runs, to_cap)
 
     lines = ["| task | method | seed | early stopping: steps run, best step, metric (device) | to the cap: best "
              "step, metric (device) | to-cap run |", "|---|---|---|---|---|---|"]
@@ -378,9 +387,9 @@ def converged_to_cap_table(runs, to_cap) -> str:
             metric = common.metric_of(t)
             es, cap = [], []
             for seed in sorted({k[2] for k in stopped if k[:2] == (t, m)} | {k[2] for k in rerun if k[:2] == (t, m)}):
-                a, b = stopped.get((t, m, seed)), rerun.get((t, m, seed))
-                if b is None and a is not None and common.ran_to_cap(a):
-                    b, how = a, "the same run (early stopping did not end it before the cap)"
+                a, b = stopped.get((t, m, seed)), capped.get((t, m, seed))
+                if b is not None and b is a:
+                    how = "the same run (early stopping did not end it before the cap)"
                 else:
                     how = "rerun without early stopping" if b is not None else "not run yet"
                 left = f"{a['steps_run']}, {a['best_step']}, {a[metric]:.3f} ({_device(a)})" if a else "–"
@@ -423,10 +432,10 @@ def converged_lr_table(lr_runs, final=()) -> str:
     for t in [t for t in CONVERGED_TASKS if any(k[0] == t for k in cells)]:
         for m in _order({k[1] for k in cells if k[0] == t}):
             by_lr = cells[(t, m)]
-            grid = set(choices[(t, m)][1]) if (t, m) in choices else set(converged.grid(m)) & set(by_lr)
             if (t, m) in choices:
-                best = choices[(t, m)][0]
+                best, grid = choices[(t, m)][0], set(choices[(t, m)][1])
             else:
+                grid = set(converged.grid(m)) & set(by_lr)
                 ranked = sorted(grid)
                 best = max(ranked, key=lambda lr: (by_lr[lr]["best_dev_metric"], -ranked.index(lr)))
             parts = []
@@ -455,25 +464,18 @@ def _beyond_finals(t, m, lr, rate, beyond, final, to_cap) -> str:
     if not runs:
         return "not run"
     metric = common.metric_of(t)
-    same = {}
-    for r in final:
-        if (r["task"], r["method"]) == (t, m):
-            same[("es", r["seed"])] = r
-            if common.ran_to_cap(r):
-                same[("cap", r["seed"])] = r
-    for r in to_cap:
-        if (r["task"], r["method"]) == (t, m):
-            same[("cap", r["seed"])] = r
+    stopped = [r for r in runs if r["protocol"]["patience"] != 0]
+    uncapped = [r for r in runs if r["protocol"]["patience"] == 0]
+    ours = {"es": {r["seed"]: r for r in stopped},
+            "cap": {k[2]: r for k, r in _runs_to_cap(stopped, uncapped).items()}}
+    theirs_by = {"es": {(r["task"], r["method"], r["seed"]): r for r in final}, "cap": _runs_to_cap(final, to_cap)}
     out = []
-    by_rule = {"es": {r["seed"]: r for r in runs if r["protocol"]["patience"] != 0}}
-    by_rule["cap"] = {r["seed"]: r for r in by_rule["es"].values() if common.ran_to_cap(r)}
-    by_rule["cap"].update({r["seed"]: r for r in runs if r["protocol"]["patience"] == 0})
     for rule in ("cap", "es"):
-        mine = [by_rule[rule][s] for s in sorted(by_rule[rule])]
+        mine = [ours[rule][s] for s in sorted(ours[rule])]
         if not mine:
             continue
         seeds = [r["seed"] for r in mine]
-        theirs = [same[(rule, s)][metric] for s in seeds if (rule, s) in same]
+        theirs = [theirs_by[rule][(t, m, s)][metric] for s in seeds if (t, m, s) in theirs_by[rule]]
         what = "to the cap" if rule == "cap" else "early stopping"
         grid_side = (f" against {fmt_ms(theirs)} at {lr:g}" if len(theirs) == len(seeds)
                      else f" ({lr:g}: not every seed has its run)")
@@ -482,14 +484,11 @@ def _beyond_finals(t, m, lr, rate, beyond, final, to_cap) -> str:
     return "; ".join(out)
 
 
-def converged_edges_table(final, lr_runs, beyond=(), to_cap=()) -> str:
+def converged_edges_table(final, beyond=(), to_cap=()) -> str:
     """Every (task, method) whose dev-chosen rate is an end of its grid, the search runs beyond that end where
     any were run (would the choice have moved off the grid? :func:`converged.beyond_grid_lr`) and, where it
     would, the final runs at that rate against the grid rate's."""
     choices = _grid_choices(final)
-    probes = defaultdict(dict)
-    for r in lr_runs:
-        probes[(r["task"], r["method"])][r["learning_rate"]] = r["best_dev_metric"]
     lines = ["| task | method | chosen rate: dev metric | why that end | beyond it: dev metric | the choice | "
              "final runs at the probe's rate (validation) |", "|---|---|---|---|---|---|---|"]
     for t in CONVERGED_TASKS:
@@ -500,9 +499,7 @@ def converged_edges_table(final, lr_runs, beyond=(), to_cap=()) -> str:
             tie = len(set(grid.values())) == 1
             why = "every rate ties (the tie rule takes the first)" if tie else \
                 ("the best is the largest rate" if lr == max(grid) else "the best is the smallest rate")
-            up = lr == max(grid)
-            past = {x: v for x, v in probes[(t, m)].items()
-                    if v is not None and x not in grid and (x > lr if up else x < lr)}
+            past = converged.probes_beyond(final[0]["backbone"], t, m)
             moved = converged.beyond_grid_lr(final[0]["backbone"], t, m) if past else None
             if past:
                 shown = " · ".join(f"{x:g}: {v:.3f}" for x, v in sorted(past.items()))
@@ -1114,7 +1111,7 @@ def main(argv=None) -> int:
                                               converged_table(final)]))
     doc = splice(doc, "converged-lr", converged_lr_table(lr_search, final))
     doc = splice(doc, "converged-edges", converged_edges_table(
-        final, lr_search, load(CONVERGED_DIR / "beyond-grid") + load(CONVERGED_DIR / "to-cap" / "beyond-grid"),
+        final, load(CONVERGED_DIR / "beyond-grid") + load(CONVERGED_DIR / "to-cap" / "beyond-grid"),
         load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "converged-to-cap", converged_to_cap_table(final, load(CONVERGED_DIR / "to-cap")))
     doc = splice(doc, "depth", depth_tables())
