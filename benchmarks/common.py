@@ -124,13 +124,24 @@ def subsample(texts, labels, n, seed=0):
     return [texts[i] for i in idx], [labels[i] for i in idx]
 
 
-def git_commit() -> dict:
+def _git_state() -> dict:
     def run(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
     return {"commit": run("rev-parse", "HEAD"), "dirty_src": bool(run("status", "--porcelain", "src"))}
+
+
+#: Taken when this module is imported, that is when a benchmark process starts and loads its code: a commit made
+#: while a run of hours is going is not the code that run ran (until 2026-11-28 every result recorded HEAD as it
+#: was when the run was written, after it ended).
+_GIT_AT_START = _git_state()
+
+
+def git_commit() -> dict:
+    """The commit checked out when this process started, and whether ``src/`` had uncommitted changes then."""
+    return dict(_GIT_AT_START)
 
 
 def versions(*modules: str) -> dict:

@@ -245,3 +245,22 @@ def test_validation_labels_are_checked_before_the_first_step(backbone, monkeypat
     assert steps == []
     run = build_and_train(backbone, train_ds, dataset(rows), args, method="lt-prefix", say=None)  # same labels: trains
     assert steps == [1, 2, 3, 4] and run.result.best_metrics is not None
+
+
+def test_benchmark_results_record_the_commit_their_process_started_on(monkeypatch):
+    """A commit made while a run of hours is going is not the code the run ran: the benchmarks' result files
+    record HEAD as it was when the process started (benchmarks/common.py imported), not when the file is written."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import subprocess
+
+    import common
+
+    at_start = common.git_commit()
+    moved = "f" * 40
+    monkeypatch.setattr(common.subprocess, "run",  # HEAD moves on: what reading it now would give
+                        lambda args, **kw: subprocess.CompletedProcess(args, 0, stdout=moved + "\n", stderr=""))
+    assert common._git_state()["commit"] == moved
+    later = common.git_commit()
+    assert later == at_start and later["commit"] != moved
+    later["commit"] = "edited"  # a caller's copy, not the record itself
+    assert common.git_commit() == at_start
