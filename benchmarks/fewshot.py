@@ -36,6 +36,7 @@ and k shots take the first k, so the 8-shot sample is part of the 16-shot one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -214,6 +215,13 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # a warm start (lt-prefix-multitask): the prior centred on the head it starts from (L2-SP; head_prior's
     # centre is the weights when the prior is set, after the warm start) or on the fresh head's W = I, C_zeta = 0
     "head-prior-10-identity-lr-3e-3": {"head_prior": 10.0, "prior_centre": "identity", "learning_rate": 3e-3},
+    # issue 12's hypothesis "label texts as short sentences against bare words", with one template for every
+    # dataset (a wording per dataset would be tuning to it): the zero-shot-classification pipeline's default
+    # hypothesis, LABEL_TEMPLATE; the frozen similarity with it (``template``: zero-shot-similarity only, the
+    # classic methods never read a label text) and the default LT-prefix (the anchored head at 3e-3) with it
+    "template": {"label_template": "This example is {}."},
+    "head-prior-10-lr-3e-3-template": {"head_prior": 10.0, "learning_rate": 3e-3,
+                                       "label_template": "This example is {}."},
 }
 
 
@@ -285,6 +293,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
     task = get_task(dataset)
     train, val = dev_load(dataset) if variant else load(dataset)
     change = dict(ABLATIONS[variant]) if variant else {}
+    if "label_template" in change:  # every label text put into one sentence (the label names stay)
+        task = dataclasses.replace(task, label_texts=[change["label_template"].format(t) for t in task.label_texts])
     if epochs:  # a reported row at a budget that grows with the training set (``--epochs``)
         change["epochs"] = epochs
     k = len(task.label_names)
@@ -639,6 +649,8 @@ def applies(variant: str, method: str) -> bool:
     would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix or Z's own
     rate, LT-prefix only; a learning rate or a budget, every method."""
     change = ABLATIONS[variant]
+    if "label_template" in change and "head_prior" not in change:  # the wording alone: the untrained similarity
+        return method == "zero-shot-similarity"
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
     if "prior_centre" in change:  # where the prior is centred matters only after a warm start
@@ -658,11 +670,13 @@ def ablate(args) -> int:
     torch.set_num_threads(args.threads)
     bb = load_backbone(BACKBONE)
     out = OUT / "ablation"
-    if "zero-shot-similarity" in args.methods:  # the dev rows' untrained reference
-        for d in args.datasets:
-            path = out / f"{d}-zero-shot-similarity-default-0shot-seed0.json"
-            if not path.exists() or args.overwrite:
-                common.write_result(path, run_cell(bb, d, "zero-shot-similarity", 0, 0, variant="default"))
+    if "zero-shot-similarity" in args.methods:  # the dev rows' untrained reference (and with a label template)
+        for v in ["default", *(v for v in args.variants if applies(v, "zero-shot-similarity") and v != "default"
+                               and "label_template" in ABLATIONS[v])]:
+            for d in args.datasets:
+                path = out / f"{d}-zero-shot-similarity-{v}-0shot-seed0.json"
+                if not path.exists() or args.overwrite:
+                    common.write_result(path, run_cell(bb, d, "zero-shot-similarity", 0, 0, variant=v))
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:

@@ -842,11 +842,11 @@ def fewshot_ablation_table(runs) -> str:
         seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
         out += [f"**{k} examples per class** (dev accuracy, mean over seeds; the seed count in brackets)", "",
                 "| method | variant | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
-        zero = [cells.get((0, "zero-shot-similarity", "default", d), []) for d in datasets]
-        if any(zero):
-            mean = f"{statistics.mean(v[0] for v in zero):.3f}" if all(zero) else "–"
-            out.append("| zero-shot-similarity | no training | "
-                       + " | ".join(f"{v[0]:.3f}" if v else "–" for v in zero) + f" | {mean} |")
+        for v in [v for v in variants if (0, "zero-shot-similarity", v) in {c[:3] for c in cells}]:
+            zero = [cells.get((0, "zero-shot-similarity", v, d), []) for d in datasets]  # default; a label template
+            mean = f"{statistics.mean(x[0] for x in zero):.3f}" if all(zero) else "–"
+            out.append(f"| zero-shot-similarity | {'no training' if v == 'default' else v + ' (no training)'} | "
+                       + " | ".join(f"{x[0]:.3f}" if x else "–" for x in zero) + f" | {mean} |")
         for m in [m for m in FEWSHOT_ORDER if any(c[1] == m and c[0] == k for c in cells)]:
             for v in [v for v in variants if any(c[:3] == (k, m, v) for c in cells)]:
                 vals = [cells.get((k, m, v, d), []) for d in datasets]
