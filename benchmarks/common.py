@@ -135,7 +135,8 @@ def _git_state() -> dict:
 
 #: Taken when this module is imported, that is when a benchmark process starts and loads its code: a commit made
 #: while a run of hours is going is not the code that run ran (until 2026-11-28 every result recorded HEAD as it
-#: was when the run was written, after it ended).
+#: was when the run was written, after it ended). Approximate where a script imports a module of src/ or
+#: benchmarks/ only when a cell first needs it: that module is read from the work tree at that moment.
 _GIT_AT_START = _git_state()
 
 

@@ -163,6 +163,8 @@ def export(datasets, shots, seeds) -> None:
 #: The similarity head's trained parts (C_zeta, W, s, b): frozen at their start, the head is the cosine head
 HEAD_PARTS = ["head.weight", "text_map.weight", "logit_scale", "logit_bias"]
 
+#: The one label template the ablation tries (the zero-shot-classification pipeline's default hypothesis)
+LABEL_TEMPLATE = "This example is {}."
 ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablate``); "freeze": LT methods only
     "default": {},
     "frozen-text-map": {"freeze": ["text_map.weight"]},   # the similarity head's W stays the identity
@@ -219,9 +221,8 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # dataset (a wording per dataset would be tuning to it): the zero-shot-classification pipeline's default
     # hypothesis, LABEL_TEMPLATE; the frozen similarity with it (``template``: zero-shot-similarity only, the
     # classic methods never read a label text) and the default LT-prefix (the anchored head at 3e-3) with it
-    "template": {"label_template": "This example is {}."},
-    "head-prior-10-lr-3e-3-template": {"head_prior": 10.0, "learning_rate": 3e-3,
-                                       "label_template": "This example is {}."},
+    "template": {"label_template": LABEL_TEMPLATE},
+    "head-prior-10-lr-3e-3-template": {"head_prior": 10.0, "learning_rate": 3e-3, "label_template": LABEL_TEMPLATE},
 }
 
 
@@ -649,8 +650,9 @@ def applies(variant: str, method: str) -> bool:
     would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix or Z's own
     rate, LT-prefix only; a learning rate or a budget, every method."""
     change = ABLATIONS[variant]
-    if "label_template" in change and "head_prior" not in change:  # the wording alone: the untrained similarity
-        return method == "zero-shot-similarity"
+    if "label_template" in change:  # the wording alone: the untrained similarity; with the prior: the default
+        # LT-prefix (not lt-prefix-multitask, whose source adapter's label length would cut the sentence)
+        return method == ("lt-prefix" if "head_prior" in change else "zero-shot-similarity")
     if "shared_prefix" in change or "z_rate" in change:
         return method == "lt-prefix"
     if "prior_centre" in change:  # where the prior is centred matters only after a warm start
@@ -671,8 +673,8 @@ def ablate(args) -> int:
     bb = load_backbone(BACKBONE)
     out = OUT / "ablation"
     if "zero-shot-similarity" in args.methods:  # the dev rows' untrained reference (and with a label template)
-        for v in ["default", *(v for v in args.variants if applies(v, "zero-shot-similarity") and v != "default"
-                               and "label_template" in ABLATIONS[v])]:
+        for v in ["default", *(v for v in args.variants  # and each label template's (``applies``: the wording alone)
+                               if "label_template" in ABLATIONS[v] and applies(v, "zero-shot-similarity"))]:
             for d in args.datasets:
                 path = out / f"{d}-zero-shot-similarity-{v}-0shot-seed0.json"
                 if not path.exists() or args.overwrite:

@@ -255,7 +255,8 @@ def test_benchmark_results_record_the_commit_their_process_started_on(monkeypatc
 
     import common
 
-    at_start = common.git_commit()
+    at_start = dict(common._GIT_AT_START)  # taken at import, before any call: not a cache filled by the first one
+    assert common.git_commit() == at_start
     moved = "f" * 40
     monkeypatch.setattr(common.subprocess, "run",  # HEAD moves on: what reading it now would give
                         lambda args, **kw: subprocess.CompletedProcess(args, 0, stdout=moved + "\n", stderr=""))
