@@ -648,7 +648,8 @@ def applies(variant: str, method: str) -> bool:
     """Whether an ablation ``variant`` is run for ``method``: freezing a part, the LT methods with a trained head
     only (a configured row such as ``lt-prefix-cosine`` has none of the head's parts, and freezing its injection
     would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix or Z's own
-    rate, LT-prefix only; a learning rate or a budget, every method."""
+    rate, LT-prefix only; a label template, zero-shot-similarity alone, or LT-prefix with the prior; a learning
+    rate or a budget, every method."""
     change = ABLATIONS[variant]
     if "label_template" in change:  # the wording alone: the untrained similarity; with the prior: the default
         # LT-prefix (not lt-prefix-multitask, whose source adapter's label length would cut the sentence)
