@@ -434,8 +434,10 @@ def converged_lr_table(lr_runs, final=()) -> str:
             by_lr = cells[(t, m)]
             if (t, m) in choices:
                 best, grid = choices[(t, m)][0], set(choices[(t, m)][1])
+                finished = True
             else:
                 grid = set(converged.grid(m)) & set(by_lr)
+                finished = grid == set(converged.grid(m))  # as converged.chosen_lr: every rate of the row's grid
                 ranked = sorted(grid)
                 best = max(ranked, key=lambda lr: (by_lr[lr]["best_dev_metric"], -ranked.index(lr)))
             parts = []
@@ -443,13 +445,13 @@ def converged_lr_table(lr_runs, final=()) -> str:
                 if lr not in grid:
                     probed = True
                     parts.append(f"*{lr:g}*†: {r['best_dev_metric']:.3f}")
-                elif lr == best and len(grid) >= 4:
+                elif lr == best and finished:
                     parts.append(f"**{lr:g}: {r['best_dev_metric']:.3f}**")
                 else:
                     parts.append(f"{lr:g}: {r['best_dev_metric']:.3f}")
             step0 = next(iter(by_lr.values()))["curve"][0]["dev_metric"]
             devices = sorted({_device(r) for r in by_lr.values()})
-            note = "" if len(grid) >= 4 else " (grid not finished: nothing is chosen from it)"
+            note = "" if finished else " (grid not finished: nothing is chosen from it)"
             lines.append(f"| {t} | {m} | {step0:.3f} | " + " · ".join(parts) + f"{note} ({', '.join(devices)}) |")
     if probed:
         lines += ["", "† a rate outside the grid (a probe, `converged.py --lrs`): not part of the choice (the "
