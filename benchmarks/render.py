@@ -839,12 +839,14 @@ def fewshot_ablation_table(runs) -> str:
         cells[(r["shots"], r["method"], v, r["dataset"])].append(r["accuracy"])
     datasets = [d for d in FEWSHOT_DATASETS if any(k[3] == d for k in cells)]
     variants = sorted({k[2] for k in cells}, key=lambda v: (not v.startswith("default"), v))
+    zero_shot = {c[2] for c in cells if c[:2] == (0, "zero-shot-similarity")}  # default; each label template
+    zero_variants = [v for v in variants if v in zero_shot]
     out = []
     for k in sorted({k[0] for k in cells if k[0]}):
         seeds = sorted({r["seed"] for r in runs if r["shots"] == k})
         out += [f"**{k} examples per class** (dev accuracy, mean over seeds; the seed count in brackets)", "",
                 "| method | variant | " + " | ".join(datasets) + " | mean |", "|---|---|" + "---|" * (len(datasets) + 1)]
-        for v in [v for v in variants if (0, "zero-shot-similarity", v) in {c[:3] for c in cells}]:
+        for v in zero_variants:
             zero = [cells.get((0, "zero-shot-similarity", v, d), []) for d in datasets]  # default; a label template
             mean = f"{statistics.mean(x[0] for x in zero):.3f}" if all(zero) else "–"
             out.append(f"| zero-shot-similarity | {'no training' if v == 'default' else v + ' (no training)'} | "
