@@ -187,6 +187,10 @@ def build_parser() -> _Parser:
     g.add_argument("--prefix-pooling", choices=["softmax", "raw"], default="raw",
                    help="LT-prefix: feed Z the raw token scores (official code, default) or their softmax "
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
+    g.add_argument("--label-map-rank", type=int, metavar="R",
+                   help="lt-prefix: also map each label's mean-pooled frozen encoding into its prefix through a "
+                        "rank-R map, started at zero (default: none, the paper's Z alone, which reads l numbers "
+                        "per label; see BENCHMARKS.md for where R = 8 helps)")
     g.add_argument("--score-head", choices=_score_heads(),
                    help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
@@ -333,6 +337,8 @@ def build_parser() -> _Parser:
                    help=f"LT methods' score head to count (default: the method's own, as train: {_default_score_heads()})")
     p.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: count a label prefix in the top J layers only (default: all m, as train)")
+    p.add_argument("--label-map-rank", type=int, metavar="R",
+                   help="lt-prefix: count a label map of rank R (default: none, as train)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
@@ -1037,7 +1043,8 @@ def cmd_train(args) -> int:
                           label_length=args.label_length, max_length=args.max_length,
                           prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
                           label_position=args.label_position, score_head=args.score_head, base_model=args.model,
-                          prefix_layers=args.prefix_layers, init_from=args.init_from)
+                          prefix_layers=args.prefix_layers, label_map_rank=args.label_map_rank,
+                          init_from=args.init_from)
     if not is_main_process():
         return 0
     model, result = run.model, run.result
@@ -1242,6 +1249,7 @@ def cmd_params(args) -> int:
     from .methods import METHODS
 
     _check_positive("--label-length", args.label_length)
+    _check_positive("--label-map-rank", args.label_map_rank)
     task = get_task(args.task)
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
@@ -1257,14 +1265,16 @@ def cmd_params(args) -> int:
     rows = []
     for name, cls in sorted(METHODS.items()):
         depth = args.prefix_layers if cls.injection == "prefix" else None  # prompts have no depth
-        config.prefix_layers = depth
+        rank = args.label_map_rank if "label_map_rank" in cls.weight_options else None  # lt-prefix's alone
+        config.prefix_layers, config.label_map_rank = depth, rank
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
             counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
-        expr, value = cls.formula(dims, l, K, cls.head_for(config.score_head), depth)
+        expr, value = cls.formula(dims, l, K, cls.head_for(config.score_head), depth, rank)
         rows.append({"method": name, "trainable": counted, "formula": expr, "formula_value": value,
                      "match": counted == value})
     info = {"model": args.model, "m": dims.num_layers, "d": dims.hidden_size, "n_heads": dims.num_heads,
             "n_kv": dims.num_kv_heads, "d_h": dims.head_dim, "d_kv": dims.kv_dim, "l": l, "K": K, "prefix_layers": args.prefix_layers,
+            "label_map_rank": args.label_map_rank,
             "backbone_params": sum(p.numel() for p in backbone.parameters()), "methods": rows}
     if args.json:
         print(json.dumps(info, indent=2))

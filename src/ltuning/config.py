@@ -152,6 +152,12 @@ class LTuningConfig:
                   "bottom m - j layers are then computed once for all K labels. None: every layer (m). Adapters "
                   "saved without the key use every layer."},
     )
+    label_map_rank: int | None = field(
+        default=None,
+        metadata={"help": "lt-prefix: each label's prefix also gets U V e(y), e(y) the mean of its frozen token "
+                  "states, through a rank-r map (V: d -> r, U: r -> the prefix, U started at zero), besides Z's "
+                  "map of its l token scores. None: Z alone (the paper). Adapters saved without the key use None."},
+    )
     text_pairs: bool | None = field(
         default=None,
         metadata={"help": "Trained on (premise, hypothesis) pairs (e.g. RTE): such a model classifies pairs only. "
@@ -214,6 +220,9 @@ class LTuningConfig:
             # the range, [1, m], is checked where the backbone is known (Backbone.check_prefix_layers)
             raise ConfigError(f"prefix_layers (--prefix-layers) must be an integer from 1 to the backbone's layers m, "
                               f"or null for every layer; got {self.prefix_layers!r}")
+        if self.label_map_rank is not None and self.label_map_rank < 1:
+            raise ConfigError(f"label_map_rank (--label-map-rank) must be a positive integer (the rank r of the "
+                              f"label map), or null for none; got {self.label_map_rank!r}")
         if self.label_length is not None and self.label_length < 1:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
@@ -412,7 +421,7 @@ def _is_str_list(v) -> bool:
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
 # added after adapters were first saved; None is their default, so leaving them out changes nothing here
-_OMITTED_WHEN_UNSET = ("prefix_layers", "objective", "tasks")
+_OMITTED_WHEN_UNSET = ("prefix_layers", "label_map_rank", "objective", "tasks")
 
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
@@ -426,6 +435,7 @@ _CONFIG_TYPES = {
     "label_position": (lambda v: isinstance(v, str), "a string"),
     "score_head": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "prefix_layers": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "label_map_rank": (lambda v: v is None or _is_int(v), "an integer or null"),
     "text_pairs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "objective": (lambda v: v is None or is_text(v), "a string or null"),
     "tasks": (lambda v: v is None or _is_tasks(v),

@@ -94,7 +94,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
                   label_length: int | None = None, max_length: int = 128, prefix_pooling: str = "raw",
                   text_pooling: str = "auto", label_position: str = "before", score_head: str | None = None,
                   base_model: str | None = None, prefix_layers: int | None = None,
-                  tasks: dict | None = None, say: Callable[[str], None] | None = print) -> LTuningModel:
+                  label_map_rank: int | None = None, tasks: dict | None = None, say: Callable[[str], None] | None = print) -> LTuningModel:
     """An untrained model on ``backbone`` for the labels ``label_names``, as ``ltuning train`` builds it.
 
     - ``label_texts``: one text per label, in label order; default: the ``task``'s label texts if its
@@ -106,6 +106,8 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
       positions (``say`` gets a note on the main process), so the saved adapter states what it read.
     - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
     - ``prefix_layers`` (prefix methods): the label prefix enters the top j layers only (None: every layer).
+    - ``label_map_rank`` (lt-prefix): the rank r of the map from each label's pooled frozen encoding into its
+      prefix, besides Z (None: Z alone, the paper).
     - ``tasks`` (multi-task, LT methods): {name: {label_names, label_texts}} (:func:`ltuning.train.task_table`),
       the first task's labels being ``label_names``; l defaults to the longest label of all tasks.
 
@@ -123,7 +125,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
                            label_texts=texts or [], label_length=label_length, max_length=max_length,
                            prefix_pooling=prefix_pooling, text_pooling=text_pooling, label_position=label_position,
-                           prefix_layers=prefix_layers, tasks=tasks, **head)
+                           prefix_layers=prefix_layers, label_map_rank=label_map_rank, tasks=tasks, **head)
     model = LTuningModel(backbone, config)
     config = model.config  # with l, the fingerprint and the pooling filled in
     fits = model.text_max_length
@@ -138,7 +140,8 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
 #: The ``ltuning train`` option of each config key a method's weights depend on (``Method.weight_options``).
 _OPTION_FLAGS = {"method": "--method", "label_length": "--label-length", "prefix_pooling": "--prefix-pooling",
                  "text_pooling": "--text-pooling", "label_position": "--label-position",
-                 "score_head": "--score-head", "prefix_layers": "--prefix-layers"}
+                 "score_head": "--score-head", "prefix_layers": "--prefix-layers",
+                 "label_map_rank": "--label-map-rank"}
 
 
 def _option_value(config: LTuningConfig, key: str, backbone: Backbone):
@@ -251,7 +254,8 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
              for k in get_method(config.method).weight_options}
     differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
     if differ:
-        said = "; ".join(f"{k} is {a!r} there, {b!r} here (give {_OPTION_FLAGS[k]} {a})" for k, a, b in differ)
+        said = "; ".join(f"{k} is {a!r} there, {b!r} here (" + (f"give {_OPTION_FLAGS[k]} {a}" if a is not None
+                         else f"leave {_OPTION_FLAGS[k]} unset") + ")" for k, a, b in differ)
         raise ConfigError(f"init_from {name}: its weights were trained with other options than this run's: {said}")
     if not model.label_conditioned and config.label_names != model.config.label_names:
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
@@ -277,7 +281,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     """Seed with ``args.seed``, load ``backbone`` if it is a name (short name, folder or hub id), build the
     model for ``train_data``'s labels with :func:`prepare_model` (``model_options`` are its keyword
     arguments: method, label_texts, task, label_length, max_length, prefix_pooling, text_pooling,
-    label_position, score_head, base_model, prefix_layers) and train it with :func:`ltuning.train.train`.
+    label_position, score_head, base_model, prefix_layers, label_map_rank) and train it with :func:`ltuning.train.train`.
 
     Multi-task (LT methods): ``train_data`` (and ``validation_data``) a dict {task name: TextDataset}; one
     adapter learns every task, each batch drawn from one task (``docs/design.md``, "Multi-task training"). The
@@ -307,7 +311,7 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
 
         source = _source_config(init_from)
         _check_source(init_from, source, backbone, model_options.get("method") or "lt-prefix")
-        for key in ("label_length", "prefix_layers", "score_head"):
+        for key in ("label_length", "prefix_layers", "score_head", "label_map_rank"):
             if key in get_method(source.method).weight_options and model_options.get(key) is None:
                 model_options[key] = getattr(source, key)
     t0 = time.perf_counter()

@@ -87,6 +87,10 @@ class Method(nn.Module):
             raise ConfigError(
                 f"prefix_layers (--prefix-layers) is for the prefix methods (lt-prefix, prefix); {cls.name} "
                 "injects a soft prompt before the first layer, which has no depth to choose: leave it unset")
+        if config.label_map_rank is not None and "label_map_rank" not in cls.weight_options:
+            raise ConfigError(
+                f"label_map_rank (--label-map-rank) maps each label's frozen encoding into lt-prefix's per-label "
+                f"prefix; {cls.name} has no such map: leave it unset, or use --method lt-prefix")
         if config.label_position == LabelPosition.AFTER and cls.label_after_refusal is not None:
             raise ConfigError(
                 f"label_position='after' is not supported for method {cls.name!r}: {cls.label_after_refusal}. "
@@ -212,10 +216,12 @@ class Method(nn.Module):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None,
+                label_map_rank: int | None = None) -> tuple[str, int]:
         """Trainable-parameter count as written in the paper (A.5), with its value here (LT methods: plus
         the similarity head's d^2 + 2 with ``score_head`` similarity, less C_zeta's 2*d with ``cosine``; prefix
-        methods: m becomes j with ``prefix_layers`` j < m)."""
+        methods: m becomes j with ``prefix_layers`` j < m; lt-prefix: plus the label map's r*(d + 2*l*j*d_kv)
+        with ``label_map_rank`` r)."""
         raise NotImplementedError
 
     @staticmethod

@@ -17,6 +17,12 @@ class LTPrefix(Method):
     Trainable: d + 2*l^2*j*d_kv, + 2*d (C_zeta) with the paper, similarity and anchored heads, + d^2 + 2 more
     with similarity and anchored.
 
+    With ``label_map_rank`` r (not in the paper): Z sees l numbers per label, so the K labels' prefixes span at
+    most l directions, fewer than K where labels are one word (trec: six labels, l = 4, three of those tokens'
+    scores [CLS], the word and [SEP]). The label map adds ``U V e(y)`` to each label's prefix, e(y) the mean of
+    the label's frozen token states (its real tokens), V = Linear(d, r), U = Linear(r, 2*j*l*d_kv) started at
+    zero (so step 0 is unchanged); + r*(d + 2*j*l*d_kv) trainable.
+
     Input shape: label_states (K, l, d), label_mask (K, l)
     Output shape: prefix (K, j, 2, n_kv, l, d_h)
     """
@@ -36,7 +42,7 @@ class LTPrefix(Method):
     #: learning-rate searches (BENCHMARKS.md, "Choosing the defaults").
     head_learning_rates = {"cosine": 1e-2}
     #: Z reads exactly l scores per label
-    weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers")
+    weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers", "label_map_rank")
     label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
                            "to; there is no 'after' form of it")
 
@@ -56,7 +62,10 @@ class LTPrefix(Method):
 
     @classmethod
     def card_rows(cls, config: dict) -> list[tuple[str, str]]:
-        return [("prefix pooling", str(config.get("prefix_pooling"))), *super().card_rows(config)]
+        rows = [("prefix pooling", str(config.get("prefix_pooling")))]
+        if config.get("label_map_rank") is not None:
+            rows.append(("label map rank", str(config["label_map_rank"])))
+        return [*rows, *super().card_rows(config)]
 
     def __init__(self, config: LTuningConfig, dims: Dims, num_labels: int, label_length: int) -> None:
         super().__init__(config, dims, num_labels, label_length)
@@ -69,6 +78,12 @@ class LTPrefix(Method):
             # Every label starts with the same all-zero prefix: the text's pooled state is (nearly) the frozen
             # model's own, so the similarity head starts at the zero-shot ranking; Z learns from there.
             nn.init.zeros_(self.transform.weight)
+        self.label_map_rank = config.label_map_rank
+        if self.label_map_rank is not None:
+            out = 2 * self.prefix_layers * l * dims.kv_dim
+            self.label_down = nn.Linear(dims.hidden_size, self.label_map_rank, bias=False)  # V
+            self.label_up = nn.Linear(self.label_map_rank, out, bias=False)  # U
+            nn.init.zeros_(self.label_up.weight)  # the label map adds nothing until it learns
 
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         K, l, _ = label_states.shape
@@ -79,15 +94,22 @@ class LTPrefix(Method):
             scores = scores * label_mask  # official code: raw scores; padding contributes nothing
         d = self.dims
         kv = self.transform(scores)  # (K, 2*m*l*d_kv)
+        if self.label_map_rank is not None:
+            real = label_mask.to(label_states.dtype).unsqueeze(-1)
+            pooled = (label_states * real).sum(1) / real.sum(1).clamp(min=1)  # e(y): (K, d)
+            kv = kv + self.label_up(self.label_down(pooled))
         return Injection(prefix=kv.view(K, self.prefix_layers, 2, d.num_kv_heads, l, d.head_dim))
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None,
+                label_map_rank: int | None = None) -> tuple[str, int]:
         l, d, dkv = label_length, dims.hidden_size, dims.kv_dim
         m, layers = Method.prefix_depth(dims, prefix_layers)
         kv = "d" if dkv == d else "d_kv"
+        lm, lm_n = ("", 0) if label_map_rank is None else (
+            f" + r*(d + 2*l*{layers}*{kv})", label_map_rank * (d + 2 * l * m * dkv))
         if score_head == ScoreHead.COSINE:  # F and Z only: no C_zeta
-            return f"2*l^2*{layers}*{kv} + d", 2 * l * l * m * dkv + d
+            return f"2*l^2*{layers}*{kv} + d" + lm, 2 * l * l * m * dkv + d + lm_n
         sim, sim_n = (" + d^2 + 2", d * d + 2) if ScoreHead(score_head).learns_direction else ("", 0)
-        return f"2*l^2*{layers}*{kv} + 3*d" + sim, 2 * l * l * m * dkv + 3 * d + sim_n
+        return f"2*l^2*{layers}*{kv} + 3*d" + sim + lm, 2 * l * l * m * dkv + 3 * d + sim_n + lm_n

@@ -36,7 +36,8 @@ class LTPrompt(Method):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int,
-                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None) -> tuple[str, int]:
+                score_head: ScoreHead = ScoreHead.PAPER, prefix_layers: int | None = None,
+                label_map_rank: int | None = None) -> tuple[str, int]:
         d = dims.hidden_size
         if score_head == ScoreHead.COSINE:  # G only: no C_zeta
             return "d^2", d * d

@@ -40,7 +40,8 @@ class Prefix(Method):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int, score_head=None,
-                prefix_layers: int | None = None) -> tuple[str, int]:
+                prefix_layers: int | None = None,
+                label_map_rank: int | None = None) -> tuple[str, int]:
         l, d, dkv, K = label_length, dims.hidden_size, dims.kv_dim, num_labels
         m, layers = Method.prefix_depth(dims, prefix_layers)
         kv = "d" if dkv == d else "d_kv"

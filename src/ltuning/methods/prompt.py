@@ -49,6 +49,7 @@ class Prompt(Method):
 
     @staticmethod
     def formula(dims: Dims, label_length: int, num_labels: int, score_head=None,
-                prefix_layers: int | None = None) -> tuple[str, int]:
+                prefix_layers: int | None = None,
+                label_map_rank: int | None = None) -> tuple[str, int]:
         d = dims.hidden_size
         return "d*(l + K)", d * (label_length + num_labels)
