@@ -66,6 +66,12 @@ def objective(method: str, listwise: bool = False) -> str:
     return "listwise" if listwise or not method.startswith("lt-") else "pairwise"
 
 
+#: The rank of LT-prefix's label map (``label_map_rank``) in the benchmark rows that have it (``fewshot.py``'s
+#: ``lt-prefix-label-map``, ``converged.py``'s ``lt-prefix-label-map-*`` rows): chosen before any of them ran, with
+#: 32 tried beside it on the few-shot dev rows (BENCHMARKS.md)
+LABEL_MAP_RANK = 8
+
+
 def split_score_head(name: str) -> tuple[str, str]:
     """(method, score head) of a row or variant name ``lt-<method>[-paper|-similarity|-cosine|-anchored]``: the suffix
     names the head; without one, the similarity head (what these rows ran; LT-prefix's library default is now

@@ -176,12 +176,17 @@ def split(task: str):
     return train_ds, dev, get_task(task), label_texts
 
 
-def parse_row(row: str) -> tuple[str, str, str]:
-    """(method, objective, score head) of a row name: ``<method>[-paper|-cosine][-listwise]``. An LT row trains
-    pairwise unless it ends in ``-listwise``; its head is the similarity head unless ``-paper`` or ``-cosine``
-    says otherwise (a classic method has the paper's K-way head)."""
+def parse_row(row: str) -> tuple[str, str, str, dict]:
+    """(method, objective, score head, other config options) of a row name:
+    ``<method>[-label-map][-paper|-cosine|-anchored][-listwise]``. An LT row trains pairwise unless it ends in
+    ``-listwise``; its head is the similarity head unless ``-paper``, ``-cosine`` or ``-anchored`` says otherwise
+    (a classic method has the paper's K-way head); ``lt-prefix-label-map`` is LT-prefix with the label map of
+    rank ``common.LABEL_MAP_RANK`` (``label_map_rank``)."""
     method, score_head = common.split_score_head(row.removesuffix("-listwise"))
-    return method, common.objective(method, listwise=row.endswith("-listwise")), score_head
+    options = {}
+    if method == "lt-prefix-label-map":
+        method, options = "lt-prefix", {"label_map_rank": common.LABEL_MAP_RANK}
+    return method, common.objective(method, listwise=row.endswith("-listwise")), score_head, options
 
 
 def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps: int, patience: int,
@@ -191,7 +196,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     from ltuning.train import TrainArgs
 
     train_ds, dev, t, label_texts = split(task)
-    method, objective, score_head = parse_row(row)
+    method, objective, score_head, options = parse_row(row)
     metric = common.metric_of(task)
     curve = []
 
@@ -206,7 +211,8 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
                      early_stopping_patience=patience, objective=objective)
     run = build_and_train(bb, train_ds, dev, args, method=method, task=t, label_texts=label_texts,
                           base_model=backbone, text_pooling=PROTOCOL["text_pooling"],
-                          max_length=PROTOCOL["max_length"], score_head=score_head, on_built=at_start, say=None)
+                          max_length=PROTOCOL["max_length"], score_head=score_head, on_built=at_start, say=None,
+                          **options)
     res = run.result
     curve += [{"step": r["step"], "dev_metric": r[metric], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"],
                "dev_loss": r["loss"], "train_loss": r.get("train_loss")} for r in res.history]

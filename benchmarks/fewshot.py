@@ -52,12 +52,15 @@ DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 SHOTS = [8, 16, 32, 64]
 SEEDS = [0, 1, 2, 3, 4]
 METHODS = ["zero-shot-similarity", "lt-prefix", "lt-prompt", "prefix", "prompt", "linear-probe",
-           "lt-prefix-multitask", "lt-prefix-cosine"]
+           "lt-prefix-multitask", "lt-prefix-cosine", "lt-prefix-label-map"]
 #: Rows that are a library method with other options than its defaults: row name -> (method, config options)
 #: (``lt-prefix-anchored`` is LT-prefix's default since the anchored head became it: its cells are the
 #: ``lt-prefix`` row's, render.py)
+#: ``lt-prefix-label-map``: the default LT-prefix (anchored head, 3e-3) with the label map of rank
+#: common.LABEL_MAP_RANK (``--label-map-rank``)
 CONFIGURED = {"lt-prefix-cosine": ("lt-prefix", {"score_head": "cosine"}),
-              "lt-prefix-anchored": ("lt-prefix", {"score_head": "anchored"})}
+              "lt-prefix-anchored": ("lt-prefix", {"score_head": "anchored"}),
+              "lt-prefix-label-map": ("lt-prefix", {"score_head": "anchored", "label_map_rank": common.LABEL_MAP_RANK})}
 #: Methods with a 0-shot cell: the frozen model's similarity, and the multi-task adapter on the target's labels
 ZERO_SHOT = ("zero-shot-similarity", "lt-prefix-multitask")
 STEPS, BATCH, LR = 100, 16, 1e-2  # LR: linear-probe's
@@ -223,6 +226,14 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # classic methods never read a label text) and the default LT-prefix (the anchored head at 3e-3) with it
     "template": {"label_template": LABEL_TEMPLATE},
     "head-prior-10-lr-3e-3-template": {"head_prior": 10.0, "learning_rate": 3e-3, "label_template": LABEL_TEMPLATE},
+    # issue 12's hypothesis "feed Z the pooled d-vector through a low-rank map": Z reads l scalars per label (one
+    # score per label token, F), so K labels' prefixes span at most l directions (trec: K = 6 labels of l tokens);
+    # here each label's prefix also gets U V e(y), e(y) its frozen mean-pooled encoding, V: d -> r, U: r -> the
+    # prefix, U started at zero (the step-0 head start kept): LT-prefix's ``label_map_rank`` r; with the default
+    # recipe (anchored head at 3e-3). The first cells (16 and 8 shots, r = 8 and 32) ran through a patch of the
+    # method in this script that computed the same map, before the option was in the library.
+    "head-prior-10-lr-3e-3-label-map-r8": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 8},
+    "head-prior-10-lr-3e-3-label-map-r32": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 32},
 }
 
 
@@ -354,6 +365,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 # the ablations of lt-prefix / lt-prompt and lt-prefix-multitask ran, and run, the similarity
                 # head (their stored cells' head; render.DEFAULT_CONFIGS reads them as that head's)
                 options = {**options, "score_head": ABLATION_HEAD}
+            if "label_map" in change:  # LT-prefix's label map (the library's label_map_rank)
+                options = {**options, "label_map_rank": change["label_map"]}
             cfg = LTuningConfig(method=name, **options, base_model=BACKBONE,
                                 label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
                                 max_length=common.MAX_LENGTH,
@@ -647,14 +660,14 @@ def source_parts(args) -> int:
 def applies(variant: str, method: str) -> bool:
     """Whether an ablation ``variant`` is run for ``method``: freezing a part, the LT methods with a trained head
     only (a configured row such as ``lt-prefix-cosine`` has none of the head's parts, and freezing its injection
-    would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix or Z's own
+    would leave nothing to train); a prior on the head, those and lt-prefix-multitask; a shared prefix, a label map or Z's own
     rate, LT-prefix only; a label template, zero-shot-similarity alone, or LT-prefix with the prior; a learning
     rate or a budget, every method."""
     change = ABLATIONS[variant]
     if "label_template" in change:  # the wording alone: the untrained similarity; with the prior: the default
         # LT-prefix (not lt-prefix-multitask, whose source adapter's label length would cut the sentence)
         return method == ("lt-prefix" if "head_prior" in change else "zero-shot-similarity")
-    if "shared_prefix" in change or "z_rate" in change:
+    if "shared_prefix" in change or "z_rate" in change or "label_map" in change:
         return method == "lt-prefix"
     if "prior_centre" in change:  # where the prior is centred matters only after a warm start
         return method == "lt-prefix-multitask"

@@ -615,7 +615,8 @@ def depth_tables(results_dir: Path = DEPTH_DIR) -> str:
 
 # ----------------------------------------------------------------------------- few-shot (issue 13)
 FEWSHOT_DIR = common.RESULTS / "fewshot"
-FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-cosine", "lt-prompt", "prefix", "prompt",
+FEWSHOT_ORDER = ["zero-shot-similarity", "lt-prefix", "lt-prefix-label-map", "lt-prefix-cosine", "lt-prompt",
+                 "prefix", "prompt",
                  "linear-probe", "setfit", "setfit-frozen-body", "lt-prefix-multitask"]
 FEWSHOT_DATASETS = ["sst2", "demo", "trec", "sms-spam"]
 FEWSHOT_SHOTS = [0, 8, 16, 32, 64]
@@ -656,10 +657,11 @@ def _fs_method(method: str) -> str:
     method's row (``lt-prefix-anchored`` is ``lt-prefix`` since the anchored head became its default)."""
     import fewshot
 
-    base = fewshot.CONFIGURED.get(method, (method, {}))[0]
-    if base != method and (fewshot.score_head(method), fewshot.learning_rate(method)) == (
+    base, options = fewshot.CONFIGURED.get(method, (method, {}))
+    if base != method and set(options) <= {"score_head"} and (
+            fewshot.score_head(method), fewshot.learning_rate(method)) == (
             fewshot.score_head(base), fewshot.learning_rate(base)):
-        return base
+        return base  # options beyond the head (lt-prefix-label-map's rank) make another recipe
     return method
 
 
@@ -781,7 +783,9 @@ def source_parts_table(runs) -> str:
 
 
 FEWSHOT_PAIRS = [("lt-prefix", "setfit"), ("lt-prefix", "prefix"), ("lt-prompt", "prompt"), ("lt-prefix", "linear-probe"),
-                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix")]
+                 ("lt-prefix-cosine", "setfit"), ("lt-prefix-cosine", "prefix"), ("lt-prefix-cosine", "lt-prefix"),
+                 ("lt-prefix-label-map", "setfit"), ("lt-prefix-label-map", "prefix"),
+                 ("lt-prefix-label-map", "lt-prefix")]
 
 
 def fewshot_paired(runs) -> list[str]:
