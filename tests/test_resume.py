@@ -238,6 +238,16 @@ def test_resume_with_other_text_pooling_is_refused(setup, tmp_path, capsys):
     assert err.startswith("error: cannot resume") and "text_pooling" in err
 
 
+def test_resume_with_another_label_map_is_refused_by_name(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    lt_prefix = ("--method", "lt-prefix", "--max-steps", "3")  # the label map is lt-prefix's
+    assert main(args_for(setup, out, *lt_prefix, "--label-map-rank", "2")) == 0
+    capsys.readouterr()
+    assert main(args_for(setup, out, *lt_prefix, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now None" in err
+
+
 @pytest.mark.parametrize("edit, ok", [(None, True), (lambda w: [x * 1.5 + 0.1 for x in w], False),
                                       (lambda w: [x * 1.001 for x in w], True)])
 def test_resume_compares_the_backbone_weights_sample(setup, tmp_path, capsys, edit, ok):

@@ -255,6 +255,7 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
                if model.config.prefix_pooling != PrefixPooling.RAW else {}),
             **({"score_head": model.config.score_head.value}
                if model.config.score_head != ScoreHead.PAPER else {}),
+            **({"label_map_rank": model.config.label_map_rank} if model.config.label_map_rank is not None else {}),
             # a warm start (--init-from, init_from=) is one of the run's options: resume it with the same source
             "warm_start": model.warm_started}
 
@@ -511,7 +512,7 @@ class _TrainingLoop:
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
             defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before",
-                        "metric_for_best": "accuracy", "objective": "pairwise"}
+                        "metric_for_best": "accuracy", "objective": "pairwise", "label_map_rank": None}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
             hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
