@@ -59,11 +59,20 @@ def test_the_added_prefix_is_the_map_of_the_mean_label_state():
 
 def test_training_moves_the_map():
     model = make_model("bert", "lt-prefix", label_map_rank=4)
+    for p in (model.method.pool.weight, model.method.transform.weight):  # Z stays at zero: the map alone
+        p.requires_grad_(False)
     data = TextDataset(TEXTS, [i % len(LABELS) for i in range(len(TEXTS))], LABELS)
     train(model, data, None, TrainArgs(max_steps=2, batch_size=4, learning_rate=1e-2, seed=0, progress=False))
-    assert model.method.label_up.weight.abs().sum() > 0
+    assert model.method.transform.weight.abs().sum() == 0 and model.method.label_up.weight.abs().sum() > 0
     prefix = model.method(model.label_states, model.label_mask).prefix
-    assert not torch.allclose(prefix[0], prefix[1])
+    assert not torch.allclose(prefix[0], prefix[1])  # the map alone gives the labels different prefixes
+
+
+def test_a_rank_above_the_width_is_refused():
+    d = make_model("bert", "lt-prefix").backbone.dims.hidden_size
+    assert make_model("bert", "lt-prefix", label_map_rank=d).config.label_map_rank == d
+    with pytest.raises(ConfigError, match=f"at most the backbone's width d = {d}"):
+        make_model("bert", "lt-prefix", label_map_rank=d + 1)
 
 
 @pytest.mark.parametrize("score_head", ["paper", "similarity", "cosine", "anchored"])

@@ -41,7 +41,7 @@ class LTPrefix(Method):
     #: rows (the prefix-only ablations: mean dev accuracy 0.697 / 0.759 / 0.775 / 0.760) and on the SST-2 and CoLA
     #: learning-rate searches (BENCHMARKS.md, "Choosing the defaults").
     head_learning_rates = {"cosine": 1e-2}
-    #: Z reads exactly l scores per label
+    #: Z reads exactly l scores per label (label_length); the label map's rank sets its weights' shapes
     weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers", "label_map_rank")
     label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
                            "to; there is no 'after' form of it")
@@ -49,6 +49,12 @@ class LTPrefix(Method):
     @classmethod
     def check_backbone(cls, config: LTuningConfig, backbone, label_mask: torch.Tensor) -> None:
         super().check_backbone(config, backbone, label_mask)
+        d = backbone.dims.hidden_size
+        if config.label_map_rank is not None and config.label_map_rank > d:
+            # e(y) has d numbers: a larger rank adds parameters, not directions (and a hand-edited huge rank
+            # would be built before any weight check)
+            raise ConfigError(f"label_map_rank (--label-map-rank) must be at most the backbone's width d = {d} "
+                              f"on {backbone.name}; got {config.label_map_rank}")
         if config.prefix_pooling == PrefixPooling.SOFTMAX and bool((label_mask.sum(-1) == 1).all()):
             # softmax over one real token is always 1: every label would get the same prefix.
             raise ConfigError(
