@@ -136,6 +136,14 @@ def assert_clean_error(capsys, rc, *, match: str):
     assert match in lines[0], lines[0]
 
 
+def params_json(models, capsys, *extra) -> tuple[dict, dict[str, dict]]:
+    """``ltuning params --json`` on the tiny model with ``extra`` flags (rc 0): its output and its rows by method."""
+    capsys.readouterr()
+    assert main(["params", "--model", models["tiny"], *extra, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    return info, {r["method"]: r for r in info["methods"]}
+
+
 def one_error_line(capsys, rc: int, match: str, prefix: str = "error: ") -> str:
     """rc 2, and stderr is exactly one line that starts with ``prefix`` and contains ``match``."""
     err = capsys.readouterr().err

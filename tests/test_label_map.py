@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from test_cli import _offline, files, models, one_error_line, train_args  # noqa: F401 - fixtures
+from test_cli import _offline, files, models, one_error_line, params_json, train_args  # noqa: F401 - fixtures
 from test_families import LABEL_TEXTS, LABELS, TEXTS, build, make_model
 
 from ltuning.cli import main
@@ -134,10 +134,7 @@ def test_cli_train_params_warm_start_and_errors(models, files, tmp_path, capsys)
     assert json.loads((warm / "adapter_config.json").read_text())["label_map_rank"] == 2
     assert main(train_args(models, files, tmp_path / "w3", "--init-from", str(out), "--label-map-rank", "3")) == 2
     one_error_line(capsys, 2, "label_map_rank is 2 there, 3 here (give --label-map-rank 2)")
-    capsys.readouterr()
-    assert main(["params", "--model", models["tiny"], "--label-map-rank", "2", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    rows = {r["method"]: r for r in info["methods"]}
+    info, rows = params_json(models, capsys, "--label-map-rank", "2")
     assert info["label_map_rank"] == 2 and all(r["match"] for r in rows.values())
     assert "r*(d" in rows["lt-prefix"]["formula"] and "r*(d" not in rows["prefix"]["formula"]
     assert main(train_args(models, files, tmp_path / "x", "--label-map-rank", "0")) == 2

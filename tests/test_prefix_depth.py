@@ -20,7 +20,7 @@ import json
 
 import pytest
 import torch
-from test_cli import _offline, files, models, one_error_line, train_args  # noqa: F401 - fixtures
+from test_cli import _offline, files, models, one_error_line, params_json, train_args  # noqa: F401 - fixtures
 from test_families import LABEL_TEXTS, LABELS, TEXTS, build, left_pad, make_model
 
 from ltuning.backbones import Backbone
@@ -325,10 +325,7 @@ def test_cli_train_params_and_errors(models, files, tmp_path, capsys):  # noqa: 
     assert main(train_args(models, files, out, "--prefix-layers", "1", "--max-steps", "2")) == 0
     assert json.loads((out / "adapter_config.json").read_text())["prefix_layers"] == 1
     assert "prefix layers | top 1" in (out / "README.md").read_text()
-    capsys.readouterr()
-    assert main(["params", "--model", models["tiny"], "--prefix-layers", "1", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    rows = {r["method"]: r for r in info["methods"]}
+    info, rows = params_json(models, capsys, "--prefix-layers", "1")
     assert info["prefix_layers"] == 1 and all(r["match"] for r in rows.values())
     assert "*j*" in rows["lt-prefix"]["formula"] and "*j*" in rows["prefix"]["formula"]
     assert main(train_args(models, files, tmp_path / "x", "--prefix-layers", "3")) == 2
