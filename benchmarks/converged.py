@@ -32,7 +32,8 @@ attention projections, each with the model's standard K-way head: ``peer_loop``;
 process, ``pip install peft==0.21.2``; peft's prefix tuning needs transformers 4.x and is only in Table 1) and
 ``zero-shot-similarity`` (no training). ``--rows`` also takes ``-listwise`` (the listwise objective),
 ``-cosine`` and ``-anchored`` (score heads) forms, e.g. ``lt-prefix-anchored-listwise``, today's LT-prefix
-default (:func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs, then seed 0, then
+default, and ``lt-prefix-label-map-*`` (LT-prefix with the label map of rank ``common.LABEL_MAP_RANK``, e.g.
+``lt-prefix-label-map-anchored-listwise``; :func:`parse_row`). Workers claim jobs in priority order (all learning-rate runs, then seed 0, then
 seeds 1-2) through lock files, so several processes (or machines writing to copies of the folder) fill the
 table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on
 (exit status 1); without peft installed the peft rows are skipped with a notice.

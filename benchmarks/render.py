@@ -637,7 +637,8 @@ def _fs_row(r: dict) -> str:
     """A result's row: its method, with its learning rate and score head where those are not the fixed
     recipe's for the method today (``fewshot.learning_rate``, ``fewshot.score_head``; rows kept from an earlier
     recipe, e.g. ``lt-prefix (lr 1e-2)``, ``lt-prefix (similarity head)``), and with its budget where it ran at one
-    that grows with the training set (``fewshot.py --epochs``: ``lt-prefix (50-epoch budget)``)."""
+    that grows with the training set (``fewshot.py --epochs``: ``lt-prefix (50-epoch budget)``), and with its
+    label map's rank where it is not the row's configured one (``lt-prefix (label map r=8)``)."""
     import fewshot
 
     recipe = r.get("recipe") or {}
@@ -647,6 +648,9 @@ def _fs_row(r: dict) -> str:
         tags.append(f"lr {_lr(lr)}")
     if head and fewshot.score_head(r["method"]) not in (None, head):
         tags.append(f"{head} head")
+    rank = (recipe.get("adapter") or {}).get("label_map_rank")
+    if rank != fewshot.CONFIGURED.get(r["method"], (None, {}))[1].get("label_map_rank"):
+        tags.append("no label map" if rank is None else f"label map r={rank}")
     if recipe.get("epochs"):  # ``fewshot.py --epochs E``: a budget that grows with the training set
         tags.append(f"{recipe['epochs']}{BUDGET_TAG}")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]

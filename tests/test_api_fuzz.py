@@ -131,7 +131,7 @@ def _pipeline(ctx, arg, v):
 
 
 CONFIG_FIELDS = ["method", "base_model", "label_names", "label_texts", "label_length", "max_length", "prefix_pooling",
-                 "text_pooling", "label_position", "score_head", "prefix_layers", "text_pairs", "objective", "backbone_fingerprint",
+                 "text_pooling", "label_position", "score_head", "prefix_layers", "label_map_rank", "text_pairs", "objective", "backbone_fingerprint",
                  "backbone_weights", "tasks"]
 TRAIN_FIELDS = ["max_steps", "batch_size", "learning_rate", "weight_decay", "warmup_ratio", "eval_every",
                 "eval_batch_size", "seed", "mixed_precision", "progress", "gradient_accumulation_steps", "output_dir",
@@ -160,7 +160,7 @@ ENTRIES = {
 #: (entry point, argument, hostile value) -> why the value is valid there (not a hostile case)
 VALID: dict[tuple[str, str, str], str] = {
     **{("LTuningConfig", f, "None"): "None: not set (the longest label / every layer / unknown / filled in by the model)"
-       for f in ("label_length", "prefix_layers", "text_pairs", "objective", "backbone_fingerprint",
+       for f in ("label_length", "prefix_layers", "label_map_rank", "text_pairs", "objective", "backbone_fingerprint",
                  "backbone_weights", "tasks")},
     ("LTuningConfig", "score_head", "None"): "None: the method's own default head (Method.default_score_head)",
     ("LTuningConfig", "text_pairs", "True"): "a model trained on (premise, hypothesis) pairs",
@@ -203,10 +203,10 @@ def cases() -> list[tuple[str, str, str]]:
 CASES = cases()
 #: hostile cases per entry point (arguments x hostile values, less VALID); test_case_counts checks these
 EXPECTED_COUNTS = {
-    "LTuningConfig": 277, "get_ltuning_model": 68, "predict": 120, "predict_proba": 86, "model(texts)": 86,
+    "LTuningConfig": 294, "get_ltuning_model": 68, "predict": 120, "predict_proba": 86, "model(texts)": 86,
     "score_texts": 52, "save_pretrained": 34, "from_pretrained": 52, "load_adapter": 35, "TrainArgs": 329, "train": 70,
     "build_and_train": 70, "TextDataset": 53, "pipeline": 35,
-}  # 1350 in all
+}  # 1384 in all
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,7 @@ def test_topk_packing_order_is_the_stable_argsort():
     ("llama", "lt-prompt", {"label_position": "after"}),
     ("bert", "lt-prefix", {"prefix_layers": 1}),  # the top layer only: the bottom shared by the labels
     ("bert", "lt-prefix", {"score_head": "cosine"}),  # a head with nothing trained in it
+    ("bert", "lt-prefix", {"label_map_rank": 2}),  # the label map's U V e(y) added to each label's prefix
 ])
 def test_onnx_scores_match_pytorch(tmp_path, family, method, options):
     model = tiny_model(family, method, **options)

@@ -75,6 +75,22 @@ def test_a_rank_above_the_width_is_refused():
         make_model("bert", "lt-prefix", label_map_rank=d + 1)
 
 
+def test_softmax_pooling_over_one_token_labels_is_refused_only_without_a_map():
+    """Softmax over one real token is 1, so without a map every label gets the same prefix; the map reads each
+    label's own encoding, so with one the labels differ. llama's tiny tokenizer adds no special tokens here."""
+    one = dict(label_texts=["bad", "good", "fine"], prefix_pooling="softmax")
+    cfg = LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32, **one)
+    with pytest.raises(ConfigError, match="cannot tell labels apart when every label text is one token"):
+        LTuningModel(build("llama"), cfg)
+    model = LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
+                                                     label_map_rank=2, **one))
+    assert bool((model.label_mask.sum(-1) == 1).all())
+    with torch.no_grad():
+        model.method.label_up.weight.normal_()
+        prefix = model.method(model.label_states, model.label_mask).prefix
+    assert not torch.allclose(prefix[0], prefix[1])
+
+
 @pytest.mark.parametrize("score_head", ["paper", "similarity", "cosine", "anchored"])
 def test_parameter_counts(score_head):
     for j in (1, 2):
@@ -137,6 +153,9 @@ def test_cli_train_params_warm_start_and_errors(models, files, tmp_path, capsys)
     info, rows = params_json(models, capsys, "--label-map-rank", "2")
     assert info["label_map_rank"] == 2 and all(r["match"] for r in rows.values())
     assert "r*(d" in rows["lt-prefix"]["formula"] and "r*(d" not in rows["prefix"]["formula"]
+    assert main(["params", "--model", models["tiny"], "--label-map-rank", "2", "--prefix-layers", "1"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "; prefix layers j=1; label map rank r=2 (lt-prefix); backbone" in head
     assert main(train_args(models, files, tmp_path / "x", "--label-map-rank", "0")) == 2
     one_error_line(capsys, 2, "label_map_rank (--label-map-rank) must be a positive integer")
     assert main(train_args(models, files, tmp_path / "y", "--method", "prefix", "--label-map-rank", "2")) == 2

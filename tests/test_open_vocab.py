@@ -21,9 +21,10 @@ def make(backbone, method, label_length=None, **options):
     return lt.eval()
 
 
-@pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
-def test_candidates_equal_to_the_training_labels_give_the_same_scores(backbone, method):
-    lt = make(backbone, method)
+@pytest.mark.parametrize("method, options", [("lt-prefix", {}), ("lt-prompt", {}),
+                                             ("lt-prefix", {"label_map_rank": 2})])  # e(y) read from each candidate
+def test_candidates_equal_to_the_training_labels_give_the_same_scores(backbone, method, options):
+    lt = make(backbone, method, **options)
     trained = lt.score_texts(TEXTS)  # (N, 3) from the cached label encodings
     again = score_candidates(lt, TEXTS, ["negative", "positive", "neutral"])
     assert torch.allclose(again, trained, atol=1e-5)

@@ -89,6 +89,31 @@ def test_an_option_the_weights_depend_on_must_match(backbone, source, options, m
                         init_from=source, say=None, **{"method": "lt-prefix", **options})
 
 
+def test_a_label_map_may_be_added_to_an_adapter_without_one_and_not_dropped(backbone, source, tmp_path):
+    """U starts at zero, so a warm start that adds lt-prefix's label map scores exactly as the source adapter
+    does (its V and U as built); one that drops the map of a source trained with one is refused."""
+    loaded = LTuningModel.from_pretrained(source, backbone)
+    model = prepare_model(backbone, SPAM, label_length=loaded.config.label_length, label_map_rank=3, say=None)
+    built = {k: v.clone() for k, v in model.method.state_dict().items() if k.startswith("label_")}
+    warm_start(model, source)
+    state = model.method.state_dict()
+    assert sorted(built) == ["label_down.weight", "label_up.weight"]
+    assert all(torch.equal(state[k], v) for k, v in built.items())  # the map stays as built
+    assert all(torch.equal(state[k], v) for k, v in loaded.method.state_dict().items())  # the rest is the source's
+    texts = [t for t, _ in MESSAGES]
+    model.eval()
+    expected = loaded.predict_proba(texts, candidate_labels=SPAM)
+    assert torch.allclose(torch.as_tensor(model.predict_proba(texts)), torch.as_tensor(expected), atol=1e-6)
+    args = TrainArgs(max_steps=2, batch_size=4, progress=False)
+    run = build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix", init_from=source,
+                          label_map_rank=3, say=None)
+    assert run.model.config.label_map_rank == 3 and run.model.method.label_up.weight.abs().sum() > 0  # it trains
+    run.model.save_pretrained(tmp_path / "mapped")
+    with pytest.raises(ConfigError, match=r"label_map_rank is 3 there, None here \(give --label-map-rank 3\)"):
+        warm_start(prepare_model(backbone, SPAM, label_length=loaded.config.label_length, say=None),
+                   tmp_path / "mapped")
+
+
 def test_an_unset_score_head_is_the_source_adapters(backbone, source, tmp_path):
     """Without score_head (--score-head), a warm start trains with the source adapter's head, as it takes its l
     and depth: an adapter trained with the similarity head (LT-prefix's default before the anchored head)

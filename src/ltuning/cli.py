@@ -238,9 +238,10 @@ def build_parser() -> _Parser:
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
                         "(each label is read through its text); prefix / prompt need the adapter's labels. "
                         "--model must be the adapter's backbone and --method its method; --label-length (lt-prefix, "
-                        "prefix, prompt; lt-prompt keeps its labels' own l) and --prefix-layers (prefix methods) "
-                        "default to the adapter's; --score-head, --text-pooling, --label-position and, for "
-                        "lt-prefix, --prefix-pooling must match it")
+                        "prefix, prompt; lt-prompt keeps its labels' own l), --prefix-layers (prefix methods) "
+                        "and --label-map-rank (lt-prefix) default to the adapter's; --score-head, --text-pooling, "
+                        "--label-position and, for lt-prefix, --prefix-pooling must match it. A label map may be "
+                        "added to an lt-prefix adapter trained without one (it starts at zero), not dropped")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")
@@ -1280,8 +1281,10 @@ def cmd_params(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{args.model}: m={dims.num_layers} d={dims.hidden_size} heads={dims.num_heads} n_kv={dims.num_kv_heads} "
-          f"d_h={dims.head_dim} d_kv={dims.kv_dim}; labels {texts} -> l={l}, K={K}; "
-          f"backbone {info['backbone_params']:,} params (frozen)")
+          f"d_h={dims.head_dim} d_kv={dims.kv_dim}; labels {texts} -> l={l}, K={K}"
+          + (f"; prefix layers j={args.prefix_layers}" if args.prefix_layers is not None else "")
+          + (f"; label map rank r={args.label_map_rank} (lt-prefix)" if args.label_map_rank is not None else "")
+          + f"; backbone {info['backbone_params']:,} params (frozen)")
     print(f"{'method':<10} {'trainable':>12} {'formula':<30} {'= value':>12}  match")
     for r in rows:
         print(f"{r['method']:<10} {r['trainable']:>12,} {r['formula']:<30} {r['formula_value']:>12,}  "

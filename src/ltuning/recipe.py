@@ -224,9 +224,11 @@ def warm_start(model: LTuningModel, source: LTuningModel | str | Path) -> LTunin
     source (that is the point). A classic prefix / prompt adapter's head has one row per label, so its labels
     must be ``model``'s. What the weights depend on must agree: the backbone (architecture and weights, as when
     loading the adapter), the method and its ``Method.weight_options`` (for lt-prefix l, the pooling options,
-    the score head, the prefix depth; lt-prompt's weights do not depend on l). LT-prefix's Z reads exactly l
-    tokens per label, so a label text longer than the source's l is refused rather than cut. Returns the
-    source's config.
+    the score head, the prefix depth, the label map's rank; lt-prompt's weights do not depend on l). One
+    exception: ``model`` may add an lt-prefix label map (``label_map_rank``) to a source trained without one,
+    since U starts at zero and the run still starts exactly where the source ended; dropping one is refused.
+    LT-prefix's Z reads exactly l tokens per label, so a label text longer than the source's l is refused
+    rather than cut. Returns the source's config.
 
     Raises:
         AdapterError: missing or corrupt adapter files, or an adapter trained on another backbone.
@@ -250,9 +252,13 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
     from .methods import get_method
 
     name = _source_name(source)
+    method = get_method(config.method)
     pairs = {k: (_option_value(config, k, model.backbone), _option_value(model.config, k, model.backbone))
-             for k in get_method(config.method).weight_options}
-    differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b]
+             for k in method.weight_options}
+    # an option the source lacks whose weights start as a no-op (lt-prefix's label map) is added, not refused
+    added = tuple(p for k, (a, b) in pairs.items() if a is None and k in method.zero_start_options
+                  for p in method.zero_start_options[k])
+    differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b and not (a is None and k in method.zero_start_options)]
     if differ:
         said = "; ".join(f"{k} is {a!r} there, {b!r} here (" + (f"give {_OPTION_FLAGS[k]} {a}" if a is not None
                          else f"leave {_OPTION_FLAGS[k]} unset") + ")" for k, a, b in differ)
@@ -261,13 +267,15 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
                           f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
+    own = {k: v for k, v in model.method.state_dict().items() if added and k.startswith(added)}  # kept as built
     if isinstance(source, LTuningModel):
         state = {k: v.detach() for k, v in source.method.state_dict().items()}
     else:
         state = read_adapter_weights(source)
-        check_adapter_weights(source, config.method, model.method.state_dict(), state)
+        expected = {k: v for k, v in model.method.state_dict().items() if k not in own}
+        check_adapter_weights(source, config.method, expected, state)
     with torch.no_grad():
-        model.method.load_state_dict(state)
+        model.method.load_state_dict({**state, **own})
     model.clear_injection_cache()
     model.warm_started = True
 
@@ -293,8 +301,9 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
     as it is (it stays frozen), so one backbone serves many runs.
 
     ``init_from``: an adapter folder (or a model in memory) whose trained weights the run starts from
-    (:func:`warm_start`); l and the prefix depth default to the adapter's where the method's weights depend on
-    them (not lt-prompt's l), the other options its weights depend on must match it.
+    (:func:`warm_start`); l, the prefix depth, the score head and the label map's rank default to the adapter's
+    where the method's weights depend on them (not lt-prompt's l), the other options its weights depend on must
+    match it (a label map may be added to an adapter without one).
 
     Returns: a :class:`TrainingRun` (model in its best validation state, result, build seconds).
     Raises: what :func:`prepare_model` and :func:`ltuning.train.train` raise.

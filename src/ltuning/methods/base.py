@@ -78,6 +78,10 @@ class Method(nn.Module):
     #: Config options (besides the method and the backbone) that this method's trained weights depend on:
     #: a warm start (``ltuning.recipe.warm_start``) needs the same values as the adapter it starts from.
     weight_options: ClassVar[tuple[str, ...]] = ("text_pooling", "score_head", "label_position")
+    #: Weight options that add weights which change nothing until they train (an output map started at zero),
+    #: each with the prefixes of the state-dict keys it adds: a warm start from an adapter without the option
+    #: keeps them as built, so the run still starts exactly where the adapter ended.
+    zero_start_options: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
     # ------------------------------------------------------------------ hooks (checks, initialisation)
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
@@ -43,6 +45,8 @@ class LTPrefix(Method):
     head_learning_rates = {"cosine": 1e-2}
     #: Z reads exactly l scores per label (label_length); the label map's rank sets its weights' shapes
     weight_options = Method.weight_options + ("label_length", "prefix_pooling", "prefix_layers", "label_map_rank")
+    #: U starts at zero: a warm start may add a label map to an adapter trained without one
+    zero_start_options = MappingProxyType({"label_map_rank": ("label_down.", "label_up.")})
     label_after_refusal = ("lt-prefix injects the label as per-layer keys/values that every text token attends "
                            "to; there is no 'after' form of it")
 
@@ -55,12 +59,14 @@ class LTPrefix(Method):
             # would be built before any weight check)
             raise ConfigError(f"label_map_rank (--label-map-rank) must be at most the backbone's width d = {d} "
                               f"on {backbone.name}; got {config.label_map_rank}")
-        if config.prefix_pooling == PrefixPooling.SOFTMAX and bool((label_mask.sum(-1) == 1).all()):
-            # softmax over one real token is always 1: every label would get the same prefix.
+        if (config.prefix_pooling == PrefixPooling.SOFTMAX and config.label_map_rank is None
+                and bool((label_mask.sum(-1) == 1).all())):
+            # softmax over one real token is always 1: every label would get the same prefix (a label map,
+            # which reads each label's own encoding, still tells them apart).
             raise ConfigError(
                 f"lt-prefix with softmax pooling cannot tell labels apart when every label text is one token "
-                f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw or longer label texts "
-                "(e.g. --label-texts 'The review is negative.,The review is positive.')"
+                f"({config.label_texts} on {backbone.name}); use --prefix-pooling raw, a label map "
+                "(--label-map-rank 8) or longer label texts (e.g. --label-texts 'The review is negative.,The review is positive.')"
             )
 
     def candidate_label_length(self, longest: int) -> int:
