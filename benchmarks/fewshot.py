@@ -233,6 +233,7 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     # recipe (anchored head at 3e-3). The first cells (16 and 8 shots, r = 8 and 32) ran through a patch of the
     # method in this script that computed the same map, before the option was in the library.
     "head-prior-10-lr-3e-3-label-map-r8": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 8},
+    "head-prior-10-lr-1e-2-label-map-r8": {"head_prior": 10.0, "learning_rate": 1e-2, "label_map": 8},
     "head-prior-10-lr-3e-3-label-map-r32": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 32},
 }
 

@@ -877,11 +877,15 @@ def fewshot_ablation_table(runs) -> str:
 #: few-shot ``default`` / ``lr-X`` cell of lt-prefix / lt-prompt runs the similarity head (``fewshot.ABLATION_HEAD``); ``prefix-only-lr-X`` (LT-prefix with that head
 #: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head, and
 #: ``head-prior-10-lr-X`` (a prior of weight 10 / n on W - I and C_zeta) the anchored head. A classic method
-#: has one head (the paper's K-way head; None here).
+#: has one head (the paper's K-way head; None here). A configuration with more than a head names it after the
+#: head (``anchored + label map r=8``: ``head-prior-10-lr-X-label-map-r8``, LT-prefix's label map of that rank;
+#: ``{lr}`` marks where a variant's rate stands when something follows it); :func:`_config_options` reads it.
 DEFAULT_CONFIGS = {
     ("lt-prefix", "similarity"): (("default", "lr-"), "lt-prefix-listwise"),
     ("lt-prefix", "cosine"): (("prefix-only-lr-",), "lt-prefix-cosine-listwise"),
     ("lt-prefix", "anchored"): (("head-prior-10-lr-",), "lt-prefix-anchored-listwise"),
+    ("lt-prefix", "anchored + label map r=8"): (("head-prior-10-lr-{lr}-label-map-r8",),
+                                                "lt-prefix-label-map-anchored-listwise"),
     ("lt-prompt", "similarity"): (("default", "lr-"), "lt-prompt-listwise"),
     ("prefix", None): (("default", "lr-"), "prefix"),
     ("prompt", None): (("default", "lr-"), "prompt"),
@@ -889,10 +893,23 @@ DEFAULT_CONFIGS = {
 
 
 def _is_variant(variant: str, kinds) -> bool:
-    """Whether ``variant`` is ``default`` or one of ``kinds`` followed by a learning rate and nothing else
-    (``head-prior-10-lr-3e-3``, not ``head-prior-10-lr-3e-3-steps-300``)."""
-    return any(variant == k if k == "default" else re.fullmatch(re.escape(k) + r"[0-9.]+(e-?[0-9]+)?", variant)
-               for k in kinds)
+    """Whether ``variant`` is ``default`` or one of ``kinds`` with a learning rate at its ``{lr}`` (its end where
+    it has none) and nothing else (``head-prior-10-lr-3e-3``, not ``head-prior-10-lr-3e-3-steps-300``)."""
+    rate = r"[0-9.]+(e-?[0-9]+)?"
+
+    def pattern(k: str) -> str:
+        before, _, after = (k if "{lr}" in k else k + "{lr}").partition("{lr}")
+        return re.escape(before) + rate + re.escape(after)
+
+    return any(variant == k if k == "default" else re.fullmatch(pattern(k), variant) for k in kinds)
+
+
+def _config_options(config: str | None) -> tuple[str | None, int | None]:
+    """(score head, label map rank) of a ``DEFAULT_CONFIGS`` configuration name."""
+    if config is None:
+        return None, None
+    head, _, rest = config.partition(" + label map r=")
+    return head, int(rest) if rest else None
 
 
 def default_lr_regimes(lr_search, ablation) -> dict:
@@ -951,23 +968,26 @@ def default_lr_table(lr_search, ablation) -> str:
     names = [name for name, _ in next(iter(regimes.values()))]
     out = ["| method | score head | lr | " + " | ".join(names) + " | worst shortfall | |",
            "|---|---|---|" + "---|" * (len(names) + 2)]
-    for (m, head), regs in regimes.items():
+    for (m, config), regs in regimes.items():
         chosen, short = choices[m]
+        head, rank = _config_options(config)
+        # the library's default configuration: its default head, and no label map (off by default)
         default_head = METHODS[m].default_score_head.value if METHODS[m].label_conditioned else None
         default = METHODS[m].learning_rate_for(head) if head else METHODS[m].default_learning_rate
+        head_is_default = head == default_head and rank is None
         for lr in sorted(set().union(*(set(v) for _, v in regs))):
             vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
-            said = (("chosen" if (head, lr) == chosen else "")
-                    + (", library default" if lr == default and head == default_head else "")
-                    + (", its default rate" if lr == default and head != default_head else ""))
-            out.append(f"| {m} | {head or '–'} | {_lr(lr)} | " + " | ".join(vals) + " | "
-                       + (f"{short[(head, lr)]:.3f}" if (head, lr) in short else "not measured everywhere")
+            said = (("chosen" if (config, lr) == chosen else "")
+                    + (", library default" if lr == default and head_is_default else "")
+                    + (", its default rate" if lr == default and not head_is_default else ""))
+            out.append(f"| {m} | {config or '–'} | {_lr(lr)} | " + " | ".join(vals) + " | "
+                       + (f"{short[(config, lr)]:.3f}" if (config, lr) in short else "not measured everywhere")
                        + f" | {said.strip(', ')} |")
     seeds = sorted({r["seed"] for r in ablation if r.get("shots") == 16 and r.get("method") in choices})
     out += ["", "Dev metric: accuracy (MCC on CoLA). Few-shot dev: 16 examples per class, seeds "
             f"{', '.join(map(str, seeds))}, 500 dev rows "
             "carved from each dataset's training split, mean over sst2, demo, trec and sms-spam (the ablation table "
-            "of the few-shot section; the cosine head's cells are its `prefix-only-lr-X` rows, the anchored head's its `head-prior-10-lr-X` rows). sst2 / cola / rte "
+            "of the few-shot section; the cosine head's cells are its `prefix-only-lr-X` rows, the anchored head's its `head-prior-10-lr-X` rows, with the label map its `head-prior-10-lr-X-label-map-r8` rows). sst2 / cola / rte "
             "dev: the converged protocol's learning-rate search (seed 0, 500 steps of batch 32, best dev metric), "
             "LT rows listwise. Shortfall: the regime's best over the configurations of the method measured "
             "everywhere, minus this one's value. `its default rate`: the rate the library uses with that head."]
