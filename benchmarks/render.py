@@ -877,15 +877,14 @@ def fewshot_ablation_table(runs) -> str:
 #: few-shot ``default`` / ``lr-X`` cell of lt-prefix / lt-prompt runs the similarity head (``fewshot.ABLATION_HEAD``); ``prefix-only-lr-X`` (LT-prefix with that head
 #: frozen at its start: W the identity, C_zeta zero, s = 20, b = -4) is exactly the cosine head, and
 #: ``head-prior-10-lr-X`` (a prior of weight 10 / n on W - I and C_zeta) the anchored head. A classic method
-#: has one head (the paper's K-way head; None here). A configuration with more than a head names it after the
-#: head (``anchored + label map r=8``: ``head-prior-10-lr-X-label-map-r8``, LT-prefix's label map of that rank;
-#: ``{lr}`` marks where a variant's rate stands when something follows it); :func:`_config_options` reads it.
+#: has one head (the paper's K-way head; None here). A configuration with more than a head is (head, label map
+#: rank): LT-prefix's label map of that rank (``head-prior-10-lr-X-label-map-r8``; ``{lr}`` marks where a
+#: variant's rate stands when something follows it).
 DEFAULT_CONFIGS = {
     ("lt-prefix", "similarity"): (("default", "lr-"), "lt-prefix-listwise"),
     ("lt-prefix", "cosine"): (("prefix-only-lr-",), "lt-prefix-cosine-listwise"),
     ("lt-prefix", "anchored"): (("head-prior-10-lr-",), "lt-prefix-anchored-listwise"),
-    ("lt-prefix", "anchored + label map r=8"): (("head-prior-10-lr-{lr}-label-map-r8",),
-                                                "lt-prefix-label-map-anchored-listwise"),
+    ("lt-prefix", ("anchored", 8)): (("head-prior-10-lr-{lr}-label-map-r8",), "lt-prefix-label-map-anchored-listwise"),
     ("lt-prompt", "similarity"): (("default", "lr-"), "lt-prompt-listwise"),
     ("prefix", None): (("default", "lr-"), "prefix"),
     ("prompt", None): (("default", "lr-"), "prompt"),
@@ -904,16 +903,19 @@ def _is_variant(variant: str, kinds) -> bool:
     return any(variant == k if k == "default" else re.fullmatch(pattern(k), variant) for k in kinds)
 
 
-def _config_options(config: str | None) -> tuple[str | None, int | None]:
-    """(score head, label map rank) of a ``DEFAULT_CONFIGS`` configuration name."""
-    if config is None:
-        return None, None
-    head, _, rest = config.partition(" + label map r=")
-    return head, int(rest) if rest else None
+def _config_options(config) -> tuple[str | None, int | None]:
+    """(score head, label map rank) of a ``DEFAULT_CONFIGS`` configuration: a head, None, or (head, rank)."""
+    return tuple(config) if isinstance(config, tuple) else (config, None)
+
+
+def _config_name(config) -> str:
+    head, rank = _config_options(config)
+    return "–" if head is None else head + (f" + label map r={rank}" if rank is not None else "")
 
 
 def default_lr_regimes(lr_search, ablation) -> dict:
-    """(method, head) -> [(regime, {lr: dev metric})]: the few-shot dev mean (16 examples per class; the mean
+    """(method, configuration) -> [(regime, {lr: dev metric})] (a configuration: a score head, or (head, label map
+    rank); ``DEFAULT_CONFIGS``): the few-shot dev mean (16 examples per class; the mean
     over the four datasets of each one's mean over seeds, only where every dataset has the same seeds) and each
     task of the converged learning-rate search (best dev metric within its 500 steps)."""
     out = {}
@@ -938,10 +940,10 @@ def default_lr_regimes(lr_search, ablation) -> dict:
 
 
 def default_choices(regimes) -> dict:
-    """method -> ((head, lr) chosen, {(head, lr): worst shortfall}) by the rule: among the (head, rate)
-    configurations measured in every regime, the one whose worst shortfall from the regime's best (over every
-    configuration of the method measured everywhere) is smallest; ties go to the lower rate, then the head
-    listed first in DEFAULT_CONFIGS."""
+    """method -> ((configuration, lr) chosen, {(configuration, lr): worst shortfall}) by the rule: among the
+    (configuration, rate) pairs measured in every regime, the one whose worst shortfall from the regime's best
+    (over every pair of the method measured everywhere) is smallest; ties go to the lower rate, then the
+    configuration listed first in DEFAULT_CONFIGS. A configuration: a score head, or (head, label map rank)."""
     out = {}
     for m in dict.fromkeys(k[0] for k in regimes):
         heads = [h for mm, h in regimes if mm == m]
@@ -966,7 +968,7 @@ def default_lr_table(lr_search, ablation) -> str:
     regimes = default_lr_regimes(lr_search, ablation)
     choices = default_choices(regimes)
     names = [name for name, _ in next(iter(regimes.values()))]
-    out = ["| method | score head | lr | " + " | ".join(names) + " | worst shortfall | |",
+    out = ["| method | score head (and options) | lr | " + " | ".join(names) + " | worst shortfall | |",
            "|---|---|---|" + "---|" * (len(names) + 2)]
     for (m, config), regs in regimes.items():
         chosen, short = choices[m]
@@ -974,13 +976,13 @@ def default_lr_table(lr_search, ablation) -> str:
         # the library's default configuration: its default head, and no label map (off by default)
         default_head = METHODS[m].default_score_head.value if METHODS[m].label_conditioned else None
         default = METHODS[m].learning_rate_for(head) if head else METHODS[m].default_learning_rate
-        head_is_default = head == default_head and rank is None
+        library_config = head == default_head and rank is None
         for lr in sorted(set().union(*(set(v) for _, v in regs))):
             vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
             said = (("chosen" if (config, lr) == chosen else "")
-                    + (", library default" if lr == default and head_is_default else "")
-                    + (", its default rate" if lr == default and not head_is_default else ""))
-            out.append(f"| {m} | {config or '–'} | {_lr(lr)} | " + " | ".join(vals) + " | "
+                    + (", library default" if lr == default and library_config else "")
+                    + (", its default rate" if lr == default and not library_config else ""))
+            out.append(f"| {m} | {_config_name(config)} | {_lr(lr)} | " + " | ".join(vals) + " | "
                        + (f"{short[(config, lr)]:.3f}" if (config, lr) in short else "not measured everywhere")
                        + f" | {said.strip(', ')} |")
     seeds = sorted({r["seed"] for r in ablation if r.get("shots") == 16 and r.get("method") in choices})

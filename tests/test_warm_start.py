@@ -93,17 +93,21 @@ def test_a_label_map_may_be_added_to_an_adapter_without_one_and_not_dropped(back
     """U starts at zero, so a warm start that adds lt-prefix's label map scores exactly as the source adapter
     does (its V and U as built); one that drops the map of a source trained with one is refused."""
     loaded = LTuningModel.from_pretrained(source, backbone)
-    model = prepare_model(backbone, SPAM, label_length=loaded.config.label_length, label_map_rank=3, say=None)
-    built = {k: v.clone() for k, v in model.method.state_dict().items() if k.startswith("label_")}
-    warm_start(model, source)
-    state = model.method.state_dict()
-    assert sorted(built) == ["label_down.weight", "label_up.weight"]
-    assert all(torch.equal(state[k], v) for k, v in built.items())  # the map stays as built
-    assert all(torch.equal(state[k], v) for k, v in loaded.method.state_dict().items())  # the rest is the source's
     texts = [t for t, _ in MESSAGES]
-    model.eval()
     expected = loaded.predict_proba(texts, candidate_labels=SPAM)
-    assert torch.allclose(torch.as_tensor(model.predict_proba(texts)), torch.as_tensor(expected), atol=1e-6)
+    for start in (source, loaded):  # an adapter folder, and a model in memory
+        model = prepare_model(backbone, SPAM, label_length=loaded.config.label_length, label_map_rank=3, say=None)
+        with torch.no_grad():  # as if trained before: the warm start puts U back at zero
+            model.method.label_up.weight.normal_()
+        built = {k: v.clone() for k, v in model.method.state_dict().items() if k.startswith("label_")}
+        warm_start(model, start)
+        state = model.method.state_dict()
+        assert sorted(built) == ["label_down.weight", "label_up.weight"]
+        assert torch.equal(state["label_down.weight"], built["label_down.weight"])  # V stays as built
+        assert state["label_up.weight"].abs().sum() == 0  # U at zero: the map adds nothing
+        assert all(torch.equal(state[k], v) for k, v in loaded.method.state_dict().items())  # the rest: the source's
+        model.eval()
+        assert torch.allclose(torch.as_tensor(model.predict_proba(texts)), torch.as_tensor(expected), atol=1e-6)
     args = TrainArgs(max_steps=2, batch_size=4, progress=False)
     run = build_and_train(backbone, data(MESSAGES, SPAM), None, args, method="lt-prefix", init_from=source,
                           label_map_rank=3, say=None)

@@ -238,10 +238,11 @@ def build_parser() -> _Parser:
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "
                         "(each label is read through its text); prefix / prompt need the adapter's labels. "
                         "--model must be the adapter's backbone and --method its method; --label-length (lt-prefix, "
-                        "prefix, prompt; lt-prompt keeps its labels' own l), --prefix-layers (prefix methods) "
-                        "and --label-map-rank (lt-prefix) default to the adapter's; --score-head, --text-pooling, "
-                        "--label-position and, for lt-prefix, --prefix-pooling must match it. A label map may be "
-                        "added to an lt-prefix adapter trained without one (it starts at zero), not dropped")
+                        "prefix, prompt; lt-prompt keeps its labels' own l), --prefix-layers (prefix methods), "
+                        "--score-head and --label-map-rank (lt-prefix) default to the adapter's; a --score-head "
+                        "given, --text-pooling, --label-position and, for lt-prefix, --prefix-pooling must match "
+                        "it. --label-map-rank may add a label map (started at zero) to an lt-prefix adapter "
+                        "trained without one")
     g.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (where the hardware supports it)")

@@ -35,7 +35,8 @@ class PrefixPooling(str, enum.Enum):
     ``raw``: the official code: the raw scores go to Z (padded positions set to 0). The default: softmax
     weights sum to 1, so the part of Z's input that differs between labels is small next to the part all
     labels share, and on MiniLM / demo data the softmax variant stayed at chance for 200 steps where raw
-    reached 0.79 (BENCHMARKS.md). With one-token labels softmax gives every label the same prefix.
+    reached 0.79 (BENCHMARKS.md). With one-token labels softmax gives every label the same Z part, so that
+    case is refused unless a label map (``label_map_rank``), which reads each label's own encoding, is set.
     """
 
     SOFTMAX = "softmax"

@@ -255,10 +255,11 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
     method = get_method(config.method)
     pairs = {k: (_option_value(config, k, model.backbone), _option_value(model.config, k, model.backbone))
              for k in method.weight_options}
-    # an option the source lacks whose weights start as a no-op (lt-prefix's label map) is added, not refused
-    added = tuple(p for k, (a, b) in pairs.items() if a is None and k in method.zero_start_options
-                  for p in method.zero_start_options[k])
-    differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b and not (a is None and k in method.zero_start_options)]
+    # an option this run adds to a source without it, whose weights start as a no-op (lt-prefix's label map):
+    # added (restarted at that no-op below), not refused
+    zero = {k for k, (a, b) in pairs.items() if a is None and b is not None and k in method.zero_start_options}
+    added = tuple(p for k in zero for p in method.zero_start_options[k])
+    differ = [(k, a, b) for k, (a, b) in pairs.items() if a != b and k not in zero]
     if differ:
         said = "; ".join(f"{k} is {a!r} there, {b!r} here (" + (f"give {_OPTION_FLAGS[k]} {a}" if a is not None
                          else f"leave {_OPTION_FLAGS[k]} unset") + ")" for k, a, b in differ)
@@ -267,6 +268,9 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
                           f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
+    with torch.no_grad():
+        for k in zero:  # a model trained (or warm-started) before would not start where the source ended
+            model.method.restart_zero_start(k)
     own = {k: v for k, v in model.method.state_dict().items() if added and k.startswith(added)}  # kept as built
     if isinstance(source, LTuningModel):
         state = {k: v.detach() for k, v in source.method.state_dict().items()}

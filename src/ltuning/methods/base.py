@@ -80,10 +80,15 @@ class Method(nn.Module):
     weight_options: ClassVar[tuple[str, ...]] = ("text_pooling", "score_head", "label_position")
     #: Weight options that add weights which change nothing until they train (an output map started at zero),
     #: each with the prefixes of the state-dict keys it adds: a warm start from an adapter without the option
-    #: keeps them as built, so the run still starts exactly where the adapter ended.
+    #: keeps them as built (after :meth:`restart_zero_start`), so the run starts exactly where the adapter ended.
     zero_start_options: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
     # ------------------------------------------------------------------ hooks (checks, initialisation)
+    def restart_zero_start(self, option: str) -> None:
+        """Put the weights of ``option`` (one of ``zero_start_options``) back at their no-op start, where they
+        change nothing: for a warm start that adds them to an adapter trained without them."""
+        raise NotImplementedError(f"{self.name} has no weights that start as a no-op ({option})")
+
     @classmethod
     def check_config(cls, config: LTuningConfig) -> None:
         """Refuse options this method cannot honour (before anything is built). Raises: ConfigError."""

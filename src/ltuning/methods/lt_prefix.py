@@ -97,6 +97,11 @@ class LTPrefix(Method):
             self.label_up = nn.Linear(self.label_map_rank, out, bias=False)  # U
             nn.init.zeros_(self.label_up.weight)  # the label map adds nothing until it learns
 
+    def restart_zero_start(self, option: str) -> None:
+        if option != "label_map_rank" or self.label_map_rank is None:
+            super().restart_zero_start(option)
+        nn.init.zeros_(self.label_up.weight)  # U = 0: the map adds nothing (V, whatever it holds, is unread)
+
     def forward(self, label_states: torch.Tensor, label_mask: torch.Tensor) -> Injection:
         K, l, _ = label_states.shape
         scores = self.pool(label_states).squeeze(-1)  # (K, l)
