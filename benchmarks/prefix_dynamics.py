@@ -18,7 +18,8 @@ norm of the difference between the two labels' prefixes, LT-prefix's scores, and
 
 Rows: ``lt-prefix`` (the library's default: anchored head, listwise), ``lt-prefix-pool-x0.1`` (the same with F
 at a tenth of the rate: its output scaled by 0.1 and its start by 10, the same start, and under Adam one
-tenth of the movement), ``prefix`` (classic). Results: ``results/dynamics/sst2-<row>-lr<rate>-seed<seed>.json``.
+tenth of the movement), ``prefix`` (classic). Results:
+``results/dynamics/sst2-<row>-lr<rate>-<steps>steps-seed<seed>.json``.
 
     python benchmarks/prefix_dynamics.py --runs lt-prefix:3e-3 lt-prefix:1e-2 lt-prefix-pool-x0.1:1e-2 prefix:3e-2
 """
@@ -117,7 +118,7 @@ def main() -> int:
         row, _, rate = spec.partition(":")
         if row not in ROWS or not rate:
             p.error(f"--runs: {spec!r} is not ROW:RATE with ROW one of {', '.join(ROWS)}")
-        path = OUT / f"sst2-{row}-lr{float(rate):g}-seed{a.seed}.json"
+        path = OUT / f"sst2-{row}-lr{float(rate):g}-{a.steps}steps-seed{a.seed}.json"
         if path.exists():
             print(f"{path.name} exists: skipped")
             continue
