@@ -1099,6 +1099,29 @@ def multitask_tables(runs) -> str:
     return "\n".join(out)
 
 
+def dynamics_table(runs) -> str:
+    """``prefix_dynamics.py``: per run, at each logged step, the prefix's norm, the norm of the two labels'
+    prefix difference (LT-prefix), LT-prefix's largest |score| and the dev accuracy."""
+    if not runs:
+        return "No prefix-dynamics results yet (`python benchmarks/prefix_dynamics.py`)."
+    out = ["| run | step | prefix norm | label difference norm | max abs score | dev accuracy |",
+           "|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["steps"], r["row"], r["learning_rate"])):
+        name = f"{r['row']} {_lr(r['learning_rate'])}, {r['steps']} steps"
+        for c in r["curve"]:
+            diff = c.get("label_difference_norm")
+            scores = c.get("scores")
+            top = max(abs(x) for row in scores for x in row) if scores else None
+            out.append(f"| {name} | {c['step']} | {c['prefix_norm']:.1f} | "
+                       + ("–" if diff is None else f"{diff:.1f}") + " | "
+                       + ("–" if top is None else f"{top:.2f}") + f" | {c['dev_accuracy']:.3f} |")
+    first = runs[0]
+    out += ["", f"SST-2, batch {first['batch_size']}, {first['objective']} objective for LT-prefix, library "
+            f"defaults otherwise (LT-prefix: the anchored head, no label map); dev accuracy on the first "
+            f"{first['dev_rows']} rows of the converged protocol's dev split; seed {first['seed']}."]
+    return "\n".join(out)
+
+
 def splice(doc: str, name: str, body: str) -> str:
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -1156,6 +1179,7 @@ def main(argv=None) -> int:
     doc = splice(doc, "fewshot-ablation", fewshot_ablation_table(load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "default-lr", default_lr_table(lr_search, load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
+    doc = splice(doc, "dynamics", dynamics_table(load(common.RESULTS / "dynamics")))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0
