@@ -1,16 +1,14 @@
 """Why LT-prefix learns slower than classic prefix: how fast each method's prefix moves under AdamW.
 
 LT-prefix's prefix for label y is Z(s_y), s_y = F(h_y) the l pooling scores of the label's frozen token states
-(``raw`` pooling: F = Linear(d, 1) applied to each token state h, padding zeroed). Adam moves every weight by
-about the learning rate per step, whatever its gradient's scale, so:
+(``raw`` pooling: F = Linear(d, 1) applied to each token state h, padding zeroed). The hypothesis tested here:
+Adam moves every weight by about the learning rate per step, whatever its gradient's scale, so F's step can move
+each score by up to lr * ||h||_1 while the scores start near 0.3, and Z (started at zero with the anchored head)
+moves the prefix sum_i s_i Z_i by about lr * sum_i |s_i|; F would be the stiff part that sets LT-prefix's low
+rate. (Measured, BENCHMARKS.md "How LT-prefix's prefix moves under AdamW": slowing F changes nothing; with all
+the data the labels' prefixes become nearly the same.)
 
-- F's step changes each score by up to lr * ||h||_1 (about 50-180 * lr on minilm, whose label states have norms
-  of 7-12), while the scores start at about 0.3: a relative change of order 100 * lr per step;
-- Z starts at zero (the anchored head's head start), and the prefix sum_i s_i Z_i moves by about
-  lr * sum_i |s_i| per coordinate, half the rate at the start, against classic prefix, whose own weights are
-  the prefix and move by lr (from a random start of std 0.2, at a default rate 10x LT-prefix's).
-
-So LT-prefix grows its prefix mostly by inflating F's scores. This script records it: for each (row, rate) it
+This script records how the prefix moves: for each (row, rate) it
 trains on SST-2's converged-protocol training split (the dev split carved from GLUE's training data held
 out; the reported validation rows are never read) and logs, every ``--every`` steps, the prefix's norm, the
 norm of the difference between the two labels' prefixes, LT-prefix's scores, and the dev accuracy on the first
