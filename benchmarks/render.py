@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import converged  # noqa: E402  (the grids and the beyond-grid rule; no torch at import)
+import prefix_dynamics  # noqa: E402  (its results folder; no torch at import)
 
 DOC = common.ROOT / "BENCHMARKS.md"
 FIG_DIR = common.RESULTS / "figures"
@@ -1179,7 +1180,7 @@ def main(argv=None) -> int:
     doc = splice(doc, "fewshot-ablation", fewshot_ablation_table(load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "default-lr", default_lr_table(lr_search, load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
-    doc = splice(doc, "dynamics", dynamics_table(load(common.RESULTS / "dynamics")))
+    doc = splice(doc, "dynamics", dynamics_table(load(prefix_dynamics.OUT)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
     return 0

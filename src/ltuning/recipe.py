@@ -268,9 +268,6 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
         raise ConfigError(f"init_from {name}: a {config.method} adapter's head has one row per label, for "
                           f"{config.label_names}, and this run's labels are {model.config.label_names}; a warm start "
                           "onto other labels needs an LT method (lt-prefix, lt-prompt), which reads each label's text")
-    with torch.no_grad():
-        for k in zero:  # a model trained (or warm-started) before would not start where the source ended
-            model.method.restart_zero_start(k)
     own = {k: v for k, v in model.method.state_dict().items() if added and k.startswith(added)}  # kept as built
     if isinstance(source, LTuningModel):
         state = {k: v.detach() for k, v in source.method.state_dict().items()}
@@ -278,7 +275,9 @@ def _load_source(model: LTuningModel, source: LTuningModel | str | Path, config:
         state = read_adapter_weights(source)
         expected = {k: v for k, v in model.method.state_dict().items() if k not in own}
         check_adapter_weights(source, config.method, expected, state)
-    with torch.no_grad():
+    with torch.no_grad():  # only once every check passed: a refused warm start leaves the model as it was
+        for k in zero:  # a model trained (or warm-started) before would not start where the source ended
+            model.method.restart_zero_start(k)  # in place: ``own`` shares its storage
         model.method.load_state_dict({**state, **own})
     model.clear_injection_cache()
     model.warm_started = True
