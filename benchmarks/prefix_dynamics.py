@@ -16,7 +16,9 @@ norm of the difference between the two labels' prefixes, LT-prefix's scores, and
 
 Rows: ``lt-prefix`` (the library's default: anchored head, listwise), ``lt-prefix-pool-x0.1`` (the same with F
 at a tenth of the rate: its output scaled by 0.1 and its start by 10, the same start, and under Adam one
-tenth of the movement), ``prefix`` (classic). Results:
+tenth of the movement), ``lt-prefix-label-map`` (the same with the label map of rank
+``common.LABEL_MAP_RANK``: a low-rank map of each label's pooled frozen encoding added to its prefix, which should
+keep the labels' prefixes apart), ``prefix`` (classic). Results:
 ``results/dynamics/sst2-<row>-lr<rate>-<steps>steps-seed<seed>.json``.
 
     python benchmarks/prefix_dynamics.py --runs lt-prefix:3e-3 lt-prefix:1e-2 lt-prefix-pool-x0.1:1e-2 prefix:3e-2
@@ -33,7 +35,9 @@ import common  # noqa: E402
 import converged  # noqa: E402
 
 OUT = common.RESULTS / "dynamics"
-ROWS = {"lt-prefix": ("lt-prefix", None), "lt-prefix-pool-x0.1": ("lt-prefix", 0.1), "prefix": ("prefix", None)}
+#: row -> (method, F's rate factor or None, label map rank or None)
+ROWS = {"lt-prefix": ("lt-prefix", None, None), "lt-prefix-pool-x0.1": ("lt-prefix", 0.1, None),
+        "lt-prefix-label-map": ("lt-prefix", None, common.LABEL_MAP_RANK), "prefix": ("prefix", None, None)}
 
 
 def slow_pool(method, c: float) -> None:
@@ -66,7 +70,7 @@ def run(row: str, lr: float, steps: int, every: int, dev_rows: int, seed: int) -
     from ltuning.recipe import prepare_model
     from ltuning.train import TrainArgs, set_seed, train
 
-    method, pool_rate = ROWS[row]
+    method, pool_rate, rank = ROWS[row]
     train_ds, dev, task, label_texts = converged.split("sst2")
     dev = TextDataset(list(dev.texts[:dev_rows]), list(dev.labels[:dev_rows]), dev.label_names)
     set_seed(seed)
@@ -75,7 +79,7 @@ def run(row: str, lr: float, steps: int, every: int, dev_rows: int, seed: int) -
     bb = load_backbone("minilm")
     model = prepare_model(bb, train_ds.label_names, method=method, task=task, label_texts=label_texts,
                           text_pooling=converged.PROTOCOL["text_pooling"],
-                          max_length=converged.PROTOCOL["max_length"], say=None)
+                          max_length=converged.PROTOCOL["max_length"], label_map_rank=rank, say=None)
     if pool_rate is not None:
         slow_pool(model.method, pool_rate)
     objective = common.objective(method, listwise=True)
@@ -91,7 +95,7 @@ def run(row: str, lr: float, steps: int, every: int, dev_rows: int, seed: int) -
     args = TrainArgs(max_steps=steps, batch_size=converged.PROTOCOL["batch_size"], learning_rate=lr,
                      eval_every=every, seed=seed, progress=False, objective=objective)
     train(model, train_ds, dev, args, on_eval=on_eval)
-    return {"task": "sst2", "row": row, "method": method, "pool_rate": pool_rate, "learning_rate": lr,
+    return {"task": "sst2", "row": row, "method": method, "pool_rate": pool_rate, "label_map_rank": rank, "learning_rate": lr,
             "seed": seed, "steps": steps, "batch_size": args.batch_size, "objective": objective,
             "dev_rows": len(dev), "dev_selected_on": "the first rows of the converged protocol's dev split",
             "adapter": model.config.to_dict(), "curve": curve, "seconds": common.since(t),

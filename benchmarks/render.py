@@ -1117,8 +1117,11 @@ def dynamics_table(runs) -> str:
                        + ("–" if diff is None else f"{diff:.1f}") + " | "
                        + ("–" if top is None else f"{top:.2f}") + f" | {c['dev_accuracy']:.3f} |")
     first = runs[0]
-    out += ["", f"SST-2, batch {first['batch_size']}, {first['objective']} objective for LT-prefix, library "
-            f"defaults otherwise (LT-prefix: the anchored head, no label map); dev accuracy on the first "
+    ranks = sorted({r["label_map_rank"] for r in runs if r.get("label_map_rank")})
+    out += ["", f"SST-2, batch {first['batch_size']}, {first['objective']} objective for LT-prefix, the anchored "
+            "head, and no label map"
+            + (f" but in the `lt-prefix-label-map` rows (rank {', '.join(map(str, ranks))})" if ranks else "")
+            + f"; dev accuracy on the first "
             f"{first['dev_rows']} rows of the converged protocol's dev split; seed {first['seed']}."]
     return "\n".join(out)
 
