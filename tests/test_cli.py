@@ -79,8 +79,11 @@ def test_train_evaluate_predict_params(models, files, tmp_path, capsys):
     assert results["best_step"] in (2, 4)
     assert 0.0 <= results["best_metrics"]["accuracy"] <= 1.0
     d, l, m = 32, 3, 2  # tiny BERT; "[CLS] negative [SEP]"
-    assert results["trainable_parameters"] == 2 * l * l * m * d + 3 * d + d * d + 2  # + the similarity head
+    r = 8  # lt-prefix's default label map: V (d -> r) and U (r -> the prefix, 2*l*m*d)
+    assert results["trainable_parameters"] == (2 * l * l * m * d + 3 * d + d * d + 2  # + the similarity head
+                                               + r * (d + 2 * l * m * d))
     config = json.loads((out / CONFIG_NAME).read_text())
+    assert config["label_map_rank"] == r
     assert config["method"] == "lt-prefix" and config["label_names"] == ["negative", "positive"]
     assert config["base_model"] == models["tiny"]
     capsys.readouterr()
@@ -110,12 +113,13 @@ def test_train_evaluate_predict_params(models, files, tmp_path, capsys):
     assert all(abs(sum(r["scores"]) - 1) < 1e-4 and r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
 
     # params: the counted parameters equal the formula for every method (the paper's A.5, plus d^2 + 2 for
-    # the LT methods' default similarity head)
+    # the LT methods' default similarity head, plus lt-prefix's default label map)
     assert main(["params", "--model", models["tiny"], "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["m"], info["d"], info["d_kv"], info["l"], info["K"]) == (2, 32, 32, 3, 2)
     counts = {r["method"]: r["trainable"] for r in info["methods"]}
-    assert counts == {"lt-prefix": 2 * 9 * 2 * 32 + 96 + 32 * 32 + 2, "lt-prompt": 32 * 32 + 64 + 32 * 32 + 2,
+    assert info["label_map_rank"] == 8  # lt-prefix's default label map: + r*(d + 2*l*m*d)
+    assert counts == {"lt-prefix": 2 * 9 * 2 * 32 + 96 + 32 * 32 + 2 + 8 * (32 + 2 * 3 * 2 * 32), "lt-prompt": 32 * 32 + 64 + 32 * 32 + 2,
                       "prefix": 2 * 3 * 2 * 32 + 64, "prompt": 32 * (3 + 2)}
     assert all(r["match"] for r in info["methods"])
 

@@ -211,7 +211,8 @@ def test_method_matrix(family, method):
     dims, lp, K = model.backbone.dims, model.config.label_length, len(LABELS)
     assert dims == read_dims(model.backbone.model.config)
     # Parameter count = the method's formula with this model's m, d, n_kv, d_h.
-    _, expected = METHODS[method].formula(dims, lp, K, model.config.score_head)
+    _, expected = METHODS[method].formula(dims, lp, K, model.config.score_head,
+                                          label_map_rank=model.config.label_map_rank)  # lt-prefix: its default map
     assert model.num_trainable_parameters() == expected
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
 
@@ -231,6 +232,8 @@ def test_method_matrix(family, method):
     # (similarity, anchored, cosine) starts at zero: its first gradient is zero (tests/test_methods.py checks
     # it flows after one step)
     zero_at_init = {"pool.weight"} if model.config.score_head.reads_label else set()
+    if model.config.label_map_rank:  # lt-prefix's default label map: V reaches the loss through U, started at zero
+        zero_at_init.add("label_down.weight")
     for name, p in model.method.named_parameters():
         assert p.grad is not None, f"method parameter {name} got no gradient"
         assert (p.grad.abs().sum() > 0) != (name in zero_at_init), f"method parameter {name}: gradient {p.grad.abs().sum()}"

@@ -30,7 +30,7 @@ from ltuning.train import TrainArgs, train
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_starts_as_the_model_without_it(family):
-    plain = make_model(family, "lt-prefix")
+    plain = make_model(family, "lt-prefix", label_map_rank=0)
     mapped = make_model(family, "lt-prefix", label_map_rank=3)
     missing, unexpected = mapped.method.load_state_dict(plain.method.state_dict(), strict=False)
     assert sorted(missing) == ["label_down.weight", "label_up.weight"] and not unexpected
@@ -47,7 +47,7 @@ def test_the_added_prefix_is_the_map_of_the_mean_label_state():
         states, mask = model.label_states, model.label_mask
         assert not bool(mask.all())  # one label is shorter: its padding must not count
         got = method(states, mask).prefix
-        method.label_map_rank = None  # Z's prefix alone
+        method.label_map_rank = 0  # Z's prefix alone
         own = method(states, mask).prefix
         method.label_map_rank = 2
         for k in range(states.shape[0]):
@@ -79,7 +79,7 @@ def test_softmax_pooling_over_one_token_labels_is_refused_only_without_a_map():
     """Softmax over one real token is 1, so without a map every label gets the same prefix; the map reads each
     label's own encoding, so with one the labels differ. llama's tiny tokenizer adds no special tokens here."""
     one = dict(label_texts=["bad", "good", "fine"], prefix_pooling="softmax")
-    cfg = LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32, **one)
+    cfg = LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32, label_map_rank=0, **one)
     with pytest.raises(ConfigError, match="cannot tell labels apart when every label text is one token"):
         LTuningModel(build("llama"), cfg)
     model = LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
@@ -96,7 +96,7 @@ def test_parameter_counts(score_head):
     for j in (1, 2):
         r = 3
         lt = make_model("llama", "lt-prefix", prefix_layers=j, score_head=score_head, label_map_rank=r)
-        base = make_model("llama", "lt-prefix", prefix_layers=j, score_head=score_head)
+        base = make_model("llama", "lt-prefix", prefix_layers=j, score_head=score_head, label_map_rank=0)
         d, dkv, l, K = lt.backbone.dims.hidden_size, lt.backbone.dims.kv_dim, lt.config.label_length, len(LABELS)
         assert dkv != d  # llama's grouped keys/values: the map's output is the prefix's size, d_kv per layer
         assert lt.num_trainable_parameters() == base.num_trainable_parameters() + r * (d + 2 * l * j * dkv)
@@ -113,13 +113,15 @@ def test_adapters_round_trip_and_old_ones_have_no_map(tmp_path):
     loaded = LTuningModel.from_pretrained(tmp_path / "a", build("bert"))
     assert loaded.config.label_map_rank == 2
     torch.testing.assert_close(loaded.score_texts(TEXTS), model.score_texts(TEXTS), atol=0, rtol=0)
-    old = make_model("bert", "lt-prefix")
+    old = make_model("bert", "lt-prefix", label_map_rank=0)
     old.save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / "adapter_config.json"
     raw = json.loads(path.read_text())
-    assert "label_map_rank" not in raw  # unset: not written, as before the option existed
+    assert raw["label_map_rank"] == 0
+    del raw["label_map_rank"]  # as adapters saved before the option existed
+    path.write_text(json.dumps(raw))
     back = LTuningModel.from_pretrained(tmp_path / "old", build("bert"))
-    assert back.config.label_map_rank is None and not hasattr(back.method, "label_up")
+    assert back.config.label_map_rank == 0 and not hasattr(back.method, "label_up")
     torch.testing.assert_close(back.score_texts(TEXTS), old.score_texts(TEXTS), atol=0, rtol=0)
     raw["label_map_rank"] = "8"
     path.write_text(json.dumps(raw))
@@ -127,10 +129,13 @@ def test_adapters_round_trip_and_old_ones_have_no_map(tmp_path):
         LTuningModel.from_pretrained(tmp_path / "old", build("bert"))
 
 
-@pytest.mark.parametrize("bad", [0, -2])
+@pytest.mark.parametrize("bad", [-1, -2])
 def test_bad_ranks_are_refused(bad):
     with pytest.raises(ConfigError, match=r"label_map_rank \(--label-map-rank\) must be a positive integer"):
         LTuningConfig(method="lt-prefix", label_names=LABELS, label_texts=LABEL_TEXTS, label_map_rank=bad)
+    # 0 means no map
+    assert LTuningConfig(method="lt-prefix", label_names=LABELS, label_texts=LABEL_TEXTS,
+                         label_map_rank=0).label_map_rank == 0
 
 
 @pytest.mark.parametrize("method", ["lt-prompt", "prefix", "prompt"])
@@ -156,9 +161,55 @@ def test_cli_train_params_warm_start_and_errors(models, files, tmp_path, capsys)
     assert main(["params", "--model", models["tiny"], "--label-map-rank", "2", "--prefix-layers", "1"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert "; prefix layers j=1; label map rank r=2 (lt-prefix); backbone" in head
-    assert main(train_args(models, files, tmp_path / "x", "--label-map-rank", "0")) == 2
+    assert main(train_args(models, files, tmp_path / "x", "--label-map-rank", "-1")) == 2
     one_error_line(capsys, 2, "label_map_rank (--label-map-rank) must be a positive integer")
     assert main(train_args(models, files, tmp_path / "y", "--method", "prefix", "--label-map-rank", "2")) == 2
     one_error_line(capsys, 2, "prefix has no such map")
-    assert main(["params", "--model", models["tiny"], "--label-map-rank", "0"]) == 2
-    one_error_line(capsys, 2, "--label-map-rank must be >= 1")
+    assert main(["params", "--model", models["tiny"], "--label-map-rank", "-1"]) == 2
+    one_error_line(capsys, 2, "--label-map-rank must be >= 0")
+
+
+def test_lt_prefix_has_the_map_by_default(tmp_path):
+    default = METHODS["lt-prefix"].default_label_map_rank
+    assert default == 8
+    model = make_model("bert", "lt-prefix")
+    assert model.config.label_map_rank == default and model.method.label_map_rank == default
+    assert model.method.label_down.weight.shape[0] == default and model.method.label_up.weight.abs().sum() == 0
+    model.save_pretrained(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["label_map_rank"] == default
+    expr, value = METHODS["lt-prefix"].formula(model.backbone.dims, model.config.label_length, len(LABELS),
+                                                model.config.score_head, None, model.config.label_map_rank)
+    assert value == model.num_trainable_parameters() and "r*(d + 2*l*" in expr
+
+
+def test_rank_zero_builds_no_map(tmp_path):
+    model = make_model("bert", "lt-prefix", label_map_rank=0)
+    assert model.config.label_map_rank == 0 and not hasattr(model.method, "label_up")
+    assert not hasattr(model.method, "label_down")
+    model.save_pretrained(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["label_map_rank"] == 0
+    back = LTuningModel.from_pretrained(tmp_path / "a", build("bert"))
+    assert back.config.label_map_rank == 0 and not hasattr(back.method, "label_up")
+
+
+@pytest.mark.parametrize("method", ["lt-prompt", "prefix", "prompt"])
+def test_classic_methods_have_no_rank_and_accept_zero(method):
+    assert METHODS[method].default_label_map_rank is None
+    assert make_model("bert", method).config.label_map_rank is None
+    zero = make_model("bert", method, label_map_rank=0)
+    assert zero.config.label_map_rank is None and not hasattr(zero.method, "label_up")
+
+
+def test_cli_default_and_zero(models, files, tmp_path, capsys):  # noqa: F811 - fixtures
+    out = tmp_path / "plain"
+    assert main(train_args(models, files, out, "--label-map-rank", "0", "--max-steps", "1")) == 0
+    assert json.loads((out / "adapter_config.json").read_text())["label_map_rank"] == 0
+    capsys.readouterr()
+    default = METHODS["lt-prefix"].default_label_map_rank
+    info, rows = params_json(models, capsys)
+    assert info["label_map_rank"] == default and all(r["match"] for r in rows.values())
+    assert "r*(d" in rows["lt-prefix"]["formula"]
+    assert main(["params", "--model", models["tiny"]]) == 0
+    assert f"; label map rank r={default} (lt-prefix); backbone" in capsys.readouterr().out.splitlines()[0]
+    info, rows = params_json(models, capsys, "--label-map-rank", "0")
+    assert info["label_map_rank"] == 0 and "r*(d" not in rows["lt-prefix"]["formula"]

@@ -56,12 +56,17 @@ def one_loss(model: LTuningModel) -> torch.Tensor:
 def test_gradients_reach_only_the_method(backbone, method, options):
     model = make_model(backbone, method, **options)
     model.train()
-    if options.get("score_head") == "similarity" and method == "lt-prefix":
-        # Z starts at zero (the head start), so F's first gradient, through Z, is zero; after one update of
-        # Z it is not: take one step first.
+    similarity_start = options.get("score_head") == "similarity" and method == "lt-prefix"
+    label_map = bool(getattr(model.method, "label_map_rank", None))  # lt-prefix's default map
+    if similarity_start or label_map:
+        # Z starts at zero (the head start), so F's first gradient, through Z, is zero; the label map's U starts
+        # at zero, so V's first gradient, through U, is zero; after one update they are not: take one step first.
         first = one_loss(model)
         first.backward()
-        assert model.method.pool.weight.grad.abs().sum() == 0
+        if similarity_start:
+            assert model.method.pool.weight.grad.abs().sum() == 0
+        if label_map:
+            assert model.method.label_down.weight.grad.abs().sum() == 0
         torch.optim.SGD(model.trainable_parameters(), lr=0.1).step()
         model.method.zero_grad()
     loss = one_loss(model)
@@ -119,7 +124,7 @@ def expected_count(method: str, m: int, d: int, n_kv: int, d_h: int, l: int, K: 
 @pytest.mark.parametrize("label_length", [None, 6])
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_parameter_count_matches_paper(backbone, method, label_length, score_head):
-    model = make_model(backbone, method, label_length, score_head=score_head)
+    model = make_model(backbone, method, label_length, score_head=score_head, label_map_rank=0)  # the paper's
     score_head = score_head if method.startswith("lt-") else "paper"  # classic methods have no pair head
     dims = config_dims(backbone)
     K = len(LABEL_NAMES)
@@ -145,7 +150,7 @@ def test_paper_formulas_on_mha_bert():
     c = bb.model.config
     m, d, K, l = c.num_hidden_layers, c.hidden_size, 2, 5
     assert (c.num_attention_heads * (d // c.num_attention_heads)) == d  # plain MHA: d_kv = d
-    counts = {name: make_model(bb, name, l).num_trainable_parameters() for name in METHOD_NAMES}
+    counts = {name: make_model(bb, name, l, label_map_rank=0).num_trainable_parameters() for name in METHOD_NAMES}
     assert counts["lt-prefix"] == 2 * l ** 2 * m * d + 3 * d == 2 * 25 * 2 * 32 + 96
     assert counts["lt-prompt"] == d ** 2 + 2 * d == 32 * 32 + 64
     assert counts["prompt"] == d * (l + K) == 32 * 7
@@ -164,7 +169,7 @@ def test_gqa_llama_counts_use_d_kv():
     d_h = getattr(c, "head_dim", None) or d // c.num_attention_heads
     d_kv = c.num_key_value_heads * d_h
     assert d_kv == 16 and d == 32
-    model = make_model(bb, "lt-prefix", l)
+    model = make_model(bb, "lt-prefix", l, label_map_rank=0)  # the paper's Z alone
     assert model.num_trainable_parameters() == 2 * l ** 2 * m * d_kv + 3 * d
     assert model.num_trainable_parameters() != 2 * l ** 2 * m * d + 3 * d
     assert model.injection().prefix.shape == (2, m, 2, c.num_key_value_heads, l, d_h)

@@ -249,7 +249,7 @@ def test_parameter_counts(family, score_head):
     """LT-prefix: 2*l^2*j*d_kv + 3*d (+ d^2 + 2 with the similarity head, - 2*d with the cosine head: no
     C_zeta); prefix: 2*l*j*d_kv + d*K."""
     for j in (1, 2):
-        lt = make_model(family, "lt-prefix", prefix_layers=j, score_head=score_head)
+        lt = make_model(family, "lt-prefix", prefix_layers=j, score_head=score_head, label_map_rank=0)  # paper's Z
         d, dkv, l, K = lt.backbone.dims.hidden_size, lt.backbone.dims.kv_dim, lt.config.label_length, len(LABELS)
         sim = {"paper": 0, "similarity": d * d + 2, "cosine": -2 * d}[score_head]
         assert lt.num_trainable_parameters() == 2 * l * l * j * dkv + 3 * d + sim

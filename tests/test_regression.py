@@ -25,9 +25,9 @@ PROBE = ["what a wonderful film", "boring and dull", "the actors were great"]
 
 # (config, training objective): the pairwise cases were pinned when pairwise was the default objective
 CASES = {
-    "lt-prefix-paper": (dict(method="lt-prefix", score_head="paper"), "pairwise"),
-    "lt-prefix-similarity": (dict(method="lt-prefix", score_head="similarity"), "pairwise"),
-    "lt-prefix-similarity-listwise": (dict(method="lt-prefix", score_head="similarity"), "listwise"),
+    "lt-prefix-paper": (dict(method="lt-prefix", score_head="paper", label_map_rank=0), "pairwise"),
+    "lt-prefix-similarity": (dict(method="lt-prefix", score_head="similarity", label_map_rank=0), "pairwise"),
+    "lt-prefix-similarity-listwise": (dict(method="lt-prefix", score_head="similarity", label_map_rank=0), "listwise"),
     "prefix": (dict(method="prefix", score_head="paper"), "listwise"),  # the classic methods take paper only
 }
 

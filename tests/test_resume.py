@@ -243,9 +243,26 @@ def test_resume_with_another_label_map_is_refused_by_name(setup, tmp_path, capsy
     lt_prefix = ("--method", "lt-prefix", "--max-steps", "3")  # the label map is lt-prefix's
     assert main(args_for(setup, out, *lt_prefix, "--label-map-rank", "2")) == 0
     capsys.readouterr()
-    assert main(args_for(setup, out, *lt_prefix, "--resume")) == 2
+    assert main(args_for(setup, out, *lt_prefix, "--label-map-rank", "0", "--resume")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now None" in err
+    assert main(args_for(setup, out, *lt_prefix, "--resume")) == 2  # the default rank, 8
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now 8" in err
+
+
+def test_resuming_a_run_without_a_label_map_names_the_flag(setup, tmp_path, capsys):
+    """A run written without a map (as before the map was lt-prefix's default) resumes with --label-map-rank 0;
+    without it the error says so."""
+    out = tmp_path / "out"
+    lt_prefix = ("--method", "lt-prefix", "--max-steps", "3", "--label-map-rank", "0")
+    assert main(args_for(setup, out, *lt_prefix)) == 0
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--method", "lt-prefix", "--max-steps", "3", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "label_map_rank: checkpoint None, now 8" in err and "pass --label-map-rank 0" in err
+    assert main(args_for(setup, out, "--method", "lt-prefix", "--max-steps", "3", "--label-map-rank", "0",
+                         "--resume")) == 0
 
 
 @pytest.mark.parametrize("edit, ok", [(None, True), (lambda w: [x * 1.5 + 0.1 for x in w], False),

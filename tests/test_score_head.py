@@ -99,7 +99,8 @@ DATA = TextDataset(["the movie was very good", "bad plot", "i loved it", "awful 
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
 def test_similarity_head_trains_saves_and_loads_identically(tmp_path, method, score_head):
     model = lt(method, score_head=score_head)
-    expected = METHODS[method].formula(model.backbone.dims, model.config.label_length, 2, score_head)[1]
+    expected = METHODS[method].formula(model.backbone.dims, model.config.label_length, 2, score_head,
+                                       label_map_rank=model.config.label_map_rank)[1]  # lt-prefix: its default map
     assert model.num_trainable_parameters() == expected
     before = {k: v.clone() for k, v in model.method.state_dict().items()}
     train(model, DATA, DATA, TrainArgs(max_steps=4, batch_size=4, eval_every=2, progress=False))
@@ -118,6 +119,8 @@ def test_the_cosine_head_trains_only_the_injection_at_its_own_default_rate(metho
     learning rate uses the method's cosine rate."""
     model = lt(method, score_head="cosine")
     injection = {"lt-prefix": ["pool.weight", "transform.weight"], "lt-prompt": ["project.weight"]}[method]
+    if model.config.label_map_rank:  # lt-prefix's default label map (V, U) is part of its injection
+        injection += ["label_down.weight", "label_up.weight"]
     assert [n for n, p in model.method.named_parameters() if p.requires_grad] == injection
     assert model.method.head is None
     pooled_rows = torch.randn(3, model.backbone.dims.hidden_size)

@@ -41,6 +41,16 @@ def source(backbone, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def source_without_map(backbone, tmp_path_factory):
+    """As ``source``, trained without lt-prefix's label map (label_map_rank=0: the paper's Z alone)."""
+    run = build_and_train(backbone, data(ROWS, REVIEWS), None, TrainArgs(max_steps=6, batch_size=4, progress=False),
+                          method="lt-prefix", label_texts=["neg neu b", "pos neu c"], label_map_rank=0, say=None)
+    folder = tmp_path_factory.mktemp("warm") / "reviews-no-map"
+    run.model.save_pretrained(folder)
+    return folder
+
+
 def test_warm_start_on_new_labels_scores_as_the_adapter_does_with_those_candidate_labels(backbone, source):
     loaded = LTuningModel.from_pretrained(source, backbone)
     l = loaded.config.label_length
@@ -89,10 +99,12 @@ def test_an_option_the_weights_depend_on_must_match(backbone, source, options, m
                         init_from=source, say=None, **{"method": "lt-prefix", **options})
 
 
-def test_a_label_map_may_be_added_to_an_adapter_without_one_and_not_dropped(backbone, source, tmp_path):
+def test_a_label_map_may_be_added_to_an_adapter_without_one_and_not_dropped(backbone, source_without_map, tmp_path):
     """U starts at zero, so a warm start that adds lt-prefix's label map scores exactly as the source adapter
     does (its V and U as built); one that drops the map of a source trained with one is refused."""
+    source = source_without_map
     loaded = LTuningModel.from_pretrained(source, backbone)
+    assert loaded.config.label_map_rank == 0 and not hasattr(loaded.method, "label_up")
     texts = [t for t, _ in MESSAGES]
     expected = loaded.predict_proba(texts, candidate_labels=SPAM)
     for start in (source, loaded):  # an adapter folder, and a model in memory
@@ -114,8 +126,8 @@ def test_a_label_map_may_be_added_to_an_adapter_without_one_and_not_dropped(back
     assert run.model.config.label_map_rank == 3 and run.model.method.label_up.weight.abs().sum() > 0  # it trains
     run.model.save_pretrained(tmp_path / "mapped")
     with pytest.raises(ConfigError, match=r"label_map_rank is 3 there, None here \(give --label-map-rank 3\)"):
-        warm_start(prepare_model(backbone, SPAM, label_length=loaded.config.label_length, say=None),
-                   tmp_path / "mapped")
+        warm_start(prepare_model(backbone, SPAM, label_length=loaded.config.label_length, label_map_rank=0,
+                                 say=None), tmp_path / "mapped")
 
 
 def test_an_unset_score_head_is_the_source_adapters(backbone, source, tmp_path):

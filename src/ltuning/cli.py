@@ -189,8 +189,8 @@ def build_parser() -> _Parser:
                         "(paper A.5; learns far slower, see BENCHMARKS.md)")
     g.add_argument("--label-map-rank", type=int, metavar="R",
                    help="lt-prefix: also map each label's mean-pooled frozen encoding into its prefix through a "
-                        "rank-R map, started at zero (default: none, the paper's Z alone, which reads l numbers "
-                        "per label; see BENCHMARKS.md for where R = 8 helps)")
+                        "rank-R map, started at zero, besides Z, which reads l numbers per label (default: 8, "
+                        "chosen on dev rows, BENCHMARKS.md; 0: none, the paper's Z alone)")
     g.add_argument("--score-head", choices=_score_heads(),
                    help="LT methods: how a (text, label) pair is scored: 'similarity' (cosine of the pooled text "
                         "and the label's own frozen embedding, plus the paper's head; starts at the frozen "
@@ -340,7 +340,7 @@ def build_parser() -> _Parser:
     p.add_argument("--prefix-layers", type=int, metavar="J",
                    help="prefix methods: count a label prefix in the top J layers only (default: all m, as train)")
     p.add_argument("--label-map-rank", type=int, metavar="R",
-                   help="lt-prefix: count a label map of rank R (default: none, as train)")
+                   help="lt-prefix: count a label map of rank R (default: 8, as train; 0: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
@@ -1246,12 +1246,14 @@ def cmd_params(args) -> int:
 
     from .config import LTuningConfig
     from .data import get_task, load_label_texts
+    from .errors import ConfigError
     from .labels import check_label_length, default_label_length
     from .loading import load_backbone
     from .methods import METHODS
 
     _check_positive("--label-length", args.label_length)
-    _check_positive("--label-map-rank", args.label_map_rank)
+    if args.label_map_rank is not None and args.label_map_rank < 0:
+        raise ConfigError(f"--label-map-rank must be >= 0 (0: no label map), got {args.label_map_rank}")
     task = get_task(args.task)
     texts = load_label_texts(args.label_texts, task.label_names) or task.label_texts
     backbone = load_backbone(args.model, trust_remote_code=args.trust_remote_code)
@@ -1267,7 +1269,7 @@ def cmd_params(args) -> int:
     rows = []
     for name, cls in sorted(METHODS.items()):
         depth = args.prefix_layers if cls.injection == "prefix" else None  # prompts have no depth
-        rank = args.label_map_rank if "label_map_rank" in cls.weight_options else None  # lt-prefix's alone
+        rank = cls.label_map_rank_for(args.label_map_rank)  # lt-prefix's alone (its default where not given)
         config.prefix_layers, config.label_map_rank = depth, rank
         with torch.device("meta"):  # shapes only: counting needs no memory, whatever l is
             counted = sum(p.numel() for p in cls(config, dims, K, l).parameters())
@@ -1276,7 +1278,7 @@ def cmd_params(args) -> int:
                      "match": counted == value})
     info = {"model": args.model, "m": dims.num_layers, "d": dims.hidden_size, "n_heads": dims.num_heads,
             "n_kv": dims.num_kv_heads, "d_h": dims.head_dim, "d_kv": dims.kv_dim, "l": l, "K": K, "prefix_layers": args.prefix_layers,
-            "label_map_rank": args.label_map_rank,
+            "label_map_rank": METHODS["lt-prefix"].label_map_rank_for(args.label_map_rank),
             "backbone_params": sum(p.numel() for p in backbone.parameters()), "methods": rows}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -1284,7 +1286,7 @@ def cmd_params(args) -> int:
     print(f"{args.model}: m={dims.num_layers} d={dims.hidden_size} heads={dims.num_heads} n_kv={dims.num_kv_heads} "
           f"d_h={dims.head_dim} d_kv={dims.kv_dim}; labels {texts} -> l={l}, K={K}"
           + (f"; prefix layers j={args.prefix_layers}" if args.prefix_layers is not None else "")
-          + (f"; label map rank r={args.label_map_rank} (lt-prefix)" if args.label_map_rank is not None else "")
+          + f"; label map rank r={info['label_map_rank']} (lt-prefix{', 0: none' if not info['label_map_rank'] else ''})"
           + f"; backbone {info['backbone_params']:,} params (frozen)")
     print(f"{'method':<10} {'trainable':>12} {'formula':<30} {'= value':>12}  match")
     for r in rows:

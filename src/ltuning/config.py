@@ -157,7 +157,9 @@ class LTuningConfig:
         default=None,
         metadata={"help": "lt-prefix: each label's prefix also gets U V e(y), e(y) the mean of its frozen token "
                   "states, through a rank-r map (V: d -> r, U: r -> the prefix, U started at zero), besides Z's "
-                  "map of its l token scores. None: Z alone (the paper). Adapters saved without the key use None."},
+                  "map of its l token scores. None: the method's default (Method.default_label_map_rank: 8 for "
+                  "lt-prefix; other methods have no map), resolved when the model is built; 0: no map, Z alone "
+                  "(the paper). Adapters saved without the key have no map (0)."},
     )
     text_pairs: bool | None = field(
         default=None,
@@ -221,9 +223,9 @@ class LTuningConfig:
             # the range, [1, m], is checked where the backbone is known (Backbone.check_prefix_layers)
             raise ConfigError(f"prefix_layers (--prefix-layers) must be an integer from 1 to the backbone's layers m, "
                               f"or null for every layer; got {self.prefix_layers!r}")
-        if self.label_map_rank is not None and self.label_map_rank < 1:
+        if self.label_map_rank is not None and self.label_map_rank < 0:
             raise ConfigError(f"label_map_rank (--label-map-rank) must be a positive integer (the rank r of the "
-                              f"label map), or null for none; got {self.label_map_rank!r}")
+                              f"label map), 0 for none, or null for the method's default; got {self.label_map_rank!r}")
         if self.label_length is not None and self.label_length < 1:
             raise ConfigError(f"label_length must be >= 1, got {self.label_length}")
         if self.max_length < 1:
@@ -258,6 +260,8 @@ class LTuningConfig:
         # Adapters saved before score_head existed were trained with the paper's head; a saved adapter names its
         # head (a built model's config always does), so a null one is not "today's default"
         raw.setdefault("score_head", "paper")
+        # and before label_map_rank existed, without a label map (a built model's config names its rank)
+        raw.setdefault("label_map_rank", 0)
         if raw["score_head"] is None:
             raise AdapterError(f"{source}: score_head is null; a saved adapter names the head it was trained with "
                                f"(one of {[h.value for h in ScoreHead]})")

@@ -111,6 +111,7 @@ class LTuningModel(nn.Module):
                 )
         self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
         config.score_head = self.method.score_head  # what the method uses (classic methods: their K-way head)
+        config.label_map_rank = self.method.label_map_rank  # lt-prefix: the rank it built (0: none); others None
         vectors = labels.encode_vectors(backbone, self.pooling) if self.method.uses_label_vectors else None
         self.register_buffer("label_vectors", vectors, persistent=False)  # (K, d) or None
         self.method.init_from_backbone(backbone)

@@ -107,7 +107,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
     - ``prefix_layers`` (prefix methods): the label prefix enters the top j layers only (None: every layer).
     - ``label_map_rank`` (lt-prefix): the rank r of the map from each label's pooled frozen encoding into its
-      prefix, besides Z (None: Z alone, the paper).
+      prefix, besides Z (None: the method's default, 8; 0: Z alone, the paper).
     - ``tasks`` (multi-task, LT methods): {name: {label_names, label_texts}} (:func:`ltuning.train.task_table`),
       the first task's labels being ``label_names``; l defaults to the longest label of all tasks.
 
@@ -148,6 +148,8 @@ def _option_value(config: LTuningConfig, key: str, backbone: Backbone):
     v = getattr(config, key)
     if key == "prefix_layers" and v is None:
         return backbone.dims.num_layers  # None: every layer
+    if key == "label_map_rank" and not v:
+        return None  # 0 (an adapter without a map) and a built model's None (no map): the same
     return v.value if hasattr(v, "value") else v
 
 

@@ -255,7 +255,8 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
                if model.config.prefix_pooling != PrefixPooling.RAW else {}),
             **({"score_head": model.config.score_head.value}
                if model.config.score_head != ScoreHead.PAPER else {}),
-            **({"label_map_rank": model.config.label_map_rank} if model.config.label_map_rank is not None else {}),
+            # only with a map, so checkpoints written without one (before the option, or with 0) still resume
+            **({"label_map_rank": model.config.label_map_rank} if model.config.label_map_rank else {}),
             # a warm start (--init-from, init_from=) is one of the run's options: resume it with the same source
             "warm_start": model.warm_started}
 
@@ -523,6 +524,9 @@ class _TrainingLoop:
             if "score_head" in diff and saved.get("score_head"):  # e.g. begun with an earlier default head
                 hint += (f"; to go on with the checkpoint's score head, pass --score-head {saved['score_head']} "
                          "(Python: score_head=...); the default head of a method can change between versions")
+            if "label_map_rank" in diff and not saved.get("label_map_rank"):  # e.g. begun before the map's default
+                hint += ("; to go on without a label map, as the checkpoint was written, pass --label-map-rank 0 "
+                         "(Python: label_map_rank=0); lt-prefix has one by default since 2026-11-29")
             if "warm_start" in diff:
                 hint += ("; the run started from an adapter's weights: resume it with the same --init-from "
                          "(Python: init_from=)" if saved["warm_start"] else

@@ -82,6 +82,11 @@ class Method(nn.Module):
     #: each with the prefixes of the state-dict keys it adds: a warm start from an adapter without the option
     #: keeps them as built (after :meth:`restart_zero_start`), so the run starts exactly where the adapter ended.
     zero_start_options: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    #: The rank of the label map (lt-prefix's ``label_map_rank``) when a config leaves it unset (None); None
+    #: here: the method has no label map.
+    default_label_map_rank: ClassVar[int | None] = None
+    #: The label map's rank this method was built with (0: none); None for a method that has no label map.
+    label_map_rank: int | None = None
 
     # ------------------------------------------------------------------ hooks (checks, initialisation)
     def restart_zero_start(self, option: str) -> None:
@@ -96,7 +101,7 @@ class Method(nn.Module):
             raise ConfigError(
                 f"prefix_layers (--prefix-layers) is for the prefix methods (lt-prefix, prefix); {cls.name} "
                 "injects a soft prompt before the first layer, which has no depth to choose: leave it unset")
-        if config.label_map_rank is not None and "label_map_rank" not in cls.weight_options:
+        if config.label_map_rank and "label_map_rank" not in cls.weight_options:  # 0 / None: no map
             raise ConfigError(
                 f"label_map_rank (--label-map-rank) maps each label's frozen encoding into lt-prefix's per-label "
                 f"prefix; {cls.name} has no such map: leave it unset, or use --method lt-prefix")
@@ -172,6 +177,15 @@ class Method(nn.Module):
         if not cls.label_conditioned:
             return ScoreHead.PAPER
         return cls.default_score_head if score_head is None else ScoreHead(score_head)
+
+    @classmethod
+    def label_map_rank_for(cls, rank: int | None) -> int | None:
+        """The label map's rank this method builds when a config asks for ``rank``: None for a method without
+        a label map (whatever is asked: 0 and None are 'none', others are refused by ``check_config``); for
+        lt-prefix the rank asked for (0: none), or ``default_label_map_rank`` when None."""
+        if "label_map_rank" not in cls.weight_options:
+            return None
+        return cls.default_label_map_rank if rank is None else rank
 
     @classmethod
     def learning_rate_for(cls, score_head: ScoreHead | str | None = None) -> float:
