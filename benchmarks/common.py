@@ -72,6 +72,14 @@ def objective(method: str, listwise: bool = False) -> str:
 LABEL_MAP_RANK = 8
 
 
+def label_map(method: str, rank: int | None = None) -> dict:
+    """The ``label_map_rank`` option of a benchmark row's LT-prefix build: a map of ``rank``, or none (0) where
+    ``rank`` is None. The library's default became a map (r = 8) on 2026-11-29, and every stored row that does not
+    name the map ran without one, so each LT-prefix build here names it: a rerun keeps its row's recipe whatever
+    the library's default. {} for the other methods, which have no map."""
+    return {"label_map_rank": rank or 0} if method == "lt-prefix" else {}
+
+
 def split_score_head(name: str) -> tuple[str, str]:
     """(method, score head) of a row or variant name ``lt-<method>[-paper|-similarity|-cosine|-anchored]``: the suffix
     names the head; without one, the similarity head (what these rows ran; LT-prefix's library default is now

@@ -182,12 +182,13 @@ def parse_row(row: str) -> tuple[str, str, str, dict]:
     ``<method>[-label-map][-paper|-cosine|-anchored][-listwise]``. An LT row trains pairwise unless it ends in
     ``-listwise``; its head is the similarity head unless ``-paper``, ``-cosine`` or ``-anchored`` says otherwise
     (a classic method has the paper's K-way head); ``lt-prefix-label-map`` is LT-prefix with the label map of
-    rank ``common.LABEL_MAP_RANK`` (``label_map_rank``)."""
+    rank ``common.LABEL_MAP_RANK`` (``label_map_rank``), any other LT-prefix row LT-prefix without a map, as every
+    stored row ran (:func:`common.label_map`)."""
     method, score_head = common.split_score_head(row.removesuffix("-listwise"))
-    options = {}
+    rank = None
     if method == "lt-prefix-label-map":
-        method, options = "lt-prefix", {"label_map_rank": common.LABEL_MAP_RANK}
-    return method, common.objective(method, listwise=row.endswith("-listwise")), score_head, options
+        method, rank = "lt-prefix", common.LABEL_MAP_RANK
+    return method, common.objective(method, listwise=row.endswith("-listwise")), score_head, common.label_map(method, rank)
 
 
 def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps: int, patience: int,

@@ -57,7 +57,8 @@ def train_one(backbone, name: str, task: str, method: str, j: int, seed: int, ar
     pooling = backbone.resolve_pooling(TextPooling(common.PROTOCOL[name]["text_pooling"]))
     set_seed(seed)
     cfg = LTuningConfig(method=method, base_model=name, label_names=names, label_texts=label_texts,
-                        score_head="similarity", text_pooling=pooling, max_length=common.MAX_LENGTH, prefix_layers=None if j == m else j)
+                        score_head="similarity", text_pooling=pooling, max_length=common.MAX_LENGTH, prefix_layers=None if j == m else j,
+                        **common.label_map(method))
     model = LTuningModel(backbone, cfg)
     targs = TrainArgs(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                       eval_every=args.eval_every, seed=seed, progress=False,
@@ -130,7 +131,8 @@ def cmd_speed(args) -> int:
         names = speed.MANY_LABELS[:K]
         for j in args.js:
             cfg = LTuningConfig(method="lt-prefix", base_model=args.backbone, label_names=names,
-                                score_head="similarity", max_length=args.length, prefix_layers=None if j == m else j)
+                                score_head="similarity", max_length=args.length, prefix_layers=None if j == m else j,
+                                **common.label_map("lt-prefix"))
             model = LTuningModel(bb, cfg)
             with torch.no_grad():  # a trained-looking prefix: the similarity head starts Z at zero
                 model.method.transform.weight.normal_(0, 0.05)

@@ -278,7 +278,7 @@ def source_adapter(bb, dataset: str, pooling) -> tuple[Path, dict]:
                               TrainArgs(max_steps=SOURCE_STEPS, batch_size=BATCH, learning_rate=MULTITASK_LR,
                                         seed=SOURCE_SEED, progress=False),
                               method="lt-prefix", text_pooling=pooling.value, max_length=common.MAX_LENGTH, say=None,
-                              score_head=ABLATION_HEAD)
+                              score_head=ABLATION_HEAD, **common.label_map("lt-prefix"))
         run.model.save_pretrained(folder, overwrite=True)
         info.write_text(json.dumps({"tasks": tasks, "steps": SOURCE_STEPS, "batch_size": BATCH, "seed": SOURCE_SEED,
                                     "text_pooling": pooling.value, "learning_rate": MULTITASK_LR, "train_seconds": common.since(t)}))
@@ -366,8 +366,8 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 # the ablations of lt-prefix / lt-prompt and lt-prefix-multitask ran, and run, the similarity
                 # head (their stored cells' head; render.DEFAULT_CONFIGS reads them as that head's)
                 options = {**options, "score_head": ABLATION_HEAD}
-            if "label_map" in change:  # LT-prefix's label map (the library's label_map_rank)
-                options = {**options, "label_map_rank": change["label_map"]}
+            # LT-prefix's label map (the library's label_map_rank): a variant's own, a configured row's, else none
+            options = {**common.label_map(name, change.get("label_map")), **options}
             cfg = LTuningConfig(method=name, **options, base_model=BACKBONE,
                                 label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
                                 max_length=common.MAX_LENGTH,
@@ -560,6 +560,7 @@ def transfer(args) -> int:
         seed = args.seeds[0]
         set_seed(seed)
         name, options = CONFIGURED.get(method, (method, {}))
+        options = {**common.label_map(name), **options}  # a configured row's map, else none
         model = LTuningModel(bb, LTuningConfig(method=name, **options, base_model=BACKBONE, label_names=src.label_names,
                                                label_texts=src.label_texts, text_pooling=pooling,
                                                max_length=common.MAX_LENGTH))

@@ -115,7 +115,7 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
         set_seed(seed)
         cfg = LTuningConfig(method=method, base_model=backbone_name, label_names=names, label_texts=label_texts,
                             text_pooling=pooling, max_length=common.MAX_LENGTH,
-                            score_head=score_head)
+                            score_head=score_head, **common.label_map(method))
         model = LTuningModel(backbone, cfg)
         if frozen_injection:
             keep = {"head.weight", "text_map.weight", "logit_scale", "logit_bias"}

@@ -123,10 +123,10 @@ def run(backbone, args, seed: int) -> dict:
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
               "score_head": head,
-              "recipe": f"library defaults (TrainArgs(): listwise), the {head} head at lr {lr:g}, final state"}
+              "recipe": f"library defaults (TrainArgs(): listwise), the {head} head at lr {lr:g}, no label map, final state"}
     t0 = time.perf_counter()
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
-                            score_head=head)
+                            score_head=head, **common.label_map("lt-prefix"))
     record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
@@ -141,7 +141,7 @@ def run(backbone, args, seed: int) -> dict:
         for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
-                                     score_head=head)
+                                     score_head=head, **common.label_map("lt-prefix"))
             record["per_task"][f"{t}/{kind}"] = {"steps": steps, "seconds": time.perf_counter() - t1,
                                                  "validation": scored(single.model, val_sets[t])}
             print(f"  {t} {kind} ({steps} steps): {record['per_task'][f'{t}/{kind}']['validation']['accuracy']:.3f}",
@@ -165,7 +165,7 @@ def run(backbone, args, seed: int) -> dict:
         for start in ("multitask", "scratch"):
             set_seed(seed)
             cfg = LTuningConfig(method="lt-prefix", base_model=backbone.name, label_names=held.label_names,
-                                label_texts=texts, score_head=head, label_length=model.config.label_length,
+                                label_texts=texts, score_head=head, label_length=model.config.label_length, **common.label_map("lt-prefix"),
                                 max_length=model.config.max_length, text_pooling=model.pooling)
             m = LTuningModel(backbone, cfg)
             if start == "multitask":

@@ -54,7 +54,8 @@ def run(method: str, seed: int, steps: int, backbone, train, val) -> dict:
     set_seed(seed)
     config = LTuningConfig(method=method, base_model="minilm", label_length=LABEL_LENGTH,
                            max_length=MAX_LENGTH, text_pooling=p["text_pooling"],
-                           score_head="paper")  # the stored results predate the similarity head
+                           score_head="paper",  # the stored results predate the similarity head
+                           **common.label_map(method))  # and LT-prefix's label map
     model = get_ltuning_model(backbone, config, labels={"negative": "negative", "positive": "positive"})
     t0 = time.perf_counter()
     fit(model, train, None, TrainArgs(max_steps=steps, batch_size=p["batch_size"], learning_rate=p["learning_rate"],

@@ -79,7 +79,7 @@ def run(row: str, lr: float, steps: int, every: int, dev_rows: int, seed: int) -
     bb = load_backbone("minilm")
     model = prepare_model(bb, train_ds.label_names, method=method, task=task, label_texts=label_texts,
                           text_pooling=converged.PROTOCOL["text_pooling"],
-                          max_length=converged.PROTOCOL["max_length"], label_map_rank=rank, say=None)
+                          max_length=converged.PROTOCOL["max_length"], say=None, **common.label_map(method, rank))
     if pool_rate is not None:
         slow_pool(model.method, pool_rate)
     objective = common.objective(method, listwise=True)

@@ -58,6 +58,8 @@ PEFT_PINS = {"transformers": "4.57.", "peft": "0.21.2"}
 LABEL_NAMES = ["negative", "positive"]
 LABEL_TEXTS = ["The review is negative.", "The review is positive."]
 METHOD_NAMES = ["lt-prefix", "prefix", "lt-prompt", "prompt"]
+#: LT-prefix as the stored results ran: without the label map that became its default on 2026-11-29
+NO_MAP = {"lt-prefix": {"label_map_rank": 0}}
 # K label names for the prediction benchmark (the first K are used).
 MANY_LABELS = ["negative", "positive", "neutral", "mixed", "sports", "politics", "business", "science",
                "health", "travel", "food", "music", "movies", "technology", "education", "weather"]
@@ -209,7 +211,8 @@ class TrainSetup:
         self.bf16 = bf16
         self.models = {m: LTuningModel(self.bb, LTuningConfig(method=m, base_model=name, label_names=LABEL_NAMES,
                                                               label_texts=LABEL_TEXTS, max_length=max_length,
-                                                              score_head="paper"))  # as the stored results
+                                                              score_head="paper",  # as the stored results
+                                                              **NO_MAP.get(m, {})))
                        for m in METHOD_NAMES}
         for m in self.models.values():
             m.train()
@@ -407,7 +410,8 @@ def bench_predict(name: str, args) -> dict:
     for K in args.ks:
         names = MANY_LABELS[:K]
         model = LTuningModel(bb, LTuningConfig(method="lt-prefix", base_model=name, label_names=names,
-                                               max_length=args.max_length, score_head="paper"))
+                                               max_length=args.max_length, score_head="paper",
+                                               **NO_MAP["lt-prefix"]))
         model.eval()
         models[K] = model
         fns[f"ours_k{K}"] = (lambda m=model: m.score_texts(texts, batch_size=64))
@@ -427,7 +431,7 @@ def bench_predict(name: str, args) -> dict:
             # the label prefix in the top `depth` layers only (issue 16): the texts' bottom layers run once
             dm = LTuningModel(bb, LTuningConfig(method="lt-prefix", base_model=name, label_names=names,
                                                 max_length=args.max_length, score_head="paper",
-                                                prefix_layers=depth))
+                                                prefix_layers=depth, **NO_MAP["lt-prefix"]))
             dm.eval()
             fns[f"ours_depth_k{K}"] = (lambda m=dm: m.score_texts(texts, batch_size=64))
         fns[f"floor_k{K}"] = (lambda K=K: floor_rows(bb, texts, K, args.max_length))

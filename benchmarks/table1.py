@@ -65,6 +65,7 @@ def run_ours(backbone_obj, backbone: str, task: str, method: str, seed: int) -> 
     run = build_and_train(backbone_obj, train_ds, val, args, method=real_method, task=t, base_model=backbone,
                           prefix_pooling=pooling, text_pooling=p["text_pooling"], max_length=common.MAX_LENGTH,
                           label_position=position, score_head="paper",  # Table 1 is the paper's recipe
+                          **common.label_map(real_method),  # no label map: the paper's Z alone
                           on_eval=lambda r: print(
                               f"    step {r['step']}: acc {r['accuracy']:.4f} mcc {r['mcc']:.4f} "
                               f"loss {r['loss']:.4f}", flush=True))
