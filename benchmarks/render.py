@@ -649,7 +649,7 @@ def _fs_row(r: dict) -> str:
         tags.append(f"lr {_lr(lr)}")
     if head and fewshot.score_head(r["method"]) not in (None, head):
         tags.append(f"{head} head")
-    rank = (recipe.get("adapter") or {}).get("label_map_rank")
+    rank = (recipe.get("adapter") or {}).get("label_map_rank") or None  # 0 (a build that named none): None
     if rank != fewshot.CONFIGURED.get(r["method"], (None, {}))[1].get("label_map_rank"):
         tags.append("no label map" if rank is None else f"label map r={rank}")
     if recipe.get("epochs"):  # ``fewshot.py --epochs E``: a budget that grows with the training set
@@ -974,10 +974,10 @@ def default_lr_table(lr_search, ablation) -> str:
     for (m, config), regs in regimes.items():
         chosen, short = choices[m]
         head, rank = _config_options(config)
-        # the library's default configuration: its default head, and no label map (off by default)
+        # the library's default configuration: its default head and label map (lt-prefix: r = 8; others none)
         default_head = METHODS[m].default_score_head.value if METHODS[m].label_conditioned else None
         default = METHODS[m].learning_rate_for(head) if head else METHODS[m].default_learning_rate
-        library_config = head == default_head and rank is None
+        library_config = head == default_head and rank == METHODS[m].label_map_rank_for(None)
         for lr in sorted(set().union(*(set(v) for _, v in regs))):
             vals = [f"{v[lr]:.3f}" if lr in v else "–" for _, v in regs]
             said = (("chosen" if (config, lr) == chosen else "")

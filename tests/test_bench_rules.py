@@ -43,3 +43,31 @@ def test_the_rule_takes_the_smallest_worst_shortfall_over_configurations_measure
     # bests over the pairs measured everywhere: few 0.80, sst2 0.85 (1e-2 at 0.90 is not one of them)
     assert short == pytest.approx({("a", 1e-3): 0.10, ("a", 3e-3): 0.03, (("a", 8), 3e-3): 0.02})
     assert chosen == (("a", 8), 3e-3)
+
+
+def test_every_benchmark_lt_prefix_build_names_its_label_map():
+    """The library's default became a map (r = 8); a stored row that does not name the map ran without one, so a
+    rerun must build it without one (0), and a row that names it with its rank."""
+    import common
+    import converged
+
+    assert common.label_map("lt-prefix") == {"label_map_rank": 0}
+    assert common.label_map("lt-prefix", 8) == {"label_map_rank": 8}
+    assert common.label_map("prefix") == {} and common.label_map("lt-prompt", 8) == {}
+    assert converged.parse_row("lt-prefix-anchored-listwise") == ("lt-prefix", "listwise", "anchored",
+                                                                  {"label_map_rank": 0})
+    assert converged.parse_row("lt-prefix-label-map-anchored-listwise") == (
+        "lt-prefix", "listwise", "anchored", {"label_map_rank": common.LABEL_MAP_RANK})
+    assert converged.parse_row("prefix") == ("prefix", "listwise", "paper", {})  # its K-way head
+
+
+def test_the_library_default_row_of_the_rule_table_is_lt_prefix_with_its_label_map():
+    from ltuning.methods import METHODS
+
+    lr = METHODS["lt-prefix"].learning_rate_for("anchored")
+    search = [{"method": conv, "task": t, "learning_rate": lr, "best_dev_metric": 0.5}
+              for conv in ("lt-prefix-anchored-listwise", "lt-prefix-label-map-anchored-listwise")
+              for t in render.CONVERGED_TASKS]
+    rows = [line for line in render.default_lr_table(search, []).splitlines() if line.startswith("| lt-prefix |")]
+    marked = [line for line in rows if "library default" in line]
+    assert len(marked) == 1 and "anchored + label map r=8" in marked[0]
