@@ -59,7 +59,8 @@ def main() -> None:
     results = {}
     for method in args.methods:
         model = LTuningModel(backbone, LTuningConfig(method=method, base_model="minilm",
-                                                     label_names=["negative", "positive"])).eval()
+                                                     label_names=["negative", "positive"],
+                                                     **common.label_map(method))).eval()  # as stored
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             t0 = time.perf_counter()

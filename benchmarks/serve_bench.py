@@ -103,7 +103,8 @@ def main() -> None:
         from ltuning.config import LTuningConfig
 
         model = LTuningModel(load_backbone("minilm"), LTuningConfig(method=args.method, base_model="minilm",
-                                                                    label_names=["negative", "positive"]))
+                                                                    label_names=["negative", "positive"],
+                                                                    **common.label_map(args.method)))  # as stored
         adapter = model.save_pretrained(Path(tmp) / "adapter")
         del model
         servers = {"batched": start_server(adapter, args.max_batch, args.max_wait_ms, args.threads),

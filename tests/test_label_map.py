@@ -123,6 +123,10 @@ def test_adapters_round_trip_and_old_ones_have_no_map(tmp_path):
     back = LTuningModel.from_pretrained(tmp_path / "old", build("bert"))
     assert back.config.label_map_rank == 0 and not hasattr(back.method, "label_up")
     torch.testing.assert_close(back.score_texts(TEXTS), old.score_texts(TEXTS), atol=0, rtol=0)
+    raw["label_map_rank"] = None  # null meant "no map" before the map became the default
+    path.write_text(json.dumps(raw))
+    back = LTuningModel.from_pretrained(tmp_path / "old", build("bert"))
+    assert back.config.label_map_rank == 0 and not hasattr(back.method, "label_up")
     raw["label_map_rank"] = "8"
     path.write_text(json.dumps(raw))
     with pytest.raises(AdapterError, match="label_map_rank must be an integer or null"):
@@ -213,3 +217,26 @@ def test_cli_default_and_zero(models, files, tmp_path, capsys):  # noqa: F811 - 
     assert f"; label map rank r={default} (lt-prefix); backbone" in capsys.readouterr().out.splitlines()[0]
     info, rows = params_json(models, capsys, "--label-map-rank", "0")
     assert info["label_map_rank"] == 0 and "r*(d" not in rows["lt-prefix"]["formula"]
+
+
+def test_run_config_records_the_rank_and_an_older_one_reruns_without_a_map(tmp_path):
+    """`ltuning train --config runs/x/run_config.json` reruns a run exactly: its run_config.json names the rank
+    the run built (8 by default, 0 with --label-map-rank 0), and one written before the map was the default
+    (every option listed, label_map_rank null or absent) was a run without a map."""
+    from ltuning.cli import _apply_config, _resolved_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _resolved_config(parse(["train", "--method", "lt-prefix"]))["label_map_rank"] == 8
+    assert _resolved_config(parse(["train", "--method", "lt-prefix", "--label-map-rank", "0"]))["label_map_rank"] == 0
+    assert _resolved_config(parse(["train", "--method", "prefix"]))["label_map_rank"] is None
+    old = {"command": "train", "method": "lt-prefix", "task": "sst2", "label_position": "before",
+           "prefix_pooling": "raw", "text_pooling": "auto", "score_head": "anchored", "max_steps": 3}
+    for content, expected in (({**old, "label_map_rank": None}, 0), (old, 0), ({**old, "label_map_rank": 8}, 8),
+                              ({"command": "train", "method": "lt-prefix"}, None)):  # a short file: the default
+        path = tmp_path / "run_config.json"
+        path.write_text(json.dumps(content))
+        parser = build_parser()
+        argv, _ = _apply_config(parser, ["train", "--config", str(path)])
+        args = parser.parse_args(argv)
+        assert args.label_map_rank == expected
+        assert _resolved_config(args)["label_map_rank"] == (8 if expected is None else expected)

@@ -564,6 +564,9 @@ def _config_values(path: str, command: str, overrides: dict, options: dict[str, 
         # a run_config.json written by ltuning before --score-head existed (it lists every option): that run
         # used the paper's head, so rerunning it "exactly" keeps it
         values["score_head"] = "paper"
+    if command == "train" and values.get("label_map_rank") is None and {"label_position", "prefix_pooling"} <= set(values):
+        # one written before lt-prefix's label map was on by default: null (or no key) was a run without a map
+        values["label_map_rank"] = 0
     values.update(overrides)
     unknown = sorted(set(values) - set(options))
     if unknown:
@@ -615,6 +618,10 @@ def _resolved_config(args) -> dict:
         from .methods import get_method  # the head the run used, not "the default" (which may change)
 
         values["score_head"] = get_method(values["method"]).head_for(None).value
+    if "label_map_rank" in values and values.get("method"):  # likewise the map's rank: lt-prefix 8 or 0, else None
+        from .methods import get_method
+
+        values["label_map_rank"] = get_method(values["method"]).label_map_rank_for(values["label_map_rank"])
     return {"command": args.command, **values}
 
 

@@ -260,8 +260,10 @@ class LTuningConfig:
         # Adapters saved before score_head existed were trained with the paper's head; a saved adapter names its
         # head (a built model's config always does), so a null one is not "today's default"
         raw.setdefault("score_head", "paper")
-        # and before label_map_rank existed, without a label map (a built model's config names its rank)
-        raw.setdefault("label_map_rank", 0)
+        # and before label_map_rank existed, without a label map (a built model's config names its rank); null
+        # meant "no map" until the map became lt-prefix's default, so a saved null is no map too
+        if raw.get("label_map_rank") is None:
+            raw["label_map_rank"] = 0
         if raw["score_head"] is None:
             raise AdapterError(f"{source}: score_head is null; a saved adapter names the head it was trained with "
                                f"(one of {[h.value for h in ScoreHead]})")
