@@ -260,7 +260,7 @@ def test_resuming_a_run_without_a_label_map_names_the_flag(setup, tmp_path, caps
     capsys.readouterr()
     assert main(args_for(setup, out, "--method", "lt-prefix", "--max-steps", "3", "--resume")) == 2
     err = capsys.readouterr().err.strip()
-    assert "label_map_rank: checkpoint None, now 8" in err and "pass --label-map-rank 0" in err
+    assert "label_map_rank: checkpoint 0, now 8" in err and "pass --label-map-rank 0" in err
     assert main(args_for(setup, out, "--method", "lt-prefix", "--max-steps", "3", "--label-map-rank", "0",
                          "--resume")) == 0
 

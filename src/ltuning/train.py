@@ -513,7 +513,7 @@ class _TrainingLoop:
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
             defaults = {"score_head": "paper", "prefix_pooling": "raw", "label_position": "before",
-                        "metric_for_best": "accuracy", "objective": "pairwise", "label_map_rank": None}
+                        "metric_for_best": "accuracy", "objective": "pairwise", "label_map_rank": 0}
             shown = "; ".join(f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {signature.get(k, defaults.get(k))!r}"
                               for k in diff[:4])
             hint = ("; a pairwise run resumes with --objective pairwise (listwise is the default now)"
