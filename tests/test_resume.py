@@ -245,7 +245,7 @@ def test_resume_with_another_label_map_is_refused_by_name(setup, tmp_path, capsy
     capsys.readouterr()
     assert main(args_for(setup, out, *lt_prefix, "--label-map-rank", "0", "--resume")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now None" in err
+    assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now 0" in err
     assert main(args_for(setup, out, *lt_prefix, "--resume")) == 2  # the default rank, 8
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot resume") and "label_map_rank: checkpoint 2, now 8" in err
