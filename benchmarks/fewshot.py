@@ -366,8 +366,9 @@ def run_cell(bb, dataset: str, method: str, shots: int, seed: int, variant: str 
                 # the ablations of lt-prefix / lt-prompt and lt-prefix-multitask ran, and run, the similarity
                 # head (their stored cells' head; render.DEFAULT_CONFIGS reads them as that head's)
                 options = {**options, "score_head": ABLATION_HEAD}
-            # LT-prefix's label map (the library's label_map_rank): a variant's own, a configured row's, else none
-            options = {**common.label_map(name, change.get("label_map")), **options}
+            # LT-prefix's label map (the library's label_map_rank): a variant's own, else a configured row's, else none
+            options = ({**options, **common.label_map(name, change["label_map"])} if "label_map" in change
+                       else {**common.label_map(name), **options})
             cfg = LTuningConfig(method=name, **options, base_model=BACKBONE,
                                 label_names=task.label_names, label_texts=task.label_texts, text_pooling=pooling,
                                 max_length=common.MAX_LENGTH,
