@@ -732,7 +732,11 @@ def fewshot_tables(runs) -> str:
     datasets = FEWSHOT_DATASETS
     out += ["**Mean over the datasets** (of each dataset's mean over seeds; a cell only where all "
             f"{len(datasets)} datasets have it), and mean CPU seconds per run over every dataset and shot count: "
-            "training, and prediction of the 500 validation rows (the LT methods score K rows per text)", "",
+            "training, and prediction of the 500 validation rows (the LT methods score K rows per text). "
+            f"`lt-prefix-label-map` is LT-prefix as the library trains it by default (the anchored head and a "
+            f"rank-{common.LABEL_MAP_RANK} label map); the `lt-prefix` row is the same without the map, every "
+            "benchmark build of it naming none (`common.label_map`). CPU seconds depend on the load a cell ran "
+            "under (two runs shared 2 cores, sometimes beside the tests).", "",
             head[:-2] + " | train CPU s | predict CPU s |", rule + "---|---|"]
     for m in methods:
         shown = []
