@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -78,3 +79,16 @@ def backbone(family):
 
     model, tok = TINY[family]()
     return Backbone(model, tok, name=f"tiny-{family}")
+
+
+def rerun(tmp_path, content: dict):
+    """`ltuning train --config run_config.json` with ``content`` as that file: the parsed arguments, and the
+    run_config.json this rerun would write (``cli._resolved_config``)."""
+    from ltuning.cli import _apply_config, _resolved_config, build_parser
+
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps(content))
+    parser = build_parser()
+    argv, _ = _apply_config(parser, ["train", "--config", str(path)])
+    args = parser.parse_args(argv)
+    return args, _resolved_config(args)

@@ -16,6 +16,7 @@ import json
 
 import pytest
 import torch
+from conftest import rerun
 from test_cli import _offline, files, models, one_error_line, params_json, train_args  # noqa: F401 - fixtures
 from test_families import LABEL_TEXTS, LABELS, TEXTS, build, make_model
 
@@ -223,7 +224,7 @@ def test_run_config_records_the_rank_and_an_older_one_reruns_without_a_map(tmp_p
     """`ltuning train --config runs/x/run_config.json` reruns a run exactly: its run_config.json names the rank
     the run built (8 by default, 0 with --label-map-rank 0), and one written before the map was the default
     (every option listed, label_map_rank null or absent) was a run without a map."""
-    from ltuning.cli import _apply_config, _resolved_config, build_parser
+    from ltuning.cli import _resolved_config, build_parser
 
     parse = build_parser().parse_args
     assert _resolved_config(parse(["train", "--method", "lt-prefix"]))["label_map_rank"] == 8
@@ -233,10 +234,6 @@ def test_run_config_records_the_rank_and_an_older_one_reruns_without_a_map(tmp_p
            "prefix_pooling": "raw", "text_pooling": "auto", "score_head": "anchored", "max_steps": 3}
     for content, expected in (({**old, "label_map_rank": None}, 0), (old, 0), ({**old, "label_map_rank": 8}, 8),
                               ({"command": "train", "method": "lt-prefix"}, None)):  # a short file: the default
-        path = tmp_path / "run_config.json"
-        path.write_text(json.dumps(content))
-        parser = build_parser()
-        argv, _ = _apply_config(parser, ["train", "--config", str(path)])
-        args = parser.parse_args(argv)
+        args, resolved = rerun(tmp_path, content)
         assert args.label_map_rank == expected
-        assert _resolved_config(args)["label_map_rank"] == (8 if expected is None else expected)
+        assert resolved["label_map_rank"] == (8 if expected is None else expected)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert
+from conftest import rerun, tiny_bert
 from safetensors.torch import save_file
 
 from ltuning import LTuningConfig, get_ltuning_model
@@ -258,7 +258,7 @@ def test_a_new_method_needs_no_edit_outside_methods(monkeypatch, tmp_path):
 def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_path):
     """`ltuning train --config runs/x/run_config.json` reruns a run exactly: a run_config.json from before
     --score-head lists every other option and no score_head, and that run used the paper's head."""
-    from ltuning.cli import _apply_config, _resolved_config, build_parser
+    from ltuning.cli import _resolved_config, build_parser
 
     old = {"command": "train", "method": "lt-prefix", "task": "sst2", "label_position": "before",
            "prefix_pooling": "raw", "text_pooling": "auto", "max_steps": 3}
@@ -267,13 +267,9 @@ def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_p
     # run_config.json then records by name (so that it reruns with that head if the default changes)
     for content, expected in ((old, "paper"), (new, "similarity"), ({"command": "train", "method": "lt-prefix"},
                                                                      None)):
-        path = tmp_path / "run_config.json"
-        path.write_text(json.dumps(content))
-        parser = build_parser()
-        argv, _ = _apply_config(parser, ["train", "--config", str(path)])
-        args = parser.parse_args(argv)
+        args, resolved = rerun(tmp_path, content)
         assert args.score_head == expected
-        assert _resolved_config(args)["score_head"] == (expected or METHODS["lt-prefix"].default_score_head.value)
+        assert resolved["score_head"] == (expected or METHODS["lt-prefix"].default_score_head.value)
     assert _resolved_config(build_parser().parse_args(["train", "--method", "prefix"]))["score_head"] == "paper"
 
 

@@ -550,6 +550,12 @@ def _split_config_args(cmd_parser: _Parser, argv: list[str], options: dict[str, 
     return rest, path, overrides
 
 
+#: What a run recorded in an older ``run_config.json`` used where the file has no key (or, with the third
+#: field, null) for an option: (option, value its run used, null too). Before --score-head existed every run
+#: used the paper's head; before lt-prefix's label map was on by default, no key or null was a run without one.
+_OLDER_RUN_CONFIGS = (("score_head", "paper", False), ("label_map_rank", 0, True))
+
+
 def _config_values(path: str, command: str, overrides: dict, options: dict[str, _Option]) -> dict:
     """The config file's options (keys as destinations), with the key=value overrides on top."""
     from .errors import ConfigError
@@ -560,13 +566,11 @@ def _config_values(path: str, command: str, overrides: dict, options: dict[str, 
     file_command = values.pop("command", command)
     if file_command != command:
         raise ConfigError(f"{path} is a config for `ltuning {file_command}`, not `ltuning {command}`")
-    if command == "train" and "score_head" not in values and {"label_position", "prefix_pooling"} <= set(values):
-        # a run_config.json written by ltuning before --score-head existed (it lists every option): that run
-        # used the paper's head, so rerunning it "exactly" keeps it
-        values["score_head"] = "paper"
-    if command == "train" and values.get("label_map_rank") is None and {"label_position", "prefix_pooling"} <= set(values):
-        # one written before lt-prefix's label map was on by default: null (or no key) was a run without a map
-        values["label_map_rank"] = 0
+    if command == "train" and {"label_position", "prefix_pooling"} <= set(values):
+        # a run_config.json (it lists every option of its run) written by an older ltuning: what its run used
+        for key, used, null_too in _OLDER_RUN_CONFIGS:
+            if key not in values or (null_too and values[key] is None):
+                values[key] = used
     values.update(overrides)
     unknown = sorted(set(values) - set(options))
     if unknown:
@@ -614,14 +618,14 @@ def _resolved_config(args) -> dict:
     # --overwrite and --resume act on the folder once; a rerun from this file must ask for them again.
     skip = {"func", "config", "command", "overwrite", "resume"}
     values = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
-    if "score_head" in values and values["score_head"] is None and values.get("method"):
-        from .methods import get_method  # the head the run used, not "the default" (which may change)
-
-        values["score_head"] = get_method(values["method"]).head_for(None).value
-    if "label_map_rank" in values and values.get("method"):  # likewise the map's rank: lt-prefix 8 or 0, else None
+    if values.get("method"):  # the head and map rank the run used, not "the default" (which may change)
         from .methods import get_method
 
-        values["label_map_rank"] = get_method(values["method"]).label_map_rank_for(values["label_map_rank"])
+        method = get_method(values["method"])
+        if "score_head" in values and values["score_head"] is None:
+            values["score_head"] = method.head_for(None).value
+        if "label_map_rank" in values:  # lt-prefix: 8 or 0; the other methods: None
+            values["label_map_rank"] = method.label_map_rank_for(values["label_map_rank"])
     return {"command": args.command, **values}
 
 
