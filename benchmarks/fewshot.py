@@ -491,6 +491,9 @@ def main(argv=None) -> int:
                          "<dataset>-<method>-ep<E>-...")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help=f"run: the folder the cells' JSON go to (default {OUT.relative_to(common.ROOT)}; "
+                         "fewshot_timing.py runs cells into a scratch folder)")
     args = ap.parse_args(argv)
     if args.epochs is not None and (args.command != "run" or args.epochs < 1):
         ap.error("--epochs takes a positive number of epochs and applies to the run command only")
@@ -509,11 +512,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     bb = load_backbone(BACKBONE)
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
         if args.epochs and not k:  # a budget needs training texts: the 0-shot cells are the fixed recipe's
             continue
-        path = OUT / f"{d}-{m}{f'-ep{args.epochs}' if args.epochs else ''}-{k}shot-seed{seed}.json"
+        path = args.out / f"{d}-{m}{f'-ep{args.epochs}' if args.epochs else ''}-{k}shot-seed{seed}.json"
         if path.exists() and not args.overwrite:
             recipe = json.loads(path.read_text()).get("recipe") or {}
             ran_at, ran_with = recipe.get("learning_rate"), (recipe.get("adapter") or {}).get("score_head")

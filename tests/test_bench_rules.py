@@ -71,3 +71,23 @@ def test_the_library_default_row_of_the_rule_table_is_lt_prefix_with_its_label_m
     rows = [line for line in render.default_lr_table(search, []).splitlines() if line.startswith("| lt-prefix |")]
     marked = [line for line in rows if "library default" in line]
     assert len(marked) == 1 and "anchored + label map r=8" in marked[0]
+
+
+def test_the_timing_table_pairs_each_cell_with_setfits_and_counts_reproduced_cells():
+    """fewshot_timing.py's pairs: per (shots, dataset) the mean CPU seconds and the mean of the per-pair ratios,
+    then every dataset of that shot count together; and how many timed cells scored the stored cell's accuracy."""
+    def pair(dataset, ours, theirs, same=True):
+        cell = lambda train, acc: {"train_seconds": {"cpu": train}, "predict_seconds": {"cpu": 5.0},  # noqa: E731
+                                   "accuracy": acc, "stored_accuracy": acc if same else acc + 0.002,
+                                   "load_before": [1.0], "load_after": [2.0]}
+        return {"dataset": dataset, "shots": 8, "cells": {"lt-prefix-label-map": cell(ours, 0.7),
+                                                          "setfit": cell(theirs, 0.6)}}
+
+    table = render.fewshot_timing_table([pair("sst2", 50, 100), pair("sst2", 90, 100), pair("trec", 300, 100,
+                                                                                           same=False)])
+    lines = table.splitlines()
+    assert "| 8 | sst2 | 2 | 70 | 100 | 0.70x (0.50-0.90) | 5.0 | 5.0 |" in lines
+    assert "| 8 | trec | 1 | 300 | 100 | 3.00x (3.00-3.00) | 5.0 | 5.0 |" in lines
+    assert "| **8** | **all** | 3 | 147 | 100 | 1.47x (0.50-3.00) | 5.0 | 5.0 |" in lines
+    assert "4 of 6 timed cells scored exactly" in table and "1.0-2.0" in table
+    assert render.fewshot_timing_table([]).startswith("No timing pairs yet")

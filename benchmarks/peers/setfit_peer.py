@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="the folder the cells' JSON go to (default benchmarks/results/fewshot)")
     ap.add_argument("--frozen-body", action="store_true",
                     help="SetFit's head alone on the untouched body (method setfit-frozen-body)")
     args = ap.parse_args(argv)
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:
-                path = OUT / f"{d}-{method}-{k}shot-seed{seed}.json"
+                path = args.out / f"{d}-{method}-{k}shot-seed{seed}.json"
                 if path.exists() and not args.overwrite:
                     continue
                 rec = run_cell(d, k, seed, args.frozen_body)
