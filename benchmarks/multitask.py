@@ -67,7 +67,8 @@ def result_path(args, seed: int) -> Path:
 
     head, lr = resolved(args.score_head, args.learning_rate)
     tag = "-" + args.tag if args.tag else ""
-    return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}-lr{learning_rate_text(lr)}"
+    rank = f"-label-map-r{args.label_map_rank}" if args.label_map_rank else ""
+    return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}{rank}-lr{learning_rate_text(lr)}"
                   f"{tag}-seed{seed}.json")
 
 
@@ -122,11 +123,13 @@ def run(backbone, args, seed: int) -> dict:
               "steps": args.steps, "batch_size": args.batch_size, "fewshot_steps": args.fewshot_steps,
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
-              "score_head": head,
-              "recipe": f"library defaults (TrainArgs(): listwise), the {head} head at lr {lr:g}, no label map, final state"}
+              "score_head": head, "label_map_rank": args.label_map_rank,
+              "recipe": f"library defaults (TrainArgs(): listwise), the {head} head at lr {lr:g}, "
+                        + (f"label map r={args.label_map_rank}" if args.label_map_rank else "no label map")
+                        + ", final state"}
     t0 = time.perf_counter()
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
-                            score_head=head, **common.label_map("lt-prefix"))
+                            score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
     record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
     model = multi.model
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
@@ -141,7 +144,7 @@ def run(backbone, args, seed: int) -> dict:
         for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
-                                     score_head=head, **common.label_map("lt-prefix"))
+                                     score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
             record["per_task"][f"{t}/{kind}"] = {"steps": steps, "seconds": time.perf_counter() - t1,
                                                  "validation": scored(single.model, val_sets[t])}
             print(f"  {t} {kind} ({steps} steps): {record['per_task'][f'{t}/{kind}']['validation']['accuracy']:.3f}",
@@ -165,7 +168,7 @@ def run(backbone, args, seed: int) -> dict:
         for start in ("multitask", "scratch"):
             set_seed(seed)
             cfg = LTuningConfig(method="lt-prefix", base_model=backbone.name, label_names=held.label_names,
-                                label_texts=texts, score_head=head, label_length=model.config.label_length, **common.label_map("lt-prefix"),
+                                label_texts=texts, score_head=head, label_length=model.config.label_length, **common.label_map("lt-prefix", args.label_map_rank),
                                 max_length=model.config.max_length, text_pooling=model.pooling)
             m = LTuningModel(backbone, cfg)
             if start == "multitask":
@@ -200,6 +203,9 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="for every adapter here (default: the score head's default rate; the stored similarity-head "
                          "runs: --score-head similarity --learning-rate 1e-2)")
+    ap.add_argument("--label-map-rank", type=int, default=0,
+                    help="lt-prefix's label map for every adapter here: 0 (default) none, as the stored runs; "
+                         f"{common.LABEL_MAP_RANK}: the library's default since 2026-11-29")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
 

@@ -1075,13 +1075,13 @@ def multitask_tables(runs) -> str:
     for r in runs:
         # files without the keys ran with the similarity head, before lt-prefix's default left 1e-2
         groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r["fewshot_steps"],
-                r.get("score_head", "similarity"), r.get("learning_rate", 1e-2))].append(r)
-    for (backbone, tasks, held, steps, fsteps, head, lr), rs in sorted(groups.items(), key=lambda kv: (
+                r.get("score_head", "similarity"), r.get("label_map_rank") or 0, r.get("learning_rate", 1e-2))].append(r)
+    for (backbone, tasks, held, steps, fsteps, head, rank, lr), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][:5], kv[0][5] != "similarity", kv[0][5:])):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         val_rows = rs[0]["val_rows"]
         out += [f"**{backbone}: one adapter on {' + '.join(tasks)} ({steps} steps of batch {rs[0]['batch_size']}, "
-                f"the {head} head, lr {_lr(lr)}), "
+                f"the {head} head" + (f" and label map r={rank}" if rank else "") + f", lr {_lr(lr)}), "
                 f"held-back task {held}** (seeds {seeds}; accuracy on "
                 + ", ".join(f"{val_rows[t]} {t}" for t in tasks) + f" and {rs[0]['held_out_task']['rows']} {held} "
                 "validation rows)", "",
