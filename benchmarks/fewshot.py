@@ -235,6 +235,13 @@ ABLATIONS = {  # recipe variants compared on dev rows carved from train (``ablat
     "head-prior-10-lr-3e-3-label-map-r8": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 8},
     "head-prior-10-lr-1e-2-label-map-r8": {"head_prior": 10.0, "learning_rate": 1e-2, "label_map": 8},
     "head-prior-10-lr-3e-3-label-map-r32": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 32},
+    # issue 13's "training no slower than SetFit": the default (above, r = 8) at a quarter and half of the fixed
+    # 100 steps. SetFit's budget is one pass over its pairs, so on 2-class sets at 8-16 shots it trains for
+    # 8-32 steps; how much accuracy does LT-prefix keep with a budget of that size?
+    "head-prior-10-lr-3e-3-label-map-r8-steps-25": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 8,
+                                                    "steps": 25},
+    "head-prior-10-lr-3e-3-label-map-r8-steps-50": {"head_prior": 10.0, "learning_rate": 3e-3, "label_map": 8,
+                                                    "steps": 50},
 }
 
 

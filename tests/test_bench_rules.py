@@ -19,6 +19,7 @@ import render  # noqa: E402
     ("head-prior-10-lr-3e-3-label-map-r8", ("head-prior-10-lr-{lr}-label-map-r8",), True),
     ("head-prior-10-lr-1e-2-label-map-r8", ("head-prior-10-lr-{lr}-label-map-r8",), True),
     ("head-prior-10-lr-3e-3-label-map-r32", ("head-prior-10-lr-{lr}-label-map-r8",), False),
+    ("head-prior-10-lr-3e-3-label-map-r8-steps-25", ("head-prior-10-lr-{lr}-label-map-r8",), False),
     ("default", ("default", "lr-"), True),
     ("lr-0.01", ("default", "lr-"), True),
 ])
