@@ -504,6 +504,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.epochs is not None and (args.command != "run" or args.epochs < 1):
         ap.error("--epochs takes a positive number of epochs and applies to the run command only")
+    if args.out != OUT and args.command != "run":
+        ap.error("--out applies to the run command only (the other commands write to their own folders under "
+                 f"{OUT.relative_to(common.ROOT)})")
     if args.command == "ablate":
         return ablate(args)
     if args.command == "transfer":

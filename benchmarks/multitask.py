@@ -21,7 +21,7 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
   per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
 - ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
 
-One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>-lr<rate>[-<tag>]-seed<N>.json``, with the
+One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>[-label-map-r<R>]-lr<rate>[-<tag>]-seed<N>.json``, with the
 config, seed, task draws, package versions, git commit and machine. A full run (minutes on a few cores)::
 
     python benchmarks/multitask.py --backbone minilm --tasks demo trec --held-out sms-spam --steps 300 \\
@@ -208,6 +208,8 @@ def main() -> None:
                          f"{common.LABEL_MAP_RANK}: the library's default since 2026-11-29")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
+    if args.label_map_rank < 0:
+        ap.error("--label-map-rank: 0 (no map) or a positive rank")
 
     import torch
 

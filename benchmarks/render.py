@@ -1160,10 +1160,12 @@ def fewshot_timing_table(runs) -> str:
                 out.append(row(shots, d, groups[(shots, d)]))
         out.append(row(f"**{shots}**", "**all**", [r for (k, _), rs in groups.items() if k == shots for r in rs]))
     loads = [x for r in runs for c in r["cells"].values() for x in (c["load_before"][0], c["load_after"][0])]
+    first = sum(r["order"][0] == ours for r in runs)
     same = sum(c["accuracy"] == c["stored_accuracy"] for r in runs for c in r["cells"].values())
     cells = sum(len(r["cells"]) for r in runs)
     out += ["", f"LT-prefix: the library's default (`{ours}` in the few-shot table). Ratios: per pair, mean (range). "
-            f"One torch thread per cell, each cell a fresh process; 1-minute load average around the cells "
+            f"One torch thread per cell, each cell a fresh process, LT-prefix first in {first} of {len(runs)} pairs; "
+            "1-minute load average around the cells "
             f"{min(loads):.1f}-{max(loads):.1f}. {same} of {cells} timed cells scored exactly the accuracy of the "
             "stored few-shot cell they repeat."]
     return "\n".join(out)

@@ -81,8 +81,9 @@ def test_the_timing_table_pairs_each_cell_with_setfits_and_counts_reproduced_cel
         cell = lambda train, acc: {"train_seconds": {"cpu": train}, "predict_seconds": {"cpu": 5.0},  # noqa: E731
                                    "accuracy": acc, "stored_accuracy": acc if same else acc + 0.002,
                                    "load_before": [1.0], "load_after": [2.0]}
-        return {"dataset": dataset, "shots": 8, "cells": {"lt-prefix-label-map": cell(ours, 0.7),
-                                                          "setfit": cell(theirs, 0.6)}}
+        return {"dataset": dataset, "shots": 8, "order": ["setfit", "lt-prefix-label-map"] if same else
+                ["lt-prefix-label-map", "setfit"], "cells": {"lt-prefix-label-map": cell(ours, 0.7),
+                                                            "setfit": cell(theirs, 0.6)}}
 
     table = render.fewshot_timing_table([pair("sst2", 50, 100), pair("sst2", 90, 100), pair("trec", 300, 100,
                                                                                            same=False)])
@@ -90,5 +91,16 @@ def test_the_timing_table_pairs_each_cell_with_setfits_and_counts_reproduced_cel
     assert "| 8 | sst2 | 2 | 70 | 100 | 0.70x (0.50-0.90) | 5.0 | 5.0 |" in lines
     assert "| 8 | trec | 1 | 300 | 100 | 3.00x (3.00-3.00) | 5.0 | 5.0 |" in lines
     assert "| **8** | **all** | 3 | 147 | 100 | 1.47x (0.50-3.00) | 5.0 | 5.0 |" in lines
-    assert "4 of 6 timed cells scored exactly" in table and "1.0-2.0" in table
+    assert "4 of 6 timed cells scored exactly" in table and "1.0-2.0" in table and "first in 1 of 3 pairs" in table
     assert render.fewshot_timing_table([]).startswith("No timing pairs yet")
+
+
+def test_timing_pairs_alternate_which_method_runs_first():
+    """Seeds 0 and 1 give every (dataset, shots) one pair of each order, and neighbouring datasets differ."""
+    import fewshot
+    import fewshot_timing
+
+    for d in fewshot.DATASETS:
+        assert fewshot_timing.first_is_ours(d, 0) != fewshot_timing.first_is_ours(d, 1)
+    firsts = [fewshot_timing.first_is_ours(d, 0) for d in fewshot.DATASETS]
+    assert all(a != b for a, b in zip(firsts, firsts[1:], strict=False))

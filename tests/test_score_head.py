@@ -265,8 +265,9 @@ def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_p
     new = {**old, "score_head": "similarity"}
     # a short config file leaves the head unset: the method's default head, which the run's own
     # run_config.json then records by name (so that it reruns with that head if the default changes)
-    for content, expected in ((old, "paper"), (new, "similarity"), ({"command": "train", "method": "lt-prefix"},
-                                                                     None)):
+    # an explicit null is "the method's default head" (a file written after --score-head existed), not "paper"
+    for content, expected in ((old, "paper"), (new, "similarity"), ({**old, "score_head": None}, None),
+                              ({"command": "train", "method": "lt-prefix"}, None)):
         args, resolved = rerun(tmp_path, content)
         assert args.score_head == expected
         assert resolved["score_head"] == (expected or METHODS["lt-prefix"].default_score_head.value)
