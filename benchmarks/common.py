@@ -72,6 +72,13 @@ def objective(method: str, listwise: bool = False) -> str:
 LABEL_MAP_RANK = 8
 
 
+def fewshot_cell_name(dataset: str, method: str, shots: int, seed: int, tag: str = "") -> str:
+    """The file name of one few-shot cell (``fewshot.py``, ``peers/setfit_peer.py``, ``fewshot_timing.py``):
+    ``<dataset>-<method>[-<tag>]-<shots>shot-seed<N>.json``; the tag names a budget (``ep50``) or an ablation
+    variant."""
+    return f"{dataset}-{method}{f'-{tag}' if tag else ''}-{shots}shot-seed{seed}.json"
+
+
 def label_map(method: str, rank: int | None = None) -> dict:
     """The ``label_map_rank`` option of a benchmark row's LT-prefix build: a map of ``rank``, or none (0) where
     ``rank`` is None. The library's default became a map (r = 8) on 2026-11-29, and every stored row that does not

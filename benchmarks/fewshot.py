@@ -526,7 +526,7 @@ def main(argv=None) -> int:
     for d, m, k, seed in cells(args.datasets, args.methods, args.shots, args.seeds):
         if args.epochs and not k:  # a budget needs training texts: the 0-shot cells are the fixed recipe's
             continue
-        path = args.out / f"{d}-{m}{f'-ep{args.epochs}' if args.epochs else ''}-{k}shot-seed{seed}.json"
+        path = args.out / common.fewshot_cell_name(d, m, k, seed, f"ep{args.epochs}" if args.epochs else "")
         if path.exists() and not args.overwrite:
             recipe = json.loads(path.read_text()).get("recipe") or {}
             ran_at, ran_with = recipe.get("learning_rate"), (recipe.get("adapter") or {}).get("score_head")
@@ -706,7 +706,7 @@ def ablate(args) -> int:
         for v in ["default", *(v for v in args.variants  # and each label template's (``applies``: the wording alone)
                                if "label_template" in ABLATIONS[v] and applies(v, "zero-shot-similarity"))]:
             for d in args.datasets:
-                path = out / f"{d}-zero-shot-similarity-{v}-0shot-seed0.json"
+                path = out / common.fewshot_cell_name(d, "zero-shot-similarity", 0, 0, v)
                 if not path.exists() or args.overwrite:
                     common.write_result(path, run_cell(bb, d, "zero-shot-similarity", 0, 0, variant=v))
     for seed in args.seeds:
@@ -717,7 +717,7 @@ def ablate(args) -> int:
                 for m in [m for m in args.methods if m.startswith("lt-") or m in ("prefix", "prompt")]:
                     # a prior weighted by 1 / n needs training texts: no 0-shot cell
                     for v in [v for v in args.variants if applies(v, m) and (k or "head_prior" not in ABLATIONS[v])]:
-                        path = out / f"{d}-{m}-{v}-{k}shot-seed{seed}.json"
+                        path = out / common.fewshot_cell_name(d, m, k, seed, v)
                         if path.exists() and not args.overwrite:
                             continue
                         rec = run_cell(bb, d, m, k, seed, variant=v)

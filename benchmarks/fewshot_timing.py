@@ -54,8 +54,9 @@ def run_one(method: str, dataset: str, shots: int, seed: int) -> dict:
         if proc.returncode:
             raise SystemExit(f"{method} {dataset} {shots}-shot seed {seed} failed:\n{proc.stderr[-3000:]}")
         load1 = os.getloadavg()
-        rec = json.loads((Path(tmp) / f"{dataset}-{method}-{shots}shot-seed{seed}.json").read_text())
-    stored = fewshot.OUT / f"{dataset}-{method}-{shots}shot-seed{seed}.json"
+        name = common.fewshot_cell_name(dataset, method, shots, seed)
+        rec = json.loads((Path(tmp) / name).read_text())
+    stored = fewshot.OUT / name
     return {"train_seconds": rec["train_seconds"], "predict_seconds": rec["predict_seconds"],
             "accuracy": rec["accuracy"], "validation_rows": rec["validation_rows"], "train_rows": rec["train_rows"],
             "stored_accuracy": json.loads(stored.read_text())["accuracy"] if stored.exists() else None,

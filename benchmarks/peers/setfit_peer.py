@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for k in args.shots:
             for d in args.datasets:
-                path = args.out / f"{d}-{method}-{k}shot-seed{seed}.json"
+                path = args.out / common.fewshot_cell_name(d, method, k, seed)
                 if path.exists() and not args.overwrite:
                     continue
                 rec = run_cell(d, k, seed, args.frozen_body)
