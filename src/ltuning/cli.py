@@ -215,7 +215,8 @@ def build_parser() -> _Parser:
                         "Not for encoders or other methods")
     g = _Group(p, "training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
-    g.add_argument("--batch-size", type=int, default=16, help="texts per step, half true and half false pairs (default: 16)")
+    g.add_argument("--batch-size", type=int, default=16, help="texts per step (default: 16); an LT method scores each against all K labels, or one true or "
+                   "false pair per text with --objective pairwise")
     g.add_argument("--learning-rate", type=float,
                    help="AdamW learning rate (default: the method's own: " + _default_rates() + ")")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
@@ -583,7 +584,7 @@ def _apply_config(parser: _Parser, argv: list[str]) -> tuple[list[str], str | No
     given on the command line still win. Returns argv without them, and the file.
 
     ``key=value`` is an override only where the user asked for a config: with ``--config``, on a command
-    without positional arguments (train, evaluate, params), and never as the value of an option
+    without positional arguments (train, evaluate, params, serve, export), and never as the value of an option
     (``--label-texts a=b``). predict's texts and report's folders are always taken literally."""
     from .errors import ConfigError
 

@@ -62,7 +62,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     injection: ClassVar[Literal["prefix", "prompt"]]
-    label_conditioned: ClassVar[bool]  # True: NLI pairs + BCE; False: K-way cross-entropy
+    label_conditioned: ClassVar[bool]  # True: (text, label) pairs scored one by one (LT); False: one K-way head
     description: ClassVar[str]
     #: AdamW learning rate when the user gives none.
     default_learning_rate: ClassVar[float] = 1e-2
