@@ -7,7 +7,9 @@ learning rate) for ``--steps`` steps of
 ``--batch-size`` texts, final state (no validation during training: nothing is chosen on the reported rows).
 Against it, per-task adapters with the same recipe:
 
-- ``same-budget``: each per-task adapter gets the multi-task run's whole budget (``--steps`` steps);
+- ``same-budget``: each per-task adapter gets the multi-task run's whole budget (``--steps`` steps), or
+  ``own-steps``: each gets ``--per-task-steps`` steps where that differs (``--steps 600 --per-task-steps 300``
+  on two tasks: one adapter at the training compute of the two it replaces);
 - ``same-task-steps``: each gets the number of batches the multi-task run drew from its task (the seeded
   ``TaskSampler`` draws, recorded in the JSON), so it sees as many of its own texts.
 
@@ -21,7 +23,8 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
   per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
 - ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
 
-One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>[-label-map-r<R>]-lr<rate>[-<tag>]-seed<N>.json``, with the
+One JSON per run, ``benchmarks/results/multitask/<backbone>-<tasks>-heldout-<task>-<head>[-label-map-r<R>]-lr<rate>
+[-steps<S>][-per-task<P>][-<tag>]-seed<N>.json`` (steps only where not 300, per-task steps only where not S), with the
 config, seed, task draws, package versions, git commit and machine. A full run (minutes on a few cores)::
 
     python benchmarks/multitask.py --backbone minilm --tasks demo trec --held-out sms-spam --steps 300 \\
@@ -68,8 +71,15 @@ def result_path(args, seed: int) -> Path:
     head, lr = resolved(args.score_head, args.learning_rate)
     tag = "-" + args.tag if args.tag else ""
     rank = f"-label-map-r{args.label_map_rank}" if args.label_map_rank else ""
+    steps = f"-steps{args.steps}" if args.steps != 300 else ""  # the stored runs' 300 keep their names
+    per_task = f"-per-task{per_task_steps(args)}" if per_task_steps(args) != args.steps else ""
     return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}{rank}-lr{learning_rate_text(lr)}"
-                  f"{tag}-seed{seed}.json")
+                  f"{steps}{per_task}{tag}-seed{seed}.json")
+
+
+def per_task_steps(args) -> int:
+    """The steps of each per-task adapter that is not the same-task-steps one: --per-task-steps, else --steps."""
+    return args.steps if args.per_task_steps is None else args.per_task_steps
 
 
 def per_class_sample(data, k: int, seed: int):
@@ -120,7 +130,8 @@ def run(backbone, args, seed: int) -> dict:
     train_sets = {t: read_glue(t, "train") for t in args.tasks}
     val_sets = {t: read_glue(t, "validation").subset(args.val_rows, seed=0) for t in args.tasks}
     record = {"backbone": args.backbone, "tasks": args.tasks, "held_out": args.held_out, "seed": seed,
-              "steps": args.steps, "batch_size": args.batch_size, "fewshot_steps": args.fewshot_steps,
+              "steps": args.steps, "per_task_steps": per_task_steps(args), "batch_size": args.batch_size,
+              "fewshot_steps": args.fewshot_steps,
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
               "score_head": head, "label_map_rank": args.label_map_rank,
@@ -141,7 +152,8 @@ def run(backbone, args, seed: int) -> dict:
           flush=True)
     record["per_task"] = {}
     for t in args.tasks:
-        for kind, steps in (("same-budget", args.steps), ("same-task-steps", max(1, draws[t]))):
+        own = "same-budget" if per_task_steps(args) == args.steps else "own-steps"
+        for kind, steps in ((own, per_task_steps(args)), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
                                      score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
@@ -193,6 +205,9 @@ def main() -> None:
     ap.add_argument("--held-out", default="sms-spam", help="packaged task never trained on by the multi-task run")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=300, help="multi-task steps (and the same-budget per-task steps)")
+    ap.add_argument("--per-task-steps", type=int, default=None,
+                    help="steps of each per-task adapter (default: --steps); --steps 600 --per-task-steps 300 on two "
+                         "tasks compares at equal total training compute")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--fewshot-steps", type=int, default=50)
     ap.add_argument("--shots", nargs="+", type=int, default=[8, 16], help="examples per class on the held-out task")
@@ -210,6 +225,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.label_map_rank < 0:
         ap.error("--label-map-rank: 0 (no map) or a positive rank")
+    if args.steps < 1 or (args.per_task_steps is not None and args.per_task_steps < 1):
+        ap.error("--steps and --per-task-steps: a positive number of steps")
 
     import torch
 

@@ -1075,8 +1075,9 @@ def multitask_tables(runs) -> str:
     for r in runs:
         # files without the keys ran with the similarity head, before lt-prefix's default left 1e-2
         groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r["fewshot_steps"],
-                r.get("score_head", "similarity"), r.get("label_map_rank") or 0, r.get("learning_rate", 1e-2))].append(r)
-    for (backbone, tasks, held, steps, fsteps, head, rank, lr), rs in sorted(groups.items(), key=lambda kv: (
+                r.get("score_head", "similarity"), r.get("label_map_rank") or 0, r.get("learning_rate", 1e-2),
+                r.get("per_task_steps", r["steps"]))].append(r)
+    for (backbone, tasks, held, steps, fsteps, head, rank, lr, own), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][:5], kv[0][5] != "similarity", kv[0][5:])):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         val_rows = rs[0]["val_rows"]
@@ -1087,7 +1088,9 @@ def multitask_tables(runs) -> str:
                 "validation rows)", "",
                 "| model | " + " | ".join(tasks) + " | mean |", "|---|" + "---|" * (len(tasks) + 1)]
         out += _mt_row(rs, tasks, "multi-task adapter", lambda r, t: r["multitask"]["validation"][t]["accuracy"])
-        for kind, what in (("same-budget", f"its own adapter, {steps} steps"),
+        own_what = f"its own adapter, {own} steps" + (
+            " (together, the multi-task run's steps)" if own != steps and own * len(tasks) == steps else "")
+        for kind, what in (("same-budget" if own == steps else "own-steps", own_what),
                            ("same-task-steps", "its own adapter, the batches the multi-task run drew from it")):
             out += _mt_row(rs, tasks, what, lambda r, t, kind=kind: (r["per_task"].get(f"{t}/{kind}") or {}).get(
                 "validation", {}).get("accuracy"))
