@@ -9,7 +9,8 @@ Against it, per-task adapters with the same recipe:
 
 - ``same-budget``: each per-task adapter gets the multi-task run's whole budget (``--steps`` steps), or
   ``own-steps``: each gets ``--per-task-steps`` steps where that differs (``--steps 600 --per-task-steps 300``
-  on two tasks: one adapter at the training compute of the two it replaces);
+  on two tasks: one adapter at the total steps, so the texts seen, of the two it replaces; not the same forward
+  rows, since listwise LT-prefix scores K rows per text and the multi-task run's task mix sets the K);
 - ``same-task-steps``: each gets the number of batches the multi-task run drew from its task (the seeded
   ``TaskSampler`` draws, recorded in the JSON), so it sees as many of its own texts.
 
@@ -207,7 +208,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="multi-task steps (and the same-budget per-task steps)")
     ap.add_argument("--per-task-steps", type=int, default=None,
                     help="steps of each per-task adapter (default: --steps); --steps 600 --per-task-steps 300 on two "
-                         "tasks compares at equal total training compute")
+                         "tasks compares at equal total steps (texts seen)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--fewshot-steps", type=int, default=50)
     ap.add_argument("--shots", nargs="+", type=int, default=[8, 16], help="examples per class on the held-out task")
@@ -227,6 +228,8 @@ def main() -> None:
         ap.error("--label-map-rank: 0 (no map) or a positive rank")
     if args.steps < 1 or (args.per_task_steps is not None and args.per_task_steps < 1):
         ap.error("--steps and --per-task-steps: a positive number of steps")
+    if args.tag.startswith(("steps", "per-task")):  # the name's own parts: a tag like that could collide
+        ap.error(f"--tag {args.tag!r}: a tag may not start with 'steps' or 'per-task' (the file name's step parts)")
 
     import torch
 
