@@ -124,6 +124,8 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning.train import TrainArgs, set_seed, train
 
     head, lr = resolved(args.score_head, args.learning_rate)
+    own_steps = per_task_steps(args)
+    own_kind = "same-budget" if own_steps == args.steps else "own-steps"  # the per_task key; the renderer reads it
 
     def targs(steps: int) -> TrainArgs:
         return TrainArgs(max_steps=steps, batch_size=args.batch_size, seed=seed, progress=False, learning_rate=lr)
@@ -131,7 +133,7 @@ def run(backbone, args, seed: int) -> dict:
     train_sets = {t: read_glue(t, "train") for t in args.tasks}
     val_sets = {t: read_glue(t, "validation").subset(args.val_rows, seed=0) for t in args.tasks}
     record = {"backbone": args.backbone, "tasks": args.tasks, "held_out": args.held_out, "seed": seed,
-              "steps": args.steps, "per_task_steps": per_task_steps(args), "batch_size": args.batch_size,
+              "steps": args.steps, "per_task_steps": own_steps, "per_task_kind": own_kind, "batch_size": args.batch_size,
               "fewshot_steps": args.fewshot_steps,
               "shots": args.shots, "val_rows": {t: len(v) for t, v in val_sets.items()},
               "train_rows": {t: len(d) for t, d in train_sets.items()},
@@ -153,8 +155,7 @@ def run(backbone, args, seed: int) -> dict:
           flush=True)
     record["per_task"] = {}
     for t in args.tasks:
-        own = "same-budget" if per_task_steps(args) == args.steps else "own-steps"
-        for kind, steps in ((own, per_task_steps(args)), ("same-task-steps", max(1, draws[t]))):
+        for kind, steps in ((own_kind, own_steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
                                      score_head=head, **common.label_map("lt-prefix", args.label_map_rank))

@@ -1090,7 +1090,7 @@ def multitask_tables(runs) -> str:
         out += _mt_row(rs, tasks, "multi-task adapter", lambda r, t: r["multitask"]["validation"][t]["accuracy"])
         own_what = f"its own adapter, {own} steps" + (
             " (together, the multi-task run's steps)" if own != steps and own * len(tasks) == steps else "")
-        for kind, what in (("same-budget" if own == steps else "own-steps", own_what),
+        for kind, what in ((rs[0].get("per_task_kind", "same-budget"), own_what),  # stored runs: same-budget
                            ("same-task-steps", "its own adapter, the batches the multi-task run drew from it")):
             out += _mt_row(rs, tasks, what, lambda r, t, kind=kind: (r["per_task"].get(f"{t}/{kind}") or {}).get(
                 "validation", {}).get("accuracy"))

@@ -215,8 +215,9 @@ def build_parser() -> _Parser:
                         "Not for encoders or other methods")
     g = _Group(p, "training")
     g.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
-    g.add_argument("--batch-size", type=int, default=16, help="texts per step (default: 16); an LT method scores each against all K labels, or one true or "
-                   "false pair per text with --objective pairwise")
+    g.add_argument("--batch-size", type=int, default=16,
+                   help="texts per step (default: 16); an LT method scores each against all K labels, or one true "
+                        "or false pair per text with --objective pairwise")
     g.add_argument("--learning-rate", type=float,
                    help="AdamW learning rate (default: the method's own: " + _default_rates() + ")")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
