@@ -3,7 +3,7 @@
 One lt-prefix adapter is trained on several packaged tasks at once (default demo + trec; each batch from one
 task, tasks drawn in proportion to their size: ``ltuning.pairs.TaskSampler``) with the library's defaults
 (listwise objective, LT-prefix's default score head unless ``--score-head`` names another, that head's default
-learning rate) for ``--steps`` steps of
+learning rate, the default label map unless ``--label-map-rank`` names another) for ``--steps`` steps of
 ``--batch-size`` texts, final state (no validation during training: nothing is chosen on the reported rows).
 Against it, per-task adapters with the same recipe:
 
@@ -51,6 +51,7 @@ import common  # noqa: E402
 from headstart import zero_shot  # noqa: E402
 
 from ltuning.config import ScoreHead  # noqa: E402
+from ltuning.methods.lt_prefix import LTPrefix  # noqa: E402
 
 OUT = common.RESULTS / "multitask"
 
@@ -220,11 +221,13 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="for every adapter here (default: the score head's default rate; the stored similarity-head "
                          "runs: --score-head similarity --learning-rate 1e-2)")
-    ap.add_argument("--label-map-rank", type=int, default=0,
-                    help="lt-prefix's label map for every adapter here: 0 (default) none, as the stored runs; "
-                         f"{common.LABEL_MAP_RANK}: the library's default since 2026-11-29")
+    ap.add_argument("--label-map-rank", type=int, default=None,
+                    help="lt-prefix's label map for every adapter here (default: the library's, "
+                         f"r={LTPrefix.default_label_map_rank} since 2026-11-29); 0: none, as the runs stored before")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
+    if args.label_map_rank is None:
+        args.label_map_rank = LTPrefix.default_label_map_rank
     if args.label_map_rank < 0:
         ap.error("--label-map-rank: 0 (no map) or a positive rank")
     if args.steps < 1 or (args.per_task_steps is not None and args.per_task_steps < 1):
