@@ -223,7 +223,8 @@ def main() -> None:
                          "runs: --score-head similarity --learning-rate 1e-2)")
     ap.add_argument("--label-map-rank", type=int, default=None,
                     help="lt-prefix's label map for every adapter here (default: the library's, "
-                         f"r={LTPrefix.default_label_map_rank} since 2026-11-29); 0: none, as the runs stored before")
+                         f"r={LTPrefix.default_label_map_rank} since 2026-11-29); 0: none, as the stored runs without "
+                         "'label-map' in their names")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
     if args.label_map_rank is None:
