@@ -51,7 +51,6 @@ import common  # noqa: E402
 from headstart import zero_shot  # noqa: E402
 
 from ltuning.config import ScoreHead  # noqa: E402
-from ltuning.methods.lt_prefix import LTPrefix  # noqa: E402
 
 OUT = common.RESULTS / "multitask"
 
@@ -222,13 +221,14 @@ def main() -> None:
                     help="for every adapter here (default: the score head's default rate; the stored similarity-head "
                          "runs: --score-head similarity --learning-rate 1e-2)")
     ap.add_argument("--label-map-rank", type=int, default=None,
-                    help="lt-prefix's label map for every adapter here (default: the library's, "
-                         f"r={LTPrefix.default_label_map_rank} since 2026-11-29); 0: none, as the stored runs without "
-                         "'label-map' in their names")
+                    help="lt-prefix's label map for every adapter here (default: the library's default rank, a map "
+                         "since 2026-11-29); 0: none, as the stored runs without 'label-map' in their names")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
     if args.label_map_rank is None:
-        args.label_map_rank = LTPrefix.default_label_map_rank
+        from ltuning.methods import get_method
+
+        args.label_map_rank = get_method("lt-prefix").label_map_rank_for(None)
     if args.label_map_rank < 0:
         ap.error("--label-map-rank: 0 (no map) or a positive rank")
     if args.steps < 1 or (args.per_task_steps is not None and args.per_task_steps < 1):
