@@ -37,6 +37,14 @@ default, and ``lt-prefix-label-map-*`` (LT-prefix with the label map of rank ``c
 seeds 1-2) through lock files, so several processes (or machines writing to copies of the folder) fill the
 table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on
 (exit status 1); without peft installed the peft rows are skipped with a notice.
+
+Stopped runs resume. Our rows' runs (not the peft peers') write a checkpoint at every evaluation under
+``<results>/.checkpoints/`` (ignored by git; removed once the JSON is written), and a later command given the
+same job continues from it (``ltuning.train``'s resume: weights, best state, optimizer, data order and RNG, so
+the run is the one it would have been unbroken; the JSON records ``resumed_from``, the step it went on from).
+A run killed by ``timeout`` or the end of a session leaves its claim file behind: a worker on the same host
+takes over a claim whose process is gone (``--list`` names the step of a job's checkpoint).
+``--no-checkpoints`` turns both off.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +93,29 @@ def final_path(backbone: str, task: str, row: str, seed: int, to_cap: bool = Fal
     if beyond_lr is None:
         return OUT / ("to-cap" if to_cap else "") / f"{backbone}-{task}-{row}-seed{seed}.json"
     return OUT / ("to-cap" if to_cap else "") / "beyond-grid" / f"{backbone}-{task}-{row}-lr{beyond_lr:g}-seed{seed}.json"
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """Where the run that writes ``path`` keeps its checkpoints until the JSON is written."""
+    return OUT / ".checkpoints" / path.relative_to(OUT).with_suffix("")
+
+
+def drop_checkpoints(path: Path) -> None:
+    """Remove the checkpoints of ``path``'s run (its JSON is written) and the folders above it left empty."""
+    folder = checkpoint_dir(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if parent == OUT or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def resumable_step(path: Path) -> int | None:
+    """The step of the newest checkpoint a stopped run of ``path`` left, or None."""
+    from ltuning import checkpoint
+
+    found = checkpoint.list_checkpoints(checkpoint_dir(path))
+    return found[-1][0] if found else None
 
 
 def stopped_before_cap(path: Path) -> bool:
@@ -192,7 +225,7 @@ def parse_row(row: str) -> tuple[str, str, str, dict]:
 
 
 def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps: int, patience: int,
-             device, report: bool) -> dict:
+             device, report: bool, checkpoints: Path | None = None) -> dict:
     from ltuning.evaluate import evaluate
     from ltuning.recipe import build_and_train
     from ltuning.train import TrainArgs
@@ -210,7 +243,9 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 
     args = TrainArgs(max_steps=steps, batch_size=PROTOCOL["batch_size"], learning_rate=lr,
                      eval_every=PROTOCOL["eval_every"], seed=seed, progress=False, metric_for_best=metric,
-                     early_stopping_patience=patience, objective=objective)
+                     early_stopping_patience=patience, objective=objective,
+                     **(dict(output_dir=str(checkpoints), checkpoint_every=PROTOCOL["eval_every"], keep_checkpoints=1,
+                             resume=True) if checkpoints else {}))
     run = build_and_train(bb, train_ds, dev, args, method=method, task=t, label_texts=label_texts,
                           base_model=backbone, text_pooling=PROTOCOL["text_pooling"],
                           max_length=PROTOCOL["max_length"], score_head=score_head, on_built=at_start, say=None,
@@ -223,6 +258,7 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
     out = {"curve": curve, "best_step": res.best_step, "stopped_early_at": res.stopped_early_at,
            "best_dev_metric": res.best_metrics.get(metric), "trainable_params": model.num_trainable_parameters(),
            "adapter": model.config.to_dict(), "train_seconds": res.train_seconds, "seconds": res.seconds,
+           "resumed_from": res.resumed_from,  # 0: one unbroken process; seconds include the earlier processes
            # forward rows: training feeds one (text, label) row per text (LT pairwise: half true, half false pairs;
            # classic: the text once; listwise: K rows); prediction scores K rows per text for LT, one for classic
            "objective": objective,
@@ -296,7 +332,7 @@ def device_record(device) -> dict:
     return rec
 
 
-def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dict:
+def run_job(job, bb, backbone: str, load_private, model_dir: str, device, checkpoints: bool = True) -> dict:
     import torch
 
     kind, task, row, arg, path = job
@@ -323,7 +359,8 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
         rec.update(seed=seed, learning_rate=lr, steps=steps)
         fn = run_peer if row in peer_loop.PEER_METHODS else run_ours
         extra = (load_private, model_dir) if fn is run_peer else ()
-        rec.update(fn(bb, backbone, *extra, task, row, lr, seed, steps, patience, device, report))
+        kw = {"checkpoints": checkpoint_dir(path)} if fn is run_ours and checkpoints else {}
+        rec.update(fn(bb, backbone, *extra, task, row, lr, seed, steps, patience, device, report, **kw))
         last = rec["curve"][-1]["step"]
         rec["steps_run"] = last
         best = rec["best_dev_metric"]
@@ -337,15 +374,46 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device) -> dic
 
 
 # ----------------------------------------------------------------------------- workers
-def claim(path: Path) -> bool:
+def claim(path: Path, take_over_stale: bool = False) -> bool:
+    """Create ``path``'s claim file (host and pid) unless another worker holds it; with ``take_over_stale``, a
+    claim left by a process of this host that is gone (:func:`stale_claim`) is replaced. The check and the
+    takeover hold a lock shared by this host's workers, so two of them never take over the same claim."""
+    import fcntl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / ".claims.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if take_over_stale and stale_claim(path):
+            print(f"[worker {os.getpid()}] {path.name}: the process that claimed it is gone; taking it over",
+                  flush=True)
+            path.with_suffix(".claim").unlink()
+        try:
+            fd = os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        os.close(fd)
     return True
+
+
+def stale_claim(path: Path) -> bool:
+    """``path``'s claim file was written on this host by a process that is gone (killed by ``timeout`` or the end
+    of a session). A claim from another host, or one without a host (older runs), is never stale here."""
+    try:
+        host, pid = path.with_suffix(".claim").read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def worker(a) -> int:
@@ -376,17 +444,18 @@ def worker(a) -> int:
         waiting, took = False, False
         for job in todo:
             path = job[4]
-            if path.exists() or path.with_suffix(".claim").exists() or job[1:3] in failed:
+            if path.exists() or job[1:3] in failed:
                 continue
             if job[0] == "final" and chosen_lr(a.backbone, job[1], job[2]) is None:
                 waiting = True
                 continue
-            if not claim(path):
+            if not claim(path, take_over_stale=a.checkpoints):
                 continue
             took = True
             print(f"[{common.now()} worker {os.getpid()}] {job[0]} {job[1]} {job[2]} {job[3]}", flush=True)
             try:
-                rec = run_job(job, bb, a.backbone, lambda: _private(source, device), model_dir, device)
+                rec = run_job(job, bb, a.backbone, lambda: _private(source, device), model_dir, device,
+                              checkpoints=a.checkpoints)
             except Exception:  # noqa: BLE001 - reported, left unclaimed for a later run; this worker skips its (task, row)
                 traceback.print_exc()
                 path.with_suffix(".claim").unlink(missing_ok=True)
@@ -395,6 +464,7 @@ def worker(a) -> int:
                 failed.add(job[1:3])
                 break
             common.write_result(path, rec)
+            drop_checkpoints(path)
             path.with_suffix(".claim").unlink(missing_ok=True)
             summary = {k: rec.get(k) for k in ("best_dev_metric", "accuracy", "mcc", "steps_run", "wall_seconds")}
             print(f"  -> {path.name}: {summary}", flush=True)
@@ -444,6 +514,9 @@ def main() -> int:
                          "end of the grid and a probe beyond it (--lrs) beat it on dev, into beyond-grid/ "
                          "(with --to-cap: without early stopping, into to-cap/beyond-grid/)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
+    ap.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                    help="write no checkpoints, resume nothing and leave claims of stopped runs alone (default: "
+                         "checkpoint every evaluation under <results>/.checkpoints/, resume from there)")
     ap.add_argument("--stop-on-error", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, results in /tmp (a check of the runner)")
     ap.add_argument("--list", action="store_true")
@@ -471,7 +544,9 @@ def main() -> int:
               "beat it on dev (converged.py --lrs runs probes)", file=sys.stderr)
     if a.list:
         for job in jobs(a.backbone, a.tasks, a.rows, a.seeds, a.to_cap, a.lrs, a.beyond_grid):
-            print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4])))
+            at = None if job[4].exists() else resumable_step(job[4])
+            print(("done " if job[4].exists() else "todo ") + " ".join(map(str, job[:4]))
+                  + ("" if at is None else f" (checkpoint at step {at})"))
         return 0
     if a.worker or a.workers == 1:
         return worker(a)

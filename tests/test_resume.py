@@ -60,6 +60,11 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
             return orig(self)
         pairs.PairSampler.next = next_
+    elif mode == "finish":  # SIGKILL after the loop, before the run is finished (every checkpoint written)
+        import ltuning.train as tr
+        def finish(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+        tr._TrainingLoop._finish = finish
     else:  # SIGKILL with checkpoint step-<at> fully written under its temporary name, before the rename
         orig_rename = ck.os.rename
         def rename(src, dst):
@@ -119,6 +124,29 @@ def test_sigkill_then_resume_is_bit_exact(setup, tmp_path):
     assert [(r["step"], r["accuracy"], r["loss"]) for r in got["history"]] == \
         [(r["step"], r["accuracy"], r["loss"]) for r in ref_results["history"]]
     assert steps(out) == steps(ref)
+
+
+def test_resume_from_the_checkpoint_that_stopped_early_ends_there(setup, tmp_path):
+    # early stopping spends its patience at an evaluation with a checkpoint; the process dies before it finishes.
+    # The resumed run must end at that step as the unbroken run did: no extra training step, same record.
+    extra = ["--max-steps", "60", "--checkpoint-every", "4", "--early-stopping-patience", "1"]
+    ref = tmp_path / "ref"
+    assert main(args_for(setup, ref, *extra)) == 0
+    ref_results = json.loads((ref / "train_results.json").read_text())
+    stop = ref_results["stopped_early_at"]
+    assert stop is not None and stop < 60 and stop % 4 == 0
+
+    out = tmp_path / "killed"
+    p = run_killed("finish", 0, args_for(setup, out, *extra), tmp_path)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert steps(out)[-1] == stop and not (out / WEIGHTS_NAME).exists()
+    assert main(args_for(setup, out, *extra, "--resume")) == 0
+    got = json.loads((out / "train_results.json").read_text())
+    assert got["resumed_from_step"] == stop
+    assert got["stopped_early_at"] == stop and got["best_step"] == ref_results["best_step"]
+    assert [r["step"] for r in got["train_log"]] == [r["step"] for r in ref_results["train_log"]]
+    a, b = load_file(str(ref / WEIGHTS_NAME)), load_file(str(out / WEIGHTS_NAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoint_contents_load_weights_only(setup, tmp_path):

@@ -562,21 +562,30 @@ class _TrainingLoop:
                                 initial=self.start_step, disable=not (args.progress and self.main))
         self.started = any(r.get("loss") is not None for r in self.result.train_log)  # running loss has a value
         self.model.train()
-        for step in range(self.start_step + 1, args.max_steps + 1):
-            self._step(step)
-            if self.validation_data is not None and (step % args.eval_every == 0 or step == args.max_steps):
-                self._evaluate(step)
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                self._checkpoint(step)
-            if self._patience_spent():
-                self.result.stopped_early_at = step
-                if self.main:
-                    self.bar.write(f"step {step}: no better validation {args.metric_for_best} in "
-                                   f"{args.early_stopping_patience} evaluations since step {self.result.best_step}; "
-                                   "stopping early")
-                break
+        # a checkpoint written at the evaluation that spent the patience (the process stopped before it finished)
+        # ends the run where the unbroken run ended, without another step
+        if not (self.start_step and self._stops_early(self.start_step)):
+            for step in range(self.start_step + 1, args.max_steps + 1):
+                self._step(step)
+                if self.validation_data is not None and (step % args.eval_every == 0 or step == args.max_steps):
+                    self._evaluate(step)
+                if args.checkpoint_every and step % args.checkpoint_every == 0:
+                    self._checkpoint(step)
+                if self._stops_early(step):
+                    break
         self.bar.close()
         return self._finish()
+
+    def _stops_early(self, step: int) -> bool:
+        """Early stopping after ``step``: records and says so when the patience is spent."""
+        if not self._patience_spent():
+            return False
+        self.result.stopped_early_at = step
+        if self.main:
+            self.bar.write(f"step {step}: no better validation {self.args.metric_for_best} in "
+                           f"{self.args.early_stopping_patience} evaluations since step {self.result.best_step}; "
+                           "stopping early")
+        return True
 
     def _step(self, step: int) -> None:
         """One optimizer step: the accumulated micro-batches, summed across processes; a step whose loss or
