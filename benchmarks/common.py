@@ -124,6 +124,33 @@ def cells(backbones=("minilm", "smollm2"), tasks=TASKS, methods=None, seeds=None
     return out
 
 
+#: LT-prefix's learned parts and the values each starts at (a fresh adapter's, whatever the seed): the score
+#: head's C_zeta (``head``) 0, W (``text_map``) the identity, s and b their initial values; Z (``transform``) and
+#: the label map's U (``label_up``) 0, so the label prefix starts at zero whatever ``pool`` and ``label_down`` hold
+LT_PREFIX_PARTS = ("head", "text_map", "logit_scale", "logit_bias", "transform", "label_up")
+
+
+def reset_parts(model, trained: dict, parts) -> None:
+    """Load ``trained`` (a state dict of ``model.method``) into ``model``, with each of ``parts``
+    (:data:`LT_PREFIX_PARTS`) put back to its start value; the cached prediction-time prefixes are dropped."""
+    import torch
+
+    method = model.method
+    model.method.load_state_dict(trained)
+    with torch.no_grad():
+        for part in parts:
+            if part not in LT_PREFIX_PARTS:
+                raise ValueError(f"unknown part {part!r}: one of {', '.join(LT_PREFIX_PARTS)}")
+            if part == "logit_scale":
+                method.logit_scale.fill_(math.log(method.initial_scale))
+            elif part == "logit_bias":
+                method.logit_bias.fill_(method.initial_bias)
+            else:
+                w = getattr(method, part).weight
+                w.copy_(torch.eye(w.shape[0], dtype=w.dtype) if part == "text_map" else torch.zeros_like(w))
+    model.clear_injection_cache()
+
+
 def metric_of(task: str) -> str:
     """The converged benchmark's metric of a GLUE task: MCC on CoLA, accuracy elsewhere."""
     return "mcc" if task == "cola" else "accuracy"

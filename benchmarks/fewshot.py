@@ -652,12 +652,7 @@ def source_parts(args) -> int:
         task, val = get_task(d), load(d)[1]
         rows = {}
         for name, parts in SOURCE_PARTS.items():
-            model.method.load_state_dict(trained)
-            with torch.no_grad():
-                for part in parts:
-                    w = getattr(model.method, part).weight
-                    w.copy_(torch.eye(w.shape[0]) if part == "text_map" else torch.zeros_like(w))
-            model.clear_injection_cache()
+            common.reset_parts(model, trained, parts)
             names = model.predict(list(val.texts), candidate_labels=list(task.label_texts))
             m = classification_metrics([task.label_texts.index(n) for n in names], list(val.labels),
                                        len(task.label_names))

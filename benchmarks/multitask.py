@@ -20,6 +20,9 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
 
 - ``zero-shot-cosine``: the frozen model's cosine between text and label-text embeddings (benchmarks/headstart.py);
 - ``multitask-zero-shot``: the multi-task adapter with the held-back labels through the candidate-label path;
+- ``parts``: the same with parts of the adapter put back to their start (:func:`zero_shot_parts`): the score head
+  (W, C_zeta, s, b), W alone, the label prefix (Z, the label map's U), or all (the frozen similarity again); it
+  shows which part moves the held-back ranking away from the frozen model's;
 - ``multitask-<k>-shot``: the multi-task adapter's weights, continued on k examples per class (a seeded
   per-class sample, the same examples for every model) for ``--fewshot-steps`` steps, final state;
 - ``scratch-<k>-shot``: a fresh lt-prefix adapter trained on the same k-shot examples and steps.
@@ -34,6 +37,9 @@ config, seed, task draws, package versions, git commit and machine. A full run (
 and a smoke run (seconds; its file name tagged ``smoke``)::
 
     python benchmarks/multitask.py --steps 4 --fewshot-steps 2 --val-rows 32 --shots 8 --tag smoke
+
+``--zero-shot-only`` trains the multi-task adapter and scores the held-back task zero-shot with its parts (no
+per-task adapters, no few-shot runs: a third of the time), into ``multitask/zero-shot-parts/`` under the same name.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from headstart import zero_shot  # noqa: E402
 from ltuning.config import ScoreHead  # noqa: E402
 
 OUT = common.RESULTS / "multitask"
+# lt-prefix's score-head weights (W, C_zeta, s, b); its other weights build the label-conditioned prefix
+HEAD_WEIGHTS = ("logit_scale", "logit_bias", "head.", "text_map.")
 
 
 def resolved(score_head: str | None, learning_rate: float | None = None) -> tuple[str, float]:
@@ -74,7 +82,8 @@ def result_path(args, seed: int) -> Path:
     rank = f"-label-map-r{args.label_map_rank}" if args.label_map_rank else ""
     steps = f"-steps{args.steps}" if args.steps != 300 else ""  # the stored runs' 300 keep their names
     per_task = f"-per-task{per_task_steps(args)}" if per_task_steps(args) != args.steps else ""
-    return OUT / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}{rank}-lr{learning_rate_text(lr)}"
+    out = OUT / "zero-shot-parts" if args.zero_shot_only else OUT
+    return out / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}{rank}-lr{learning_rate_text(lr)}"
                   f"{steps}{per_task}{tag}-seed{seed}.json")
 
 
@@ -102,6 +111,32 @@ def scored(model, data) -> dict:
     m = evaluate(model, data)
     return {"rows": len(data), "accuracy": m["accuracy"], "mcc": m["mcc"], "macro_f1": m["macro_f1"],
             "majority_accuracy": m["majority_accuracy"]}
+
+
+#: ``parts``: which of the multi-task adapter's learned parts (common.LT_PREFIX_PARTS) is put back to its start
+ZERO_SHOT_PARTS = {
+    "trained": (),
+    "head-at-start": ("head", "text_map", "logit_scale", "logit_bias"),  # the label prefix's effect alone
+    "W-at-start": ("text_map",),
+    "prefix-at-start": ("transform", "label_up"),  # the trained head reading the frozen model's states
+    "both-at-start": common.LT_PREFIX_PARTS,  # the frozen text-label similarity: the zero-shot cosine's ranking
+}
+
+
+def zero_shot_parts(model, data, label_texts: list[str]) -> dict:
+    """Zero-shot accuracy of ``model`` on ``data`` with ``label_texts`` as candidates, with the parts of
+    :data:`ZERO_SHOT_PARTS` put back to their start (``common.reset_parts``); ``model``'s weights are restored
+    afterwards."""
+    trained = {k: v.detach().clone() for k, v in model.method.state_dict().items()}
+    out = {}
+    try:
+        for name, parts in ZERO_SHOT_PARTS.items():
+            common.reset_parts(model, trained, parts)
+            pred = model.predict(data.texts, candidate_labels=label_texts)
+            out[name] = sum(p == label_texts[y] for p, y in zip(pred, data.labels, strict=True)) / len(data)
+    finally:
+        common.reset_parts(model, trained, ())
+    return out
 
 
 def task_draws(train: dict, steps: int, batch_size: int, seed: int) -> dict:
@@ -142,6 +177,8 @@ def run(backbone, args, seed: int) -> dict:
                         + (f"label map r={args.label_map_rank}" if args.label_map_rank else "no label map")
                         + ", final state"}
     t0 = time.perf_counter()
+    if args.zero_shot_only:
+        record["recipe"] += "; the multi-task adapter only, scored zero-shot on the held-back task"
     multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
                             score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
     record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
@@ -154,7 +191,7 @@ def run(backbone, args, seed: int) -> dict:
     print(f"  multitask: {({t: round(v['accuracy'], 3) for t, v in record['multitask']['validation'].items()})}",
           flush=True)
     record["per_task"] = {}
-    for t in args.tasks:
+    for t in args.tasks if not args.zero_shot_only else ():
         for kind, steps in ((own_kind, own_steps), ("same-task-steps", max(1, draws[t]))):
             t1 = time.perf_counter()
             single = build_and_train(backbone, train_sets[t], None, targs(steps), method="lt-prefix", task=t, say=None,
@@ -176,8 +213,11 @@ def run(backbone, args, seed: int) -> dict:
     hit = sum(p == texts[y] for p, y in zip(pred, held_val.labels, strict=True))
     held_rec = {"label_texts": texts, "rows": len(held_val),
                 "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
-                "multitask-zero-shot": {"accuracy": hit / len(held_val)}}
-    for k in args.shots:
+                "multitask-zero-shot": {"accuracy": hit / len(held_val)},
+                "parts": zero_shot_parts(model, held_val, texts)}
+    print(f"  {args.held_out} zero-shot: cosine {cm['accuracy']:.3f}, "
+          + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["parts"].items()), flush=True)
+    for k in args.shots if not args.zero_shot_only else ():
         shots = per_class_sample(held_train, k, seed)
         for start in ("multitask", "scratch"):
             set_seed(seed)
@@ -223,6 +263,9 @@ def main() -> None:
     ap.add_argument("--label-map-rank", type=int, default=None,
                     help="lt-prefix's label map for every adapter here (default: the library's default rank, a map "
                          "since 2026-11-29); 0: none, as the stored runs without 'label-map' in their names")
+    ap.add_argument("--zero-shot-only", action="store_true",
+                    help="train the multi-task adapter and score the held-back task zero-shot, with its parts at "
+                         "their start; nothing else (results in multitask/zero-shot-parts/)")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
     if args.label_map_rank is None:

@@ -1097,13 +1097,51 @@ def multitask_tables(runs) -> str:
         out += ["", f"Held-back task `{held}` (labels " + " / ".join(f"`{x}`" for x in rs[0]["held_out_task"][
             "label_texts"]) + f"; continued training: {fsteps} steps, final state):", "",
                 "| model | accuracy |", "|---|---|"]
-        keys = [k for k in rs[0]["held_out_task"] if isinstance(rs[0]["held_out_task"][k], dict)]
+        keys = [k for k in rs[0]["held_out_task"] if "accuracy" in (rs[0]["held_out_task"][k] or {})
+                if isinstance(rs[0]["held_out_task"][k], dict)]
         for k in keys:
             vals = [r["held_out_task"][k]["accuracy"] for r in rs if k in r["held_out_task"]]
             out.append(f"| {k} | {fmt_ms(vals)} |")
         secs = statistics.mean(r["seconds"] for r in rs)
         out += ["", f"{len(rs)} run(s), {secs / 60:.0f} min each (one torch thread); versions "
                 + ", ".join(f"{k} {v}" for k, v in sorted(rs[0].get("versions", {}).items())) + ".", ""]
+    return "\n".join(out)
+
+
+PARTS_COLUMNS = {"trained": "as trained", "head-at-start": "score head at start", "W-at-start": "W at start",
+                 "prefix-at-start": "label prefix at start", "both-at-start": "all at start"}
+
+
+def multitask_parts_table(runs) -> str:
+    """``multitask.py``'s held-back zero-shot with parts of the multi-task adapter at their start (the ``parts``
+    record of its full runs and of its ``--zero-shot-only`` runs): one row per run, then the mean."""
+    runs = [r for r in runs if isinstance(r, dict) and "parts" in r.get("held_out_task", {}) and r.get("steps", 0) >= 10]
+    if not runs:
+        return "No held-back parts yet (`python benchmarks/multitask.py --zero-shot-only`)."
+    out = []
+    groups = defaultdict(dict)
+    for r in runs:  # a seed's full run and its --zero-shot-only run train the same adapter: one row
+        groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r.get("score_head"),
+                r.get("label_map_rank") or 0, r.get("learning_rate"))].setdefault(r["seed"], r)
+    for (backbone, tasks, held, steps, head, rank, lr), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        rs = [by_seed[s] for s in sorted(by_seed)]
+        cols = [c for c in PARTS_COLUMNS if all(c in r["held_out_task"]["parts"] for r in rs)]
+        out += [f"**{backbone}: the adapter on {' + '.join(tasks)} ({steps} steps, the {head} head"
+                + (f" and label map r={rank}" if rank else "") + f", lr {_lr(lr)}), zero-shot on `{held}`** "
+                f"({rs[0]['held_out_task']['rows']} validation rows)", "",
+                "| seed | zero-shot-cosine | " + " | ".join(PARTS_COLUMNS[c] for c in cols) + " |",
+                "|---|---|" + "---|" * len(cols)]
+        for r in rs:
+            h = r["held_out_task"]
+            out.append(f"| {r['seed']} | {h['zero-shot-cosine']['accuracy']:.3f} | "
+                       + " | ".join(f"{h['parts'][c]:.3f}" for c in cols) + " |")
+        out.append("| mean | " + f"{statistics.mean(r['held_out_task']['zero-shot-cosine']['accuracy'] for r in rs):.3f}"
+                   + " | " + " | ".join(f"{statistics.mean(r['held_out_task']['parts'][c] for r in rs):.3f}"
+                                        for c in cols) + " |")
+        out.append("")
+    out.append("At start: the score head's W the identity, C_zeta 0, s and b their initial values; the label prefix's "
+               "Z and the label map's U 0 (the prefix is then zero). All at start is the frozen text-label "
+               "similarity, so it matches zero-shot-cosine.")
     return "\n".join(out)
 
 
@@ -1232,6 +1270,8 @@ def main(argv=None) -> int:
     doc = splice(doc, "fewshot-ablation", fewshot_ablation_table(load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "default-lr", default_lr_table(lr_search, load(FEWSHOT_DIR / "ablation")))
     doc = splice(doc, "multitask", multitask_tables(load(MULTITASK_DIR)))
+    doc = splice(doc, "multitask-parts", multitask_parts_table(load(MULTITASK_DIR / "zero-shot-parts")
+                                                               + load(MULTITASK_DIR)))
     doc = splice(doc, "dynamics", dynamics_table(load(prefix_dynamics.OUT)))
     a.doc.write_text(doc)
     print(f"wrote {a.doc} ({len(runs)} runs) and {len(pngs)} PNG(s)")
