@@ -132,7 +132,8 @@ LT_PREFIX_PARTS = ("head", "text_map", "logit_scale", "logit_bias", "transform",
 
 def reset_parts(model, trained: dict, parts) -> None:
     """Load ``trained`` (a state dict of ``model.method``) into ``model``, with each of ``parts``
-    (:data:`LT_PREFIX_PARTS`) put back to its start value; the cached prediction-time prefixes are dropped."""
+    (:data:`LT_PREFIX_PARTS`) put back to its start value (a part the method does not have, such as the cosine
+    head's W, is left out); the cached prediction-time prefixes are dropped."""
     import torch
 
     method = model.method
@@ -141,6 +142,8 @@ def reset_parts(model, trained: dict, parts) -> None:
         for part in parts:
             if part not in LT_PREFIX_PARTS:
                 raise ValueError(f"unknown part {part!r}: one of {', '.join(LT_PREFIX_PARTS)}")
+            if part not in trained and f"{part}.weight" not in trained:  # e.g. the cosine head's W: nothing learned
+                continue
             if part == "logit_scale":
                 method.logit_scale.fill_(math.log(method.initial_scale))
             elif part == "logit_bias":
