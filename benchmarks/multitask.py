@@ -45,6 +45,7 @@ per-task adapters, no few-shot runs: a third of the time), into ``multitask/zero
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -59,6 +60,7 @@ from headstart import zero_shot  # noqa: E402
 from ltuning.config import ScoreHead  # noqa: E402
 
 OUT = common.RESULTS / "multitask"
+ADAPTERS = Path(__file__).resolve().parent / ".multitask_adapters"
 # lt-prefix's score-head weights (W, C_zeta, s, b); its other weights build the label-conditioned prefix
 HEAD_WEIGHTS = ("logit_scale", "logit_bias", "head.", "text_map.")
 
@@ -85,6 +87,17 @@ def result_path(args, seed: int) -> Path:
     out = OUT / "zero-shot-parts" if args.zero_shot_only else OUT
     return out / (f"{args.backbone}-{'+'.join(args.tasks)}-heldout-{args.held_out}-{head}{rank}-lr{learning_rate_text(lr)}"
                   f"{steps}{per_task}{tag}-seed{seed}.json")
+
+
+def adapter_cache(args, seed: int) -> Path:
+    """Where the multi-task adapter of a run is kept (ignored by git): its name is the result's without the
+    held-back task, the per-task steps and ``zero-shot-only``, since the adapter depends on none of them, so a run
+    on another held-back task scores the same adapter without training it again."""
+    name = result_path(args, seed).name.removesuffix(".json")
+    name = name.replace(f"-heldout-{args.held_out}", "")
+    if per_task_steps(args) != args.steps:
+        name = name.replace(f"-per-task{per_task_steps(args)}", "")
+    return ADAPTERS / name
 
 
 def per_task_steps(args) -> int:
@@ -179,13 +192,24 @@ def run(backbone, args, seed: int) -> dict:
     t0 = time.perf_counter()
     if args.zero_shot_only:
         record["recipe"] += "; the multi-task adapter only, scored zero-shot on the held-back task"
-    multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
-                            score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
-    record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
-    model = multi.model
+    cached = adapter_cache(args, seed)
+    if (cached / "adapter_config.json").exists():  # the same run's adapter, trained before (deterministic)
+        model = LTuningModel.from_pretrained(cached, backbone)
+        trained = json.loads((cached / "multitask_run.json").read_text())
+        record["learning_rate"], train_seconds = trained["learning_rate"], trained["seconds"]
+        record["multitask_adapter_from"] = f"{cached.name}, trained {trained['finished']} (git {trained['git']})"
+    else:
+        multi = build_and_train(backbone, train_sets, None, targs(args.steps), method="lt-prefix", say=None,
+                                score_head=head, **common.label_map("lt-prefix", args.label_map_rank))
+        record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
+        model, train_seconds = multi.model, time.perf_counter() - t0
+        model.save_pretrained(cached)
+        common.write_result(cached / "multitask_run.json", {
+            "learning_rate": record["learning_rate"], "seconds": train_seconds, "finished": common.now(),
+            "git": common.git_commit().get("commit")})
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
     record["multitask"] = {
-        "task_batches": draws, "seconds": time.perf_counter() - t0, "adapter": model.config.to_dict(),
+        "task_batches": draws, "seconds": train_seconds, "adapter": model.config.to_dict(),
         "trainable_params": model.num_trainable_parameters(),
         "validation": {t: scored(model.for_task(t) if i else model, val_sets[t]) for i, t in enumerate(args.tasks)}}
     print(f"  multitask: {({t: round(v['accuracy'], 3) for t, v in record['multitask']['validation'].items()})}",
@@ -217,6 +241,14 @@ def run(backbone, args, seed: int) -> dict:
                 "parts": zero_shot_parts(model, held_val, texts)}
     print(f"  {args.held_out} zero-shot: cosine {cm['accuracy']:.3f}, "
           + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["parts"].items()), flush=True)
+    if args.held_out_dev_rows:  # the same on rows of its training split: a dev set to choose on, not reported
+        held_dev = held_train.subset(args.held_out_dev_rows, seed=0)
+        dev_cos = zero_shot(backbone, held_dev.texts, texts, model.pooling).argmax(-1)
+        held_rec["dev"] = {"rows": len(held_dev), "zero-shot-cosine": sum(
+            int(p) == y for p, y in zip(dev_cos.tolist(), held_dev.labels, strict=True)) / len(held_dev),
+                           "parts": zero_shot_parts(model, held_dev, texts)}
+        print(f"  {args.held_out} dev zero-shot: cosine {held_rec['dev']['zero-shot-cosine']:.3f}, "
+              + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["dev"]["parts"].items()), flush=True)
     for k in args.shots if not args.zero_shot_only else ():
         shots = per_class_sample(held_train, k, seed)
         for start in ("multitask", "scratch"):
@@ -266,6 +298,9 @@ def main() -> None:
     ap.add_argument("--zero-shot-only", action="store_true",
                     help="train the multi-task adapter and score the held-back task zero-shot, with its parts at "
                          "their start; nothing else (results in multitask/zero-shot-parts/)")
+    ap.add_argument("--held-out-dev-rows", type=int, default=500,
+                    help="also score the held-back task's zero-shot parts on this many seeded rows of its training "
+                         "split (a dev set for choices; 0: none)")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. smoke)")
     args = ap.parse_args()
     if args.label_map_rank is None:
