@@ -19,7 +19,11 @@ model). Then a held-back task the multi-task adapter never saw (default sms-spam
 "spam"):
 
 - ``zero-shot-cosine``: the frozen model's cosine between text and label-text embeddings (benchmarks/headstart.py);
-- ``multitask-zero-shot``: the multi-task adapter with the held-back labels through the candidate-label path;
+- ``multitask-zero-shot``: the multi-task adapter with the held-back labels through the candidate-label path,
+  scored by its trained head (``unseen_label_head="trained"``, as every stored run; the frozen similarity's
+  score is ``parts``' ``head-at-start``);
+- ``rewordings``: each training task's validation rows with other wordings of its labels (:data:`REWORDINGS`),
+  scored by the trained head and by the frozen similarity;
 - ``parts``: the same with parts of the adapter put back to their start (:func:`zero_shot_parts`): the score head
   (W, C_zeta, s, b), W alone, the label prefix (Z, the label map's U), or all (the frozen similarity again); it
   shows which part moves the held-back ranking away from the frozen model's;
@@ -136,6 +140,32 @@ ZERO_SHOT_PARTS = {
 }
 
 
+#: other wordings of the training tasks' labels (fixed before any run read them): how an adapter scores its own
+#: task under label texts its head was not trained on, with the trained head and with the frozen similarity
+REWORDINGS = {
+    "demo": [["bad", "good"], ["a negative review", "a positive review"]],
+    "sst2": [["bad", "good"], ["a negative review", "a positive review"]],
+    "trec": [["abbreviated term", "definition", "thing", "person", "place", "number"]],
+}
+
+
+def rewordings(model, val_sets: dict) -> dict:
+    """Accuracy of ``model`` on each training task's validation rows with the label texts of :data:`REWORDINGS`
+    as candidates, scored by the trained head (``unseen_label_head="trained"``) and by the frozen similarity
+    (``"cosine"``, the default)."""
+    out = {}
+    for task, data in val_sets.items():
+        for texts in REWORDINGS.get(task, ()):
+            row = {"label_texts": texts}
+            for head in ("trained", "cosine"):
+                pred = model.predict(data.texts, candidate_labels=texts, unseen_label_head=head)
+                row[head] = sum(p == texts[y] for p, y in zip(pred, data.labels, strict=True)) / len(data)
+            out.setdefault(task, []).append(row)
+            print(f"  {task} as {' / '.join(texts)}: trained head {row['trained']:.3f}, frozen similarity "
+                  f"{row['cosine']:.3f}", flush=True)
+    return out
+
+
 def zero_shot_parts(model, data, label_texts: list[str]) -> dict:
     """Zero-shot accuracy of ``model`` on ``data`` with ``label_texts`` as candidates, with the parts of
     :data:`ZERO_SHOT_PARTS` put back to their start (``common.reset_parts``); ``model``'s weights are restored
@@ -214,6 +244,7 @@ def run(backbone, args, seed: int) -> dict:
         "validation": {t: scored(model.for_task(t) if i else model, val_sets[t]) for i, t in enumerate(args.tasks)}}
     print(f"  multitask: {({t: round(v['accuracy'], 3) for t, v in record['multitask']['validation'].items()})}",
           flush=True)
+    record["rewordings"] = rewordings(model, val_sets)
     record["per_task"] = {}
     for t in args.tasks if not args.zero_shot_only else ():
         for kind, steps in ((own_kind, own_steps), ("same-task-steps", max(1, draws[t]))):
@@ -233,11 +264,11 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning.metrics import classification_metrics
 
     cm = classification_metrics(cos.argmax(-1).tolist(), held_val.labels, len(texts))
-    pred = model.predict(held_val.texts, candidate_labels=texts)
+    pred = model.predict(held_val.texts, candidate_labels=texts, unseen_label_head="trained")  # as the stored runs
     hit = sum(p == texts[y] for p, y in zip(pred, held_val.labels, strict=True))
     held_rec = {"label_texts": texts, "rows": len(held_val),
                 "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
-                "multitask-zero-shot": {"accuracy": hit / len(held_val)},
+                "multitask-zero-shot": {"accuracy": hit / len(held_val), "unseen_label_head": "trained"},
                 "parts": zero_shot_parts(model, held_val, texts)}
     print(f"  {args.held_out} zero-shot: cosine {cm['accuracy']:.3f}, "
           + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["parts"].items()), flush=True)

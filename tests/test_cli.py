@@ -562,14 +562,35 @@ def test_predict_hypothesis_template_keeps_other_braces(trained, capsys, monkeyp
     seen = []
     original = api.candidate_injection
 
-    def spy(model, label_texts):
+    def spy(model, label_texts, unseen_label_head="trained"):
         seen.append(list(label_texts))
-        return original(model, label_texts)
+        return original(model, label_texts, unseen_label_head)
 
     monkeypatch.setattr(api, "candidate_injection", spy)
     assert main(["predict", "--adapter", str(trained), "--candidate-labels", "good,bad",
                  "--hypothesis-template", "{} {0} {", "a good film"]) == 0
     assert seen == [["good {0} {", "bad {0} {"]]  # the labels go in the slot; other braces stay as written
+
+
+def test_predict_unseen_label_head_reaches_the_scoring(trained, capsys, monkeypatch):
+    import ltuning.prediction as api
+
+    seen = []
+    original = api.candidate_injection
+
+    def spy(model, label_texts, unseen_label_head="trained"):
+        seen.append(unseen_label_head)
+        return original(model, label_texts, unseen_label_head)
+
+    monkeypatch.setattr(api, "candidate_injection", spy)
+    for extra in ([], ["--unseen-label-head", "cosine"]):
+        assert main(["predict", "--adapter", str(trained), "--candidate-labels", "fine,awful", *extra,
+                     "a good film"]) == 0
+    assert seen == ["trained", "cosine"]
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["predict", "--adapter", str(trained), "--candidate-labels", "fine,awful", "--unseen-label-head",
+              "frozen", "a good film"])
+    assert "invalid choice: 'frozen'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,match", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,19 +140,53 @@ def test_the_cosine_head_trains_only_the_injection_at_its_own_default_rate(metho
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
 def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
     """Open vocabulary: candidates get their own prefixes / prompts and their own label vectors, exactly as
-    a model whose label texts they were."""
+    a model whose label texts they were (the default, unseen_label_head="trained"); with "cosine", label texts the
+    head was not trained on are scored by the cosine head's formula (the frozen similarity of the prefixed text),
+    which for the cosine head is its own scoring."""
     model = lt(method, label_length=3, score_head=score_head).eval()
     with torch.no_grad():
         for p in model.method.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    other = lt(method, backbone=model.backbone, labels={"bad": "bad", "good": "good"}, label_length=3,
-               score_head=score_head).eval()
+    new = {"bad": "bad", "good": "good"}
+    other = lt(method, backbone=model.backbone, labels=new, label_length=3, score_head=score_head).eval()
     other.method.load_state_dict(model.method.state_dict())
-    got = model.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True)
-    want = torch.softmax(other.score_texts(TEXTS), -1)
-    for g, w in zip(got, want, strict=True):
-        scores = dict(zip(g["labels"], g["scores"], strict=True))
-        assert [scores["bad"], scores["good"]] == pytest.approx(w.tolist(), abs=1e-5)
+    frozen = lt(method, backbone=model.backbone, labels=new, label_length=3, score_head="cosine").eval()
+    frozen.method.load_state_dict({k: v for k, v in model.method.state_dict().items()
+                                   if k in frozen.method.state_dict()})  # the prefix / prompt maps, no head
+    for head, want_model in (("trained", other), ("cosine", frozen)):
+        got = model.predict(TEXTS, candidate_labels=["bad", "good"], return_scores=True, unseen_label_head=head)
+        want = torch.softmax(want_model.score_texts(TEXTS), -1)
+        for g, w in zip(got, want, strict=True):
+            scores = dict(zip(g["labels"], g["scores"], strict=True))
+            assert [scores["bad"], scores["good"]] == pytest.approx(w.tolist(), abs=1e-5)
+    if score_head != "cosine":  # the trained head moved: the two differ
+        a = model.predict_proba(TEXTS, candidate_labels=["bad", "good"], unseen_label_head="cosine")
+        b = model.predict_proba(TEXTS, candidate_labels=["bad", "good"])
+        assert not np.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("score_head", ["similarity", "anchored", "paper"])
+def test_candidates_from_the_training_labels_keep_the_trained_head(score_head):
+    """The frozen similarity scores only label texts the head was not trained on: the adapter's own label
+    texts as candidates (in another order, or a subset of a multi-task adapter's) score as the model itself; the
+    paper head reads no label embeddings and scores every candidate with its trained head."""
+    model = lt("lt-prefix", score_head=score_head).eval()
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    own = model.predict_proba(TEXTS)
+    flipped = model.predict_proba(TEXTS, candidate_labels=["positive", "negative"], unseen_label_head="cosine")
+    np.testing.assert_allclose(flipped, own[:, ::-1], atol=1e-5)
+    if score_head == "paper":
+        np.testing.assert_allclose(
+            model.predict_proba(TEXTS, candidate_labels=["bad", "good"], unseen_label_head="cosine"),
+            model.predict_proba(TEXTS, candidate_labels=["bad", "good"]))
+
+
+def test_unseen_label_head_is_checked():
+    model = lt().eval()
+    with pytest.raises(ConfigError, match="unseen_label_head"):
+        model.predict(TEXTS, candidate_labels=["bad", "good"], unseen_label_head="frozen")
 
 
 @pytest.mark.parametrize(("method", "accumulate"), [("lt-prefix", 1), ("lt-prompt", 1), ("lt-prefix", 2)])

@@ -426,6 +426,11 @@ def _add_run_options(commands: dict[str, _Parser]) -> None:
                    "every label's score, best first")
     g.add_argument("--threshold", type=float,
                    help="--multi-label threshold, in [0, 1] (default: 0.5)")
+    g.add_argument("--unseen-label-head", choices=["trained", "cosine"], default="trained",
+                   help="how candidate label texts the adapter's score head was not trained on are scored "
+                   "(similarity and anchored heads): trained, the trained head (default), or cosine, the frozen "
+                   "similarity of the label-prefixed text and the label's embedding: better for another task's "
+                   "labels, worse for other wordings of the trained labels")
 
 
 def _positionals(p: _Parser) -> list[argparse.Action]:
@@ -1238,7 +1243,7 @@ def cmd_predict(args) -> int:
     with _scoring_precision(model, args.bf16):
         results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
                                 hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
-                                threshold=threshold, return_scores=True)
+                                threshold=threshold, return_scores=True, unseen_label_head=args.unseen_label_head)
     # r is the zero-shot pipeline's dict: sequence, labels and scores, best first
     for item, r in zip(texts, results, strict=True):
         text = "\t".join(item) if isinstance(item, tuple) else item

@@ -285,7 +285,7 @@ class LTuningModel(nn.Module):
             if label_ids is None:
                 raise ConfigError(f"{self.config.method} scores (text, label) pairs: pass label_ids")
             rows = inj.select(label_ids)
-            return self.method.pair_logit(self._pooled(batch, rows), rows.label_vectors)  # (B,)
+            return self.method.pair_logit(self._pooled(batch, rows), rows.label_vectors, rows.frozen_head)  # (B,)
         idx = torch.zeros(B, dtype=torch.long, device=batch["input_ids"].device)
         return self.method.head(self._pooled(batch, inj.select(idx)))  # (B, K)
 
@@ -306,11 +306,11 @@ class LTuningModel(nn.Module):
         if self.shares_text():
             pooled = self.backbone.last_of_prompt_after_shared_text(
                 batch["input_ids"], batch["attention_mask"], inj.prompt, inj.prompt_mask)  # (B, K, d)
-            return self.method.pair_logit(pooled.to(self.head_dtype), vectors)  # (B, K)
+            return self.method.pair_logit(pooled.to(self.head_dtype), vectors, inj.frozen_head)  # (B, K)
         if self.backbone.shares_bottom(inj.prefix):  # prefix_layers j < m: the bottom m - j layers run once
             pooled = self.backbone.pooled_per_prefix(batch["input_ids"], batch["attention_mask"],
                                                      batch.get("token_type_ids"), inj.prefix, pooling=self.pooling)
-            return self.method.pair_logit(pooled.to(self.head_dtype), vectors)  # (B, K)
+            return self.method.pair_logit(pooled.to(self.head_dtype), vectors, inj.frozen_head)  # (B, K)
         rows = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}  # (B*K, n)
         label_ids = torch.arange(K, device=batch["input_ids"].device).repeat(B)  # (B*K,)
         return self(rows, label_ids, injection=inj).view(B, K)
@@ -422,7 +422,7 @@ class LTuningModel(nn.Module):
     def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
                 candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
                 hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
-                return_scores: bool = False):
+                return_scores: bool = False, unseen_label_head: str = "trained"):
         """Label name of each text (argmax over all labels, A.4).
 
         Args:
@@ -439,6 +439,11 @@ class LTuningModel(nn.Module):
                 by score (best first); the scores are a softmax over the labels, or with ``multi_label``
                 per-label sigmoids (all labels are listed: ``threshold`` only selects without scores).
                 (A breaking change: it was ``{"label": name, "scores": {name: p}}`` in label order.)
+            unseen_label_head: how candidate label texts the score head was not trained on are scored
+                (similarity and anchored heads): ``"trained"`` (default) the trained head, ``"cosine"`` the
+                frozen similarity of the label-prefixed text and the label's embedding: better for another
+                task's labels, worse for other wordings of the trained labels
+                (:func:`ltuning.prediction.candidate_injection`).
         Returns: ``["negative", "positive", ...]`` (lists of names with ``multi_label``), or dicts.
         Raises:
             ConfigError: candidate labels, a template or multi_label on a classic prefix / prompt model.
@@ -451,11 +456,12 @@ class LTuningModel(nn.Module):
         """
         return prediction.predict(self, texts, batch_size, candidate_labels=candidate_labels,
                                   hypothesis_template=hypothesis_template, multi_label=multi_label,
-                                  threshold=threshold, return_scores=return_scores)
+                                  threshold=threshold, return_scores=return_scores,
+                                  unseen_label_head=unseen_label_head)
 
     def predict_proba(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
                       candidate_labels: Sequence[str] | None = None, hypothesis_template: str | None = None,
-                      multi_label: bool = False) -> np.ndarray:
+                      multi_label: bool = False, unseen_label_head: str = "trained") -> np.ndarray:
         """(N, K) float32 numpy array of label probabilities, columns in label order (``label_names``, or
         ``candidate_labels`` as given), as scikit-learn's ``predict_proba``; one string gives (1, K).
 
@@ -464,7 +470,8 @@ class LTuningModel(nn.Module):
         (text, label) pair's logit, the probability that the label applies; rows need not sum to 1.
         """
         return prediction.predict_proba(self, texts, batch_size, candidate_labels=candidate_labels,
-                                        hypothesis_template=hypothesis_template, multi_label=multi_label)
+                                        hypothesis_template=hypothesis_template, multi_label=multi_label,
+                                        unseen_label_head=unseen_label_head)
 
     def __call__(self, *args, **kwargs):
         """``model(texts, candidate_labels=None, hypothesis_template=None, multi_label=False)``: the zero-shot

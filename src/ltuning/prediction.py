@@ -114,7 +114,25 @@ def _warn_caller(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level + 1)
 
 
-def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Injection:
+#: ``unseen_label_head`` values: how label texts the score head was not trained on are scored
+UNSEEN_LABEL_HEADS = ("trained", "cosine")
+
+
+def check_unseen_label_head(value) -> None:
+    check_arg(value in UNSEEN_LABEL_HEADS, "unseen_label_head", " or ".join(map(repr, UNSEEN_LABEL_HEADS)), value)
+
+
+def trained_label_texts(model: LTuningModel) -> set[str]:
+    """The label texts the adapter's score head was trained on: its labels', and every task's of a multi-task
+    adapter."""
+    texts = set(model.config.label_texts or ())
+    for task in (model.config.tasks or {}).values():
+        texts.update(task.get("label_texts") or ())
+    return texts
+
+
+def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
+                        unseen_label_head: str = "trained") -> Injection:
     """The trained method's prefix or prompt for new label texts.
 
     The label texts are checked and encoded by the frozen backbone (:class:`~ltuning.labels.LabelSet`:
@@ -122,7 +140,17 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
     takes exactly l = the adapter's ``label_length`` inputs, so its label texts are padded / truncated to l
     (a warning names the ones cut); LT-prompt maps each token on its own and takes the texts at their full
     length.
+
+    ``unseen_label_head``: how a candidate set with a label text the score head was not trained on
+    (:func:`trained_label_texts`) is scored, for the heads that read the labels' embeddings and learn a direction
+    (similarity, anchored). ``"trained"`` (the default): the trained head, as every label. ``"cosine"``: the
+    frozen similarity of the label-prefixed text and the label's embedding (the cosine head's formula,
+    ``Injection.frozen_head``) for the whole set. The trained text map W and C_zeta fit the training labels'
+    directions: they help with other wordings of the same labels and hurt on another task's labels, where the
+    label-conditioned prefix alone carries over (BENCHMARKS.md, "One adapter for several tasks"). Label texts all
+    from the training set, and the paper and cosine heads, score the same either way.
     """
+    check_unseen_label_head(unseen_label_head)
     if not model.label_conditioned:
         raise ConfigError(
             f"{model.config.method} has a fixed {model.num_labels}-way head over its training labels "
@@ -148,15 +176,18 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str]) -> Inje
     inj = model.method(labels.states.to(model.label_states.dtype), labels.mask)  # (K', l, d), (K', l)
     if model.method.uses_label_vectors:
         inj.label_vectors = labels.encode_vectors(backbone, model.pooling).to(model.label_states.dtype)
+        inj.frozen_head = (unseen_label_head == "cosine" and model.method.score_head.learns_direction
+                           and not set(texts) <= trained_label_texts(model))
     return inj
 
 
 def score_candidates(model: LTuningModel, texts: Sequence[TextInput], label_texts: Sequence[str],
-                     batch_size: int = 64) -> torch.Tensor:
+                     batch_size: int = 64, unseen_label_head: str = "trained") -> torch.Tensor:
     """(N, K') pair logits of N texts against K' label texts the adapter need not have seen: the model's
-    own scoring (:meth:`LTuningModel.score_texts`) with the candidates' injection."""
+    own scoring (:meth:`LTuningModel.score_texts`) with the candidates' injection (:func:`candidate_injection`,
+    which says how ``unseen_label_head`` scores label texts the head was not trained on)."""
     with torch.inference_mode():
-        inj = candidate_injection(model, label_texts)
+        inj = candidate_injection(model, label_texts, unseen_label_head)
     return model.score_texts(list(texts), batch_size, injection=inj)
 
 
@@ -222,7 +253,7 @@ def _label_sets(model: LTuningModel, n_items: int, candidate_labels, multi_label
 
 
 def _logits(model: LTuningModel, items: list, label_sets: list[tuple[str, ...]], batch_size: int,
-            candidate_labels, hypothesis_template: str | None) -> list[torch.Tensor]:
+            candidate_labels, hypothesis_template: str | None, unseen_label_head: str = "trained") -> list[torch.Tensor]:
     """The logits of each text over its label set: texts that share a label set are scored together."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, ls in enumerate(label_sets):
@@ -236,7 +267,7 @@ def _logits(model: LTuningModel, items: list, label_sets: list[tuple[str, ...]],
             if candidate_labels is None:  # a template over the adapter's own label texts
                 names = model.config.label_texts
             scores = score_candidates(model, [items[i] for i in idx], _apply_template(names, hypothesis_template),
-                                      batch_size)
+                                      batch_size, unseen_label_head)
         for j, i in enumerate(idx):
             logits[i] = scores[j]
     return logits
@@ -257,12 +288,14 @@ def _result(item, ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, thres
 
 
 def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypothesis_template: str | None,
-             multi_label: bool, threshold: float = 0.5, return_scores: bool = False):
+             multi_label: bool, threshold: float = 0.5, return_scores: bool = False,
+             unseen_label_head: str = "trained"):
     """Checked inputs of :func:`predict` / :func:`predict_proba`: (single input?, items, label sets, logits)."""
     pairs = model.config.text_pairs
     single = _is_single_input(texts, pairs)
     items = [texts] if single else text_list(texts)
     check_options(multi_label, threshold, return_scores, hypothesis_template)
+    check_unseen_label_head(unseen_label_head)
     check_batch_size(batch_size)
     candidate_labels = _split_candidates(candidate_labels)
     check_candidate_labels(candidate_labels)
@@ -275,17 +308,17 @@ def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypo
                      "with the listwise objective, which only ranks labels against each other: the per-label "
                      "probabilities are not calibrated. For multi-label use, train with --objective pairwise")
     label_sets = _label_sets(model, len(items), candidate_labels, multi_label)
-    logits = _logits(model, items, label_sets, batch_size, candidate_labels, hypothesis_template)
+    logits = _logits(model, items, label_sets, batch_size, candidate_labels, hypothesis_template, unseen_label_head)
     return single, items, label_sets, logits
 
 
 def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
             candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
             hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
-            return_scores: bool = False):
+            return_scores: bool = False, unseen_label_head: str = "trained"):
     """Classify texts; see :meth:`LTuningModel.predict`."""
     single, items, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template,
-                                                 multi_label, threshold, return_scores)
+                                                 multi_label, threshold, return_scores, unseen_label_head)
     results = [_result(item, ls, z, multi_label, threshold, return_scores)
                for item, ls, z in zip(items, label_sets, logits, strict=True)]
     return results[0] if single else results
@@ -293,10 +326,11 @@ def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_s
 
 def predict_proba(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
                   candidate_labels: Sequence[str] | None = None, hypothesis_template: str | None = None,
-                  multi_label: bool = False) -> np.ndarray:
+                  multi_label: bool = False, unseen_label_head: str = "trained") -> np.ndarray:
     """(N, K) probabilities in label order (the model's labels, or ``candidate_labels`` as given); see
     :meth:`LTuningModel.predict_proba`. One string is one text: a (1, K) array."""
-    _, _, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template, multi_label)
+    _, _, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template, multi_label,
+                                        unseen_label_head=unseen_label_head)
     if len(set(label_sets)) > 1:
         raise ConfigError("predict_proba returns one (N, K) array, so all texts need the same label set; give one "
                           "candidate_labels list for all texts (or call predict(..., return_scores=True))")

@@ -30,18 +30,22 @@ class Injection:
     prefix: (G, m, 2, n_kv, l, d_h) or None; prompt: (G, l, d) and prompt_mask (G, l) or None;
     label_vectors: (G, d), the frozen model's pooled embedding of each label text, for methods whose pair
     score reads it (``Method.uses_label_vectors``), else None.
+    frozen_head: score these labels with the frozen similarity (the ``cosine`` head's formula) instead of the
+    trained score head: set for label texts the head was not trained on (``ltuning.prediction.candidate_injection``).
     """
 
     prefix: torch.Tensor | None = None
     prompt: torch.Tensor | None = None
     prompt_mask: torch.Tensor | None = None
     label_vectors: torch.Tensor | None = None
+    frozen_head: bool = False
 
     def select(self, index: torch.Tensor) -> Injection:
         """Rows for a batch: index (B,) into the G groups."""
         def pick(t):
             return (None if t is None else t.index_select(0, index))
-        return Injection(pick(self.prefix), pick(self.prompt), pick(self.prompt_mask), pick(self.label_vectors))
+        return Injection(pick(self.prefix), pick(self.prompt), pick(self.prompt_mask), pick(self.label_vectors),
+                         self.frozen_head)
 
     @property
     def groups(self) -> int:
@@ -218,16 +222,22 @@ class Method(nn.Module):
         """label_states (K, l, d), label_mask (K, l) -> Injection for K labels or 1 shared group."""
         raise NotImplementedError
 
-    def pair_logit(self, pooled: torch.Tensor, label_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def pair_logit(self, pooled: torch.Tensor, label_vectors: torch.Tensor | None = None,
+                   frozen: bool = False) -> torch.Tensor:
         """Label-conditioned methods: (..., d) pooled states of (text, label) rows -> (...,) log-odds that the
-        label is the text's. ``label_vectors`` (..., d): the rows' label embeddings (similarity and cosine
-        heads)."""
+        label is the text's. ``label_vectors`` (..., d): the rows' label embeddings (similarity, anchored and
+        cosine heads). ``frozen``: score with the cosine head's formula whatever the trained head (labels the
+        head was not trained on: ``Injection.frozen_head``); only for a head that reads the label embeddings."""
         if self.uses_label_vectors and label_vectors is None:
             raise ConfigError(
                 f"{self.name} with the {self.score_head.value} head needs the labels' embeddings in the injection "
                 "(Injection.label_vectors): build it with LTuningModel.injection() or "
                 "ltuning.api.candidate_injection(), not by calling the method directly")
-        if self.score_head == ScoreHead.COSINE:  # the frozen model's own similarity, at fixed s and b
+        if frozen and not self.uses_label_vectors:
+            raise ConfigError(f"{self.name} with the {self.score_head.value} head reads no label embeddings: it has "
+                              "no frozen similarity to score with (Injection.frozen_head needs the similarity, "
+                              "anchored or cosine head)")
+        if frozen or self.score_head == ScoreHead.COSINE:  # the frozen model's own similarity, at fixed s and b
             cos = F.cosine_similarity(pooled, label_vectors.to(pooled.dtype), dim=-1)
             return self.initial_scale * cos + self.initial_bias
         two = self.head(pooled)
