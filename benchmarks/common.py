@@ -137,6 +137,10 @@ def reset_parts(model, trained: dict, parts) -> None:
     import torch
 
     method = model.method
+    if parts and not method.score_head.reads_label:
+        raise ValueError(f"{method.score_head.value} head: its C_zeta and Z start random, so there is no start value "
+                         "to put them back to (the similarity, anchored and cosine heads start at W = I, C_zeta = 0, "
+                         "Z = 0)")
     model.method.load_state_dict(trained)
     with torch.no_grad():
         for part in parts:

@@ -41,7 +41,10 @@ table; a job whose JSON exists is skipped, and a worker whose job raises skips t
 Stopped runs resume. Our rows' runs (not the peft peers') write a checkpoint at every evaluation under
 ``<results>/.checkpoints/`` (ignored by git; removed once the JSON is written), and a later command given the
 same job continues from it (``ltuning.train``'s resume: weights, best state, optimizer, data order and RNG, so
-the run is the one it would have been unbroken; the JSON records ``resumed_from``, the step it went on from).
+the run is the one it would have been unbroken; the JSON records ``resumed_from``, the step it went on from;
+``seconds`` counts every process, ``wall_seconds``, ``started`` and ``machine`` the last one). A checkpoint
+that no longer matches the job (another backbone copy, a changed default) is refused with its folder named:
+delete that folder to start the job again.
 A run killed by ``timeout`` or the end of a session leaves its claim file behind: a worker on the same host
 takes over a claim whose process is gone (``--list`` names the step of a job's checkpoint).
 ``--no-checkpoints`` turns both off.
@@ -107,7 +110,10 @@ def drop_checkpoints(path: Path) -> None:
     for parent in folder.parents:
         if parent == OUT or not parent.is_dir() or any(parent.iterdir()):
             break
-        parent.rmdir()
+        try:
+            parent.rmdir()
+        except OSError:  # another worker put something there since
+            break
 
 
 def resumable_step(path: Path) -> int | None:
@@ -392,28 +398,40 @@ def claim(path: Path, take_over_stale: bool = False) -> bool:
             fd = os.open(path.with_suffix(".claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        os.write(fd, " ".join(_identity(os.getpid())).encode())
         os.close(fd)
+        if path.exists():  # its worker wrote the JSON and let the claim go after this worker's check
+            path.with_suffix(".claim").unlink()
+            return False
     return True
 
 
+def _identity(pid: int) -> tuple[str, ...]:
+    """(host, boot id, pid, start time): a process of this machine's current boot, which a reused pid does not
+    match. Empty strings where /proc does not say (not Linux)."""
+    def read(f: str) -> str:
+        try:
+            return Path(f).read_text()
+        except OSError:
+            return ""
+    boot = read("/proc/sys/kernel/random/boot_id").strip() or "-"
+    stat = read(f"/proc/{pid}/stat")
+    start = stat.rsplit(")", 1)[-1].split()[19] if stat else "-"  # field 22: start time since boot, in ticks
+    return socket.gethostname(), boot, str(pid), start
+
+
 def stale_claim(path: Path) -> bool:
-    """``path``'s claim file was written on this host by a process that is gone (killed by ``timeout`` or the end
-    of a session). A claim from another host, or one without a host (older runs), is never stale here."""
+    """``path``'s claim file was written on this machine by a process that is gone (killed by ``timeout`` or the
+    end of a session, or from an earlier boot): its recorded (host, boot id, pid, start time) is not a live
+    process now. A claim from another host, or an older one without a boot id, is never stale here."""
     try:
-        host, pid = path.with_suffix(".claim").read_text().split()
-        pid = int(pid)
+        host, boot, pid, start = path.with_suffix(".claim").read_text().split()
     except (OSError, ValueError):
         return False
-    if host != socket.gethostname() or pid == os.getpid():
+    me = _identity(os.getpid())
+    if host != me[0] or boot == "-" or pid == me[2]:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return boot != me[1] or _identity(int(pid))[3] != start
 
 
 def worker(a) -> int:

@@ -27,7 +27,9 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -c "import peft; print('peft', peft.__version__)" || echo "no peft: the peft rows are skipped"
 mkdir -p /tmp/glue && tar -C /tmp -xJf .devcarry/glue.tar.xz && export LTUNING_GLUE_DIR=/tmp/glue
 RES=benchmarks/results/converged; mkdir -p $RES
-pack() { tar -czf "$OUT/converged.tar.gz.tmp" -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }
+# the JSONs only: no claims, locks or checkpoints (a GPU run's checkpoint does not resume on the CPU's fp32 weights)
+pack() { tar -czf "$OUT/converged.tar.gz.tmp" --exclude=.checkpoints --exclude='*.claim' --exclude=.claims.lock \
+  -C benchmarks/results converged 2>/dev/null && mv "$OUT/converged.tar.gz.tmp" "$OUT/converged.tar.gz"; }
 # a check of every code path on the GPU first (tiny budgets, results in /tmp): stop early if it breaks
 [ -n "${SKIP_SMOKE:-}" ] || LTUNING_SMOKE_DIR=/tmp/smoke timeout 90 python3 benchmarks/converged.py --smoke --tasks rte \
   --rows lt-prefix prompt full-finetune $SMOKE_PEFT --model-path .devcarry/minilm --stop-on-error > "$OUT/smoke.log" 2>&1
@@ -35,5 +37,5 @@ rc=$?; tail -5 "$OUT/smoke.log"; [ $rc -eq 0 ] || { echo "smoke failed ($rc)"; e
 ( while true; do sleep 20; pack; done ) & PACKER=$!
 timeout "$HARD" python3 benchmarks/converged.py --workers "$WORKERS" --model-path .devcarry/minilm \
   --deadline "$DEADLINE" ${EXTRA:-} > "$OUT/run.log" 2>&1
-echo "runner rc $?"; kill $PACKER; rm -f $RES/*.claim $RES/lr/*.claim; pack
+echo "runner rc $?"; kill $PACKER; find $RES -name '*.claim' -delete; pack
 grep -c -- "->" "$OUT/run.log"; ls $RES | wc -l; ls $RES/lr | wc -l; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv

@@ -65,8 +65,6 @@ from ltuning.config import ScoreHead  # noqa: E402
 
 OUT = common.RESULTS / "multitask"
 ADAPTERS = Path(__file__).resolve().parent / ".multitask_adapters"
-# lt-prefix's score-head weights (W, C_zeta, s, b); its other weights build the label-conditioned prefix
-HEAD_WEIGHTS = ("logit_scale", "logit_bias", "head.", "text_map.")
 
 
 def resolved(score_head: str | None, learning_rate: float | None = None) -> tuple[str, float]:
@@ -96,11 +94,15 @@ def result_path(args, seed: int) -> Path:
 def adapter_cache(args, seed: int) -> Path:
     """Where the multi-task adapter of a run is kept (ignored by git): its name is the result's without the
     held-back task, the per-task steps and ``zero-shot-only``, since the adapter depends on none of them, so a run
-    on another held-back task scores the same adapter without training it again."""
+    on another held-back task scores the same adapter without training it again; the batch size where not 16.
+    ``multitask_run.json`` in it (written last) records the training arguments and adapter config, which a reuse
+    must match."""
     name = result_path(args, seed).name.removesuffix(".json")
     name = name.replace(f"-heldout-{args.held_out}", "")
     if per_task_steps(args) != args.steps:
         name = name.replace(f"-per-task{per_task_steps(args)}", "")
+    if args.batch_size != 16:  # the stored runs' batch
+        name = name.replace(f"-seed{seed}", f"-batch{args.batch_size}-seed{seed}")
     return ADAPTERS / name
 
 
@@ -151,8 +153,8 @@ REWORDINGS = {
 
 def rewordings(model, val_sets: dict) -> dict:
     """Accuracy of ``model`` on each training task's validation rows with the label texts of :data:`REWORDINGS`
-    as candidates, scored by the trained head (``unseen_label_head="trained"``) and by the frozen similarity
-    (``"cosine"``, the default)."""
+    as candidates, scored by the trained head (``unseen_label_head="trained"``, the default) and by the frozen
+    similarity (``"cosine"``)."""
     out = {}
     for task, data in val_sets.items():
         for texts in REWORDINGS.get(task, ()):
@@ -171,6 +173,8 @@ def zero_shot_parts(model, data, label_texts: list[str]) -> dict:
     :data:`ZERO_SHOT_PARTS` put back to their start (``common.reset_parts``); ``model``'s weights are restored
     afterwards."""
     trained = {k: v.detach().clone() for k, v in model.method.state_dict().items()}
+    if not model.method.score_head.reads_label:
+        return {}  # the paper head starts random: no start to put it back to
     out = {}
     try:
         for name, parts in ZERO_SHOT_PARTS.items():
@@ -223,9 +227,13 @@ def run(backbone, args, seed: int) -> dict:
     if args.zero_shot_only:
         record["recipe"] += "; the multi-task adapter only, scored zero-shot on the held-back task"
     cached = adapter_cache(args, seed)
-    if (cached / "adapter_config.json").exists():  # the same run's adapter, trained before (deterministic)
+    train_args = json.loads(json.dumps(vars(targs(args.steps)), default=str))
+    if (cached / "multitask_run.json").exists():  # the same run's adapter, trained before (deterministic)
         model = LTuningModel.from_pretrained(cached, backbone)
         trained = json.loads((cached / "multitask_run.json").read_text())
+        if trained.get("train_args") != train_args:
+            raise SystemExit(f"{cached}: trained with other arguments ({trained.get('train_args')}, now {train_args}); "
+                             "delete the folder to train again")
         record["learning_rate"], train_seconds = trained["learning_rate"], trained["seconds"]
         record["multitask_adapter_from"] = f"{cached.name}, trained {trained['finished']} (git {trained['git']})"
     else:
@@ -234,9 +242,9 @@ def run(backbone, args, seed: int) -> dict:
         record["learning_rate"] = multi.result.learning_rate  # the rate the run trained at (resolved() above)
         model, train_seconds = multi.model, time.perf_counter() - t0
         model.save_pretrained(cached)
-        common.write_result(cached / "multitask_run.json", {
+        common.write_result(cached / "multitask_run.json", {  # last: its presence marks a complete adapter
             "learning_rate": record["learning_rate"], "seconds": train_seconds, "finished": common.now(),
-            "git": common.git_commit().get("commit")})
+            "train_args": train_args, "git": common.git_commit().get("commit")})
     draws = task_draws(train_sets, args.steps, args.batch_size, seed)
     record["multitask"] = {
         "task_batches": draws, "seconds": train_seconds, "adapter": model.config.to_dict(),

@@ -1097,8 +1097,8 @@ def multitask_tables(runs) -> str:
         out += ["", f"Held-back task `{held}` (labels " + " / ".join(f"`{x}`" for x in rs[0]["held_out_task"][
             "label_texts"]) + f"; continued training: {fsteps} steps, final state):", "",
                 "| model | accuracy |", "|---|---|"]
-        keys = [k for k in rs[0]["held_out_task"] if "accuracy" in (rs[0]["held_out_task"][k] or {})
-                if isinstance(rs[0]["held_out_task"][k], dict)]
+        held_rec = rs[0]["held_out_task"]
+        keys = [k for k in held_rec if isinstance(held_rec[k], dict) and "accuracy" in held_rec[k]]
         for k in keys:
             vals = [r["held_out_task"][k]["accuracy"] for r in rs if k in r["held_out_task"]]
             out.append(f"| {k} | {fmt_ms(vals)} |")
@@ -1115,18 +1115,20 @@ PARTS_COLUMNS = {"trained": "as trained", "head-at-start": "score head at start"
 def multitask_parts_table(runs) -> str:
     """``multitask.py``'s held-back zero-shot with parts of the multi-task adapter at their start (the ``parts``
     record of its full runs and of its ``--zero-shot-only`` runs): one row per run, then the mean."""
-    runs = [r for r in runs if isinstance(r, dict) and "parts" in r.get("held_out_task", {}) and r.get("steps", 0) >= 10]
+    runs = [r for r in runs if isinstance(r, dict) and r.get("held_out_task", {}).get("parts")
+            and r.get("steps", 0) >= 10]
     if not runs:
         return "No held-back parts yet (`python benchmarks/multitask.py --zero-shot-only`)."
     out = []
     groups = defaultdict(dict)
     for r in runs:  # a seed's full run and its --zero-shot-only run train the same adapter: one row
         groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r.get("score_head"),
-                r.get("label_map_rank") or 0, r.get("learning_rate"))].setdefault(r["seed"], r)
-    for (backbone, tasks, held, steps, head, rank, lr), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+                r.get("label_map_rank") or 0, r.get("learning_rate"), r["batch_size"])].setdefault(r["seed"], r)
+    for (backbone, tasks, held, steps, head, rank, lr, batch), by_seed in sorted(groups.items(),
+                                                                                key=lambda kv: str(kv[0])):
         rs = [by_seed[s] for s in sorted(by_seed)]
         cols = [c for c in PARTS_COLUMNS if all(c in r["held_out_task"]["parts"] for r in rs)]
-        out += [f"**{backbone}: the adapter on {' + '.join(tasks)} ({steps} steps, the {head} head"
+        out += [f"**{backbone}: the adapter on {' + '.join(tasks)} ({steps} steps of batch {batch}, the {head} head"
                 + (f" and label map r={rank}" if rank else "") + f", lr {_lr(lr)}), zero-shot on `{held}`** "
                 f"({rs[0]['held_out_task']['rows']} validation rows)", "",
                 "| seed | zero-shot-cosine | " + " | ".join(PARTS_COLUMNS[c] for c in cols) + " |",
@@ -1139,9 +1141,39 @@ def multitask_parts_table(runs) -> str:
                    + " | " + " | ".join(f"{statistics.mean(r['held_out_task']['parts'][c] for r in rs):.3f}"
                                         for c in cols) + " |")
         out.append("")
+        dev = [r for r in rs if "dev" in r["held_out_task"]]
+        if dev:  # the same on rows of the held-back task's training split
+            d0 = dev[0]["held_out_task"]["dev"]
+            out += [f"The same on {d0['rows']} rows of `{held}`'s training split (a dev set, seeds "
+                    + ", ".join(str(r["seed"]) for r in dev) + "):", "",
+                    "| seed | zero-shot-cosine | " + " | ".join(PARTS_COLUMNS[c] for c in cols) + " |",
+                    "|---|---|" + "---|" * len(cols)]
+            for r in dev:
+                d = r["held_out_task"]["dev"]
+                out.append(f"| {r['seed']} | {d['zero-shot-cosine']:.3f} | "
+                           + " | ".join(f"{d['parts'][c]:.3f}" for c in cols) + " |")
+            out += ["| mean | " + f"{statistics.mean(r['held_out_task']['dev']['zero-shot-cosine'] for r in dev):.3f} | "
+                    + " | ".join(f"{statistics.mean(r['held_out_task']['dev']['parts'][c] for r in dev):.3f}"
+                                 for c in cols) + " |", ""]
+        rew = [r for r in rs if r.get("rewordings")]
+        if rew:  # its own tasks under other label wordings: the trained head against the frozen similarity
+            out += ["Its own tasks with other label wordings (validation rows as above, seeds "
+                    + ", ".join(str(r["seed"]) for r in rew) + "; mean ± std):", "",
+                    "| task | label texts | trained head | frozen similarity (`unseen_label_head=\"cosine\"`) |",
+                    "|---|---|---|---|"]
+            cells = defaultdict(lambda: {"trained": [], "cosine": []})  # (task, wording) over the runs
+            for r in rew:
+                for task, rows in r["rewordings"].items():
+                    for row in rows:
+                        for h in ("trained", "cosine"):
+                            cells[(task, tuple(row["label_texts"]))][h].append(row[h])
+            for (task, texts), vals in cells.items():
+                out.append(f"| {task} | " + " / ".join(texts) + f" | {fmt_ms(vals['trained'])} | "
+                           f"{fmt_ms(vals['cosine'])} |")
+            out.append("")
     out.append("At start: the score head's W the identity, C_zeta 0, s and b their initial values; the label prefix's "
                "Z and the label map's U 0 (the prefix is then zero). All at start is the frozen text-label "
-               "similarity, so it matches zero-shot-cosine.")
+               "similarity up to the zero prefix's small share of attention, so it is near zero-shot-cosine.")
     return "\n".join(out)
 
 

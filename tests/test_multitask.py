@@ -226,3 +226,19 @@ def test_an_adapter_saved_with_sorted_tasks_loads_with_its_primary_first(bb, tmp
     texts = sentiment(4).texts
     assert torch.equal(loaded.for_task("sent").score_texts(texts), run.model.for_task("sent").score_texts(texts))
     assert torch.equal(loaded.score_texts(texts), run.model.score_texts(texts))
+
+
+def test_unseen_label_head_reads_every_tasks_label_texts(bb):
+    """unseen_label_head="cosine" leaves label sets of the adapter's tasks (any task's texts, a subset or a mix of
+    tasks) to the trained head, and scores a set with a text no task had by the frozen similarity."""
+    model = build_and_train(bb, {"sent": sentiment(), "topic": topic()}, None, args(max_steps=4), say=None).model
+    model.eval()
+    with torch.no_grad():  # a head far from its start, so the two scorings differ
+        model.method.text_map.weight.add_(torch.randn_like(model.method.text_map.weight) * 0.5)
+    texts = topic(3).texts
+    for labels in (["plot", "actors"], ["neg", "movie"]):
+        assert torch.equal(score_candidates(model, texts, labels, unseen_label_head="cosine"),
+                           score_candidates(model, texts, labels))
+    new = ["plot", "music"]
+    assert not torch.allclose(score_candidates(model, texts, new, unseen_label_head="cosine"),
+                              score_candidates(model, texts, new))

@@ -168,7 +168,7 @@ def test_candidate_labels_score_as_a_model_built_on_them(method, score_head):
 @pytest.mark.parametrize("score_head", ["similarity", "anchored", "paper"])
 def test_candidates_from_the_training_labels_keep_the_trained_head(score_head):
     """The frozen similarity scores only label texts the head was not trained on: the adapter's own label
-    texts as candidates (in another order, or a subset of a multi-task adapter's) score as the model itself; the
+    texts as candidates (in another order) score as the model itself with unseen_label_head="cosine" too; the
     paper head reads no label embeddings and scores every candidate with its trained head."""
     model = lt("lt-prefix", score_head=score_head).eval()
     with torch.no_grad():
