@@ -145,9 +145,9 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
     (:func:`trained_label_texts`) is scored, for the heads that read the labels' embeddings and learn a direction
     (similarity, anchored). ``"trained"`` (the default): the trained head, as every label. ``"cosine"``: the
     frozen similarity of the label-prefixed text and the label's embedding (the cosine head's formula,
-    ``Injection.frozen_head``) for the whole set. The trained text map W and C_zeta fit the training labels'
-    directions: they help with other wordings of the same labels and hurt on another task's labels, where the
-    label-conditioned prefix alone carries over (BENCHMARKS.md, "One adapter for several tasks"). Label texts all
+    ``Injection.frozen_head``) for the whole set. The trained head fits the training labels' directions (the
+    text map W measurably so): it helps with other wordings of the same labels and hurts on another task's labels,
+    where the label-conditioned prefix alone carries over (BENCHMARKS.md, "One adapter for several tasks"). Label texts all
     from the training set, and the paper and cosine heads, score the same either way.
     """
     check_unseen_label_head(unseen_label_head)
