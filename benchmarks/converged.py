@@ -408,7 +408,7 @@ def claim(path: Path, take_over_stale: bool = False) -> bool:
 
 def _identity(pid: int) -> tuple[str, ...]:
     """(host, boot id, pid, start time): a process of this machine's current boot, which a reused pid does not
-    match. Empty strings where /proc does not say (not Linux)."""
+    match. "-" where /proc does not say (not Linux)."""
     def read(f: str) -> str:
         try:
             return Path(f).read_text()

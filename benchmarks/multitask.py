@@ -151,6 +151,12 @@ REWORDINGS = {
 }
 
 
+def candidate_accuracy(model, data, label_texts: list[str], unseen_label_head: str = "trained") -> float:
+    """Accuracy of ``model`` on ``data`` with ``label_texts`` (one per class) as candidate labels."""
+    pred = model.predict(data.texts, candidate_labels=label_texts, unseen_label_head=unseen_label_head)
+    return sum(p == label_texts[y] for p, y in zip(pred, data.labels, strict=True)) / len(data)
+
+
 def rewordings(model, val_sets: dict) -> dict:
     """Accuracy of ``model`` on each training task's validation rows with the label texts of :data:`REWORDINGS`
     as candidates, scored by the trained head (``unseen_label_head="trained"``, the default) and by the frozen
@@ -160,8 +166,7 @@ def rewordings(model, val_sets: dict) -> dict:
         for texts in REWORDINGS.get(task, ()):
             row = {"label_texts": texts}
             for head in ("trained", "cosine"):
-                pred = model.predict(data.texts, candidate_labels=texts, unseen_label_head=head)
-                row[head] = sum(p == texts[y] for p, y in zip(pred, data.labels, strict=True)) / len(data)
+                row[head] = candidate_accuracy(model, data, texts, head)
             out.setdefault(task, []).append(row)
             print(f"  {task} as {' / '.join(texts)}: trained head {row['trained']:.3f}, frozen similarity "
                   f"{row['cosine']:.3f}", flush=True)
@@ -179,8 +184,7 @@ def zero_shot_parts(model, data, label_texts: list[str]) -> dict:
     try:
         for name, parts in ZERO_SHOT_PARTS.items():
             common.reset_parts(model, trained, parts)
-            pred = model.predict(data.texts, candidate_labels=label_texts)
-            out[name] = sum(p == label_texts[y] for p, y in zip(pred, data.labels, strict=True)) / len(data)
+            out[name] = candidate_accuracy(model, data, label_texts)
     finally:
         common.reset_parts(model, trained, ())
     return out
@@ -272,11 +276,10 @@ def run(backbone, args, seed: int) -> dict:
     from ltuning.metrics import classification_metrics
 
     cm = classification_metrics(cos.argmax(-1).tolist(), held_val.labels, len(texts))
-    pred = model.predict(held_val.texts, candidate_labels=texts, unseen_label_head="trained")  # as the stored runs
-    hit = sum(p == texts[y] for p, y in zip(pred, held_val.labels, strict=True))
     held_rec = {"label_texts": texts, "rows": len(held_val),
                 "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
-                "multitask-zero-shot": {"accuracy": hit / len(held_val), "unseen_label_head": "trained"},
+                "multitask-zero-shot": {"accuracy": candidate_accuracy(model, held_val, texts),  # as the stored runs
+                                        "unseen_label_head": "trained"},
                 "parts": zero_shot_parts(model, held_val, texts)}
     print(f"  {args.held_out} zero-shot: cosine {cm['accuracy']:.3f}, "
           + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["parts"].items()), flush=True)
