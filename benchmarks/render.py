@@ -1124,6 +1124,29 @@ def multitask_parts_table(runs) -> str:
     for r in runs:  # a seed's full run and its --zero-shot-only run train the same adapter: one row
         groups[(r["backbone"], tuple(r["tasks"]), r["held_out"], r["steps"], r.get("score_head"),
                 r.get("label_map_rank") or 0, r.get("learning_rate"), r["batch_size"])].setdefault(r["seed"], r)
+    if len(groups) > 1:  # one line per held-back task: the frozen model, the trained head, the option
+        out += ["Every held-back task, mean of its seeds (validation rows; the dev rows of its training split in "
+                "brackets). `unseen_label_head=\"cosine\"` is the score head at start; paired: seeds where it beats "
+                "the frozen cosine (validation, dev).", "",
+                "| trained on | held back | seeds | zero-shot-cosine | as trained | `unseen_label_head=\"cosine\"` "
+                "| paired wins |", "|---|---|---|---|---|---|---|"]
+        for (_backbone, tasks, held, steps, *_), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            hs = [by_seed[s]["held_out_task"] for s in sorted(by_seed)]
+            if not all("head-at-start" in h["parts"] for h in hs):
+                continue
+
+            def cell(part=None, hs=hs):
+                val = [h["zero-shot-cosine"]["accuracy"] if part is None else h["parts"][part] for h in hs]
+                dev = [(h["dev"]["zero-shot-cosine"] if part is None else h["dev"]["parts"][part])
+                       for h in hs if "dev" in h]
+                return f"{statistics.mean(val):.3f}" + (f" ({statistics.mean(dev):.3f})" if dev else "")
+
+            wins = sum(h["parts"]["head-at-start"] > h["zero-shot-cosine"]["accuracy"] for h in hs)
+            dev_wins = sum(h["dev"]["parts"]["head-at-start"] > h["dev"]["zero-shot-cosine"] for h in hs if "dev" in h)
+            out.append(f"| {' + '.join(tasks)}, {steps} steps | {held} | {', '.join(str(s) for s in sorted(by_seed))} | {cell()} "
+                       f"| {cell('trained')} | {cell('head-at-start')} | {wins} of {len(hs)}, "
+                       f"{dev_wins} of {sum('dev' in h for h in hs)} |")
+        out.append("")
     for (backbone, tasks, held, steps, head, rank, lr, batch), by_seed in sorted(groups.items(),
                                                                                 key=lambda kv: str(kv[0])):
         rs = [by_seed[s] for s in sorted(by_seed)]
