@@ -1135,17 +1135,18 @@ def multitask_parts_table(runs) -> str:
             if not all("head-at-start" in h["parts"] for h in hs):
                 continue
 
-            def cell(part=None, hs=hs):
+            devs = [h["dev"] for h in hs if "head-at-start" in h.get("dev", {}).get("parts", {})]
+
+            def cell(part=None, hs=hs, devs=devs):
                 val = [h["zero-shot-cosine"]["accuracy"] if part is None else h["parts"][part] for h in hs]
-                dev = [(h["dev"]["zero-shot-cosine"] if part is None else h["dev"]["parts"][part])
-                       for h in hs if "dev" in h]
+                dev = [d["zero-shot-cosine"] if part is None else d["parts"][part] for d in devs]
                 return f"{statistics.mean(val):.3f}" + (f" ({statistics.mean(dev):.3f})" if dev else "")
 
             wins = sum(h["parts"]["head-at-start"] > h["zero-shot-cosine"]["accuracy"] for h in hs)
-            dev_wins = sum(h["dev"]["parts"]["head-at-start"] > h["dev"]["zero-shot-cosine"] for h in hs if "dev" in h)
-            out.append(f"| {' + '.join(tasks)}, {steps} steps | {held} | {', '.join(str(s) for s in sorted(by_seed))} | {cell()} "
-                       f"| {cell('trained')} | {cell('head-at-start')} | {wins} of {len(hs)}, "
-                       f"{dev_wins} of {sum('dev' in h for h in hs)} |")
+            dev_wins = sum(d["parts"]["head-at-start"] > d["zero-shot-cosine"] for d in devs)
+            out.append(f"| {' + '.join(tasks)}, {steps} steps | {held} | {', '.join(str(s) for s in sorted(by_seed))} "
+                       f"| {cell()} | {cell('trained')} | {cell('head-at-start')} | {wins} of {len(hs)}, "
+                       + (f"{dev_wins} of {len(devs)} |" if devs else "no dev rows |"))
         out.append("")
     for (backbone, tasks, held, steps, head, rank, lr, batch), by_seed in sorted(groups.items(),
                                                                                 key=lambda kv: str(kv[0])):
