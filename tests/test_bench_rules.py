@@ -104,3 +104,30 @@ def test_timing_pairs_alternate_which_method_runs_first():
         assert fewshot_timing.first_is_ours(d, 0) != fewshot_timing.first_is_ours(d, 1)
     firsts = [fewshot_timing.first_is_ours(d, 0) for d in fewshot.DATASETS]
     assert all(a != b for a, b in zip(firsts, firsts[1:], strict=False))
+
+
+def test_the_held_back_summary_has_one_line_per_held_back_task_with_paired_wins():
+    """multitask_parts_table's summary: per (training tasks, held-back task) the means over seeds of the frozen
+    cosine, the trained head and the head at start (dev rows in brackets, only from records that have them), and
+    the seeds where the head at start beats the frozen cosine."""
+    parts = lambda trained, head: {"trained": trained, "head-at-start": head, "W-at-start": head,  # noqa: E731
+                                   "prefix-at-start": 0.5, "both-at-start": 0.6}
+
+    def run(tasks, held, seed, cos, trained, head, dev=None):
+        held_rec = {"zero-shot-cosine": {"accuracy": cos}, "parts": parts(trained, head), "rows": 500}
+        if dev is not None:
+            held_rec["dev"] = {"rows": 500, "zero-shot-cosine": dev[0], "parts": parts(dev[1], dev[2])}
+        return {"backbone": "minilm", "tasks": tasks, "held_out": held, "seed": seed, "steps": 600,
+                "score_head": "anchored", "label_map_rank": 8, "learning_rate": 3e-3, "batch_size": 16,
+                "held_out_task": held_rec}
+
+    table = render.multitask_parts_table([
+        run(["demo", "trec"], "sms-spam", 0, 0.6, 0.5, 0.7, dev=(0.6, 0.5, 0.65)),
+        run(["demo", "trec"], "sms-spam", 1, 0.6, 0.6, 0.5, dev=(0.6, 0.7, 0.55)),
+        run(["demo", "sms-spam"], "trec", 0, 0.4, 0.3, 0.5)])
+    lines = table.splitlines()
+    assert "| demo + trec, 600 steps | sms-spam | 0, 1 | 0.600 (0.600) | 0.550 (0.600) | 0.600 (0.600) | 1 of 2, " \
+           "1 of 2 |" in lines
+    assert "| demo + sms-spam, 600 steps | trec | 0 | 0.400 | 0.300 | 0.500 | 1 of 1, no dev rows |" in lines
+    one_task = render.multitask_parts_table([run(["demo", "trec"], "sms-spam", 0, 0.6, 0.5, 0.7)])
+    assert "paired wins" not in one_task and "| 0 | 0.600 | 0.500 | 0.700 |" in one_task
