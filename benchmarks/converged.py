@@ -310,16 +310,13 @@ def run_peer(bb, backbone: str, load_private, model_dir: str, task: str, row: st
 
 def run_zero_shot(bb, task: str) -> dict:
     from ltuning.config import TextPooling
-    from ltuning.metrics import classification_metrics
 
     _, dev, t, label_texts = split(task)
     pooling = bb.resolve_pooling(TextPooling(PROTOCOL["text_pooling"]))
     metric = common.metric_of(task)
-    d = classification_metrics(headstart.zero_shot(bb, dev.texts, label_texts, pooling).argmax(-1).tolist(),
-                               dev.labels, len(t.label_names))
+    d = headstart.zero_shot_metrics(bb, dev, label_texts, pooling)
     val = headstart.held_out(task)
-    m = classification_metrics(headstart.zero_shot(bb, val.texts, label_texts, pooling).argmax(-1).tolist(),
-                               val.labels, len(t.label_names))
+    m = headstart.zero_shot_metrics(bb, val, label_texts, pooling)
     return {"curve": [{"step": 0, "dev_metric": d[metric], "dev_accuracy": d["accuracy"], "dev_mcc": d["mcc"],
                        "dev_loss": None, "train_loss": None}],
             "best_step": 0, "best_dev_metric": d[metric], "trainable_params": 0, "label_texts": label_texts,

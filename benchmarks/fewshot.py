@@ -593,8 +593,7 @@ def transfer(args) -> int:
             m = classification_metrics(preds, list(val.labels), len(task.label_names))
             import headstart
 
-            zs = headstart.zero_shot(bb, list(val.texts), task.label_texts, pooling).argmax(-1).tolist()
-            z = classification_metrics(zs, list(val.labels), len(task.label_names))
+            z = headstart.zero_shot_metrics(bb, val, task.label_texts, pooling)
             rec = {"source": args.source, "target": d, "method": method, "seed": seed, "backbone": BACKBONE,
                    "source_training": {"steps": args.source_steps, "batch_size": BATCH,
                                        "learning_rate": targs.learning_rate,

@@ -76,12 +76,20 @@ def zero_shot(backbone, texts, label_texts, pooling):
     return torch.cat(out)
 
 
+def zero_shot_metrics(backbone, data, label_texts, pooling) -> dict:
+    """``ltuning.metrics.classification_metrics`` of the frozen model's zero-shot ranking on ``data`` (texts and
+    label indices): each text's label is the label text whose embedding is nearest (:func:`zero_shot`)."""
+    from ltuning.metrics import classification_metrics
+
+    pred = zero_shot(backbone, list(data.texts), label_texts, pooling).argmax(-1).tolist()
+    return classification_metrics(pred, list(data.labels), len(label_texts))
+
+
 def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) -> dict:
     import torch
 
     from ltuning.config import LTuningConfig, TextPooling
     from ltuning.evaluate import evaluate
-    from ltuning.metrics import classification_metrics
     from ltuning.model import LTuningModel
     from ltuning.train import TrainArgs, record_objective, set_seed, train
 
@@ -94,11 +102,9 @@ def run(backbone, backbone_name: str, task: str, variant: str, seed: int, args) 
               "dev_rows": len(dev), "train_rows": len(train_ds), "label_texts": label_texts,
               "selected_on": "dev (carved from train; GLUE validation not read)"}
     if variant == "zero-shot-similarity":
-        scores = zero_shot(backbone, dev.texts, label_texts, pooling)
-        m = classification_metrics(scores.argmax(-1).tolist(), dev.labels, len(names))
+        m = zero_shot_metrics(backbone, dev, label_texts, pooling)
         val = held_out(task)
-        vscores = zero_shot(backbone, val.texts, label_texts, pooling)
-        v = classification_metrics(vscores.argmax(-1).tolist(), val.labels, len(names))
+        v = zero_shot_metrics(backbone, val, label_texts, pooling)
         record.update(curve=[{"step": 0, "dev_accuracy": m["accuracy"], "dev_mcc": m["mcc"]}], steps=0,
                       trainable_params=0, validation={"rows": len(val), "accuracy": v["accuracy"], "mcc": v["mcc"]})
     else:

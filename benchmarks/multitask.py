@@ -59,7 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from headstart import zero_shot  # noqa: E402
+from headstart import zero_shot_metrics  # noqa: E402
 
 from ltuning.config import ScoreHead  # noqa: E402
 
@@ -272,10 +272,7 @@ def run(backbone, args, seed: int) -> dict:
     held = get_task(args.held_out)
     held_train, held_val = read_glue(held.name, "train"), read_glue(held.name, "validation").subset(args.val_rows, seed=0)
     texts = held.label_texts
-    cos = zero_shot(backbone, held_val.texts, texts, model.pooling)
-    from ltuning.metrics import classification_metrics
-
-    cm = classification_metrics(cos.argmax(-1).tolist(), held_val.labels, len(texts))
+    cm = zero_shot_metrics(backbone, held_val, texts, model.pooling)
     held_rec = {"label_texts": texts, "rows": len(held_val),
                 "zero-shot-cosine": {"accuracy": cm["accuracy"], "mcc": cm["mcc"], "macro_f1": cm["macro_f1"]},
                 "multitask-zero-shot": {"accuracy": candidate_accuracy(model, held_val, texts),  # as the stored runs
@@ -285,9 +282,8 @@ def run(backbone, args, seed: int) -> dict:
           + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["parts"].items()), flush=True)
     if args.held_out_dev_rows:  # the same on rows of its training split: a dev set to choose on, not reported
         held_dev = held_train.subset(args.held_out_dev_rows, seed=0)
-        dev_cos = zero_shot(backbone, held_dev.texts, texts, model.pooling).argmax(-1)
-        held_rec["dev"] = {"rows": len(held_dev), "zero-shot-cosine": sum(
-            int(p) == y for p, y in zip(dev_cos.tolist(), held_dev.labels, strict=True)) / len(held_dev),
+        held_rec["dev"] = {"rows": len(held_dev),
+                           "zero-shot-cosine": zero_shot_metrics(backbone, held_dev, texts, model.pooling)["accuracy"],
                            "parts": zero_shot_parts(model, held_dev, texts)}
         print(f"  {args.held_out} dev zero-shot: cosine {held_rec['dev']['zero-shot-cosine']:.3f}, "
               + ", ".join(f"{k} {v:.3f}" for k, v in held_rec["dev"]["parts"].items()), flush=True)
