@@ -284,8 +284,13 @@ def test_overwrite_keeps_the_previous_run_when_training_is_refused(models, files
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):
-    from ltuning.cli import _remove_previous_run
+def test_overwrite_replaces_only_what_ltuning_wrote(tmp_path):
+    from ltuning.cli import REPLACED_DIR, _drop_previous_run, _set_aside_previous_run
+
+    def replace(out):
+        _set_aside_previous_run(out)
+        _drop_previous_run(out)
+        assert not (out / REPLACED_DIR).exists()
 
     out = tmp_path / "run"
     (out / "checkpoints" / "step-2").mkdir(parents=True)
@@ -295,23 +300,84 @@ def test_overwrite_removes_only_what_ltuning_wrote(tmp_path):
     for name in ours + mine:
         (out / name).write_text("x")
     (out / "adapter_config.json").write_text('{"method": "lt-prefix", "label_names": ["a", "b"], "base_model": "m"}')
-    _remove_previous_run(out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(mine)  # a README.md that is not our card stays
+    moved = _set_aside_previous_run(out)
+    assert sorted(p.name for p in moved) == sorted([*ours, "checkpoints"])
+    assert sorted(p.name for p in (out / REPLACED_DIR).iterdir()) == sorted([*ours, "checkpoints"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*mine, REPLACED_DIR])  # a README.md not our card stays
+    _drop_previous_run(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(mine)
     # another library's adapter_config.json (peft's) stays: only the adapter writer replaces it, on save
     (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    _remove_previous_run(out)
+    replace(out)
     assert (out / "adapter_config.json").read_text() == '{"peft_type": "LORA"}'
     (out / "adapter_config.json").unlink()
     (out / "README.md").write_text("---\nlibrary_name: ltuning\n---\n# card")
-    _remove_previous_run(out)
+    replace(out)
     assert not (out / "README.md").exists()
     # config.json: the pipeline marker ltuning writes goes, a user's own stays
     (out / "config.json").write_text('{"model_type": "bert"}')
-    _remove_previous_run(out)
+    replace(out)
     assert (out / "config.json").exists()
     (out / "config.json").write_text('{"model_type": "ltuning"}')
-    _remove_previous_run(out)
+    replace(out)
     assert not (out / "config.json").exists()
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below ``folder``: relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, FloatingPointError])
+def test_overwrite_puts_the_previous_run_back_when_the_new_run_fails(models, files, trained, tmp_path, capsys,
+                                                                     monkeypatch, failure):
+    """--overwrite replaces a run only once the new one is saved: a run that fails after training began (here
+    after it trained and wrote checkpoints) leaves the folder byte for byte as it was."""
+    import ltuning.recipe
+    from ltuning.cli import REPLACED_DIR
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    (out / "checkpoints" / "step-9").mkdir(parents=True)
+    (out / "checkpoints" / "step-9" / "state.pt").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    real = ltuning.recipe.build_and_train
+    seen = {}
+
+    def fails_after_training(*a, **k):
+        real(*a, **k)
+        seen["aside"] = sorted(p.name for p in (out / REPLACED_DIR).iterdir())
+        seen["checkpoints"] = sorted(p.name for p in (out / "checkpoints").iterdir())
+        raise failure("stopped")
+
+    monkeypatch.setattr(ltuning.recipe, "build_and_train", fails_after_training)
+    rc = main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2"))
+    assert rc == (130 if failure is KeyboardInterrupt else 1)
+    # while it trained, the previous run waited aside and the new run wrote its own checkpoints
+    assert "checkpoints" in seen["aside"] and CONFIG_NAME in seen["aside"]
+    assert seen["checkpoints"] and "step-9" not in seen["checkpoints"]
+    assert snapshot(out) == before
+    err = capsys.readouterr().err
+    assert "the previous run in" in err and "is back as it was" in err
+    if failure is KeyboardInterrupt:
+        assert "nothing of this run was kept" in err
+    # the next --overwrite run replaces it, and leaves no set-aside folder
+    monkeypatch.setattr(ltuning.recipe, "build_and_train", real)
+    assert main(train_args(models, files, out, "--overwrite")) == 0
+    assert not (out / REPLACED_DIR).exists() and not (out / "checkpoints").exists()
+    assert (out / "notes.txt").read_text() == "mine" and snapshot(out)[CONFIG_NAME] != before[CONFIG_NAME]
+
+
+def test_a_set_aside_run_left_by_a_killed_overwrite_is_refused(models, files, trained, tmp_path, capsys):
+    from ltuning.cli import REPLACED_DIR
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out / REPLACED_DIR)
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        one_error_line(capsys, main(train_args(models, files, out, *extra)), f"holds {REPLACED_DIR}/")
+        assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("extra,match", [(["--method", "lora"], "invalid choice: 'lora'"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -252,9 +253,11 @@ def build_parser() -> _Parser:
                    "(default: runs/<task>-<method>-seed<seed>); a folder that already holds a run is refused "
                    "unless --overwrite (or --resume) is given")
     g.add_argument("--overwrite", action="store_true",
-                   help="train into an --output-dir that holds a previous run: first delete the files ltuning "
+                   help="train into an --output-dir that holds a previous run, replacing the files ltuning "
                         "wrote there (adapter, its config.json marker, README.md card, run_config.json, "
-                        "train_results.json, eval_*.json, plots, checkpoints/); other files are kept, except a file "
+                        f"train_results.json, eval_*.json, plots, checkpoints/): they wait in {REPLACED_DIR}/ "
+                        "until the new adapter is saved, and are moved back if training fails or is interrupted; "
+                        "other files are kept, except a file "
                         "at a name the run writes (e.g. your own README.md or config.json, another library's "
                         "adapter_config.json), which is replaced when the adapter is saved. Without it, such a file "
                         "is never replaced")
@@ -780,28 +783,58 @@ def _previous_run(out: Path) -> list[Path]:
     return found
 
 
-def _remove_previous_run(out: Path) -> list[Path]:
-    """Delete the files a previous ltuning run wrote in ``out`` (only those); returns what was removed."""
-    import shutil
+#: Where ``train --overwrite`` keeps the previous run's files until the new run is saved.
+REPLACED_DIR = ".ltuning-replaced"
 
+
+def _run_outputs(out: Path) -> list[Path]:
+    """The files (and ``checkpoints/``) an ltuning run wrote in ``out``: what --overwrite replaces, nothing
+    else (a user's README.md, another library's adapter_config.json or a user's config.json stay)."""
     from .adapter_io import HF_CONFIG_NAME, is_ltuning_config, is_ltuning_hf_config
     from .card import CARD_NAME, is_card
     from .checkpoint import CHECKPOINTS_DIR
 
     # a foreign adapter_config.json is left for the adapter writer, which replaces it only when the run is saved
-    removed = [out / n for n in _RUN_FILES if (out / n).is_file()
-               and (n != "adapter_config.json" or is_ltuning_config(out / n))]
-    removed += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
+    found = [out / n for n in _RUN_FILES if (out / n).is_file()
+             and (n != "adapter_config.json" or is_ltuning_config(out / n))]
+    found += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
     if is_ltuning_hf_config(out / HF_CONFIG_NAME):  # the pipeline marker, not a user's own config.json
-        removed.append(out / HF_CONFIG_NAME)
+        found.append(out / HF_CONFIG_NAME)
     if is_card(out / CARD_NAME):
-        removed.append(out / CARD_NAME)
-    for f in removed:
-        f.unlink()
+        found.append(out / CARD_NAME)
     if (out / CHECKPOINTS_DIR).is_dir():
-        shutil.rmtree(out / CHECKPOINTS_DIR)
-        removed.append(out / CHECKPOINTS_DIR)
-    return removed
+        found.append(out / CHECKPOINTS_DIR)
+    return found
+
+
+def _set_aside_previous_run(out: Path) -> list[Path]:
+    """Move the files a previous run wrote in ``out`` into ``out/.ltuning-replaced`` (renames, nothing copied):
+    :func:`_drop_previous_run` deletes them once the new run is saved, :func:`_restore_previous_run` moves them
+    back if it fails. Returns what was moved (its old paths)."""
+    moved = _run_outputs(out)
+    aside = out / REPLACED_DIR
+    aside.mkdir()
+    for f in moved:
+        f.rename(aside / f.name)
+    return moved
+
+
+def _drop_previous_run(out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / REPLACED_DIR, ignore_errors=True)
+
+
+def _restore_previous_run(out: Path) -> None:
+    """Remove what the failed run wrote and move the previous run back: the folder is as it was."""
+    import shutil
+
+    aside = out / REPLACED_DIR
+    for f in _run_outputs(out):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    for f in sorted(aside.iterdir()):
+        f.rename(out / f.name)
+    aside.rmdir()
 
 
 def _predict_inputs(args, pairs: bool) -> list:
@@ -907,6 +940,10 @@ def _train_output(args) -> tuple[Path, list[Path]]:
         if source == out or out in source.parents:
             raise ConfigError(f"--init-from {args.init_from} is inside --output-dir {out_dir}, which this run writes "
                               "into; give another --output-dir (or copy the adapter elsewhere first)")
+    if (out_dir / REPLACED_DIR).exists():
+        raise ConfigError(f"--output-dir {out_dir} holds {REPLACED_DIR}/: a run that an --overwrite run set aside "
+                          "and could not move back (it was killed before it finished); move its files back into "
+                          f"{out_dir} to keep that run, or delete {out_dir / REPLACED_DIR}, then run again")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
@@ -1023,10 +1060,40 @@ def _train_data(args):
     return train_data, eval_data, {"label_texts": label_texts}
 
 
-def cmd_train(args) -> int:
+def _train_and_save(args, train_data, eval_data, label_options, targs, on_built):
+    """Train (``on_built`` runs once the model is built and checked) and write the adapter and
+    train_results.json into ``targs.output_dir``; the run, or None in a process that is not the main one."""
     from .adapter import atomic_write_text, save_adapter
-    from .evaluate import format_metrics
     from .recipe import build_and_train
+    from .train import is_main_process
+
+    run = build_and_train(args.model, train_data, eval_data, targs, trust_remote_code=args.trust_remote_code,
+                          on_built=on_built, method=args.method, task=args.task, **label_options,
+                          label_length=args.label_length, max_length=args.max_length,
+                          prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
+                          label_position=args.label_position, score_head=args.score_head, base_model=args.model,
+                          prefix_layers=args.prefix_layers, label_map_rank=args.label_map_rank,
+                          init_from=args.init_from)
+    if not is_main_process():
+        return None
+    out_dir, result = Path(targs.output_dir), run.result
+    extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
+             **({"tasks": list(train_data)} if isinstance(train_data, dict) else {}),
+             **({"task_column": args.task_column} if args.task_column is not None else {}),
+             **({"init_from": args.init_from} if args.init_from else {}),
+             "validation": {k: v for k, v in result.best_metrics.items() if k not in ("confusion_matrix", "tasks")}}
+    save_adapter(run.model, out_dir, extra=extra, overwrite=args.overwrite)
+    summary = {
+        "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        **run.summary(),
+    }
+    atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
+    return run
+
+
+def cmd_train(args) -> int:
+    from .evaluate import format_metrics
     from .train import is_main_process
 
     targs = _train_args(args)
@@ -1034,14 +1101,16 @@ def cmd_train(args) -> int:
     # Read and check all input before anything is written.
     train_data, eval_data, label_options = _train_data(args)
     multi = isinstance(train_data, dict)
+    aside: list[Path] = []  # the previous run's files, kept by --overwrite until this run is saved
 
     def before_training(model) -> None:
         # under `accelerate launch` only the main process prints and writes
         if not is_main_process():
             return
         if args.overwrite and previous:
-            removed = _remove_previous_run(out_dir)
-            print(f"--overwrite: removed the previous run's {len(removed)} files/folders from {out_dir}")
+            aside.extend(_set_aside_previous_run(out_dir))
+            print(f"--overwrite: the previous run's {len(aside)} files/folders in {out_dir} wait in {REPLACED_DIR}/ "
+                  "until this run is saved (moved back if it fails or is interrupted)")
         config, backbone = model.config, model.backbone
         sets = {None: (train_data, eval_data)} if not multi else {
             t: (train_data[t], (eval_data or {}).get(t)) for t in train_data}
@@ -1058,28 +1127,20 @@ def cmd_train(args) -> int:
         model.print_trainable_parameters()
 
     targs.output_dir = str(out_dir)
-    run = build_and_train(args.model, train_data, eval_data, targs, trust_remote_code=args.trust_remote_code,
-                          on_built=before_training, method=args.method, task=args.task, **label_options,
-                          label_length=args.label_length, max_length=args.max_length,
-                          prefix_pooling=args.prefix_pooling, text_pooling=args.text_pooling,
-                          label_position=args.label_position, score_head=args.score_head, base_model=args.model,
-                          prefix_layers=args.prefix_layers, label_map_rank=args.label_map_rank,
-                          init_from=args.init_from)
-    if not is_main_process():
+    try:
+        run = _train_and_save(args, train_data, eval_data, label_options, targs, before_training)
+    except BaseException:
+        if aside:  # the folder as it was: this run's files out, the previous run's back
+            _restore_previous_run(out_dir)
+            args.restored_previous_run = True
+            print(f"--overwrite: this run did not finish; the previous run in {out_dir} is back as it was",
+                  file=sys.stderr)
+        raise
+    if run is None:  # not the main process
         return 0
+    if aside:
+        _drop_previous_run(out_dir)
     model, result = run.model, run.result
-    extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
-             **({"tasks": list(train_data)} if multi else {}),
-             **({"task_column": args.task_column} if args.task_column is not None else {}),
-             **({"init_from": args.init_from} if args.init_from else {}),
-             "validation": {k: v for k, v in result.best_metrics.items() if k not in ("confusion_matrix", "tasks")}}
-    save_adapter(model, out_dir, extra=extra, overwrite=args.overwrite)
-    summary = {
-        "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
-        **run.summary(),
-    }
-    atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
     for task, metrics in (result.best_metrics.get("tasks") or {"": result.best_metrics}).items():
         if not metrics:
             continue
@@ -1118,6 +1179,7 @@ def _scoring_precision(model, bf16: bool):
 def cmd_evaluate(args) -> int:
     from .adapter import atomic_write_text, load_adapter, read_adapter_config
     from .data import FileLabels
+    from .errors import ConfigError
     from .evaluate import evaluate, format_metrics
 
     _check_positive("--max-samples", args.max_samples)
@@ -1129,6 +1191,9 @@ def cmd_evaluate(args) -> int:
     out = Path(args.output) if args.output else Path(args.adapter) / f"eval_{name}_{part}.json"
     _check_output_file(out, "--output")
     if args.plot:
+        if out.suffix.lower() == ".png":  # the plot's name is the metrics file's with .png: one would replace the other
+            raise ConfigError(f"--output {out} ends in .png, the name --plot gives the confusion matrix beside the "
+                              f"metrics; give the metrics a .json name (e.g. {out.with_suffix('.json')})")
         _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
     _check_evaluate_outputs(args, out)
     task = _adapter_task(config, args.adapter_task, args.task)
@@ -1323,8 +1388,8 @@ def cmd_serve(args) -> int:
         _check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
-    if args.max_wait_ms < 0:
-        raise ConfigError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+        raise ConfigError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
     read_adapter_config(args.adapter)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes or 0)
@@ -1350,6 +1415,8 @@ def cmd_export(args) -> int:
 
 def _interrupted_message(args) -> str:
     """What a Ctrl-C leaves: for train, the newest checkpoint it can --resume from, if one was written."""
+    if getattr(args, "restored_previous_run", False):
+        return "interrupted; nothing of this run was kept"
     if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
         from .checkpoint import latest_checkpoint
 
