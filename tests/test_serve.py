@@ -208,6 +208,63 @@ def test_malformed_json_and_oversize_body(served):
     assert status == 413
 
 
+def chunked_post(port: int, path: str, chunks: list[bytes]):
+    """(status, parsed JSON) of a POST whose body is sent in chunks, with no Content-Length."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for c in chunks:
+            conn.send(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_is_limited_as_it_streams_in(served):
+    """No Content-Length: the limit is counted over the chunks, and an oversize body gets the same 413 naming
+    the body (not the app's own 400 for a body it could not read); a body under the limit is answered."""
+    model, port, _ = served
+    body = json.dumps({"texts": ["good", "bad"]}).encode()
+    status, answer = chunked_post(port, "/predict", [body[:7], body[7:]])
+    assert status == 200 and same_answers(answer, http(port, "/predict", {"texts": ["good", "bad"]})[1])
+    big = json.dumps({"texts": ["x" * 10_000]}).encode()
+    assert len(big) > LIMITS.max_body_bytes
+    status, answer = chunked_post(port, "/predict", [big[i:i + 4096] for i in range(0, len(big), 4096)])
+    assert status == 413 and answer["detail"][0]["field"] == "body" and "8192" in answer["detail"][0]["message"]
+
+
+def test_a_request_over_max_batch_is_scored_max_batch_texts_at_a_time(adapter_dir, monkeypatch):
+    """--max-batch bounds the texts scored together even for one request that holds more (up to --max-texts)."""
+    import ltuning.serve as serve
+
+    model = load_adapter(adapter_dir)
+    calls = []
+
+    def spy(m, texts, batch_size, **kwargs):
+        calls.append((len(texts), batch_size))
+        return predict(m, texts, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(serve, "predict", spy)
+    got = serve.Batcher(model, max_batch=3)._run(TEXTS[:7], None, False)
+    assert calls == [(7, 3)]
+    assert same_answers(got, predict(model, TEXTS[:7], return_scores=True))
+
+
+@pytest.mark.parametrize("wait", [-1.0, float("nan"), float("inf")])
+def test_max_wait_ms_must_be_a_finite_number(adapter_dir, wait):
+    from ltuning.serve import Batcher
+
+    with pytest.raises(ConfigError, match="--max-wait-ms must be a finite number >= 0"):
+        Batcher(load_adapter(adapter_dir), max_wait_ms=wait)
+
+
 def test_health_and_metadata(served):
     model, port, _ = served
     status, health = http(port, "/health")

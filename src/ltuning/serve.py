@@ -30,6 +30,7 @@ import asyncio
 import collections
 import concurrent.futures
 import copy
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -155,8 +156,8 @@ class Batcher:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be a positive integer, got {self.max_batch}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ConfigError(f"--max-wait-ms must be a finite number >= 0, got {self.max_wait_ms}")
         self.cache = InjectionCache(self.model, self.cache_size)
         self.pending: collections.deque[_Request] = collections.deque()
         self.arrived: asyncio.Event | None = None
@@ -242,7 +243,9 @@ class Batcher:
         """In the model thread: one :func:`predict` call for the group (its texts in one scoring pass)."""
         model = self.model if candidates is None else _CandidateModel(self.model, candidates,
                                                                       self.cache.get(candidates))
-        return predict(model, texts, batch_size=max(len(texts), 1), multi_label=multi_label, return_scores=True)
+        # one request may hold more texts than max_batch (up to --max-texts): scored max_batch at a time
+        return predict(model, texts, batch_size=max(min(len(texts), self.max_batch), 1), multi_label=multi_label,
+                       return_scores=True)
 
 
 # ---------------------------------------------------------------------- checks of one request
@@ -331,8 +334,13 @@ def metadata(model, limits: Limits, batcher: Batcher) -> dict:
 
 # ---------------------------------------------------------------------- HTTP
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 (from Content-Length at once, or while
-    a chunked body streams in) before any of it is parsed."""
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before any of it is parsed, from
+    Content-Length at once, or while a body sent in chunks (no Content-Length) streams in.
+
+    The body is read here, up to the limit, and handed to the app whole: an app that reads the body itself
+    turns an error raised while reading into its own answer (FastAPI: a 400), so the limit cannot be an
+    exception thrown into the app's reading.
+    """
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -344,37 +352,28 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await self._refuse(send)
-        seen = 0
-        too_big = False
-
-        async def limited_receive():
-            nonlocal seen, too_big
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    too_big = True
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                return await self._refuse(send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
 
-        started = False
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: a disconnect, as the server sends it
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-        except Exception:
-            if too_big and not started:
-                await self._refuse(send)
-            else:
-                raise
+        return await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
         import json
@@ -384,10 +383,6 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wait_ms: float = 5.0,
