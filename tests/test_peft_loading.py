@@ -76,6 +76,16 @@ def test_a_trainer_checkpoint_loads_as_an_adapter(saved, tmp_path):
     assert torch.allclose(loaded.score_texts(TEXTS), model.score_texts(TEXTS), atol=1e-6)
     assert torch.allclose(LTuningModel.from_pretrained(loaded.backbone, ckpt).score_texts(TEXTS),
                           model.score_texts(TEXTS), atol=1e-6)
+    # the backbone checks name the file the checkpoint's config is in (there is no adapter_config.json)
+    from dataclasses import replace
+
+    from ltuning.adapter_io import fit_config_to_backbone
+
+    for bad, match in ((replace(model.config, backbone_fingerprint=None), "backbone_fingerprint is missing"),
+                       (replace(model.config, label_length=10**9), "")):
+        with pytest.raises(AdapterError, match=match) as e:
+            fit_config_to_backbone(ckpt, bad, loaded.backbone)
+        assert str(e.value).startswith(f"{ckpt / 'model.safetensors'}: "), e.value
     # the checkpoint resumes as before: the stored config is not a weight
     state = load_file(str(ckpt / "model.safetensors"))
     LTuningForTrainer(loaded).load_state_dict(state)

@@ -173,14 +173,14 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
     try:
         check_label_length(backbone, config.label_length)
     except ConfigError as e:
-        raise AdapterError(f"{directory / CONFIG_NAME}: {e}") from None
+        raise AdapterError(f"{config_source(directory)}: {e}") from None
     if config.text_pooling == TextPooling.AUTO:
         # Adapters now save the resolved pooling; "auto" comes from an adapter saved before auto followed
         # sentence-transformers folders, and was trained with the pooler / [CLS] / last token.
         config.text_pooling = backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False)
     if not config.backbone_fingerprint:
         # every adapter ltuning wrote names its backbone's fingerprint: without it nothing is checked
-        raise AdapterError(f"{directory / CONFIG_NAME}: backbone_fingerprint is missing; it names the backbone the "
+        raise AdapterError(f"{config_source(directory)}: backbone_fingerprint is missing; it names the backbone the "
                            "adapter was trained on: restore the file, or train the adapter again")
     if backbone.fingerprint != config.backbone_fingerprint:
         raise AdapterError(
