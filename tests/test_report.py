@@ -90,6 +90,13 @@ def test_evaluate_plot_and_report(models, files, tmp_path, capsys):  # noqa: F81
                  "--label-column", "label", "--output", str(metrics_path), "--plot", "--quiet"]) == 0
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads(metrics_path.read_text())["run_config"]["command"] == "evaluate"
+    # an --output ending in .png is where --plot writes: refused before any work, nothing written
+    capsys.readouterr()
+    assert main(["evaluate", "--adapter", str(out), "--file", files["valid"], "--text-column", "text",
+                 "--label-column", "label", "--output", str(tmp_path / "m2.png"), "--plot", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "m2.json" in err and err.count("\n") == 1
+    assert not (tmp_path / "m2.png").exists()
     assert main(["evaluate", "--adapter", str(out), "--file", files["valid"], "--text-column", "text",
                  "--label-column", "label", "--quiet"]) == 0
     capsys.readouterr()
