@@ -81,8 +81,17 @@ def test_softmax_pooling_over_one_token_labels_is_refused_only_without_a_map():
     label's own encoding, so with one the labels differ. llama's tiny tokenizer adds no special tokens here."""
     one = dict(label_texts=["bad", "good", "fine"], prefix_pooling="softmax")
     cfg = LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32, label_map_rank=0, **one)
-    with pytest.raises(ConfigError, match="cannot tell labels apart when every label text is one token"):
+    with pytest.raises(ConfigError, match=r"two or more label texts are one token \(\['bad', 'good', 'fine'\]"):
         LTuningModel(build("llama"), cfg)
+    # two one-token labels beside a longer one get the same prefix too (the tie is between those two)
+    mixed = dict(one, label_texts=["bad", "good", "fine and dandy"])
+    with pytest.raises(ConfigError, match=r"\(\['bad', 'good'\] of \['bad', 'good', 'fine and dandy'\]"):
+        LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
+                                                   label_map_rank=0, **mixed))
+    # one one-token label alone has nothing to tie with
+    LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
+                                               label_map_rank=0, **dict(one, label_texts=["bad", "not good",
+                                                                                           "fine and dandy"])))
     model = LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
                                                      label_map_rank=2, **one))
     assert bool((model.label_mask.sum(-1) == 1).all())

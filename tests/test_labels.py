@@ -48,6 +48,25 @@ def wordpiece(tmp_path) -> Backbone:
     return Backbone(BertModel(cfg), tok, name="wordpiece-bert")
 
 
+# ---------------------------------------------------------------------- empty labels
+@pytest.mark.parametrize("invisible", ["\u200b", "\u00ad", " \u200b\u200b "])
+def test_a_label_text_the_tokenizer_drops_entirely_is_an_error(wordpiece, invisible):
+    """[CLS] [SEP] and nothing between: the label would carry no text (the special tokens do not count)."""
+    assert wordpiece.tokenizer(invisible)["input_ids"] == [2, 3]
+    for method in ("lt-prefix", "prefix"):
+        with pytest.raises(ConfigError, match=r"label texts \[.*\] tokenize to nothing on wordpiece-bert"):
+            LTuningModel(wordpiece, LTuningConfig(method=method, label_names=NAMES, label_texts=["bad", invisible]))
+
+
+def test_a_label_length_that_keeps_only_special_tokens_is_an_error():
+    # l = 2 keeps [CLS] [SEP] of every label: no word of any label, whatever the texts
+    with pytest.raises(ConfigError, match=r"label_length=2 is too short for tiny-bert: the label tokens it keeps "
+                                          r"of \['bad', 'good'\] are only the tokenizer's special tokens"):
+        LTuningModel(bert(), LTuningConfig(label_names=NAMES, label_texts=["bad", "good"], label_length=2))
+    assert LTuningModel(bert(), LTuningConfig(label_names=NAMES, label_texts=["bad", "good"],
+                                              label_length=3)).label_mask.shape == (2, 3)
+
+
 # ---------------------------------------------------------------------- identical labels
 @pytest.mark.parametrize("method", ["lt-prefix", "lt-prompt"])
 def test_identical_training_label_texts_are_an_error(method):

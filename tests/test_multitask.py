@@ -141,6 +141,37 @@ def test_classic_methods_refused(bb):
         train(model, {"sent": sentiment(), "topic": topic()}, None, args())
 
 
+def test_a_config_with_tasks_alone_takes_the_first_tasks_labels(bb):
+    cfg = LTuningConfig(method="lt-prompt", tasks={"topic": {"label_names": TOPIC}, "sent": {"label_names": SENT}})
+    assert cfg.label_names == []
+    model = LTuningModel(bb, cfg)
+    assert model.label_names == TOPIC and model.config.label_texts == TOPIC and model.num_labels == 3
+    assert model.for_task("sent").label_names == SENT
+
+
+def test_inference_mode_scores_as_no_grad_and_leaves_no_inference_tensor_in_a_kept_view(bb):
+    """Tensors made under torch.inference_mode have no version counter (the prediction cache's key) and cannot
+    be saved for backward: a model or task view first used there scores as under no_grad, uncached, and a
+    task view made there holds plain tensors (it is kept, and training reads it)."""
+    cfg = LTuningConfig(method="lt-prefix", label_names=SENT,
+                        tasks={"sent": {"label_names": SENT}, "topic": {"label_names": TOPIC}})
+    texts = ["the movie was good", "bad plot", "great actors"]
+    torch.manual_seed(5)
+    ref = LTuningModel(bb, cfg).eval()
+    with torch.no_grad():
+        want, want_topic = ref.score_texts(texts), ref.for_task("topic").score_texts(texts)
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        model = LTuningModel(bb, cfg).eval()
+        got, got_topic = model.score_texts(texts), model.for_task("topic").score_texts(texts)
+        assert model.predict(texts) == ref.predict(texts)
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_topic, want_topic, atol=1e-6)
+    view = model.for_task("topic")
+    assert not any(t.is_inference() for t in (view.label_states, view.label_mask))
+    with torch.no_grad():
+        assert torch.allclose(view.score_texts(texts), want_topic, atol=1e-6)
+
+
 def test_bad_tasks(bb):
     with pytest.raises(ConfigError, match=r"tasks\['one'\]: a task needs at least 2 labels"):
         LTuningConfig(tasks={"one": {"label_names": ["x"]}})

@@ -104,6 +104,11 @@ def test_evaluate_plot_and_report(models, files, tmp_path, capsys):  # noqa: F81
     [row] = json.loads(capsys.readouterr().out)
     assert row["method"] == "lt-prefix" and row["steps"] == 4 and "valid_file" in row["evals"]
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    # a run that stopped early shows the steps it ran, not the steps it was given
+    results = json.loads((out / "train_results.json").read_text())
+    (out / "train_results.json").write_text(json.dumps({**results, "stopped_early_at": 3}))
+    assert main(["report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["steps"] == 3
 
 
 def test_plot_without_matplotlib_is_one_clear_error(models, files, tmp_path, capsys, monkeypatch):  # noqa: F811

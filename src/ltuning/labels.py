@@ -125,15 +125,27 @@ class LabelSet:
         check_label_length(backbone, length, length_name)
         enc = backbone.label_tokens(texts, length)
         mask = enc["attention_mask"].bool()
-        if not mask.any(-1).all():
-            empty = [t for t, ok in zip(texts, mask.any(-1).tolist(), strict=True) if not ok]
-            raise ConfigError(f"{what}s {empty} tokenize to nothing; give label texts with real words")
+        # the tokenizer's own tokens ([CLS], [SEP], <s>, padding) are not the label's; [UNK] stands for a word
+        tok = backbone.tokenizer
+        special = set(tok.all_special_ids) - {tok.unk_token_id}
+        words = [[i for i in ids if i not in special] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        empty = [t for t, w in zip(texts, words, strict=True) if not w]
+        if empty or not mask.any(-1).all():
+            empty = empty or [t for t, ok in zip(texts, mask.any(-1).tolist(), strict=True) if not ok]
+            raise ConfigError(f"{what}s {empty} tokenize to nothing on {backbone.name} (only characters its "
+                              "tokenizer drops, such as zero-width spaces); give label texts with real words")
         # A tokenizer cannot cut a label below its own special tokens.
         if label_conditioned and mask.shape[1] != length:
             raise ConfigError(
                 f"{length_name}={length} is too short for {backbone.name}, whose tokenizer keeps "
                 f"{mask.shape[1]} tokens of the label texts {texts} (its special tokens around each "
                 "text); use a larger label_length, or none (the longest label)")
+        kept = [any(i not in special for i in row[m].tolist()) for row, m in zip(enc["input_ids"], mask, strict=True)]
+        if label_conditioned and not all(kept):
+            raise ConfigError(
+                f"{length_name}={length} is too short for {backbone.name}: the label tokens it keeps of "
+                f"{[t for t, k in zip(texts, kept, strict=True) if not k]} are only the tokenizer's special tokens "
+                "(no word of the label); use a larger label_length, or none (the longest label)")
         ids = [tuple(row[m].tolist()) for row, m in zip(enc["input_ids"], mask, strict=True)]
         cut = [t for t, n in zip(texts, full, strict=True) if n > length]
         if label_conditioned:

@@ -58,21 +58,21 @@ class LTuningModel(nn.Module):
 
     def __init__(self, backbone: Backbone, config: LTuningConfig) -> None:
         super().__init__()
-        if config.num_labels < 2:
-            raise ConfigError(f"label_names: need at least 2 labels, got {config.label_names}")
         method_cls = get_method(config.method)
         # The model's own copy: filling in l, the fingerprint and the resolved pooling must not change the
         # caller's config (which may build another model, on another backbone).
         config = LTuningConfig.from_dict(config.to_dict())
-        method_cls.check_config(config)
         if config.tasks is not None and not method_cls.label_conditioned:
             raise ConfigError(
                 f"{config.method} has a fixed K-way head over one label set, so it cannot train or score several "
                 f"tasks' label sets (tasks {list(config.tasks)}); multi-task training needs a label-conditioned "
                 "method (lt-prefix or lt-prompt), or train one adapter per task")
-        if config.tasks is not None and not config.label_names:
+        if config.tasks is not None and not config.label_names:  # the model's own labels: the first task's
             first = next(iter(config.tasks.values()))
             config.label_names, config.label_texts = list(first["label_names"]), list(first["label_texts"])
+        if config.num_labels < 2:
+            raise ConfigError(f"label_names: need at least 2 labels, got {config.label_names}")
+        method_cls.check_config(config)
         # The fingerprint names the backbone this model is built on (a config copied from another model, or
         # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
         config.backbone_fingerprint = backbone.fingerprint
@@ -154,14 +154,17 @@ class LTuningModel(nn.Module):
         # from the model (its config with the task's labels, its train/eval mode) is refreshed on every call
         if view is None or (view.label_states.device, view.label_states.dtype) != \
                 (self.label_states.device, self.label_states.dtype):
-            labels = self._task_labels(tasks[task])
+            # plain tensors even when first asked for under torch.inference_mode: the view is kept, and
+            # training reads it later (inference tensors cannot be saved for backward)
+            with torch.inference_mode(False), torch.no_grad():
+                labels = self._task_labels(tasks[task])
+                vectors = (labels.encode_vectors(self.backbone, self.pooling).to(self.label_states.dtype)
+                           if self.method.uses_label_vectors else None)
             view = LTuningModel.__new__(LTuningModel)
             view.__dict__.update({k: v for k, v in self.__dict__.items() if k not in
                                   ("_injection_cache", "_task_views", "_buffers", "_modules", "_parameters")})
             view._parameters, view._modules = dict(self._parameters), dict(self._modules)
             dtype = self.label_states.dtype
-            vectors = (labels.encode_vectors(self.backbone, self.pooling).to(dtype)
-                       if self.method.uses_label_vectors else None)
             view._buffers = {"label_states": labels.states.to(dtype), "label_mask": labels.mask,
                              "label_vectors": vectors}
             view.__dict__["_task_label_length"] = labels.length
@@ -226,6 +229,8 @@ class LTuningModel(nn.Module):
         if self.training or torch.is_grad_enabled():
             return self._method_injection()
         key = self._injection_key()
+        if key is None:
+            return self._method_injection()
         cached = self.__dict__.get("_injection_cache")
         if cached is None or cached[0] != key:
             cached = (key, self._method_injection())
@@ -237,9 +242,13 @@ class LTuningModel(nn.Module):
         inj.label_vectors = self.label_vectors
         return inj
 
-    def _injection_key(self) -> tuple:
+    def _injection_key(self) -> tuple | None:
+        """What the cached injection depends on; None where it cannot be told (a tensor made under
+        ``torch.inference_mode`` has no version counter), and then nothing is cached."""
         tensors = [*self.method.parameters(), *self.method.buffers(), self.label_states, self.label_mask,
                    *([] if self.label_vectors is None else [self.label_vectors])]
+        if any(t.is_inference() for t in tensors):
+            return None
         # Under autocast the injection comes out in the autocast dtype: the key holds the autocast state,
         # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
         device = self.label_states.device.type

@@ -53,7 +53,9 @@ def summarize(run: Path) -> dict:
         args = res.get("args") or {}
         row.setdefault("method", args.get("method"))
         row.setdefault("base_model", args.get("model"))
-        row.update(steps=args.get("max_steps"), best_step=res.get("best_step"),
+        # the steps run: a run stopped early ran fewer than it was given
+        stopped = res.get("stopped_early_at")
+        row.update(steps=args.get("max_steps") if stopped is None else stopped, best_step=res.get("best_step"),
                    accuracy=best.get("accuracy"), mcc=best.get("mcc"), macro_f1=best.get("macro_f1"),
                    seconds=res.get("seconds"))
         if row.get("trainable_parameters") is None:
