@@ -284,43 +284,23 @@ def test_overwrite_keeps_the_previous_run_when_training_is_refused(models, files
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_overwrite_replaces_only_what_ltuning_wrote(tmp_path):
+def test_overwrite_replaces_only_files_at_the_names_a_run_writes(tmp_path):
     from ltuning.cli import REPLACED_DIR, _drop_previous_run, _set_aside_previous_run
-
-    def replace(out):
-        _set_aside_previous_run(out)
-        _drop_previous_run(out)
-        assert not (out / REPLACED_DIR).exists()
 
     out = tmp_path / "run"
     (out / "checkpoints" / "step-2").mkdir(parents=True)
+    # what a run writes, and at the adapter's names whoever wrote them (saving the adapter replaces them)
     ours = ["adapter_config.json", "adapter_model.safetensors", "run_config.json", "train_results.json", "loss.png",
-            "accuracy.png", "eval_sst2_validation.json", "eval_sst2_validation.png"]
-    mine = ["README.md", "notes.txt", "data.tsv", "eval.json", "adapter_config.json.bak"]
+            "accuracy.png", "eval_sst2_validation.json", "eval_sst2_validation.png", "README.md", "config.json"]
+    mine = ["notes.txt", "data.tsv", "eval.json", "adapter_config.json.bak"]
     for name in ours + mine:
         (out / name).write_text("x")
-    (out / "adapter_config.json").write_text('{"method": "lt-prefix", "label_names": ["a", "b"], "base_model": "m"}')
     moved = _set_aside_previous_run(out)
     assert sorted(p.name for p in moved) == sorted([*ours, "checkpoints"])
     assert sorted(p.name for p in (out / REPLACED_DIR).iterdir()) == sorted([*ours, "checkpoints"])
-    assert sorted(p.name for p in out.iterdir()) == sorted([*mine, REPLACED_DIR])  # a README.md not our card stays
+    assert sorted(p.name for p in out.iterdir()) == sorted([*mine, REPLACED_DIR])
     _drop_previous_run(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(mine)
-    # another library's adapter_config.json (peft's) stays: only the adapter writer replaces it, on save
-    (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    replace(out)
-    assert (out / "adapter_config.json").read_text() == '{"peft_type": "LORA"}'
-    (out / "adapter_config.json").unlink()
-    (out / "README.md").write_text("---\nlibrary_name: ltuning\n---\n# card")
-    replace(out)
-    assert not (out / "README.md").exists()
-    # config.json: the pipeline marker ltuning writes goes, a user's own stays
-    (out / "config.json").write_text('{"model_type": "bert"}')
-    replace(out)
-    assert (out / "config.json").exists()
-    (out / "config.json").write_text('{"model_type": "ltuning"}')
-    replace(out)
-    assert not (out / "config.json").exists()
 
 
 def snapshot(folder: Path) -> dict:
@@ -328,56 +308,104 @@ def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("failure", [KeyboardInterrupt, FloatingPointError])
-def test_overwrite_puts_the_previous_run_back_when_the_new_run_fails(models, files, trained, tmp_path, capsys,
-                                                                     monkeypatch, failure):
-    """--overwrite replaces a run only once the new one is saved: a run that fails after training began (here
-    after it trained and wrote checkpoints) leaves the folder byte for byte as it was."""
-    import ltuning.recipe
-    from ltuning.cli import REPLACED_DIR
-
-    out = tmp_path / "run"
+def previous_run(trained, out: Path) -> dict:
+    """A finished run with a checkpoint, a user's own README.md (not a card: --overwrite replaces it on save) and
+    notes; returns the folder's snapshot."""
     shutil.copytree(trained, out)
     (out / "checkpoints" / "step-9").mkdir(parents=True)
     (out / "checkpoints" / "step-9" / "state.pt").write_bytes(b"old")
+    (out / "README.md").write_text("# my notes on this run\n")
     (out / "notes.txt").write_text("mine")
-    before = snapshot(out)
+    return snapshot(out)
+
+
+def interrupt_after_training(monkeypatch, failure=KeyboardInterrupt):
+    """build_and_train trains (and writes checkpoints where asked), then raises ``failure``."""
+    import ltuning.recipe
+
     real = ltuning.recipe.build_and_train
-    seen = {}
 
-    def fails_after_training(*a, **k):
+    def stops(*a, **k):
         real(*a, **k)
-        seen["aside"] = sorted(p.name for p in (out / REPLACED_DIR).iterdir())
-        seen["checkpoints"] = sorted(p.name for p in (out / "checkpoints").iterdir())
-        raise failure("stopped")
+        raise failure()
 
-    monkeypatch.setattr(ltuning.recipe, "build_and_train", fails_after_training)
-    rc = main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2"))
-    assert rc == (130 if failure is KeyboardInterrupt else 1)
-    # while it trained, the previous run waited aside and the new run wrote its own checkpoints
-    assert "checkpoints" in seen["aside"] and CONFIG_NAME in seen["aside"]
-    assert seen["checkpoints"] and "step-9" not in seen["checkpoints"]
+    monkeypatch.setattr(ltuning.recipe, "build_and_train", stops)
+    return lambda: monkeypatch.setattr(ltuning.recipe, "build_and_train", real)
+
+
+@pytest.mark.parametrize("failure", ["interrupt", "nonfinite", "disk-full-after-save"])
+def test_overwrite_puts_the_previous_run_back_when_the_new_one_stops_before_a_checkpoint(
+        models, files, trained, tmp_path, capsys, monkeypatch, failure):
+    """--overwrite replaces a run only once the new one is saved: one that stops before its first checkpoint
+    (after training, or after saving its adapter but before its results) leaves the folder byte for byte as it
+    was, the user's README.md that the save had replaced included."""
+    import ltuning.adapter
+
+    out = tmp_path / "run"
+    before = previous_run(trained, out)
+    seen = {}
+    if failure == "disk-full-after-save":
+        def no_space(path, text):
+            seen["adapter"] = (out / CONFIG_NAME).read_bytes()  # the new run's adapter was saved
+            raise OSError(28, "No space left on device", str(path))
+
+        monkeypatch.setattr(ltuning.adapter, "atomic_write_text", no_space)
+    else:
+        interrupt_after_training(monkeypatch, KeyboardInterrupt if failure == "interrupt" else FloatingPointError)
+    rc = main(train_args(models, files, out, "--overwrite"))
+    assert rc == {"interrupt": 130, "nonfinite": 1, "disk-full-after-save": 2}[failure]
+    if failure == "disk-full-after-save":
+        assert seen["adapter"] != before[CONFIG_NAME]
     assert snapshot(out) == before
     err = capsys.readouterr().err
-    assert "the previous run in" in err and "is back as it was" in err
-    if failure is KeyboardInterrupt:
+    assert "stopped before its first checkpoint; the previous run in" in err and "is back as it was" in err
+    if failure == "interrupt":
         assert "nothing of this run was kept" in err
-    # the next --overwrite run replaces it, and leaves no set-aside folder
-    monkeypatch.setattr(ltuning.recipe, "build_and_train", real)
-    assert main(train_args(models, files, out, "--overwrite")) == 0
-    assert not (out / REPLACED_DIR).exists() and not (out / "checkpoints").exists()
-    assert (out / "notes.txt").read_text() == "mine" and snapshot(out)[CONFIG_NAME] != before[CONFIG_NAME]
 
 
-def test_a_set_aside_run_left_by_a_killed_overwrite_is_refused(models, files, trained, tmp_path, capsys):
+def test_overwrite_keeps_a_stopped_run_with_a_checkpoint_to_resume(models, files, trained, tmp_path, capsys,
+                                                                  monkeypatch):
+    """A run stopped after a checkpoint stays (to --resume), the previous run waiting aside; a plain run is then
+    refused; --overwrite starts again (the unfinished run goes, the run before it keeps waiting), and a run
+    that is saved deletes the waiting one."""
+    from ltuning.checkpoint import latest_checkpoint
     from ltuning.cli import REPLACED_DIR
 
     out = tmp_path / "run"
-    shutil.copytree(trained, out / REPLACED_DIR)
-    before = snapshot(out)
-    for extra in ([], ["--overwrite"], ["--resume"]):
-        one_error_line(capsys, main(train_args(models, files, out, *extra)), f"holds {REPLACED_DIR}/")
-        assert snapshot(out) == before
+    before = previous_run(trained, out)
+    restore = interrupt_after_training(monkeypatch)
+    assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2")) == 130
+    err = capsys.readouterr().err
+    assert "the previous run still waits in" in err and "--resume in place of --overwrite" in err
+    assert latest_checkpoint(out).name == "step-4" and not (out / CONFIG_NAME).exists()
+    assert snapshot(out / REPLACED_DIR) == {k: v for k, v in before.items() if k != "notes.txt"}
+    unfinished = snapshot(out)
+    one_error_line(capsys, main(train_args(models, files, out)),
+                   f"holds {REPLACED_DIR}/: a run that an --overwrite run set aside and did not finish")
+    assert snapshot(out) == unfinished
+    # --overwrite again, stopped before a checkpoint: back to the run before the unfinished one
+    assert main(train_args(models, files, out, "--overwrite")) == 130
+    assert snapshot(out) == before and "is back as it was" in capsys.readouterr().err
+    restore()
+    assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2")) == 0
+    assert not any(p.name.startswith(REPLACED_DIR) for p in out.iterdir())
+    assert (out / "notes.txt").read_text() == "mine" and (out / CONFIG_NAME).read_bytes() != before[CONFIG_NAME]
+
+
+def test_resume_finishes_a_stopped_overwrite_run_and_deletes_the_run_it_replaces(models, files, trained, tmp_path,
+                                                                                   capsys, monkeypatch):
+    from ltuning.cli import REPLACED_DIR
+
+    out = tmp_path / "run"
+    previous_run(trained, out)
+    restore = interrupt_after_training(monkeypatch)
+    assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2", "--max-steps", "6")) == 130
+    restore()
+    capsys.readouterr()
+    assert main(train_args(models, files, out, "--resume", "--checkpoint-every", "2", "--max-steps", "6")) == 0
+    assert not any(p.name.startswith(REPLACED_DIR) for p in out.iterdir())
+    assert (out / CONFIG_NAME).is_file() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "README.md").read_text().startswith("# my notes")  # the card replaced it
 
 
 @pytest.mark.parametrize("extra,match", [(["--method", "lora"], "invalid choice: 'lora'"),

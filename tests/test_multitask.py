@@ -170,6 +170,12 @@ def test_inference_mode_scores_as_no_grad_and_leaves_no_inference_tensor_in_a_ke
     assert not any(t.is_inference() for t in (view.label_states, view.label_mask))
     with torch.no_grad():
         assert torch.allclose(view.score_texts(texts), want_topic, atol=1e-6)
+    # in another dtype the view's encodings are cast: that too outside inference mode
+    half = LTuningModel(Backbone(*TINY["bert"](), name="tiny-bert"), cfg).to(torch.bfloat16)
+    with torch.inference_mode():
+        half.for_task("topic").score_texts(texts)
+    view = half.for_task("topic")
+    assert view.label_states.dtype == torch.bfloat16 and not view.label_states.is_inference()
 
 
 def test_bad_tasks(bb):

@@ -5,6 +5,7 @@ folder, in-process)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -104,6 +105,11 @@ def test_evaluate_plot_and_report(models, files, tmp_path, capsys):  # noqa: F81
     [row] = json.loads(capsys.readouterr().out)
     assert row["method"] == "lt-prefix" and row["steps"] == 4 and "valid_file" in row["evals"]
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    # a hidden folder (train --overwrite's set-aside run) is not listed as a run of its own
+    shutil.copytree(out, tmp_path / "runs" / ".ltuning-replaced")
+    shutil.copytree(out, tmp_path / "runs" / "a")
+    assert main(["report", str(tmp_path / "runs"), "--json"]) == 0
+    assert [r["run"] for r in json.loads(capsys.readouterr().out)] == [str(tmp_path / "runs" / "a")]
     # a run that stopped early shows the steps it ran, not the steps it was given
     results = json.loads((out / "train_results.json").read_text())
     (out / "train_results.json").write_text(json.dumps({**results, "stopped_early_at": 3}))

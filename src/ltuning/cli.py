@@ -256,10 +256,11 @@ def build_parser() -> _Parser:
                    help="train into an --output-dir that holds a previous run, replacing the files ltuning "
                         "wrote there (adapter, its config.json marker, README.md card, run_config.json, "
                         f"train_results.json, eval_*.json, plots, checkpoints/): they wait in {REPLACED_DIR}/ "
-                        "until the new adapter is saved, and are moved back if training fails or is interrupted; "
+                        "until the new adapter is saved; if the run stops before its first checkpoint they are moved "
+                        "back, after one they keep waiting (deleted when a --resume of the run finishes); "
                         "other files are kept, except a file "
                         "at a name the run writes (e.g. your own README.md or config.json, another library's "
-                        "adapter_config.json), which is replaced when the adapter is saved. Without it, such a file "
+                        "adapter_config.json), which waits with them and is replaced when the adapter is saved. Without it, such a file "
                         "is never replaced")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
@@ -788,29 +789,30 @@ REPLACED_DIR = ".ltuning-replaced"
 
 
 def _run_outputs(out: Path) -> list[Path]:
-    """The files (and ``checkpoints/``) an ltuning run wrote in ``out``: what --overwrite replaces, nothing
-    else (a user's README.md, another library's adapter_config.json or a user's config.json stay)."""
-    from .adapter_io import HF_CONFIG_NAME, is_ltuning_config, is_ltuning_hf_config
-    from .card import CARD_NAME, is_card
+    """What ``--overwrite`` replaces in ``out``: every file at a name a run writes (the adapter's files, whoever
+    wrote them, since saving the adapter replaces them; run_config.json, train_results.json, the plots),
+    ``eval_*`` results and ``checkpoints/``. Nothing else (a user's notes, data) is touched."""
+    from .adapter_io import ADAPTER_FILES
     from .checkpoint import CHECKPOINTS_DIR
 
-    # a foreign adapter_config.json is left for the adapter writer, which replaces it only when the run is saved
-    found = [out / n for n in _RUN_FILES if (out / n).is_file()
-             and (n != "adapter_config.json" or is_ltuning_config(out / n))]
+    found = [out / n for n in dict.fromkeys((*_RUN_FILES, *ADAPTER_FILES)) if (out / n).is_file()]
     found += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
-    if is_ltuning_hf_config(out / HF_CONFIG_NAME):  # the pipeline marker, not a user's own config.json
-        found.append(out / HF_CONFIG_NAME)
-    if is_card(out / CARD_NAME):
-        found.append(out / CARD_NAME)
     if (out / CHECKPOINTS_DIR).is_dir():
         found.append(out / CHECKPOINTS_DIR)
     return found
 
 
+def _remove(paths: list[Path]) -> None:
+    import shutil
+
+    for f in paths:
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
 def _set_aside_previous_run(out: Path) -> list[Path]:
-    """Move the files a previous run wrote in ``out`` into ``out/.ltuning-replaced`` (renames, nothing copied):
-    :func:`_drop_previous_run` deletes them once the new run is saved, :func:`_restore_previous_run` moves them
-    back if it fails. Returns what was moved (its old paths)."""
+    """Move what a previous run wrote in ``out`` into ``out/.ltuning-replaced`` (renames, nothing copied):
+    :func:`_drop_previous_run` deletes it once the new run is saved, :func:`_restore_previous_run` moves it
+    back if the new run fails before leaving anything to resume. Returns what was moved (its old paths)."""
     moved = _run_outputs(out)
     aside = out / REPLACED_DIR
     aside.mkdir()
@@ -820,18 +822,19 @@ def _set_aside_previous_run(out: Path) -> list[Path]:
 
 
 def _drop_previous_run(out: Path) -> None:
+    """Delete the set-aside run (renamed first, so that a deletion cut short leaves no ``.ltuning-replaced``
+    to be taken for a run still waiting)."""
     import shutil
 
-    shutil.rmtree(out / REPLACED_DIR, ignore_errors=True)
+    doomed = out / f"{REPLACED_DIR}.deleting-{os.getpid()}"
+    (out / REPLACED_DIR).rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _restore_previous_run(out: Path) -> None:
-    """Remove what the failed run wrote and move the previous run back: the folder is as it was."""
-    import shutil
-
+    """Remove what the failed run wrote and move the set-aside run back: the folder is as it was."""
     aside = out / REPLACED_DIR
-    for f in _run_outputs(out):
-        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    _remove(_run_outputs(out))
     for f in sorted(aside.iterdir()):
         f.rename(out / f.name)
     aside.rmdir()
@@ -940,10 +943,11 @@ def _train_output(args) -> tuple[Path, list[Path]]:
         if source == out or out in source.parents:
             raise ConfigError(f"--init-from {args.init_from} is inside --output-dir {out_dir}, which this run writes "
                               "into; give another --output-dir (or copy the adapter elsewhere first)")
-    if (out_dir / REPLACED_DIR).exists():
+    if (out_dir / REPLACED_DIR).exists() and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} holds {REPLACED_DIR}/: a run that an --overwrite run set aside "
-                          "and could not move back (it was killed before it finished); move its files back into "
-                          f"{out_dir} to keep that run, or delete {out_dir / REPLACED_DIR}, then run again")
+                          "and did not finish; give --resume to continue the unfinished run (from its last checkpoint, if it wrote one), "
+                          "--overwrite to start it again, or move the set-aside files back (in place of the unfinished "
+                          "run's) to keep that run")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
@@ -1092,6 +1096,23 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
     return run
 
 
+def _after_unfinished_overwrite(out_dir: Path, args) -> None:
+    """A run with a set-aside previous run stopped (an error, Ctrl-C). With a checkpoint to resume from, it stays
+    (the error's --resume advice holds) and the previous run keeps waiting; without one, the folder goes back
+    to the previous run as it was."""
+    from .checkpoint import latest_checkpoint
+
+    if latest_checkpoint(out_dir) is None:
+        _restore_previous_run(out_dir)
+        args.restored_previous_run = True
+        print(f"--overwrite: this run stopped before its first checkpoint; the previous run in {out_dir} is back as "
+              "it was", file=sys.stderr)
+    else:
+        print(f"--overwrite: this run stopped; the previous run still waits in {out_dir / REPLACED_DIR} (deleted when "
+              "a --resume of this run finishes; move its files back in place of this run's to keep it instead)",
+              file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from .evaluate import format_metrics
     from .train import is_main_process
@@ -1101,16 +1122,24 @@ def cmd_train(args) -> int:
     # Read and check all input before anything is written.
     train_data, eval_data, label_options = _train_data(args)
     multi = isinstance(train_data, dict)
-    aside: list[Path] = []  # the previous run's files, kept by --overwrite until this run is saved
+    # --overwrite keeps the previous run in REPLACED_DIR until this run is saved; one may wait there already,
+    # set aside by an --overwrite run that did not finish (then this folder's run is that unfinished one)
+    aside = out_dir / REPLACED_DIR
+    waiting = aside.is_dir()
 
     def before_training(model) -> None:
         # under `accelerate launch` only the main process prints and writes
         if not is_main_process():
             return
-        if args.overwrite and previous:
-            aside.extend(_set_aside_previous_run(out_dir))
-            print(f"--overwrite: the previous run's {len(aside)} files/folders in {out_dir} wait in {REPLACED_DIR}/ "
-                  "until this run is saved (moved back if it fails or is interrupted)")
+        if args.overwrite and waiting:
+            unfinished = _run_outputs(out_dir)
+            _remove(unfinished)
+            print(f"--overwrite: removed the unfinished run's {len(unfinished)} files/folders from {out_dir}; the run "
+                  f"before it still waits in {REPLACED_DIR}/ until this run is saved")
+        elif args.overwrite and previous:
+            moved = _set_aside_previous_run(out_dir)
+            print(f"--overwrite: the previous run's {len(moved)} files/folders in {out_dir} wait in {REPLACED_DIR}/ "
+                  "until this run is saved (moved back if it stops before writing a checkpoint)")
         config, backbone = model.config, model.backbone
         sets = {None: (train_data, eval_data)} if not multi else {
             t: (train_data[t], (eval_data or {}).get(t)) for t in train_data}
@@ -1130,15 +1159,12 @@ def cmd_train(args) -> int:
     try:
         run = _train_and_save(args, train_data, eval_data, label_options, targs, before_training)
     except BaseException:
-        if aside:  # the folder as it was: this run's files out, the previous run's back
-            _restore_previous_run(out_dir)
-            args.restored_previous_run = True
-            print(f"--overwrite: this run did not finish; the previous run in {out_dir} is back as it was",
-                  file=sys.stderr)
+        if is_main_process() and aside.is_dir():
+            _after_unfinished_overwrite(out_dir, args)
         raise
     if run is None:  # not the main process
         return 0
-    if aside:
+    if aside.is_dir():
         _drop_previous_run(out_dir)
     model, result = run.model, run.result
     for task, metrics in (result.best_metrics.get("tasks") or {"": result.best_metrics}).items():
@@ -1416,7 +1442,7 @@ def cmd_export(args) -> int:
 def _interrupted_message(args) -> str:
     """What a Ctrl-C leaves: for train, the newest checkpoint it can --resume from, if one was written."""
     if getattr(args, "restored_previous_run", False):
-        return "interrupted; nothing of this run was kept"
+        return "interrupted before the first checkpoint; nothing of this run was kept"
     if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
         from .checkpoint import latest_checkpoint
 
@@ -1425,7 +1451,8 @@ def _interrupted_message(args) -> str:
         except OSError:
             last = None
         if last is not None:
-            return f"interrupted; last checkpoint: {last}; continue with the same command and --resume"
+            instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
+            return f"interrupted; last checkpoint: {last}; continue with the same command and --resume{instead}"
     return "interrupted; nothing was saved"
 
 

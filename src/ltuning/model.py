@@ -156,17 +156,17 @@ class LTuningModel(nn.Module):
                 (self.label_states.device, self.label_states.dtype):
             # plain tensors even when first asked for under torch.inference_mode: the view is kept, and
             # training reads it later (inference tensors cannot be saved for backward)
+            dtype = self.label_states.dtype
             with torch.inference_mode(False), torch.no_grad():
                 labels = self._task_labels(tasks[task])
-                vectors = (labels.encode_vectors(self.backbone, self.pooling).to(self.label_states.dtype)
+                states = labels.states.to(dtype)
+                vectors = (labels.encode_vectors(self.backbone, self.pooling).to(dtype)
                            if self.method.uses_label_vectors else None)
             view = LTuningModel.__new__(LTuningModel)
             view.__dict__.update({k: v for k, v in self.__dict__.items() if k not in
                                   ("_injection_cache", "_task_views", "_buffers", "_modules", "_parameters")})
             view._parameters, view._modules = dict(self._parameters), dict(self._modules)
-            dtype = self.label_states.dtype
-            view._buffers = {"label_states": labels.states.to(dtype), "label_mask": labels.mask,
-                             "label_vectors": vectors}
+            view._buffers = {"label_states": states, "label_mask": labels.mask, "label_vectors": vectors}
             view.__dict__["_task_label_length"] = labels.length
             views[task] = view
         config = LTuningConfig.from_dict(self.config.to_dict())

@@ -32,7 +32,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise DataError(f"run folder not found: {p}")
-        found = [p] if _is_run(p) else sorted(d for d in p.iterdir() if d.is_dir() and _is_run(d))
+        # hidden folders are not runs of their own (train --overwrite's .ltuning-replaced/ waiting aside)
+        found = [p] if _is_run(p) else sorted(d for d in p.iterdir()
+                                              if d.is_dir() and not d.name.startswith(".") and _is_run(d))
         if not found:
             raise DataError(f"{p} holds no run ({CONFIG_NAME} or {RESULTS_NAME}), nor do its subfolders")
         runs += found

@@ -240,7 +240,7 @@ class Batcher:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
 
     def _run(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> list:
-        """In the model thread: one :func:`predict` call for the group (its texts in one scoring pass)."""
+        """In the model thread: one :func:`predict` call for the group, ``max_batch`` texts per scoring pass."""
         model = self.model if candidates is None else _CandidateModel(self.model, candidates,
                                                                       self.cache.get(candidates))
         # one request may hold more texts than max_batch (up to --max-texts): scored max_batch at a time
