@@ -392,6 +392,53 @@ def test_overwrite_keeps_a_stopped_run_with_a_checkpoint_to_resume(models, files
     assert (out / "notes.txt").read_text() == "mine" and (out / CONFIG_NAME).read_bytes() != before[CONFIG_NAME]
 
 
+def test_overwrite_edge_states(models, files, trained, tmp_path, capsys, monkeypatch):
+    """An empty .ltuning-replaced/ (its files moved back by hand) is no waiting run; a run stopped after a
+    checkpoint leaves its own run_config.json, so the card's rerun command resumes it; a Ctrl-C before
+    training began leaves the folder as it was and says so (no checkpoint advice about the old run's);
+    --overwrite over only a user's file at a run's name (no run) still puts it back if the run stops."""
+    import ltuning.adapter
+    import ltuning.recipe
+    from ltuning.cli import REPLACED_DIR
+
+    out = tmp_path / "run"
+    before = previous_run(trained, out)
+    (out / REPLACED_DIR).mkdir()
+    restore = interrupt_after_training(monkeypatch)
+    assert main(train_args(models, files, out, "--overwrite")) == 130
+    assert snapshot(out) == before  # the run moved back by hand was set aside and restored, not removed
+    capsys.readouterr()
+    # stopped after a checkpoint: `--config <out>/run_config.json --resume` continues it
+    assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2", "--max-steps", "6")) == 130
+    rerun = ["train", "--config", str(out / "run_config.json"), "--resume", "quiet=true"]
+    assert json.loads((out / "run_config.json").read_text())["checkpoint_every"] == 2
+    restore()
+    assert main(rerun) == 0 and not any(p.name.startswith(REPLACED_DIR) for p in out.iterdir())
+    # Ctrl-C while the model is built: nothing moved, and the message says so
+    capsys.readouterr()
+    kept = snapshot(out)
+
+    def interrupted_early(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ltuning.recipe, "build_and_train", interrupted_early)
+    assert main(train_args(models, files, out, "--overwrite")) == 130
+    assert snapshot(out) == kept
+    assert capsys.readouterr().err.strip() == f"interrupted before training began; {out} is unchanged"
+    restore()
+    # a user's README.md alone (no run): --overwrite sets it aside too, and a stop puts it back
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# mine\n")
+
+    def no_space(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ltuning.adapter, "atomic_write_text", no_space)
+    assert main(train_args(models, files, mine, "--overwrite")) == 2
+    assert snapshot(mine) == {"README.md": b"# mine\n"}
+
+
 def test_resume_finishes_a_stopped_overwrite_run_and_deletes_the_run_it_replaces(models, files, trained, tmp_path,
                                                                                    capsys, monkeypatch):
     from ltuning.cli import REPLACED_DIR

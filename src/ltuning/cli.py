@@ -257,7 +257,7 @@ def build_parser() -> _Parser:
                         "wrote there (adapter, its config.json marker, README.md card, run_config.json, "
                         f"train_results.json, eval_*.json, plots, checkpoints/): they wait in {REPLACED_DIR}/ "
                         "until the new adapter is saved; if the run stops before its first checkpoint they are moved "
-                        "back, after one they keep waiting (deleted when a --resume of the run finishes); "
+                        "back, after one they keep waiting (deleted when a run in the folder is saved); "
                         "other files are kept, except a file "
                         "at a name the run writes (e.g. your own README.md or config.json, another library's "
                         "adapter_config.json), which waits with them and is replaced when the adapter is saved. Without it, such a file "
@@ -628,7 +628,7 @@ def _resolved_config(args) -> dict:
     """Every option of this run, as a config file that reruns it (``--config run_config.json``)."""
     # --overwrite and --resume act on the folder once; a rerun from this file must ask for them again.
     skip = {"func", "config", "command", "overwrite", "resume"}
-    values = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    values = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not k.startswith("_")}
     if values.get("method"):  # the head and map rank the run used, not "the default" (which may change)
         from .methods import get_method
 
@@ -650,7 +650,10 @@ def _default_train_output(args) -> None:
 def _after_train(args) -> None:
     """Write run_config.json (and the plots) into the folder a successful `ltuning train` filled."""
     from .adapter import atomic_write_text
+    from .train import is_main_process
 
+    if not is_main_process():  # under `accelerate launch` only the main process writes
+        return
     out = Path(args.output_dir)
     atomic_write_text(out / RUN_CONFIG_NAME, json.dumps(_resolved_config(args), indent=2) + "\n")
     if args.plot and (out / "train_results.json").is_file():
@@ -802,6 +805,12 @@ def _run_outputs(out: Path) -> list[Path]:
     return found
 
 
+def _waiting(out: Path) -> bool:
+    """Whether a run set aside by an unfinished --overwrite run waits in ``out`` (an empty folder is none)."""
+    aside = out / REPLACED_DIR
+    return aside.is_dir() and any(aside.iterdir())
+
+
 def _remove(paths: list[Path]) -> None:
     import shutil
 
@@ -815,7 +824,7 @@ def _set_aside_previous_run(out: Path) -> list[Path]:
     back if the new run fails before leaving anything to resume. Returns what was moved (its old paths)."""
     moved = _run_outputs(out)
     aside = out / REPLACED_DIR
-    aside.mkdir()
+    aside.mkdir(exist_ok=True)  # (an empty one: what is left when its files were moved back by hand)
     for f in moved:
         f.rename(aside / f.name)
     return moved
@@ -825,9 +834,10 @@ def _drop_previous_run(out: Path) -> None:
     """Delete the set-aside run (renamed first, so that a deletion cut short leaves no ``.ltuning-replaced``
     to be taken for a run still waiting)."""
     import shutil
+    import tempfile
 
-    doomed = out / f"{REPLACED_DIR}.deleting-{os.getpid()}"
-    (out / REPLACED_DIR).rename(doomed)
+    doomed = Path(tempfile.mkdtemp(dir=out, prefix=f"{REPLACED_DIR}.deleting-"))
+    (out / REPLACED_DIR).rename(doomed)  # onto the empty folder just made: a name no other run holds
     shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -943,11 +953,11 @@ def _train_output(args) -> tuple[Path, list[Path]]:
         if source == out or out in source.parents:
             raise ConfigError(f"--init-from {args.init_from} is inside --output-dir {out_dir}, which this run writes "
                               "into; give another --output-dir (or copy the adapter elsewhere first)")
-    if (out_dir / REPLACED_DIR).exists() and not args.overwrite and not args.resume:
+    if _waiting(out_dir) and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} holds {REPLACED_DIR}/: a run that an --overwrite run set aside "
                           "and did not finish; give --resume to continue the unfinished run (from its last checkpoint, if it wrote one), "
                           "--overwrite to start it again, or move the set-aside files back (in place of the unfinished "
-                          "run's) to keep that run")
+                          f"run's) and delete the empty {REPLACED_DIR}/ to keep that run")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
@@ -1089,7 +1099,7 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
     save_adapter(run.model, out_dir, extra=extra, overwrite=args.overwrite)
     summary = {
         "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "args": {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")},
         **run.summary(),
     }
     atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
@@ -1100,17 +1110,21 @@ def _after_unfinished_overwrite(out_dir: Path, args) -> None:
     """A run with a set-aside previous run stopped (an error, Ctrl-C). With a checkpoint to resume from, it stays
     (the error's --resume advice holds) and the previous run keeps waiting; without one, the folder goes back
     to the previous run as it was."""
+    from .adapter import atomic_write_text
     from .checkpoint import latest_checkpoint
 
+    flag = "--overwrite" if args.overwrite else "--resume"
     if latest_checkpoint(out_dir) is None:
         _restore_previous_run(out_dir)
-        args.restored_previous_run = True
-        print(f"--overwrite: this run stopped before its first checkpoint; the previous run in {out_dir} is back as "
+        args._restored_previous_run = True
+        print(f"{flag}: this run stopped before its first checkpoint; the previous run in {out_dir} is back as "
               "it was", file=sys.stderr)
     else:
-        print(f"--overwrite: this run stopped; the previous run still waits in {out_dir / REPLACED_DIR} (deleted when "
-              "a --resume of this run finishes; move its files back in place of this run's to keep it instead)",
-              file=sys.stderr)
+        # the run's own config, so that `--config <out>/run_config.json --resume` (the card's rerun) finds it
+        atomic_write_text(out_dir / RUN_CONFIG_NAME, json.dumps(_resolved_config(args), indent=2) + "\n")
+        print(f"{flag}: this run stopped; the previous run still waits in {out_dir / REPLACED_DIR} (deleted when a "
+              "run in this folder is saved: a --resume of this one, or another --overwrite; to keep it instead, "
+              "move its files back in place of this run's and delete the empty folder)", file=sys.stderr)
 
 
 def cmd_train(args) -> int:
@@ -1124,19 +1138,19 @@ def cmd_train(args) -> int:
     multi = isinstance(train_data, dict)
     # --overwrite keeps the previous run in REPLACED_DIR until this run is saved; one may wait there already,
     # set aside by an --overwrite run that did not finish (then this folder's run is that unfinished one)
-    aside = out_dir / REPLACED_DIR
-    waiting = aside.is_dir()
+    waiting = _waiting(out_dir)
 
     def before_training(model) -> None:
         # under `accelerate launch` only the main process prints and writes
         if not is_main_process():
             return
+        args._training_began = True  # (for the Ctrl-C message: the folder may have changed from here on)
         if args.overwrite and waiting:
             unfinished = _run_outputs(out_dir)
             _remove(unfinished)
             print(f"--overwrite: removed the unfinished run's {len(unfinished)} files/folders from {out_dir}; the run "
                   f"before it still waits in {REPLACED_DIR}/ until this run is saved")
-        elif args.overwrite and previous:
+        elif args.overwrite and _run_outputs(out_dir):
             moved = _set_aside_previous_run(out_dir)
             print(f"--overwrite: the previous run's {len(moved)} files/folders in {out_dir} wait in {REPLACED_DIR}/ "
                   "until this run is saved (moved back if it stops before writing a checkpoint)")
@@ -1159,12 +1173,12 @@ def cmd_train(args) -> int:
     try:
         run = _train_and_save(args, train_data, eval_data, label_options, targs, before_training)
     except BaseException:
-        if is_main_process() and aside.is_dir():
+        if is_main_process() and _waiting(out_dir):
             _after_unfinished_overwrite(out_dir, args)
         raise
     if run is None:  # not the main process
         return 0
-    if aside.is_dir():
+    if (out_dir / REPLACED_DIR).is_dir():
         _drop_previous_run(out_dir)
     model, result = run.model, run.result
     for task, metrics in (result.best_metrics.get("tasks") or {"": result.best_metrics}).items():
@@ -1441,8 +1455,10 @@ def cmd_export(args) -> int:
 
 def _interrupted_message(args) -> str:
     """What a Ctrl-C leaves: for train, the newest checkpoint it can --resume from, if one was written."""
-    if getattr(args, "restored_previous_run", False):
+    if getattr(args, "_restored_previous_run", False):
         return "interrupted before the first checkpoint; nothing of this run was kept"
+    if getattr(args, "overwrite", False) and not getattr(args, "_training_began", False):
+        return f"interrupted before training began; {args.output_dir} is unchanged"
     if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
         from .checkpoint import latest_checkpoint
 
