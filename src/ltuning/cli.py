@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -821,8 +820,11 @@ def _remove(paths: list[Path]) -> None:
 def _set_aside_previous_run(out: Path) -> list[Path]:
     """Move what a previous run wrote in ``out`` into ``out/.ltuning-replaced`` (renames, nothing copied):
     :func:`_drop_previous_run` deletes it once the new run is saved, :func:`_restore_previous_run` moves it
-    back if the new run fails before leaving anything to resume. Returns what was moved (its old paths)."""
+    back if the new run fails before leaving anything to resume. Returns what was moved (its old paths; none:
+    no folder is made)."""
     moved = _run_outputs(out)
+    if not moved:
+        return []
     aside = out / REPLACED_DIR
     aside.mkdir(exist_ok=True)  # (an empty one: what is left when its files were moved back by hand)
     for f in moved:
@@ -931,8 +933,8 @@ def _train_args(args):
                      objective=args.objective)
 
 
-def _train_output(args) -> tuple[Path, list[Path]]:
-    """The output folder and what a previous run left there, refused unless --overwrite or --resume; also
+def _train_output(args) -> Path:
+    """The output folder; one holding a previous run is refused unless --overwrite or --resume; also
     refused: --resume with nothing to resume (a finished run, no checkpoint), and files there that ltuning did
     not write (a user's README.md) unless --overwrite."""
     from .adapter_io import ADAPTER_FILES
@@ -979,7 +981,7 @@ def _train_output(args) -> tuple[Path, list[Path]]:
         raise ConfigError(f"--output-dir {out_dir} holds {', '.join(p.name for p in foreign)}, which ltuning did not "
                           "write and the run would replace; move it away, give another --output-dir, or --overwrite "
                           "to replace it")
-    return out_dir, previous
+    return out_dir
 
 
 def _foreign_files(out: Path, plots: bool) -> list[Path]:
@@ -1132,7 +1134,7 @@ def cmd_train(args) -> int:
     from .train import is_main_process
 
     targs = _train_args(args)
-    out_dir, previous = _train_output(args)
+    out_dir = _train_output(args)
     # Read and check all input before anything is written.
     train_data, eval_data, label_options = _train_data(args)
     multi = isinstance(train_data, dict)
@@ -1150,8 +1152,7 @@ def cmd_train(args) -> int:
             _remove(unfinished)
             print(f"--overwrite: removed the unfinished run's {len(unfinished)} files/folders from {out_dir}; the run "
                   f"before it still waits in {REPLACED_DIR}/ until this run is saved")
-        elif args.overwrite and _run_outputs(out_dir):
-            moved = _set_aside_previous_run(out_dir)
+        elif args.overwrite and (moved := _set_aside_previous_run(out_dir)):
             print(f"--overwrite: the previous run's {len(moved)} files/folders in {out_dir} wait in {REPLACED_DIR}/ "
                   "until this run is saved (moved back if it stops before writing a checkpoint)")
         config, backbone = model.config, model.backbone
@@ -1421,15 +1422,14 @@ def cmd_params(args) -> int:
 def cmd_serve(args) -> int:
     from .adapter import load_adapter, read_adapter_config
     from .errors import ConfigError
-    from .serve import Limits, require_serve, serve
+    from .serve import Limits, check_max_wait_ms, require_serve, serve
 
     require_serve()  # before the model loads
     for name in ("--max-batch", "--max-texts", "--max-chars", "--max-body-bytes"):
         _check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
-    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
-        raise ConfigError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
+    check_max_wait_ms(args.max_wait_ms)
     read_adapter_config(args.adapter)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes or 0)

@@ -143,6 +143,13 @@ class Stats:
     largest_batch: int = 0
 
 
+def check_max_wait_ms(value: float) -> None:
+    """--max-wait-ms: a finite number of milliseconds >= 0 (NaN would pass a plain ``< 0`` check and make a lone
+    request wait for others)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--max-wait-ms must be a finite number >= 0, got {value}")
+
+
 @dataclass
 class Batcher:
     """Dynamic batching: an asyncio queue and one worker that runs the model in a thread."""
@@ -156,8 +163,7 @@ class Batcher:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be a positive integer, got {self.max_batch}")
-        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
-            raise ConfigError(f"--max-wait-ms must be a finite number >= 0, got {self.max_wait_ms}")
+        check_max_wait_ms(self.max_wait_ms)
         self.cache = InjectionCache(self.model, self.cache_size)
         self.pending: collections.deque[_Request] = collections.deque()
         self.arrived: asyncio.Event | None = None
