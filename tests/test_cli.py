@@ -548,6 +548,28 @@ def test_evaluate_file_with_task_is_named_after_the_file(trained, files, tmp_pat
     assert evals["valid_file"]["data"] == files["valid"]
 
 
+def test_evaluate_files_of_the_same_name_do_not_share_metrics(trained, files, tmp_path, capsys):
+    # data/a/valid.csv and data/b/valid.csv both default to eval_valid_file.json: the second is refused
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    other = tmp_path / "b" / Path(files["valid"]).name
+    other.parent.mkdir()
+    shutil.copy(files["valid"], other)
+    base = ["evaluate", "--adapter", str(run), "--text-column", "text", "--label-column", "label", "--quiet"]
+    assert main([*base, "--file", files["valid"]]) == 0
+    capsys.readouterr()
+    first = (run / "eval_valid_file.json").read_bytes()
+    one_error_line(capsys, main([*base, "--file", str(other)]),
+                   f"holds the metrics of --file {files['valid']}, another file named like {other}")
+    assert (run / "eval_valid_file.json").read_bytes() == first and not (run / "eval_b_valid_file.json").exists()
+    # the same file again replaces its own metrics; --output keeps both; --overwrite replaces
+    assert main([*base, "--file", files["valid"]]) == 0
+    assert main([*base, "--file", str(other), "--output", str(run / "eval_b_valid_file.json")]) == 0
+    assert json.loads((run / "eval_b_valid_file.json").read_text())["run_config"]["file"] == str(other)
+    assert main([*base, "--file", str(other), "--overwrite"]) == 0
+    assert json.loads((run / "eval_valid_file.json").read_text())["run_config"]["file"] == str(other)
+
+
 def test_evaluate_refuses_an_output_that_is_a_folder_or_under_a_file(trained, files, tmp_path, capsys):
     base = ["evaluate", "--adapter", str(trained), "--file", files["valid"], "--text-column", "text",
             "--label-column", "label", "--quiet", "--output"]

@@ -287,9 +287,11 @@ def build_parser() -> _Parser:
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
     p.add_argument("--output", help="metrics JSON path (default: <adapter>/eval_<task>_<split>.json for --task, "
                    "<adapter>/eval_<file name without extension>_file.json for --file). It replaces an earlier "
-                   "evaluate's metrics, never a file it reads, nor another existing file unless --overwrite")
+                   "evaluate's metrics, never a file it reads; --overwrite is needed to replace another existing "
+                   "file, or at the default name the metrics of another --file of the same name")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --output file (and its --plot PNG) that ltuning evaluate did not write")
+                   help="replace an existing --output file (and its --plot PNG) that ltuning evaluate did not write, "
+                        "or the metrics of another --file of the same name")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for scoring (where the hardware "
@@ -1318,6 +1320,15 @@ def _check_evaluate_outputs(args, out: Path) -> None:
             if _same_file(o, path):
                 raise ConfigError(f"--output {o} is {path}, which evaluate reads ({option}); give another --output")
     ours = _is_metrics_file(out)
+    if ours and args.file and not args.output and not args.overwrite:
+        # the default name comes from the file's stem: data/a/test.csv and data/b/test.csv share it
+        earlier = json.loads(out.read_text(encoding="utf-8"))["run_config"].get("file")
+        if isinstance(earlier, str) and not (_same_file(Path(earlier), Path(args.file))
+                                             or Path(earlier).resolve() == Path(args.file).resolve()):
+            here = Path(args.file).resolve()
+            keep = out.with_name(f"eval_{here.parent.name}_{here.stem}_file.json")
+            raise ConfigError(f"{out} holds the metrics of --file {earlier}, another file named like {args.file}; "
+                              f"give --output to keep both (e.g. --output {keep}), or --overwrite to replace them")
     for o in outputs:
         # the plot is ours when the metrics JSON beside it is
         if o.exists() and not ours and not args.overwrite:
