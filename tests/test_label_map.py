@@ -92,6 +92,18 @@ def test_softmax_pooling_over_one_token_labels_is_refused_only_without_a_map():
     LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
                                                label_map_rank=0, **dict(one, label_texts=["bad", "not good",
                                                                                            "fine and dandy"])))
+    # the same rule for candidate labels (a template makes them longer) and for each task of a multi-task config
+    fine = LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
+                                                      label_map_rank=0, **dict(one, label_texts=[
+                                                          "bad", "not good", "fine and dandy"])))
+    with pytest.raises(ConfigError, match=r"two or more candidate labels are one token \(\['bad', 'good'\] .*"
+                                          r"hypothesis_template="):
+        fine.predict(TEXTS, candidate_labels=["bad", "good", "fine and dandy"])
+    assert len(fine.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="{} !")) == len(TEXTS)
+    tasks = {"long": {"label_names": ["not good", "fine and dandy"]}, "short": {"label_names": ["bad", "good"]}}
+    with pytest.raises(ConfigError, match=r"two or more task 'short' label texts are one token \(\['bad', 'good'\]"):
+        LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", tasks=tasks, max_length=32, label_map_rank=0,
+                                                   prefix_pooling="softmax"))
     model = LTuningModel(build("llama"), LTuningConfig(method="lt-prefix", label_names=LABELS, max_length=32,
                                                      label_map_rank=2, **one))
     assert bool((model.label_mask.sum(-1) == 1).all())

@@ -96,6 +96,10 @@ class LTuningModel(nn.Module):
         self.register_buffer("label_states", labels.states, persistent=False)  # (K, l, d)
         self.register_buffer("label_mask", labels.mask, persistent=False)  # (K, l)
         method_cls.check_backbone(config, backbone, labels.mask)
+        for name, task in (config.tasks or {}).items():  # each task's labels, as for_task reads them (at most l)
+            lengths = label_token_lengths(backbone, task["label_texts"], f"task {name!r} label text")
+            method_cls.check_labels(config, task["label_texts"], [min(n, labels.length) for n in lengths],
+                                    backbone.name, what=f"task {name!r} label texts")
         self.prompt_after = config.label_position == LabelPosition.AFTER
         if self.prompt_after:
             if backbone.kind != "decoder":

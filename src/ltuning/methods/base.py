@@ -127,6 +127,14 @@ class Method(nn.Module):
                 f"{backbone.name} embeds tokens in {backbone.embedding_size} dimensions; use a prefix method"
             )
 
+    @classmethod
+    def check_labels(cls, config: LTuningConfig, texts: list[str], tokens: list[int], backbone_name: str,
+                     what: str = "label texts", remedy: str | None = None) -> None:
+        """Refuse a label set (the adapter's, a task's or candidate labels: ``texts`` and the real tokens of each
+        as the method reads it, special tokens included, at most l) that this method cannot tell apart; ``what`` names them and ``remedy`` replaces the
+        training advice where training options no longer apply. Default: every set is fine.
+        Raises: ConfigError."""
+
     def init_from_backbone(self, backbone: Backbone) -> None:
         """Initialisation that reads the frozen backbone (e.g. vocabulary embeddings); default: none."""
 

@@ -65,15 +65,21 @@ class LTPrefix(Method):
             # would be built before any weight check)
             raise ConfigError(f"label_map_rank (--label-map-rank) must be at most the backbone's width d = {d} "
                               f"on {backbone.name}; got {rank}")
-        one_token = [t for t, n in zip(config.label_texts, label_mask.sum(-1).tolist(), strict=True) if n == 1]
-        if config.prefix_pooling == PrefixPooling.SOFTMAX and not rank and len(one_token) >= 2:
+        cls.check_labels(config, config.label_texts, label_mask.sum(-1).tolist(), backbone.name)
+
+    @classmethod
+    def check_labels(cls, config: LTuningConfig, texts: list[str], tokens: list[int], backbone_name: str,
+                     what: str = "label texts", remedy: str | None = None) -> None:
+        one_token = [t for t, n in zip(texts, tokens, strict=True) if n == 1]
+        if (config.prefix_pooling == PrefixPooling.SOFTMAX and not cls.label_map_rank_for(config.label_map_rank)
+                and len(one_token) >= 2):
             # softmax over one real token is always 1: every one-token label would get the same prefix (a label
             # map, which reads each label's own encoding, still tells them apart).
             raise ConfigError(
-                f"lt-prefix with softmax pooling cannot tell labels apart when two or more label texts are one "
-                f"token ({one_token} of {config.label_texts} on {backbone.name}): each gets the same prefix; use "
-                "--prefix-pooling raw, a label map (--label-map-rank 8) or longer label texts "
-                "(e.g. --label-texts 'The review is negative.,The review is positive.')"
+                f"lt-prefix with softmax pooling cannot tell labels apart when two or more {what} are one "
+                f"token ({one_token} of {list(texts)} on {backbone_name}): each gets the same prefix; "
+                + (remedy or "use --prefix-pooling raw, a label map (--label-map-rank 8) or longer label texts "
+                   "(e.g. --label-texts 'The review is negative.,The review is positive.')")
             )
 
     def candidate_label_length(self, longest: int) -> int:
