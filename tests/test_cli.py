@@ -363,6 +363,36 @@ def test_overwrite_puts_the_previous_run_back_when_the_new_one_stops_before_a_ch
         assert "nothing of this run was kept" in err
 
 
+def test_sigterm_stops_train_as_ctrl_c_does(models, files, trained, tmp_path, capsys, monkeypatch):
+    """SIGTERM (kill, a scheduler's stop) during train puts a set-aside run back and names the checkpoint to
+    resume from, as Ctrl-C does; exit status 143; the handler before the command is restored after."""
+    import os
+    import signal
+
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, inside this call
+        return RuntimeError("SIGTERM was not handled")
+
+    def fallback(signum, frame):  # without train's own handler the test fails instead of ending pytest
+        raise RuntimeError("SIGTERM reached the handler set before the command")
+
+    previous = signal.signal(signal.SIGTERM, fallback)
+    try:
+        out = tmp_path / "run"
+        before = previous_run(trained, out)
+        restore = interrupt_after_training(monkeypatch, term)
+        assert main(train_args(models, files, out, "--overwrite")) == 143
+        assert snapshot(out) == before
+        assert "terminated (SIGTERM) before the first checkpoint; nothing of this run was kept" in capsys.readouterr().err
+        assert main(train_args(models, files, tmp_path / "new", "--checkpoint-every", "2")) == 143
+        assert ("terminated (SIGTERM); last checkpoint: " in capsys.readouterr().err
+                and (tmp_path / "new" / "checkpoints" / "step-4").is_dir())
+        assert signal.getsignal(signal.SIGTERM) is fallback
+        restore()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_overwrite_keeps_a_stopped_run_with_a_checkpoint_to_resume(models, files, trained, tmp_path, capsys,
                                                                   monkeypatch):
     """A run stopped after a checkpoint stays (to --resume), the previous run waiting aside; a plain run is then

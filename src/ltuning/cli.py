@@ -1464,12 +1464,39 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _interrupted_message(args) -> str:
-    """What a Ctrl-C leaves: for train, the newest checkpoint it can --resume from, if one was written."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop) during ``ltuning train``: handled as Ctrl-C is, so a run that
+    --overwrite set aside is put back and the message names the checkpoint to --resume from."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block SIGTERM raises :class:`Terminated` (in the main thread only: elsewhere a handler
+    cannot be set); the previous handler is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupted_message(args, stopped: str = "interrupted") -> str:
+    """What a Ctrl-C (or SIGTERM: ``stopped`` says which) leaves: for train, the newest checkpoint it can
+    --resume from, if one was written."""
     if getattr(args, "_restored_previous_run", False):
-        return "interrupted before the first checkpoint; nothing of this run was kept"
+        return f"{stopped} before the first checkpoint; nothing of this run was kept"
     if getattr(args, "overwrite", False) and not getattr(args, "_training_began", False):
-        return f"interrupted before training began; {args.output_dir} is unchanged"
+        return f"{stopped} before training began; {args.output_dir} is unchanged"
     if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
         from .checkpoint import latest_checkpoint
 
@@ -1479,8 +1506,8 @@ def _interrupted_message(args) -> str:
             last = None
         if last is not None:
             instead = " in place of --overwrite" if getattr(args, "overwrite", False) else ""
-            return f"interrupted; last checkpoint: {last}; continue with the same command and --resume{instead}"
-    return "interrupted; nothing was saved"
+            return f"{stopped}; last checkpoint: {last}; continue with the same command and --resume{instead}"
+    return f"{stopped}; nothing was saved"
 
 
 def _check_utf8_argv(argv: list[str]) -> None:
@@ -1535,9 +1562,10 @@ def main(argv: list[str] | None = None) -> int:
                          if config_file is not None and args.command == "train" and args.output_dir
                          else "ltuning " + shlex.join(argv))
         if args.command == "train":
-            rc = args.func(args)
-            if rc == 0:
-                _after_train(args)
+            with _sigterm_as_interrupt():
+                rc = args.func(args)
+                if rc == 0:
+                    _after_train(args)
             return rc
         return args.func(args)
     except LTuningError as e:
@@ -1550,6 +1578,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(_interrupted_message(args, "terminated (SIGTERM)"), file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process it ended
     except KeyboardInterrupt:
         print(_interrupted_message(args), file=sys.stderr)
         return 130
