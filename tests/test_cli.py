@@ -389,6 +389,28 @@ def test_sigterm_stops_train_as_ctrl_c_does(models, files, trained, tmp_path, ca
                 and (tmp_path / "new" / "checkpoints" / "step-4").is_dir())
         assert signal.getsignal(signal.SIGTERM) is fallback
         restore()
+        # once the adapter is saved, a SIGTERM (or Ctrl-C) waits for the clean-up: the run finishes, folder whole
+        import ltuning.cli
+
+        real = ltuning.cli._drop_previous_run
+
+        def drop_then_term(folder):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            real(folder)
+
+        monkeypatch.setattr(ltuning.cli, "_drop_previous_run", drop_then_term)
+        assert main(train_args(models, files, out, "--overwrite")) == 0
+        err = capsys.readouterr().err
+        assert "SIGTERM and Ctrl-C arrived after the run was saved; its files were finished first" in err
+        assert (out / "run_config.json").is_file() and not any(p.name.startswith(".ltuning") for p in out.iterdir())
+        assert signal.getsignal(signal.SIGTERM) is fallback and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # a SIGTERM ignored when the command started stays ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        interrupt_after_training(monkeypatch, term)
+        with pytest.raises(RuntimeError, match="SIGTERM was not handled"):
+            main(train_args(models, files, tmp_path / "ignored"))
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -479,6 +501,16 @@ def test_resume_finishes_a_stopped_overwrite_run_and_deletes_the_run_it_replaces
     assert main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2", "--max-steps", "6")) == 130
     restore()
     capsys.readouterr()
+    # a --resume (or --overwrite) that stops before a checkpoint of its own leaves the folder as it found it: the
+    # unfinished run's run_config.json is what reruns it
+    unfinished = snapshot(out)
+    assert main(train_args(models, files, out, "--resume", "--checkpoint-every", "2", "--max-steps", "6",
+                           "--batch-size", "2")) == 2
+    err = capsys.readouterr().err
+    assert "is as it was (the unfinished run" in err and "it was written with other options" in err
+    assert snapshot(out) == unfinished
+    assert main(train_args(models, files, out, "--overwrite", "--model", str(tmp_path / "no-model"))) == 2
+    assert snapshot(out) == unfinished and "is as it was (the unfinished run" in capsys.readouterr().err
     assert main(train_args(models, files, out, "--resume", "--checkpoint-every", "2", "--max-steps", "6")) == 0
     assert not any(p.name.startswith(REPLACED_DIR) for p in out.iterdir())
     assert (out / CONFIG_NAME).is_file() and (out / "notes.txt").read_text() == "mine"
@@ -578,7 +610,7 @@ def test_evaluate_file_with_task_is_named_after_the_file(trained, files, tmp_pat
     assert evals["valid_file"]["data"] == files["valid"]
 
 
-def test_evaluate_files_of_the_same_name_do_not_share_metrics(trained, files, tmp_path, capsys):
+def test_evaluate_files_of_the_same_name_do_not_share_metrics(trained, files, tmp_path, capsys, monkeypatch):
     # data/a/valid.csv and data/b/valid.csv both default to eval_valid_file.json: the second is refused
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -598,6 +630,26 @@ def test_evaluate_files_of_the_same_name_do_not_share_metrics(trained, files, tm
     assert json.loads((run / "eval_b_valid_file.json").read_text())["run_config"]["file"] == str(other)
     assert main([*base, "--file", str(other), "--overwrite"]) == 0
     assert json.loads((run / "eval_valid_file.json").read_text())["run_config"]["file"] == str(other)
+    # from another folder, by a relative name: the same file is the same, another is another
+    capsys.readouterr()
+    monkeypatch.chdir(other.parent)
+    assert main([*base, "--file", other.name]) == 0
+    first = Path(files["valid"])
+    monkeypatch.chdir(first.parent)
+    one_error_line(capsys, main([*base, "--file", first.name]), f"holds the metrics of --file {other}")
+
+
+def test_ctrl_c_during_evaluate_overwrite_is_one_line(trained, files, tmp_path, capsys, monkeypatch):
+    import ltuning.evaluate
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ltuning.evaluate, "evaluate", interrupted)
+    assert main(["evaluate", "--adapter", str(trained), "--file", files["valid"], "--text-column", "text",
+                 "--label-column", "label", "--quiet", "--overwrite", "--output", str(tmp_path / "m.json")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; nothing was saved"
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_evaluate_refuses_an_output_that_is_a_folder_or_under_a_file(trained, files, tmp_path, capsys):

@@ -1110,19 +1110,26 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
     return run
 
 
-def _after_unfinished_overwrite(out_dir: Path, args) -> None:
-    """A run with a set-aside previous run stopped (an error, Ctrl-C). With a checkpoint to resume from, it stays
-    (the error's --resume advice holds) and the previous run keeps waiting; without one, the folder goes back
-    to the previous run as it was."""
+def _after_unfinished_overwrite(out_dir: Path, args, start: Path | None) -> None:
+    """A run with a set-aside previous run stopped (an error, Ctrl-C, SIGTERM). With a checkpoint to resume from,
+    it stays (the error's --resume advice holds) and the previous run keeps waiting; without one, the folder goes
+    back to the previous run as it was. ``start``: the newest checkpoint before this command (an unfinished run's,
+    which --resume continues): a command that wrote none of its own leaves the folder as it found it."""
     from .adapter import atomic_write_text
     from .checkpoint import latest_checkpoint
 
     flag = "--overwrite" if args.overwrite else "--resume"
-    if latest_checkpoint(out_dir) is None:
+    last = latest_checkpoint(out_dir)
+    if last is None:
         _restore_previous_run(out_dir)
         args._restored_previous_run = True
         print(f"{flag}: this run stopped before its first checkpoint; the previous run in {out_dir} is back as "
               "it was", file=sys.stderr)
+    elif not getattr(args, "_training_began", False) or (args.resume and last == start):
+        # before training (nothing set aside or removed yet), or a --resume that wrote no checkpoint: the
+        # unfinished run, its run_config.json and the waiting run are as they were
+        print(f"{flag}: this run stopped before writing a checkpoint; {out_dir} is as it was (the unfinished run, "
+              f"last checkpoint {last}, and the run waiting in {REPLACED_DIR}/)", file=sys.stderr)
     else:
         # the run's own config, so that `--config <out>/run_config.json --resume` (the card's rerun) finds it
         atomic_write_text(out_dir / RUN_CONFIG_NAME, json.dumps(_resolved_config(args), indent=2) + "\n")
@@ -1132,6 +1139,7 @@ def _after_unfinished_overwrite(out_dir: Path, args) -> None:
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import latest_checkpoint
     from .evaluate import format_metrics
     from .train import is_main_process
 
@@ -1143,6 +1151,7 @@ def cmd_train(args) -> int:
     # --overwrite keeps the previous run in REPLACED_DIR until this run is saved; one may wait there already,
     # set aside by an --overwrite run that did not finish (then this folder's run is that unfinished one)
     waiting = _waiting(out_dir)
+    start = latest_checkpoint(out_dir) if waiting else None
 
     def before_training(model) -> None:
         # under `accelerate launch` only the main process prints and writes
@@ -1177,10 +1186,13 @@ def cmd_train(args) -> int:
         run = _train_and_save(args, train_data, eval_data, label_options, targs, before_training)
     except BaseException:
         if is_main_process() and _waiting(out_dir):
-            _after_unfinished_overwrite(out_dir, args)
+            _after_unfinished_overwrite(out_dir, args, start)
         raise
     if run is None:  # not the main process
         return 0
+    args._saved = True  # (for a Ctrl-C from here on: the adapter is saved)
+    if stops := getattr(args, "_stop_signals", None):
+        stops.defer()  # the rest is clean-up: a SIGTERM waits until it is done
     if (out_dir / REPLACED_DIR).is_dir():
         _drop_previous_run(out_dir)
     model, result = run.model, run.result
@@ -1252,6 +1264,8 @@ def cmd_evaluate(args) -> int:
         metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     metrics["seconds"] = time.perf_counter() - t0
     metrics["data"] = data.source
+    if args.file:  # where the data was, from any folder: another file of the same name is told apart by it
+        metrics["data_file"] = str(Path(args.file).resolve())
     metrics["run_config"] = _resolved_config(args)
     atomic_write_text(out, _strict_json(metrics))
     print(f"{config.method} on {config.base_model}: {data.source}")
@@ -1322,7 +1336,9 @@ def _check_evaluate_outputs(args, out: Path) -> None:
     ours = _is_metrics_file(out)
     if ours and args.file and not args.output and not args.overwrite:
         # the default name comes from the file's stem: data/a/test.csv and data/b/test.csv share it
-        earlier = json.loads(out.read_text(encoding="utf-8"))["run_config"].get("file")
+        metrics = json.loads(out.read_text(encoding="utf-8"))
+        # the file's absolute path (metrics written before 2026-11-30: --file as typed, from an unknown folder)
+        earlier = metrics.get("data_file", metrics["run_config"].get("file"))
         if isinstance(earlier, str) and not (_same_file(Path(earlier), Path(args.file))
                                              or Path(earlier).resolve() == Path(args.file).resolve()):
             here = Path(args.file).resolve()
@@ -1469,35 +1485,69 @@ class Terminated(KeyboardInterrupt):
     --overwrite set aside is put back and the message names the checkpoint to --resume from."""
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Within the block SIGTERM raises :class:`Terminated` (in the main thread only: elsewhere a handler
-    cannot be set); the previous handler is restored after."""
-    import signal
-    import threading
+class _StopSignals:
+    """``with _StopSignals():`` SIGTERM raises :class:`Terminated` (in the main thread, where handlers can be set,
+    and unless SIGTERM was ignored when the command started). After :meth:`defer` (the run is saved; what is left
+    is clean-up that must not be cut short) SIGTERM and Ctrl-C are only noted, and reported when the block ends.
+    The previous handlers are restored after."""
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def __init__(self) -> None:
+        self.previous: dict = {}  # signal -> the handler before ours
+        self.arrived: list[str] = []
 
-    def stop(signum, frame):
+    def __enter__(self) -> _StopSignals:
+        import signal
+
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+            self._install(signal.SIGTERM, self._stop)
+        return self
+
+    def _install(self, signum, handler) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signum, handler)
+            self.previous.setdefault(signum, signal.SIG_DFL if previous is None else previous)
+
+    @staticmethod
+    def _stop(signum, frame) -> None:
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    def _note(self, signum, frame) -> None:
+        import signal
+
+        self.arrived.append("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    def defer(self) -> None:
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in self.previous or signal.getsignal(signum) is signal.default_int_handler:
+                self._install(signum, self._note)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.arrived:
+            print(f"{' and '.join(dict.fromkeys(self.arrived))} arrived after the run was saved; its files were "
+                  "finished first", file=sys.stderr)
 
 
 def _interrupted_message(args, stopped: str = "interrupted") -> str:
     """What a Ctrl-C (or SIGTERM: ``stopped`` says which) leaves: for train, the newest checkpoint it can
     --resume from, if one was written."""
+    train = args is not None and getattr(args, "command", None) == "train"
+    if train and getattr(args, "_saved", False):
+        return (f"{stopped} after the run was saved to {args.output_dir}; {RUN_CONFIG_NAME} (and --plot's plots) "
+                "may be missing")
     if getattr(args, "_restored_previous_run", False):
         return f"{stopped} before the first checkpoint; nothing of this run was kept"
-    if getattr(args, "overwrite", False) and not getattr(args, "_training_began", False):
+    if train and getattr(args, "overwrite", False) and not getattr(args, "_training_began", False):
         return f"{stopped} before training began; {args.output_dir} is unchanged"
-    if args is not None and getattr(args, "command", None) == "train" and getattr(args, "output_dir", None):
+    if train and getattr(args, "output_dir", None):
         from .checkpoint import latest_checkpoint
 
         try:
@@ -1562,7 +1612,7 @@ def main(argv: list[str] | None = None) -> int:
                          if config_file is not None and args.command == "train" and args.output_dir
                          else "ltuning " + shlex.join(argv))
         if args.command == "train":
-            with _sigterm_as_interrupt():
+            with _StopSignals() as args._stop_signals:
                 rc = args.func(args)
                 if rc == 0:
                     _after_train(args)

@@ -99,7 +99,9 @@ class LTuningModel(nn.Module):
         for name, task in (config.tasks or {}).items():  # each task's labels, as for_task reads them (at most l)
             lengths = label_token_lengths(backbone, task["label_texts"], f"task {name!r} label text")
             method_cls.check_labels(config, task["label_texts"], [min(n, labels.length) for n in lengths],
-                                    backbone.name, what=f"task {name!r} label texts")
+                                    backbone.name, what=f"task {name!r} label texts",
+                                    remedy="use prefix_pooling='raw' (--prefix-pooling raw) or a label map "
+                                           "(--label-map-rank 8)")
         self.prompt_after = config.label_position == LabelPosition.AFTER
         if self.prompt_after:
             if backbone.kind != "decoder":
