@@ -281,6 +281,16 @@ def test_non_utf8_texts(ctx, call):
         call(ctx["model"])
 
 
+def test_a_lone_utf16_half_is_refused_by_name(ctx):
+    """Half a UTF-16 pair (JSON from JavaScript can carry one) stands for no byte: it is shown escaped."""
+    from ltuning.errors import ConfigError, DataError
+
+    with pytest.raises(DataError, match=r"texts: text 1 is not UTF-8 text \('good \\ud83d'"):
+        ctx["model"].predict(["a good film", "good \ud83d"])
+    with pytest.raises(ConfigError, match="candidate_labels"):
+        ctx["model"].predict(["a good film"], candidate_labels=["bad", "x\ud800"])
+
+
 def test_bytes_texts(ctx):
     from ltuning.errors import DataError
 

@@ -127,3 +127,36 @@ def test_missing_onnxscript_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     with pytest.raises(ConfigError, match=r"onnxscript.*pip install 'ltuning\[onnx\]'"):
         require_onnx()
+
+
+@pytest.mark.parametrize("texts,match", [
+    ([], "check_texts is empty"),
+    ("a good film", "check_texts must be a list of strings"),
+    (["fine", ""], "check_texts: text 1 is empty"),
+])
+def test_check_texts_are_refused_before_the_export(tmp_path, monkeypatch, texts, match):
+    from ltuning.errors import DataError
+
+    def no_export(*a, **k):
+        raise AssertionError("exported before check_texts was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    with pytest.raises(DataError, match=match):
+        export_onnx(tiny_model("bert", "prompt"), tmp_path / "m.onnx", check_texts=texts)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_metadata_keeps_plain_strings_as_written(tmp_path):
+    """Only the values written as JSON are decoded: a fingerprint of digits or a model named "true" stay strings."""
+    import onnx
+    from onnx import helper
+
+    proto = helper.make_model(helper.make_graph([], "g", [], []))
+    written = {"backbone_fingerprint": "1234567890123456", "base_model": "true", "method": "prompt",
+               "text_max_length": "128", "label_names": '["a", "b"]', "text_pairs": "false", "inputs": '["input_ids"]'}
+    for k, v in written.items():
+        proto.metadata_props.add(key=f"ltuning.{k}", value=v)
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    assert read_metadata(tmp_path / "m.onnx") == {
+        "backbone_fingerprint": "1234567890123456", "base_model": "true", "method": "prompt", "text_max_length": 128,
+        "label_names": ["a", "b"], "text_pairs": False, "inputs": ["input_ids"]}

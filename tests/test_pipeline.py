@@ -95,6 +95,11 @@ def test_predict_proba_with_candidate_labels_and_its_limits():
         assert [as_dict(r)["good"], as_dict(r)["bad"]] == pytest.approx(p.tolist(), abs=1e-6)
     assert lt.predict_proba("i loved it").shape == (1, 3)
     assert lt.predict_proba([]).shape == (0, 3)
+    # no texts: K is the candidates', and what no text would be allowed is refused as well
+    assert lt.predict_proba([], candidate_labels=["good", "bad"]).shape == (0, 2)
+    assert lt.predict_proba([], candidate_labels="good, bad, fine, long").shape == (0, 4)
+    with pytest.raises(ConfigError, match="label-conditioned"):
+        make("prompt").predict([], candidate_labels=["good", "bad"])
     with pytest.raises(ConfigError, match="same label set"):
         lt.predict_proba(TEXTS[:2], candidate_labels=[["bad", "good"], ["fun", "dull", "long"]])
     with pytest.raises(ConfigError, match="label-conditioned"):
@@ -126,7 +131,7 @@ def test_transformers_pipeline_loads_an_adapter_folder(tmp_path):
     assert classifier(TEXTS, candidate_labels="bad,good", hypothesis_template="{} film", multi_label=True) == \
         lt.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="{} film", multi_label=True,
                    return_scores=True)
-    assert same(list(classifier(iter(TEXTS))), lt(TEXTS))  # an iterator goes through the base class, text by text
+    assert same(list(classifier(iter(TEXTS))), lt(TEXTS))  # an iterator: an iterator of results
     # an adapter saved before config.json existed: ltuning.pipeline loads it all the same
     (adapter / "config.json").unlink()
     with pytest.raises(ValueError, match="Unrecognized model .*config.json"):
@@ -137,3 +142,14 @@ def test_transformers_pipeline_loads_an_adapter_folder(tmp_path):
     assert same(ltuning.pipeline(adapter)(TEXTS, batch_size=1, num_workers=0), lt(TEXTS))
     assert same(classifier(TEXTS, ["bad", "good"], batch_size=2), lt(TEXTS, ["bad", "good"]))
     assert same(list(classifier(iter(TEXTS), batch_size=2)), lt(TEXTS))
+    # a generator and a datasets column, scored batch_size texts at a time (the base class refuses batches
+    # without a tokenizer); a pipeline made with a batch_size takes generators too
+    assert same(list(classifier((t for t in TEXTS), ["bad", "good"], batch_size=2)), lt(TEXTS, ["bad", "good"]))
+    assert same(list(ltuning.pipeline(adapter, batch_size=4)(t for t in TEXTS)), lt(TEXTS))
+    datasets = pytest.importorskip("datasets")
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    ds = datasets.Dataset.from_dict({"text": TEXTS})
+    assert same(list(classifier(KeyDataset(ds, "text"), batch_size=2)), lt(TEXTS))
+    with pytest.raises(ConfigError, match="batch_size"):
+        classifier(TEXTS, batch_size=0)

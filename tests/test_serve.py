@@ -62,13 +62,13 @@ def save_tiny_adapter(root: Path, method: str = "lt-prefix") -> Path:
 class Server:
     """uvicorn in a thread, on a socket bound to a free port."""
 
-    def __init__(self, asgi) -> None:
+    def __init__(self, asgi, lifespan: str = "on") -> None:
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan=lifespan))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -180,6 +180,8 @@ def test_pair_and_single_requests_batched_together_are_each_answered(served):
     ({"texts": ["good"], "candidate_labels": ["bad", "bad"]}, 422, "candidate_labels"),
     ({"texts": ["good"], "candidate_labels": ["bad"]}, 422, "candidate_labels"),
     ({"texts": ["good"], "candidate_labels": ["bad", " "]}, 422, "candidate_labels.1"),
+    ({"texts": ["good"], "candidate_labels": ["bad", "x\ud800"]}, 422, "candidate_labels.1"),
+    ({"texts": ["good \ud83d"]}, 422, "texts"),
     ({"texts": [" "]}, 422, "texts"),
     ({"texts": []}, 422, "texts"),
     ({"texts": ["good"], "path": "/etc/passwd"}, 422, "path"),
@@ -200,7 +202,8 @@ def test_bad_and_oversize_requests_name_the_field(served, body, status, field):
 def test_malformed_json_and_oversize_body(served):
     _, port, _ = served
     status, answer = http(port, "/predict", raw=b'{"texts": [')
-    assert status == 422 and answer["detail"]
+    assert status == 422 and answer["error"] == "invalid request: body"
+    assert answer["detail"] == [{"field": "body", "message": "JSON decode error at character 11"}]
     status, answer = http(port, "/predict", raw=json.dumps({"texts": ["x" * 10_000]}).encode())
     assert status == 413 and answer["detail"][0]["field"] == "body" and "8192" in answer["detail"][0]["message"]
     # Content-Length is checked before the body is read
@@ -263,6 +266,22 @@ def test_max_wait_ms_must_be_a_finite_number(adapter_dir, wait):
 
     with pytest.raises(ConfigError, match="--max-wait-ms must be a finite number >= 0"):
         Batcher(load_adapter(adapter_dir), max_wait_ms=wait)
+
+
+def test_an_app_serves_again_and_without_its_lifespan(adapter_dir):
+    """The app's batcher starts again after a stop (the same app served twice), and on the first request where
+    no lifespan ran (uvicorn's lifespan off, or the app mounted inside another, whose lifespan Starlette runs
+    instead)."""
+    model = load_adapter(adapter_dir)
+    want = json.loads(json.dumps(predict(model, TEXTS[:3], return_scores=True)))
+    asgi, _ = create_app(model, LIMITS)
+    for lifespan in ("on", "on", "off"):
+        server = Server(asgi, lifespan)
+        try:
+            status, answer = http(server.port, "/predict", {"texts": TEXTS[:3]})
+            assert status == 200 and same_answers(answer["results"], want), (lifespan, answer)
+        finally:
+            server.stop()
 
 
 def test_health_and_metadata(served):

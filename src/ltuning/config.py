@@ -388,8 +388,12 @@ def is_utf8(text: str) -> bool:
 
 
 def shown_bytes(text: str, limit: int = 40) -> str:
-    """A string that is not UTF-8 as the bytes it came from, shortened, in ASCII."""
-    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    """A string that is not UTF-8 as the bytes it came from, shortened, in ASCII; a lone surrogate that stands for
+    no byte (``\\ud83d``, half a UTF-16 pair, as JSON can carry) as its escape."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    except UnicodeEncodeError:
+        return ascii(text[:limit]) + ("..." if len(text) > limit else "")
     shown = repr(raw[:limit])
     return shown + ("..." if len(raw) > limit else "")
 

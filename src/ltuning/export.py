@@ -40,7 +40,7 @@ from torch import nn
 
 from ._version import __version__
 from .adapter import load_adapter
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .fileio import set_normal_mode
 from .methods import Injection
 from .model import LTuningModel
@@ -143,8 +143,13 @@ def metadata(model: LTuningModel, names: list[str]) -> dict[str, str]:
     }
 
 
+#: The metadata values :func:`metadata` writes as JSON (the rest are plain strings, text_max_length a number).
+JSON_METADATA = ("label_names", "label_texts", "text_pairs", "inputs")
+
+
 def read_metadata(path: str | Path) -> dict:
-    """The ``ltuning.*`` metadata of an exported file (JSON values decoded)."""
+    """The ``ltuning.*`` metadata of an exported file: the JSON ones decoded, ``text_max_length`` an int, the
+    rest as written (a fingerprint of digits stays a string)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -153,7 +158,8 @@ def read_metadata(path: str | Path) -> dict:
         if prop.key.startswith("ltuning."):
             key = prop.key.removeprefix("ltuning.")
             try:
-                out[key] = json.loads(prop.value)
+                out[key] = (json.loads(prop.value) if key in JSON_METADATA else
+                            int(prop.value) if key == "text_max_length" else prop.value)
             except ValueError:
                 out[key] = prop.value
     return out
@@ -207,6 +213,25 @@ def onnx_scores(session, model: LTuningModel, texts: list) -> torch.Tensor:
     return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])
 
 
+def _checked_texts(model: LTuningModel, check_texts) -> list:
+    """``check_texts`` as a list of the model's inputs (default: :func:`_example_texts`).
+    Raises: DataError naming ``check_texts``."""
+    from .prediction import check_texts as check_items
+    from .prediction import text_list
+
+    if check_texts is None:
+        return _example_texts(model)
+    try:
+        items = text_list(check_texts)
+        check_items(items, pairs=model.config.text_pairs)
+    except DataError as e:  # named as the argument it is here
+        message = str(e)
+        raise DataError("check_" + message if message.startswith("texts") else f"check_texts: {message}") from None
+    if not items:
+        raise DataError("check_texts is empty: give at least one text to compare onnxruntime with PyTorch on")
+    return items
+
+
 def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite: bool = False,
                 opset: int | None = None, check_texts: list | None = None) -> dict:
     """Export ``model`` (or the adapter folder it names) to ``output`` as ONNX; check it with onnxruntime.
@@ -217,12 +242,15 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
         ConfigError: onnx / onnxscript / onnxruntime missing, ``output`` exists (without ``overwrite``) or is
             a folder, or the exported graph's scores differ from PyTorch's by more than :data:`TOLERANCE`
             (nothing is written then).
+        DataError: ``check_texts`` is not a non-empty list of the model's inputs (texts, or pairs for a pair
+            adapter).
     """
     require_onnx()
     path = check_output(output, overwrite)
     if not isinstance(model, LTuningModel):
         model = load_adapter(model)
     model.eval()
+    check = _checked_texts(model, check_texts)  # before the export's seconds of work
     texts = _example_texts(model)
     names = input_names(model)
     enc = model.tokenize(texts)
@@ -247,7 +275,6 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
     try:
         program.save(str(tmp), external_data=False)
         set_normal_mode(tmp)
-        check = list(check_texts) if check_texts is not None else texts
         got = onnx_scores(onnx_session(tmp), model, check)
         want = model.score_texts(check)
         diff = float((got - want).abs().max())

@@ -27,6 +27,8 @@ The module is not imported by ``import ltuning`` (importing ``transformers.pipel
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +92,28 @@ class LTuningClassificationPipeline(Pipeline):
 
     def __call__(self, inputs, *args, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
         """One text (a dict back) or a list of texts (a list back), scored in batches of ``batch_size`` (the
-        pipeline's, else 64) by the model; other iterables (a generator, a ``datasets`` column) go through the
-        base class, one text at a time. ``num_workers`` (a DataLoader option of the base class) applies to
-        those iterables only."""
+        pipeline's, else 64) by the model; other iterables (a generator, a ``datasets`` column, ``KeyDataset``)
+        give an iterator of results, read and scored ``batch_size`` texts at a time, as transformers' pipelines
+        answer them. ``num_workers`` (a DataLoader option of transformers' pipelines) is accepted and unused:
+        the texts are read in this process."""
         if args:  # classifier(texts, ["bad", "good"]), as the zero-shot pipeline takes it
             if len(args) > 1 or "candidate_labels" in kwargs:
                 raise ConfigError("give candidate_labels once: classifier(texts, candidate_labels)")
             kwargs["candidate_labels"] = args[0]
-        if not isinstance(inputs, str | list | tuple):
-            return super().__call__(inputs, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        if batch_size is not None:
+            check_batch_size(batch_size)
         _, params, _ = self._sanitize_parameters(**kwargs)
-        return self._predict(inputs, batch_size=batch_size, **{**self._forward_params, **params})
+        params = {**self._forward_params, **params}
+        plain = isinstance(inputs, str | list | tuple | bytes | bytearray | Mapping)
+        indexed = hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__")  # a torch Dataset (KeyDataset)
+        if not plain and (isinstance(inputs, Iterable) or indexed):
+            items = iter(inputs) if isinstance(inputs, Iterable) else (inputs[i] for i in range(len(inputs)))
+            return self._iterate(items, batch_size or self._batch_size or 64, params)
+        return self._predict(inputs, batch_size=batch_size, **params)  # (the model refuses what is no text)
+
+    def _iterate(self, inputs, size: int, params: dict):
+        while chunk := list(itertools.islice(inputs, size)):
+            yield from self._predict(chunk, batch_size=size, **params)
 
     def _predict(self, texts, batch_size: int | None = None, **params):
         return self.model.predict(texts, batch_size or self._batch_size or 64, return_scores=True, **params)

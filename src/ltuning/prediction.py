@@ -303,9 +303,9 @@ def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypo
     candidate_labels = _split_candidates(candidate_labels)
     check_candidate_labels(candidate_labels)
     check_texts(items, pairs=pairs)  # batch_size: checked above (None too)
+    _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
     if not items:
         return single, items, [], []
-    _check_label_conditioned(model, candidate_labels, hypothesis_template, multi_label)
     if multi_label and model.config.objective == "listwise":
         _warn_caller("multi_label reads each label's score as a probability (a sigmoid), but this adapter was trained "
                      "with the listwise objective, which only ranks labels against each other: the per-label "
@@ -337,7 +337,11 @@ def predict_proba(model: LTuningModel, texts: TextInput | Sequence[TextInput], b
     if len(set(label_sets)) > 1:
         raise ConfigError("predict_proba returns one (N, K) array, so all texts need the same label set; give one "
                           "candidate_labels list for all texts (or call predict(..., return_scores=True))")
-    k = len(label_sets[0]) if label_sets else model.num_labels
+    if not label_sets:  # no texts: K is still the candidates' number where they are given
+        candidates = _split_candidates(candidate_labels)
+        k = model.num_labels if candidate_labels is None else len(_label_sets(model, 1, candidates, multi_label)[0])
+    else:
+        k = len(label_sets[0])
     if not logits:
         return np.zeros((0, k), dtype=np.float32)
     z = torch.stack(logits).float()

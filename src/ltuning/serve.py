@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
+from .config import is_utf8, shown_bytes
 from .errors import ConfigError, LTuningError
 from .methods import Injection
 from .prediction import candidate_injection, check_texts, predict
@@ -167,11 +168,14 @@ class Batcher:
         self.cache = InjectionCache(self.model, self.cache_size)
         self.pending: collections.deque[_Request] = collections.deque()
         self.arrived: asyncio.Event | None = None
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ltuning-model")
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Start the worker (the app's lifespan does; so does the first request where no lifespan ran, as in
+        an app mounted inside another). A stopped batcher starts again."""
         self.arrived = asyncio.Event()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ltuning-model")
         self.task = asyncio.get_running_loop().create_task(self._worker())
 
     async def stop(self) -> None:
@@ -181,9 +185,14 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+            self.task = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
 
     async def submit(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> list:
+        if self.task is None:
+            await self.start()
         future = asyncio.get_running_loop().create_future()
         self.pending.append(_Request(texts, candidates, multi_label, future))
         self.arrived.set()
@@ -298,6 +307,8 @@ def _check_candidates(model, candidates: list[str], multi_label: bool, limits: L
     for i, c in enumerate(candidates):
         if not c.strip():
             problems.append((f"candidate_labels.{i}", "empty label", 422))
+        elif not is_utf8(c):
+            problems.append((f"candidate_labels.{i}", f"not UTF-8 text ({shown_bytes(c)})", 422))
         elif len(c) > longest:
             problems.append((f"candidate_labels.{i}", f"{len(c)} characters; at most {longest} per label", 413))
     return problems
@@ -442,6 +453,9 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
     async def invalid(request: Request, exc: RequestValidationError):
         problems = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":  # its loc is ("body", <byte offset>): the offset is no field
+                problems.append(("body", f"{e.get('msg', 'invalid JSON')} at character {list(e.get('loc', ()))[-1]}"))
+                continue
             raw = list(e.get("loc", ()))[1:] if tuple(e.get("loc", ()))[:1] == ("body",) else list(e.get("loc", ()))
             # A union's member names (str, list[str], ...) are not fields: keep field names and indices, and
             # the name of an unknown field.
