@@ -252,6 +252,53 @@ def test_missing_label_value(tmp_path):
         read_table(table(tmp_path, "csv", [("a", "positive"), ("b", "")]), ["text"], "label")
 
 
+def test_an_unquoted_comma_is_refused_not_read_as_another_column(tmp_path):
+    """'I liked it, a lot,positive' has 3 fields for a 2-column header: read as is, 'a lot' became a class. The
+    row named is the file's line (blank lines counted)."""
+    p = tmp_path / "c.csv"
+    p.write_text("text,label\n\nawful film,negative\nI liked it, a lot,positive\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"c.csv, row 4: 3 fields where the header has 2 \(text, label\); a text "
+                                        r"holding a comma must be quoted"):
+        read_table(p, ["text"], "label")
+    p.write_text("text\tlabel\nawful\tfilm\tnegative\n", encoding="utf-8")
+    with pytest.raises(DataError, match="row 2: 3 fields where the header has 2"):
+        read_table(p.rename(tmp_path / "c.tsv"), ["text"], "label")
+    p = tmp_path / "blank.csv"
+    p.write_text('text,label\n\n\n"two\nlines",pos\n,neg\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"blank.csv, row 6: empty text"):
+        read_table(p, ["text"], "label")
+    p.write_text("text,label,text\na,pos,b\nc,neg,d\n", encoding="utf-8")
+    with pytest.raises(DataError, match="the header names 2 columns 'text'"):
+        read_table(p, ["text"], "label")
+
+
+def test_missing_values_are_missing_not_a_class(tmp_path):
+    """NaN (json.dump's spelling of a pandas gap) is a missing label or text, as an empty CSV field is."""
+    p = tmp_path / "n.jsonl"
+    p.write_text('{"text": "a", "label": NaN}\n{"text": "b", "label": 1}\n{"text": "c", "label": 0}\n')
+    with pytest.raises(DataError, match="n.jsonl, row 1: missing label"):
+        read_table(p, ["text"], "label")
+    p.write_text('{"text": NaN, "label": 0}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(DataError, match="row 1: empty text"):
+        read_table(p, ["text"], "label")
+
+
+def test_one_number_spelt_two_ways_is_refused(tmp_path):
+    """'1' and '1.0' were two classes whose order followed the string hash (PYTHONHASHSEED)."""
+    with pytest.raises(DataError, match=r"the labels \['1', '1.0'\] are one number written 2 ways"):
+        read_table(table(tmp_path, "csv", [("a", "0"), ("b", "1"), ("c", "1.0")]), ["text"], "label")
+    ds = read_table(table(tmp_path, "csv", [("a", "10"), ("b", "2"), ("c", "-1")]), ["text"], "label")
+    assert ds.label_names == ["-1", "2", "10"]
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
+    """json.dumps(ensure_ascii=False) leaves U+2028 / U+2029 / U+0085 unescaped: they are inside a line."""
+    p = tmp_path / "ls.jsonl"
+    rows = [{"text": "one\u2028two", "label": "pos"}, {"text": "three\u0085four\u2029", "label": "neg"}]
+    p.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert read_table(p, ["text"], "label").texts == ["one\u2028two", "three\u0085four\u2029"]
+
+
 def test_empty_and_header_only_files(tmp_path):
     (tmp_path / "e.csv").write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="empty"):
@@ -320,6 +367,12 @@ def test_from_hf_dataset():
         from_hf_dataset(plain, ["sentence"], "label")
     with pytest.raises(DataError, match=r"row 0: label 'pos' is not in the label set \['neg', 'neutral'\]"):
         from_hf_dataset(plain, ["text"], "label", label_names=["neg", "neutral"])
+    # a missing label is refused, not made a class 'None'; integer labels sort by value
+    gaps = datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0, None, 1]})
+    with pytest.raises(DataError, match="row 1: missing label"):
+        from_hf_dataset(gaps, ["text"], "label")
+    numbers = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [10, 2, 2]})
+    assert from_hf_dataset(numbers, ["text"], "label").label_names == ["2", "10"]
 
 
 # ---------------------------------------------------------------------- label texts

@@ -257,6 +257,32 @@ def test_nan_step_leaves_weights_untouched(nan_at, monkeypatch):
         assert torch.equal(v, snapshots[-1][k])
 
 
+def test_api_train_logs_each_steps_rate_and_keeps_runs_apart(tmp_path):
+    """train_log's lr is the rate the step used (warmup 2 of 5 steps at 1e-3: 0.5, 1, then linear decay to
+    1/3), not the next step's; a fresh train() refuses a folder holding another run's checkpoints, whose
+    pruning would otherwise take this run's and a later resume the other's."""
+    from conftest import tiny_bert
+
+    from ltuning.backbones import Backbone
+    from ltuning.config import LTuningConfig
+    from ltuning.data import TextDataset
+    from ltuning.errors import ConfigError
+    from ltuning.model import LTuningModel
+    from ltuning.train import TrainArgs, train
+
+    m, tok = tiny_bert()
+    model = LTuningModel(Backbone(m, tok, "tiny"), LTuningConfig(method="prompt", label_names=["negative", "positive"]))
+    data = TextDataset([t for t, _ in TRAIN], [int(y == "positive") for _, y in TRAIN], ["negative", "positive"])
+    args = TrainArgs(max_steps=5, batch_size=4, learning_rate=1e-3, warmup_ratio=0.4, progress=False,
+                     output_dir=str(tmp_path), checkpoint_every=2)
+    result = train(model, data, None, args)
+    assert [r["lr"] for r in result.train_log] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+    with pytest.raises(ConfigError, match=r"holds checkpoints of another run \(up to step-4\); give resume=True"):
+        train(model, data, None, TrainArgs(max_steps=3, batch_size=4, seed=1, progress=False,
+                                           output_dir=str(tmp_path), checkpoint_every=1))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4]
+
+
 def test_resume_with_other_text_pooling_is_refused(setup, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(args_for(setup, out, "--max-steps", "3", "--text-pooling", "cls")) == 0

@@ -233,8 +233,9 @@ def build_parser() -> _Parser:
                         "pairwise, LT methods only, the paper's BCE on one true or false (text, label) pair per "
                         "text (A.3; the default of earlier versions). Default: listwise")
     g.add_argument("--early-stopping-patience", type=int, default=0,
-                   help="stop after N evaluations without a better --metric-for-best (default: 0, never; "
-                        "needs validation data)")
+                   help="stop after N evaluations without a better --metric-for-best (an equal one with a "
+                        "lower validation loss counts as better, as in choosing the kept state; default: 0, "
+                        "never; needs validation data)")
     g.add_argument("--init-from", metavar="ADAPTER",
                    help="start from the trained weights of this adapter folder instead of a fresh init, e.g. a "
                         "multi-task adapter adapted to a new task from a few examples. LT methods take any labels "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import random
 import sys
@@ -165,10 +166,29 @@ def _label_index(value, label_names: list[str], where: str, allow_index: bool = 
                     + ("use one of those names or an integer index" if allow_index else "use one of those names"))
 
 
+def _missing(value) -> bool:
+    """None, NaN (a pandas gap, as json.dump writes it) or a blank string: no value."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
 def _check_text(value, where: str) -> str:
-    if value is None or not str(value).strip():
+    if _missing(value):
         raise DataError(f"{where}: empty text; remove the row or fill it")
     return str(value)
+
+
+def _sorted_labels(values: set[str], source) -> list[str]:
+    """A file's distinct labels in a fixed order: numbers by value, then names. One number spelt two ways ("1"
+    and "1.0") would be two classes in an order that changed from run to run: refused."""
+    spellings: dict[float, list[str]] = {}
+    for v in values:
+        if _is_number(v):
+            spellings.setdefault(float(v), []).append(v)
+    for same in spellings.values():
+        if len(same) > 1:
+            raise DataError(f"{source}: the labels {sorted(same)} are one number written {len(same)} ways; write "
+                            "each class one way (or as a name)")
+    return sorted(values, key=lambda s: (0, float(s), s) if _is_number(s) else (1, 0.0, s))
 
 
 # ---------------------------------------------------------------------- readers
@@ -196,51 +216,66 @@ def _parse_json(path: Path, text: str, lineno: int | None = None):
         raise DataError(f"{path}: invalid JSON{where} ({str(e)[:200]})") from None
 
 
-def _json_rows(path: Path, text: str, suffix: str) -> list[dict]:
-    """Rows of a JSON array file or a JSONL file (one object a line); errors name the file's line."""
+def _json_rows(path: Path, text: str, suffix: str) -> list[tuple[int, dict]]:
+    """Rows of a JSON array file (numbered by item) or a JSONL file (one object a line, numbered by line)."""
     if suffix == ".json" and text.lstrip().startswith("["):
         rows = _parse_json(path, text)
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
                 raise DataError(f"{path}: item {i + 1} of the array is not a JSON object "
                                 f"(got {type(r).__name__}); every row must map column -> value")
-        return rows
+        return list(enumerate(rows, 1))
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at \n (or \r\n) only: U+2028 and the like may stand unescaped inside a JSON string
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        r = _parse_json(path, line, lineno)
+        r = _parse_json(path, line.removesuffix("\r"), lineno)
         if not isinstance(r, dict):
             raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(r).__name__}); "
                             "every line must be an object of column -> value")
-        rows.append(r)
+        rows.append((lineno, r))
     return rows
 
 
-def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[list[str]] | list[dict]]:
-    """Rows of a .csv / .tsv / .txt (tab) or .jsonl / .json file. JSON rows are dicts."""
+def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str] | dict]]]:
+    """The column names and the numbered rows (the line a row starts on; a JSON array's item number) of a
+    .csv / .tsv / .txt (tab) or .jsonl / .json file. JSON rows are dicts.
+    Raises: DataError: unreadable, empty, a CSV row with another number of fields than the header."""
     suffix = path.suffix.lower()
     f = _open_text(path)  # outside the try: its DataError (not found, a folder) is the message
     try:
         with f:
             if suffix in (".jsonl", ".json"):
                 rows = _json_rows(path, f.read(), suffix)
-                cols = list(rows[0]) if rows else []
+                cols = list(rows[0][1]) if rows else []
                 return cols, rows
             delim = "," if suffix == ".csv" else "\t"
             quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
             csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
             reader = csv.reader(f, delimiter=delim, quoting=quoting)
-            rows = [r for r in reader if r]
+            numbered, line = [], 0
+            for r in reader:
+                if r:
+                    numbered.append((line + 1, r))
+                line = reader.line_num  # a quoted field may span lines: the next row starts after them
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
     except csv.Error as e:
         raise DataError(f"{path}: cannot parse as {suffix or 'tab-separated'} ({e})") from None
-    if header:
-        if not rows:
-            raise DataError(f"{path} is empty")
-        return rows[0], rows[1:]
-    return None, rows
+    if not header:
+        return None, numbered
+    if not numbered:
+        raise DataError(f"{path} is empty")
+    names = numbered[0][1]
+    for n, r in numbered[1:]:
+        if len(r) != len(names):
+            # "I liked it, a lot,positive": the text's comma splits it, and the label column reads "a lot"
+            sep = "a comma" if delim == "," else "a tab"
+            raise DataError(f"{path}, row {n}: {len(r)} fields where the header has {len(names)} "
+                            f"({', '.join(names)}); a text holding {sep} must be "
+                            + ('quoted ("I liked it, a lot")' if delim == "," else "written as a .csv with quotes"))
+    return names, numbered[1:]
 
 
 def _column_getter(columns: list[str] | None, col: str | int, path: Path):
@@ -269,16 +304,18 @@ def _open_table(path: Path, columns: list[str | int], header: bool) -> tuple[lis
     names, rows = _read_rows(path, header)
     if not rows:
         raise DataError(f"{path} has no data rows")
-    is_json = isinstance(rows[0], dict)
-    if is_json:
+    if isinstance(rows[0][1], dict):
         for col in columns:
-            if col not in rows[0]:
+            if col not in rows[0][1]:
                 raise DataError(f"column {col!r} not in {path} (columns: {', '.join(names)})")
         getters = [lambda r, c=c: r.get(c) for c in columns]
     else:
+        for col in columns:
+            if names is not None and isinstance(col, str) and names.count(col) > 1:
+                raise DataError(f"{path}: the header names {names.count(col)} columns {col!r}; rename them so that "
+                                "each column has its own name")
         getters = [_column_getter(names, c, path) for c in columns]
-    first_line = 2 if header and not is_json else 1
-    return [(i + first_line, r) for i, r in enumerate(rows)], getters
+    return rows, getters
 
 
 def _rows_dataset(path: Path, rows: list[tuple[int, object]], get_text: list, get_label,
@@ -290,12 +327,10 @@ def _rows_dataset(path: Path, rows: list[tuple[int, object]], get_text: list, ge
     than 2 labels."""
     raw_labels = [get_label(r) for _, r in rows]
     for (n, _), v in zip(rows, raw_labels, strict=True):
-        if v is None or str(v).strip() == "":
+        if _missing(v):
             raise DataError(f"{path}, row {n}: missing label")
     if label_names is None:
-        values = sorted({str(v).strip() for v in raw_labels},
-                        key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
-        label_names = FileLabels(values, source)
+        label_names = FileLabels(_sorted_labels({str(v).strip() for v in raw_labels}, path), source)
     # integers are class indices into a task's (or the caller's) label set, or a file's index-like labels;
     # against names read off another file they would be a guess (training neg/neu/pos, validation 1 -> neu?)
     allow_index = not isinstance(label_names, FileLabels) or label_names.index_like()
@@ -512,12 +547,19 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
         if c not in ds.column_names:
             raise DataError(f"column {c!r} not in {source} (columns: {', '.join(ds.column_names)})")
     feat = ds.features[label_column]
-    if label_names is None:
-        label_names = list(feat.names) if hasattr(feat, "names") else sorted({str(v) for v in ds[label_column]})
+    if label_names is None and hasattr(feat, "names"):
+        label_names = list(feat.names)
+    elif label_names is None:
+        for i, v in enumerate(ds[label_column]):
+            if _missing(v):
+                raise DataError(f"{source}, row {i}: missing label")
+        label_names = _sorted_labels({str(v).strip() for v in ds[label_column]}, source)
     texts: list[Text] = []
     labels = []
     for i, row in enumerate(ds):
         where = f"{source}, row {i}"
+        if _missing(row[label_column]):
+            raise DataError(f"{where}: missing label")
         parts = [_check_text(row[c], where) for c in text_columns]
         texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
         labels.append(_label_index(row[label_column], label_names, where))

@@ -82,7 +82,9 @@ class TrainArgs:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     skip_nonfinite: bool = False  # skip steps with a non-finite loss instead of stopping
     metric_for_best: str = "accuracy"  # validation metric that picks the kept state: accuracy | mcc | macro_f1
-    early_stopping_patience: int = 0  # stop after this many evaluations without a better metric (0: never)
+    #: stop after this many evaluations without a better kept state (0: never): a better metric, or at an equal
+    #: metric a lower validation loss (the tie-break that picks the kept state)
+    early_stopping_patience: int = 0
     objective: str = "listwise"  # "listwise" (K-way CE) | "pairwise" (LT methods: A.3, BCE on one pair per text)
 
     def __post_init__(self) -> None:
@@ -372,10 +374,16 @@ def train(model: LTuningModel, train_data: TextDataset, validation_data: TextDat
     Raises:
         DataError: label sets differ between model and data, or too few examples.
         CheckpointError: ``resume`` from a checkpoint written with other options, or an unreadable one.
+        ConfigError: bad options; checkpoints of another run in ``output_dir`` without ``resume``.
         NonFiniteLossError: a NaN/inf loss or gradient (unless ``skip_nonfinite``); the weights and the
             checkpoints on disk stay as they were before that step.
     """
     check_training(model, train_data, validation_data, args)
+    if args.checkpoint_every and not args.resume and (found := checkpoint.list_checkpoints(args.output_dir)):
+        # this run's would be pruned among them as if one run's, and a later resume would take the newest
+        raise ConfigError(f"output_dir {args.output_dir} holds checkpoints of another run (up to "
+                          f"{found[-1][1].name}); give resume=True (--resume) to continue that run, or another "
+                          "output_dir, or delete its checkpoints/ folder first")
     loop = _TrainingLoop(model, train_data, validation_data, args, on_eval)
     if args.resume:
         loop.resume()
@@ -595,6 +603,7 @@ class _TrainingLoop:
         grads = self._sum_across_processes(loss_sum)
         loss_value = loss_sum.item()
         finite = math.isfinite(loss_value) and all(bool(torch.isfinite(g).all()) for g in grads)
+        lr = self.optimizer.param_groups[0]["lr"]  # this step's rate (the scheduler moves to the next one below)
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -605,7 +614,7 @@ class _TrainingLoop:
         else:
             self.running = loss_value if not self.started else 0.9 * self.running + 0.1 * loss_value
             self.started = True
-            self.result.train_log.append({"step": step, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0]})
+            self.result.train_log.append({"step": step, "loss": loss_value, "lr": lr})
         self.bar.set_postfix(loss=f"{self.running:.4f}",
                              texts_per_s=f"{self.n_texts / max(self.train_time, 1e-9):.1f}")
         self.bar.update(1)
