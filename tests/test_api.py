@@ -90,6 +90,45 @@ def test_from_pretrained_onto_a_model_object(tmp_path):
     assert torch.equal(loaded.score_texts(TEXTS), lt.score_texts(TEXTS))
 
 
+def test_a_model_built_directly_names_its_backbone_and_refuses_an_unused_tokenizer(bert_folder, tmp_path):
+    """LTuningModel(backbone, config) with the default base_model names the backbone it was built on (it saved
+    'minilm' whatever the backbone); from_pretrained refuses a tokenizer= it would not use."""
+    from ltuning.backbones import Backbone
+    from ltuning.loading import load_backbone
+
+    backbone = load_backbone(str(bert_folder))
+    lt = nudge(LTuningModel(backbone, LTuningConfig(method="lt-prefix", label_names=["negative", "positive"])))
+    assert lt.config.base_model == str(bert_folder) == backbone.name
+    assert isinstance(backbone, Backbone) and next(lt.method.parameters()).device == backbone.device
+    out = lt.save_pretrained(tmp_path / "a")
+    assert torch.equal(LTuningModel.from_pretrained(out).score_texts(TEXTS), lt.score_texts(TEXTS))
+    with pytest.raises(ConfigError, match="tokenizer= is only for a model object"):
+        LTuningModel.from_pretrained(out, tokenizer=backbone.tokenizer)
+    with pytest.raises(ConfigError, match="tokenizer= is only for a model object"):
+        LTuningModel.from_pretrained(out, str(bert_folder), tokenizer=backbone.tokenizer)
+
+
+def test_a_fused_optimizer_step_is_not_hidden_by_the_prediction_cache():
+    """AdamW(fused=True) updates the weights without bumping their version counter: a model left in eval mode
+    and trained in a loop of one's own still scores with its new weights."""
+    from conftest import tiny_bert
+
+    bert, tok = tiny_bert()
+    lt = nudge(get_ltuning_model(bert, LTuningConfig(method="lt-prefix"), labels=["negative", "positive"],
+                                 tokenizer=tok)).eval()
+    before = lt.score_texts(TEXTS)
+    params = lt.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+    for _ in range(3):
+        sum((p * p).sum() for p in params).backward()
+        opt.step()
+        opt.zero_grad()
+    after = lt.score_texts(TEXTS)
+    lt.clear_injection_cache()
+    torch.testing.assert_close(after, lt.score_texts(TEXTS), atol=0, rtol=0)  # what a fresh injection gives
+    assert not torch.allclose(after, before)
+
+
 def test_predict_scores_and_single_text():
     from conftest import tiny_bert
 

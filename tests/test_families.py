@@ -452,6 +452,65 @@ def test_prefix_inside_attention_is_per_call(family):
     assert not torch.allclose(first, with_prefix)
 
 
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet"])
+def test_prefix_inside_attention_is_per_thread(family):
+    """Two threads scoring one backbone with different prefixes at once each see their own (the prefix state
+    was one per backbone: one thread's set or clear landed in the other's forward). Deterministic: each
+    thread sets its prefix, then both run their forward after the other has set (and one has cleared) its own."""
+    import threading
+
+    bb = build(family)
+    x = _ids(bb, ["the movie was very good", "boring"])
+    d = bb.dims
+    prefixes = [torch.randn(2, d.num_layers, 2, d.num_kv_heads, 4, d.head_dim) for _ in range(2)]
+    with torch.no_grad():
+        want = [bb(x["input_ids"], x["attention_mask"], prefix=p, pooling=TextPooling.CLS) for p in prefixes]
+    barrier, got = threading.Barrier(2), [None, None]
+
+    def run(i: int) -> None:
+        bb._prefix_state.set(prefixes[i], torch.ones(2, 4))
+        barrier.wait()  # both are set
+        if i == 1:
+            bb._prefix_state.clear()  # thread 1's clear must not reach thread 0
+            bb._prefix_state.set(prefixes[1], torch.ones(2, 4))
+        barrier.wait()
+        with torch.no_grad():
+            out = bb.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                           position_ids=bb._positions(x["attention_mask"], 0)).last_hidden_state[:, 0]
+        got[i] = out
+        bb._prefix_state.clear()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(2):
+        torch.testing.assert_close(got[i], want[i])
+
+
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet", "llama"])
+def test_a_deep_copy_scores_as_the_original_and_apart_from_it(family):
+    """copy.deepcopy of a model: the same scores, and its own prefix (the patched attention of the copy read
+    the original's prefix state: it scored without a prefix)."""
+    import copy
+
+    model = make_model(family, "lt-prefix")
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.clear_injection_cache()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        want = model.score_texts(TEXTS)
+        torch.testing.assert_close(twin.score_texts(TEXTS), want, atol=1e-5, rtol=0)
+        for p in twin.method.parameters():
+            p.add_(1.0)
+        twin.clear_injection_cache()
+        assert not torch.allclose(twin.score_texts(TEXTS), want, atol=1e-3)
+        torch.testing.assert_close(model.score_texts(TEXTS), want, atol=0, rtol=0)
+
+
 # ------------------------------------------------------------------------------------ what is not supported
 def test_unsupported_family_names_what_is_missing():
     from transformers import GPTNeoXConfig, GPTNeoXModel

@@ -115,3 +115,23 @@ def test_bad_candidates(backbone):
         lt.predict(TEXTS, candidate_labels=["bad", " "])
     with pytest.raises(ConfigError, match="{}"):
         lt.predict(TEXTS, candidate_labels=["bad", "good"], hypothesis_template="no slot")
+
+
+@pytest.mark.parametrize("family,method", [("llama", "lt-prefix"), ("llama", "lt-prompt"), ("bert", "lt-prompt")])
+def test_a_tokenizer_set_back_to_left_padding_changes_no_score(family, method):
+    """A caller may set the tokenizer's padding side back to left (as for batched generation) after the model
+    is built: label texts are still encoded right-padded, so candidates and texts score as before."""
+    from test_families import TEXTS, make_model
+
+    model = make_model(family, method)
+    with torch.no_grad():
+        for p in model.method.parameters():  # away from the zero start: the label states reach the scores
+            p.add_(torch.randn_like(p) * 0.3)
+    model.clear_injection_cache()
+    candidates = ["bad", "a good one", "fine"]
+    before = (model.score_texts(TEXTS), score_candidates(model, TEXTS, candidates))
+    model.backbone.tokenizer.padding_side = "left"
+    model.clear_injection_cache()
+    after = (model.score_texts(TEXTS), score_candidates(model, TEXTS, candidates))
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -319,7 +319,7 @@ class Backbone(nn.Module):
                              else self.dims.num_kv_heads)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"
+        self.tokenizer.padding_side = "right"  # (every call below also asks for it: a caller may set it back)
         # Special tokens the tokenizer puts before the text ([CLS], <s>): a soft prompt goes after them,
         # so the pooler still reads position 0.
         ids = self.tokenizer("a")["input_ids"]
@@ -375,13 +375,13 @@ class Backbone(nn.Module):
             b = [t[1] for t in texts]
             if self.tokenizer.sep_token is None:  # decoders: no pair template, join with a newline
                 enc = self.tokenizer([f"{x}\n{y}" for x, y in zip(a, b, strict=True)], truncation=True,
-                                     max_length=max_length, padding=True, return_tensors="pt")
+                                     max_length=max_length, padding=True, padding_side="right", return_tensors="pt")
             else:
                 enc = self.tokenizer(a, b, truncation=True, max_length=max_length, padding=True,
-                                     return_tensors="pt")
+                                     padding_side="right", return_tensors="pt")
         else:
             enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=True,
-                                 return_tensors="pt")
+                                 padding_side="right", return_tensors="pt")
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self._takes_token_types and "token_type_ids" in enc:
             out["token_type_ids"] = enc["token_type_ids"]
@@ -421,8 +421,9 @@ class Backbone(nn.Module):
         """The label texts' tokens, cut and right-padded to ``label_length`` (on the model's device):
         input_ids, attention_mask (K, l), token_type_ids where the tokenizer gives them. The rules on them
         (length, distinct labels) are :mod:`ltuning.labels`'s."""
+        # right padding whatever the tokenizer's side: the states below are read at the mask's positions
         enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
-                             return_tensors="pt")
+                             padding_side="right", return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     @torch.no_grad()

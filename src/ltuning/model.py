@@ -75,6 +75,10 @@ class LTuningModel(nn.Module):
         method_cls.check_config(config)
         # The fingerprint names the backbone this model is built on (a config copied from another model, or
         # read from an adapter, may carry another's; the adapter loader compares fingerprints before this).
+        if config.backbone_fingerprint is None and config.base_model == LTuningConfig().base_model:
+            # a fresh config left at the default name: the backbone it is built on names it (as in
+            # get_ltuning_model), or the saved adapter would name the default backbone
+            config.base_model = backbone.name
         config.backbone_fingerprint = backbone.fingerprint
         config.backbone_weights = backbone.weights_sample
         config.base_model = portable_name(config.base_model)  # a folder by its absolute path, never a relative one
@@ -115,7 +119,7 @@ class LTuningModel(nn.Module):
                     f"label_position='after' reads the last soft-prompt position (text_pooling 'last' or 'auto'), "
                     f"got text_pooling={self.pooling.value!r}"
                 )
-        self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length)
+        self.method = method_cls(config, backbone.dims, config.num_labels, config.label_length).to(backbone.device)
         config.score_head = self.method.score_head  # what the method uses (classic methods: their K-way head)
         config.label_map_rank = self.method.label_map_rank  # lt-prefix: the rank it built (0: none); others None
         vectors = labels.encode_vectors(backbone, self.pooling) if self.method.uses_label_vectors else None
@@ -259,7 +263,11 @@ class LTuningModel(nn.Module):
         # so a bf16 prefix computed for one autocast call is never reused by a float32 call.
         device = self.label_states.device.type
         autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        return (id(self.method), autocast) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        # A fused optimizer step (AdamW(fused=True), the Trainer's adamw_torch_fused) leaves _version as it was:
+        # each parameter's sum joins the key (one small reduction per call)
+        sums = tuple(torch.stack([p.detach().float().sum() for p in self.method.parameters()]).tolist()) \
+            if any(True for _ in self.method.parameters()) else ()
+        return (id(self.method), autocast, sums) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
     def clear_injection_cache(self) -> None:
         """Forget the cached prediction-time prefixes / prompts (they are recomputed on the next call)."""
@@ -561,6 +569,8 @@ class LTuningModel(nn.Module):
         backbone = None
         if model is not None and not isinstance(model, str | Path):
             backbone = as_backbone(model, tokenizer, trust_remote_code)
+        elif tokenizer is not None:  # it would go unused: a name, or the adapter's base_model, brings its own
+            raise ConfigError("tokenizer= is only for a model object; a name or folder brings its own tokenizer")
         directory = Path(directory)
         config = read_adapter_config(directory)
         state = read_adapter_weights(directory)

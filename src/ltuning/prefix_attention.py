@@ -19,6 +19,7 @@ Only :mod:`ltuning.backbones` imports this module.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import torch
@@ -28,20 +29,32 @@ from torch import nn
 class PrefixState:
     """Per-call prefix seen by the patched attention modules: layer index -> (keys, values, mask).
 
-    keys, values: (B, n_heads, l, d_h); mask: (B, l) bool (True = attend).
+    keys, values: (B, n_heads, l, d_h); mask: (B, l) bool (True = attend). Held per thread: one backbone
+    scored from two threads at once (a web server's thread pool) gives each call its own prefix, as the
+    key/value-cache families do (their prefix travels with the call).
     """
 
     def __init__(self) -> None:
-        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:  # a copy of the model (copy.deepcopy) starts with no prefix set
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._local = threading.local()
+
+    @property
+    def layers(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return getattr(self._local, "layers", {})
 
     def set(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, first_layer: int = 0) -> None:
         """prefix (B, j, 2, n_heads, l, d_h) for layers ``first_layer`` .. ``first_layer + j - 1`` (the top j
         layers with ``first_layer = m - j``; the others run unchanged), prefix_mask (B, l)."""
-        self.layers = {first_layer + i: (prefix[:, i, 0], prefix[:, i, 1], prefix_mask.bool())
-                       for i in range(prefix.shape[1])}
+        self._local.layers = {first_layer + i: (prefix[:, i, 0], prefix[:, i, 1], prefix_mask.bool())
+                              for i in range(prefix.shape[1])}
 
     def clear(self) -> None:
-        self.layers = {}
+        self._local.layers = {}
 
     def get(self, layer: int):
         return self.layers.get(layer)
@@ -142,6 +155,24 @@ _PATCHES: dict[str, tuple[Callable[[nn.Module], list[nn.Module]], Callable]] = {
 }
 
 
+class _PatchedForward:
+    """A patched attention forward (``make(module, state, layer, original)``) that a copy of the model
+    (``copy.deepcopy``) rebuilds around the copied module, state and original forward; a plain closure would
+    be shared by the copy and keep reading the original model's prefix state."""
+
+    def __init__(self, make: Callable, module: nn.Module, state: PrefixState, layer: int, original: Callable) -> None:
+        self.make, self.parts = make, (module, state, layer, original)
+        self.forward = make(module, state, layer, original)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _PatchedForward:
+        import copy
+
+        return _PatchedForward(self.make, *(copy.deepcopy(p, memo) for p in self.parts))
+
+
 def install(model: nn.Module, model_type: str) -> PrefixState:
     """Patch every self-attention module of ``model`` (once) and return the state that feeds them.
 
@@ -153,7 +184,7 @@ def install(model: nn.Module, model_type: str) -> PrefixState:
         return existing
     find, make = _PATCHES[model_type]
     state = PrefixState()
-    for i, attn in enumerate(find(model)):
-        attn.forward = make(attn, state, i, attn.forward)  # instance attribute: the class stays untouched
+    for i, attn in enumerate(find(model)):  # an instance attribute: the class stays untouched
+        attn.forward = _PatchedForward(make, attn, state, i, attn.forward)
     object.__setattr__(model, "_ltuning_prefix_state", state)
     return state
