@@ -529,6 +529,17 @@ def test_usage_errors_are_one_line_and_point_to_help(models, files, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("abbreviated", [["--conf", "run.yaml"], ["--max-step", "2"]])
+def test_abbreviated_options_are_refused(models, files, tmp_path, capsys, abbreviated):
+    """argparse took --conf for --config, which the config reader did not (the file was ignored, the run went
+    on with the defaults): no option is abbreviated."""
+    (tmp_path / "run.yaml").write_text("max_steps: 2\n")
+    with pytest.raises(SystemExit) as e:
+        main(train_args(models, files, tmp_path / "out", *abbreviated))
+    assert e.value.code == 2 and f"unrecognized arguments: {abbreviated[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_refuses_integer_validation_labels_against_named_training_labels(tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", [("a good film", "neg"), ("bad", "neu"), ("great", "pos")])
     val = write_csv(tmp_path / "val.csv", [("a", "0"), ("b", "1")])
@@ -740,6 +751,15 @@ def test_predict_pairs_from_arguments_file_and_stdin(pair_adapter, tmp_path, cap
     assert capsys.readouterr().out.split("\t")[0] == expected[0]
 
 
+def test_a_pair_adapters_card_shows_pairs_and_its_python_example_runs(pair_adapter, capsys):
+    """The card's usage was single texts, which a pair adapter refuses."""
+    card = (pair_adapter / "README.md").read_text()
+    assert "classifies sentence pairs" in card and "$'a premise\\ta hypothesis'" in card
+    assert 'model.predict([("a premise", "a hypothesis")])' in card
+    assert len(load_adapter(pair_adapter).predict([("a premise", "a hypothesis")])) == 1
+    assert main(["predict", "--adapter", str(pair_adapter), "a premise\ta hypothesis"]) == 0  # the bash line's text
+
+
 def test_predict_pairs_need_exactly_one_tab(pair_adapter, tmp_path, capsys, monkeypatch):
     f = tmp_path / "bad.txt"
     f.write_text("the movie\tit was good\n\nno tab here\n", encoding="utf-8")
@@ -784,6 +804,46 @@ def test_predict_file_with_windows_line_ends(trained, tmp_path, capsys):
     f.write_bytes(b"good film\r\n\r\nbad plot\r\n")
     assert main(["predict", "--adapter", str(trained), "--json", "--file", str(f)]) == 0
     assert [json.loads(s)["sequence"] for s in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
+
+
+def test_predict_file_lines_end_as_stdin_lines_do_and_texts_with_a_file_are_refused(trained, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A lone \r stays inside its text, from a file as from stdin (a file split there, stdin did not); texts
+    given as arguments beside --file are refused (the file was ignored)."""
+    import io
+
+    f = tmp_path / "texts.txt"
+    f.write_bytes(b"good\rfilm\nbad plot\n")
+    assert main(["predict", "--adapter", str(trained), "--json", "--file", str(f)]) == 0
+    from_file = [json.loads(s)["sequence"] for s in capsys.readouterr().out.splitlines()]
+    monkeypatch.setattr("sys.stdin", io.StringIO("good\rfilm\nbad plot\n", newline="\n"))  # as sys.stdin reads
+    assert main(["predict", "--adapter", str(trained), "--json"]) == 0
+    assert [json.loads(s)["sequence"] for s in capsys.readouterr().out.splitlines()] == from_file == \
+        ["good\rfilm", "bad plot"]
+    one_error_line(capsys, main(["predict", "--adapter", str(trained), "--file", str(f), "fine"]),
+                   f"give texts as arguments or --file {f}, not both")
+
+
+def test_a_closed_pipe_ends_predict_quietly_and_warnings_read_as_one_line(trained, capsys, monkeypatch):
+    """`ltuning predict ... | head -1`: the reader closing the pipe is no error (it printed "error: Broken pipe",
+    exit 2): nothing on stderr, exit 141 as the shell reports it. A library warning reads `warning: ...`."""
+    import warnings
+
+    from ltuning.cli import _format_warning
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["predict", "--adapter", str(trained), "good film", "bad plot"]) == 141
+    assert capsys.readouterr().err == ""
+    assert _format_warning(UserWarning("multi_label reads ..."), UserWarning, "/x/bin/ltuning", 8) == \
+        "warning: multi_label reads ...\n"
+    assert warnings.formatwarning is not _format_warning  # main put Python's back
 
 
 def test_predict_file_with_a_byte_order_mark(trained, tmp_path, capsys):

@@ -160,3 +160,15 @@ def test_read_metadata_keeps_plain_strings_as_written(tmp_path):
     assert read_metadata(tmp_path / "m.onnx") == {
         "backbone_fingerprint": "1234567890123456", "base_model": "true", "method": "prompt", "text_max_length": 128,
         "label_names": ["a", "b"], "text_pairs": False, "inputs": ["input_ids"]}
+
+
+@pytest.mark.parametrize("opset", [0, 17, 10_000, True])
+def test_an_opset_outside_the_exporters_range_is_refused_before_the_export(tmp_path, monkeypatch, opset):
+    """Below 18 the exporter wrote opset 18 anyway, after a traceback; above onnx's newest, onnxruntime failed."""
+    def no_export(*a, **k):
+        raise AssertionError("exported before the opset was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    with pytest.raises(ConfigError, match="opset must be an ONNX opset from 18 to"):
+        export_onnx(tiny_model("bert", "prompt"), tmp_path / "m.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []

@@ -293,7 +293,7 @@ def test_a_new_method_needs_no_edit_outside_methods(monkeypatch, tmp_path):
 def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_path):
     """`ltuning train --config runs/x/run_config.json` reruns a run exactly: a run_config.json from before
     --score-head lists every other option and no score_head, and that run used the paper's head."""
-    from ltuning.cli import _resolved_config, build_parser
+    from ltuning.cli import _apply_config, _resolved_config, build_parser
 
     old = {"command": "train", "method": "lt-prefix", "task": "sst2", "label_position": "before",
            "prefix_pooling": "raw", "text_pooling": "auto", "max_steps": 3}
@@ -306,7 +306,17 @@ def test_a_run_config_written_before_score_head_reruns_with_the_paper_head(tmp_p
         args, resolved = rerun(tmp_path, content)
         assert args.score_head == expected
         assert resolved["score_head"] == (expected or METHODS["lt-prefix"].default_score_head.value)
-    assert _resolved_config(build_parser().parse_args(["train", "--method", "prefix"]))["score_head"] == "paper"
+    assert _resolved_config(build_parser().parse_args(["train", "--method", "prefix"]))["score_head"] is None
+    # a config of one's own that names label_position and prefix_pooling is no older run_config.json: today's
+    # defaults (it got the paper head, no label map); an older run_config.json of an LT run trained on pairs
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(old))
+    parser = build_parser()
+    args = parser.parse_args(_apply_config(parser, ["train", "--config", str(mine)])[0])
+    assert (args.score_head, args.label_map_rank, args.objective) == (None, None, "listwise")
+    assert rerun(tmp_path, old)[0].objective == "pairwise"
+    assert rerun(tmp_path, {**old, "method": "prefix"})[0].objective == "listwise"
+    assert rerun(tmp_path, {**old, "objective": "listwise"})[0].objective == "listwise"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -244,6 +244,18 @@ def test_cli_init_from(models, tmp_path, capsys):  # noqa: F811 - the fixture
     meta = json.loads((tmp_path / "dst" / "adapter_config.json").read_text())
     assert meta["label_names"] == SPAM and meta["_meta"]["init_from"] == str(tmp_path / "src")
     assert f"| init from | {tmp_path / 'src'} |" in (tmp_path / "dst" / "README.md").read_text()
+    # its run_config.json records the head and map rank the warm start took from the source, so it reruns
+    assert main(["train", "--train-file", reviews, "--output-dir", str(tmp_path / "src0"), "--score-head",
+                 "similarity", "--label-map-rank", "0", *common]) == 0
+    assert main(["train", "--train-file", messages, "--init-from", str(tmp_path / "src0"),
+                 "--output-dir", str(tmp_path / "dst0"), *common]) == 0
+    run_config = json.loads((tmp_path / "dst0" / "run_config.json").read_text())
+    assert (run_config["score_head"], run_config["label_map_rank"]) == ("similarity", 0)
+    assert main(["train", "--config", str(tmp_path / "dst0" / "run_config.json"),
+                 f"output_dir={tmp_path / 'dst1'}"]) == 0
+    assert (tmp_path / "dst1" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "dst0" / "adapter_model.safetensors").read_bytes()
+    capsys.readouterr()
     # a mismatch is said before anything is written
     rc = main(["train", "--train-file", messages, "--init-from", str(tmp_path / "src"), "--method", "lt-prompt",
                "--output-dir", str(tmp_path / "bad"), *common])

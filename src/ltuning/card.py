@@ -108,18 +108,25 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
         lines += ["```bash", command, "```"]
     else:
         lines.append("Saved from Python (`LTuningModel.save_pretrained`).")
+    pairs = bool(config.get("text_pairs"))  # it reads (premise, hypothesis) pairs and refuses single texts
+    example = '[("a premise", "a hypothesis")]' if pairs else '["an example text"]'
+    argument = "$'a premise\\ta hypothesis'" if pairs else '"an example text"'  # one TAB-separated pair
+    lines += ["", "## Use", ""]
+    if pairs:
+        lines += ["This adapter classifies sentence pairs (premise, hypothesis); on the command line each pair is one "
+                  "argument or line with a TAB between the two.", ""]
     lines += [
-        "", "## Use", "", "```python", "from ltuning import LTuningModel", "",
+        "```python", "from ltuning import LTuningModel", "",
         'model = LTuningModel.from_pretrained("path/to/this/folder")',
-        'model.predict(["an example text"])',
+        f"model.predict({example})",
     ]
     if method.startswith("lt-"):
-        lines.append('model.predict(["an example text"], candidate_labels=["other", "label names"])')
+        lines.append(f'model.predict({example}, candidate_labels=["other", "label names"])')
     if other_task is not None:
-        lines.append(f'model.for_task({json.dumps(other_task)}).predict(["an example text"])')
-    lines += ["```", "", "```bash", "ltuning predict --adapter path/to/this/folder \"an example text\""]
+        lines.append(f"model.for_task({json.dumps(other_task)}).predict({example})")
+    lines += ["```", "", "```bash", f"ltuning predict --adapter path/to/this/folder {argument}"]
     if other_task is not None:
         lines.append(f"ltuning predict --adapter path/to/this/folder --adapter-task {shlex.quote(other_task)} "
-                     "\"an example text\"")
+                     f"{argument}")
     lines += ["```", ""]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         self.options: dict[str, _Option] = {}
         self.commands: dict[str, _Parser] = {}
+        # no abbreviations: `--conf x.yaml` was taken for --config by argparse but not by the config reader (the
+        # file was ignored), and `--text-col` added to a config's list where --text-column replaces it
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
@@ -282,7 +286,9 @@ def build_parser() -> _Parser:
     # evaluate
     p = command("evaluate", help="evaluate a saved adapter (argmax over all labels)",
                 description="Score every text against all labels, take the argmax (paper A.4), and "
-                            "report accuracy, Matthews correlation, macro-F1 and the confusion matrix.")
+                            "report accuracy, Matthews correlation, macro-F1 and the confusion matrix. Macro-F1 "
+                            "averages over all of the adapter's labels: one absent from both the data and the "
+                            "predictions counts 0 (scikit-learn's f1_score averages over the labels present).")
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
     _add_data_args(p, train=False)
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
@@ -579,11 +585,17 @@ def _config_values(path: str, command: str, overrides: dict, options: dict[str, 
     file_command = values.pop("command", command)
     if file_command != command:
         raise ConfigError(f"{path} is a config for `ltuning {file_command}`, not `ltuning {command}`")
-    if command == "train" and {"label_position", "prefix_pooling"} <= set(values):
+    if command == "train" and Path(path).name == RUN_CONFIG_NAME and {"label_position", "prefix_pooling"} <= set(values):
         # a run_config.json (it lists every option of its run) written by an older ltuning: what its run used
+        # (a config of one's own, which names only some options, takes today's defaults)
         for key, used, null_too in _OLDER_RUN_CONFIGS:
             if key not in values or (null_too and values[key] is None):
                 values[key] = used
+        from .methods import get_method
+
+        method = values.get("method", options["method"].action.default)
+        if "objective" not in values and get_method(method).label_conditioned:
+            values["objective"] = "pairwise"  # before --objective, LT methods trained on pairs (A.3)
     values.update(overrides)
     unknown = sorted(set(values) - set(options))
     if unknown:
@@ -635,10 +647,17 @@ def _resolved_config(args) -> dict:
         from .methods import get_method
 
         method = get_method(values["method"])
-        if "score_head" in values and values["score_head"] is None:
-            values["score_head"] = method.head_for(None).value
+        built = getattr(args, "_built", None)  # the model's own (a warm start takes the source adapter's)
+        if "score_head" in values:
+            if not method.label_conditioned:
+                values["score_head"] = None  # a classic method's K-way head is no choice
+            elif built is not None:
+                values["score_head"] = built["score_head"]
+            elif values["score_head"] is None:
+                values["score_head"] = method.head_for(None).value
         if "label_map_rank" in values:  # lt-prefix: 8 or 0; the other methods: None
-            values["label_map_rank"] = method.label_map_rank_for(values["label_map_rank"])
+            values["label_map_rank"] = (built["label_map_rank"] if built is not None
+                                        else method.label_map_rank_for(values["label_map_rank"]))
     return {"command": args.command, **values}
 
 
@@ -861,6 +880,8 @@ def _predict_inputs(args, pairs: bool) -> list:
     from .data import read_text_lines
     from .errors import DataError
 
+    if args.texts and args.file is not None:  # one of them would be ignored
+        raise DataError(f"give texts as arguments or --file {args.file}, not both")
     numbered = read_text_lines(args.file, args.texts)
     where = "text" if args.texts else "stdin, line" if args.file in (None, "-") else f"{args.file}, line"
     if not pairs:
@@ -1159,6 +1180,8 @@ def cmd_train(args) -> int:
         if not is_main_process():
             return
         args._training_began = True  # (for the Ctrl-C message: the folder may have changed from here on)
+        head = model.config.score_head
+        args._built = {"score_head": getattr(head, "value", head), "label_map_rank": model.config.label_map_rank}
         if args.overwrite and waiting:
             unfinished = _run_outputs(out_dir)
             _remove(unfinished)
@@ -1580,6 +1603,12 @@ def _check_utf8_argv(argv: list[str]) -> None:
         raise ConfigError(f"{name}: not UTF-8 text ({shown_bytes(tok)}); give UTF-8 text (and UTF-8 file names)")
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning on the command line: ``warning: <message>``, not Python's file, line and source line
+    (which named the ltuning script itself)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import shlex
 
@@ -1601,6 +1630,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args.config = config_file
     _quiet_libraries()
+    shown_warning = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         if getattr(args, "plot", False):
             from .plots import require_matplotlib
@@ -1622,6 +1653,10 @@ def main(argv: list[str] | None = None) -> int:
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `ltuning predict ... | head`: the reader stopped reading, which is no error
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no more writes to the closed pipe at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command the closed pipe ended
     except OSError as e:  # a file the OS refused (permission, a lost mount) where no reader named it
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
@@ -1637,6 +1672,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         card.set_command(None)  # an in-process caller's later save_pretrained is not this command
+        warnings.formatwarning = shown_warning
 
 
 if __name__ == "__main__":

@@ -575,8 +575,8 @@ def read_text_lines(path: str | Path | None, inline: list[str] | None = None) ->
     elif path and str(path) != "-":
         p = Path(path)
         try:
-            with _open_text(p) as f:
-                numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
+            with _open_text(p) as f:  # lines end at \n (or \r\n) only, as on stdin: a lone \r stays in its text
+                numbered = [(n, line.removesuffix("\r")) for n, line in enumerate(f.read().split("\n"), 1)]
         except UnicodeDecodeError:
             raise DataError(f"{p}: not UTF-8 text; re-save it as UTF-8") from None
     else:

@@ -40,6 +40,7 @@ from torch import nn
 
 from ._version import __version__
 from .adapter import load_adapter
+from .config import check_arg
 from .errors import ConfigError, DataError
 from .fileio import set_normal_mode
 from .methods import Injection
@@ -142,6 +143,9 @@ def metadata(model: LTuningModel, names: list[str]) -> dict[str, str]:
                            "class logits (N, K): softmax over K for scores"),
     }
 
+
+#: The lowest opset the exporter writes these graphs in (torch's dynamo exporter).
+MIN_OPSET = 18
 
 #: The metadata values :func:`metadata` writes as JSON (the rest are plain strings, text_max_length a number).
 JSON_METADATA = ("label_names", "label_texts", "text_pairs", "inputs")
@@ -246,6 +250,14 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
             adapter).
     """
     require_onnx()
+    if opset is not None:
+        import onnx
+
+        # below 18 the exporter's down-conversion fails on these graphs and it writes opset 18 anyway (after a
+        # traceback); above onnx's newest, onnxruntime refuses the graph
+        newest = onnx.defs.onnx_opset_version()
+        check_arg(isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= newest, "opset",
+                  f"an ONNX opset from {MIN_OPSET} to {newest} (--opset)", opset)
     path = check_output(output, overwrite)
     if not isinstance(model, LTuningModel):
         model = load_adapter(model)

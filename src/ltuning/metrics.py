@@ -30,6 +30,9 @@ def matthews_corrcoef(cm: list[list[int]]) -> float:
 
 
 def macro_f1(cm: list[list[int]]) -> float:
+    """The mean F1 over all K labels; a label absent from both the data and the predictions counts 0 (so a
+    model is not scored on fewer labels than it has; scikit-learn's ``f1_score(average="macro")`` averages over
+    the labels present and differs there)."""
     K = len(cm)
     f1s = []
     for k in range(K):
