@@ -824,7 +824,8 @@ def test_predict_file_lines_end_as_stdin_lines_do_and_texts_with_a_file_are_refu
                    f"give texts as arguments or --file {f}, not both")
 
 
-def test_a_closed_pipe_ends_predict_quietly_and_warnings_read_as_one_line(trained, capsys, monkeypatch):
+def test_a_closed_pipe_ends_predict_quietly_and_warnings_read_as_one_line(trained, models, files, tmp_path, capsys,
+                                                                          monkeypatch):
     """`ltuning predict ... | head -1`: the reader closing the pipe is no error (it printed "error: Broken pipe",
     exit 2): nothing on stderr, exit 141 as the shell reports it. A library warning reads `warning: ...`."""
     import warnings
@@ -841,6 +842,11 @@ def test_a_closed_pipe_ends_predict_quietly_and_warnings_read_as_one_line(traine
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(["predict", "--adapter", str(trained), "good film", "bad plot"]) == 141
     assert capsys.readouterr().err == ""
+    # a training run's output lost is an error still
+    rc = main(["train", "--model", str(models["tiny"]), "--train-file", files["train"], "--text-column", "text",
+               "--label-column", "label", "--max-steps", "2", "--batch-size", "4", "--output-dir",
+               str(tmp_path / "piped")])
+    assert rc == 2 and "error: Broken pipe" in capsys.readouterr().err
     assert _format_warning(UserWarning("multi_label reads ..."), UserWarning, "/x/bin/ltuning", 8) == \
         "warning: multi_label reads ...\n"
     assert warnings.formatwarning is not _format_warning  # main put Python's back

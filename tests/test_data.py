@@ -270,6 +270,12 @@ def test_an_unquoted_comma_is_refused_not_read_as_another_column(tmp_path):
     p.write_text("text,label,text\na,pos,b\nc,neg,d\n", encoding="utf-8")
     with pytest.raises(DataError, match="the header names 2 columns 'text'"):
         read_table(p, ["text"], "label")
+    # without a header the rows are held to the first one's count; a trailing delimiter is no extra field
+    p.write_text("good film,positive\nbad, really bad,negative\n", encoding="utf-8")
+    with pytest.raises(DataError, match="row 2: 3 fields where row 1 has 2; a text holding a comma must be quoted"):
+        read_table(p, [0], 1, header=False)
+    p.write_text('text,label\n"good",pos,\nbad,neg\n', encoding="utf-8")
+    assert read_table(p, ["text"], "label").texts == ["good", "bad"]
 
 
 def test_missing_values_are_missing_not_a_class(tmp_path):
@@ -289,6 +295,10 @@ def test_one_number_spelt_two_ways_is_refused(tmp_path):
         read_table(table(tmp_path, "csv", [("a", "0"), ("b", "1"), ("c", "1.0")]), ["text"], "label")
     ds = read_table(table(tmp_path, "csv", [("a", "10"), ("b", "2"), ("c", "-1")]), ["text"], "label")
     assert ds.label_names == ["-1", "2", "10"]
+    # 'nan' / 'inf' written as labels sort as names, in one order whatever the hash seed
+    ds = read_table(table(tmp_path, "csv", [("a", "1"), ("b", "nan"), ("c", "0"), ("d", "inf"), ("e", "2")]),
+                    ["text"], "label")
+    assert ds.label_names == ["0", "1", "2", "inf", "nan"]
 
 
 def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):

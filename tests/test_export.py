@@ -172,3 +172,18 @@ def test_an_opset_outside_the_exporters_range_is_refused_before_the_export(tmp_p
     with pytest.raises(ConfigError, match="opset must be an ONNX opset from 18 to"):
         export_onnx(tiny_model("bert", "prompt"), tmp_path / "m.onnx", opset=opset)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_onnxruntime_cannot_load_is_one_error_and_nothing_written(tmp_path, monkeypatch):
+    """An opset the exporter writes but the installed onnxruntime cannot load (26 and 28 with onnxruntime 1.32)
+    ended in onnxruntime's own exception."""
+    import ltuning.export
+
+    def refuses(path, threads=None):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed\nmore lines")
+
+    monkeypatch.setattr(ltuning.export, "onnx_session", refuses)
+    with pytest.raises(ConfigError, match=r"onnxruntime cannot load the graph exported at --opset 18: "
+                                          r"\[ONNXRuntimeError\] : 10 : INVALID_GRAPH : Load model failed; give a lower"):
+        export_onnx(tiny_model("bert", "prompt"), tmp_path / "m.onnx", opset=18)
+    assert list(tmp_path.iterdir()) == []

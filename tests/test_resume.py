@@ -257,7 +257,7 @@ def test_nan_step_leaves_weights_untouched(nan_at, monkeypatch):
         assert torch.equal(v, snapshots[-1][k])
 
 
-def test_api_train_logs_each_steps_rate_and_keeps_runs_apart(tmp_path):
+def test_api_train_logs_each_steps_rate_and_keeps_runs_apart(tmp_path, nan_at):
     """train_log's lr is the rate the step used (warmup 2 of 5 steps at 1e-3: 0.5, 1, then linear decay to
     1/3), not the next step's; a fresh train() refuses a folder holding another run's checkpoints, whose
     pruning would otherwise take this run's and a later resume the other's."""
@@ -277,6 +277,11 @@ def test_api_train_logs_each_steps_rate_and_keeps_runs_apart(tmp_path):
                      output_dir=str(tmp_path), checkpoint_every=2)
     result = train(model, data, None, args)
     assert [r["lr"] for r in result.train_log] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+    nan_at({4})  # a skipped step records its own rate too
+    skipped = train(model, data, None, TrainArgs(max_steps=5, batch_size=4, learning_rate=1e-3, warmup_ratio=0.4,
+                                                 progress=False, skip_nonfinite=True))
+    assert [r["lr"] for r in skipped.train_log] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+    assert [r["step"] for r in skipped.train_log if r.get("skipped")] == [4]
     with pytest.raises(ConfigError, match=r"holds checkpoints of another run \(up to step-4\); give resume=True"):
         train(model, data, None, TrainArgs(max_steps=3, batch_size=4, seed=1, progress=False,
                                            output_dir=str(tmp_path), checkpoint_every=1))

@@ -284,6 +284,23 @@ def test_an_app_serves_again_and_without_its_lifespan(adapter_dir):
             server.stop()
 
 
+def test_the_batcher_starts_again_in_a_new_event_loop(adapter_dir):
+    """A second event loop (Starlette's TestClient without `with` runs each request in one): the first loop's
+    worker is gone, so the batcher starts a new one (the request waited forever)."""
+    import asyncio
+
+    from ltuning.serve import Batcher
+
+    model = load_adapter(adapter_dir)
+    batcher = Batcher(model, max_batch=8)
+
+    async def once():
+        return await asyncio.wait_for(batcher.submit(TEXTS[:2], None, False), 30)
+
+    first, second = asyncio.run(once()), asyncio.run(once())
+    assert same_answers(first, second) and len(first) == 2
+
+
 def test_health_and_metadata(served):
     model, port, _ = served
     status, health = http(port, "/health")

@@ -399,7 +399,8 @@ def build_parser() -> _Parser:
     p.add_argument("--adapter", required=True, help="adapter folder written by `ltuning train`")
     p.add_argument("--output", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--opset", type=int, help="ONNX opset version, from 18 (default: the exporter's; a version the "
+                   "installed onnxruntime cannot load is refused after the export)")
     p.add_argument("--model", help="load the adapter onto this backbone instead of the one it names")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder or hub")
     p.set_defaults(func=cmd_export)
@@ -1653,7 +1654,11 @@ def main(argv: list[str] | None = None) -> int:
     except LTuningError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # `ltuning predict ... | head`: the reader stopped reading, which is no error
+    except BrokenPipeError as e:
+        if getattr(args, "command", None) not in ("predict", "report", "params"):  # a run's output lost: an error
+            print(f"error: {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+        # `ltuning predict ... | head`: the reader stopped reading, which is no error
         with contextlib.suppress(OSError, ValueError, AttributeError):  # no more writes to the closed pipe at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as the shell reports a command the closed pipe ended

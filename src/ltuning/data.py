@@ -182,13 +182,14 @@ def _sorted_labels(values: set[str], source) -> list[str]:
     and "1.0") would be two classes in an order that changed from run to run: refused."""
     spellings: dict[float, list[str]] = {}
     for v in values:
-        if _is_number(v):
+        if _is_number(v) and math.isfinite(float(v)):
             spellings.setdefault(float(v), []).append(v)
     for same in spellings.values():
         if len(same) > 1:
             raise DataError(f"{source}: the labels {sorted(same)} are one number written {len(same)} ways; write "
                             "each class one way (or as a name)")
-    return sorted(values, key=lambda s: (0, float(s), s) if _is_number(s) else (1, 0.0, s))
+    # "nan" / "inf" sort as names: a NaN in the key would order the labels by the hash again
+    return sorted(values, key=lambda s: (0, float(s), s) if _is_number(s) and math.isfinite(float(s)) else (1, 0.0, s))
 
 
 # ---------------------------------------------------------------------- readers
@@ -263,19 +264,22 @@ def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
     except csv.Error as e:
         raise DataError(f"{path}: cannot parse as {suffix or 'tab-separated'} ({e})") from None
-    if not header:
-        return None, numbered
     if not numbered:
-        raise DataError(f"{path} is empty")
+        if header:
+            raise DataError(f"{path} is empty")
+        return None, numbered
     names = numbered[0][1]
-    for n, r in numbered[1:]:
-        if len(r) != len(names):
+    for i, (n, r) in enumerate(numbered[1:] if header else numbered):
+        if len(r) > len(names) and not any(f.strip() for f in r[len(names):]):
+            numbered[i + header] = (n, r[:len(names)])  # a trailing delimiter (an empty last field) is no field
+        elif len(r) != len(names):
             # "I liked it, a lot,positive": the text's comma splits it, and the label column reads "a lot"
             sep = "a comma" if delim == "," else "a tab"
-            raise DataError(f"{path}, row {n}: {len(r)} fields where the header has {len(names)} "
-                            f"({', '.join(names)}); a text holding {sep} must be "
+            where = f"the header has {len(names)} ({', '.join(names)})" if header else \
+                f"row {numbered[0][0]} has {len(names)}"
+            raise DataError(f"{path}, row {n}: {len(r)} fields where {where}; a text holding {sep} must be "
                             + ('quoted ("I liked it, a lot")' if delim == "," else "written as a .csv with quotes"))
-    return names, numbered[1:]
+    return (names, numbered[1:]) if header else (None, numbered)
 
 
 def _column_getter(columns: list[str] | None, col: str | int, path: Path):

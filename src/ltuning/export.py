@@ -254,7 +254,7 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
         import onnx
 
         # below 18 the exporter's down-conversion fails on these graphs and it writes opset 18 anyway (after a
-        # traceback); above onnx's newest, onnxruntime refuses the graph
+        # traceback); above onnx's newest there is no such opset (one onnxruntime cannot load is refused below)
         newest = onnx.defs.onnx_opset_version()
         check_arg(isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= newest, "opset",
                   f"an ONNX opset from {MIN_OPSET} to {newest} (--opset)", opset)
@@ -287,7 +287,14 @@ def export_onnx(model: LTuningModel | str | Path, output: str | Path, overwrite:
     try:
         program.save(str(tmp), external_data=False)
         set_normal_mode(tmp)
-        got = onnx_scores(onnx_session(tmp), model, check)
+        try:
+            session = onnx_session(tmp)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types (InvalidGraph, Fail, ...)
+            asked = f"--opset {opset}" if opset is not None else "the exporter's opset"
+            raise ConfigError(f"onnxruntime cannot load the graph exported at {asked}: "
+                              f"{str(e).splitlines()[0][:300]}; give a lower --opset (opset=), or none for the "
+                              "exporter's; nothing written") from None
+        got = onnx_scores(session, model, check)
         want = model.score_texts(check)
         diff = float((got - want).abs().max())
         if not diff <= TOLERANCE:

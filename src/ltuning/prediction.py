@@ -170,8 +170,8 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
                 "use label texts that differ within their first tokens (e.g. no hypothesis_template that puts "
                 "the label last), or train with a larger --label-length"))
     model.method.check_labels(model.config, texts, labels.mask.sum(-1).tolist(), backbone.name, "candidate labels",
-                              remedy="give candidate labels of two or more tokens (e.g. hypothesis_template="
-                                     "'The review is {}.')")
+                              remedy="give candidate labels of two or more tokens (longer label texts, or a "
+                                     "hypothesis template such as 'The review is {}.')")
     if labels.cut:
         _warn_caller(f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
                      f"label_length={length} tokens and are truncated; train with a larger "

@@ -348,7 +348,8 @@ def build_and_train(backbone: Backbone | str, train_data: TextDataset, validatio
         _load_source(model, init_from, source)
     build_seconds = time.perf_counter() - t0
     training.record_objective(model, args)  # an evaluation in on_built reports the objective's loss
-    # everything train refuses is refused here, before on_built (where ltuning train starts writing)
+    # everything train refuses is refused here, before on_built (where ltuning train starts writing), except
+    # another run's checkpoints in output_dir, which on_built may set aside (ltuning train --overwrite)
     training.check_training(model, train_data, validation_data, args)
     if on_built is not None:
         on_built(model)

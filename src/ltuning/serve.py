@@ -175,6 +175,8 @@ class Batcher:
         """Start the worker (the app's lifespan does; so does the first request where no lifespan ran, as in
         an app mounted inside another). A stopped batcher starts again."""
         self.arrived = asyncio.Event()
+        if self.executor is not None:  # a worker of a loop that is gone: its thread goes too
+            self.executor.shutdown(wait=False)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ltuning-model")
         self.task = asyncio.get_running_loop().create_task(self._worker())
 
@@ -191,8 +193,8 @@ class Batcher:
             self.executor = None
 
     async def submit(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> list:
-        if self.task is None:
-            await self.start()
+        if self.task is None or self.task.done() or self.task.get_loop() is not asyncio.get_running_loop():
+            await self.start()  # first use without a lifespan, or a new event loop (the old worker is gone)
         future = asyncio.get_running_loop().create_future()
         self.pending.append(_Request(texts, candidates, multi_label, future))
         self.arrived.set()

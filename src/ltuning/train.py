@@ -610,7 +610,7 @@ class _TrainingLoop:
         self.scheduler.step()
         self.train_time += time.perf_counter() - t0
         if not finite:
-            self._skip_nonfinite(step, loss_value)
+            self._skip_nonfinite(step, loss_value, lr)
         else:
             self.running = loss_value if not self.started else 0.9 * self.running + 0.1 * loss_value
             self.started = True
@@ -656,7 +656,7 @@ class _TrainingLoop:
             _all_reduce_([*grads, loss_sum.view(1)])
         return grads
 
-    def _skip_nonfinite(self, step: int, loss_value: float) -> None:
+    def _skip_nonfinite(self, step: int, loss_value: float, lr: float) -> None:
         """A step with a NaN/inf loss or gradient: stop (the default) or record it as skipped."""
         if not self.args.skip_nonfinite:
             self.bar.close()
@@ -667,7 +667,7 @@ class _TrainingLoop:
                 f"at step {step}; the weights were not updated with it and {where}. Lower --learning-rate, "
                 "check the data, or pass --skip-nonfinite to skip such steps")
         self.result.skipped_steps.append(step)
-        self.result.train_log.append({"step": step, "loss": None, "lr": self.scheduler.get_last_lr()[0],
+        self.result.train_log.append({"step": step, "loss": None, "lr": lr,
                                       "skipped": True})
         if self.main:
             self.bar.write(f"step {step}: non-finite loss {loss_value}; step skipped (--skip-nonfinite)")
