@@ -553,11 +553,8 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
     feat = ds.features[label_column]
     if label_names is None and hasattr(feat, "names"):
         label_names = list(feat.names)
-    elif label_names is None:
-        for i, v in enumerate(ds[label_column]):
-            if _missing(v):
-                raise DataError(f"{source}, row {i}: missing label")
-        label_names = _sorted_labels({str(v).strip() for v in ds[label_column]}, source)
+    elif label_names is None:  # (a missing label is refused by row below)
+        label_names = _sorted_labels({str(v).strip() for v in ds[label_column] if not _missing(v)}, source)
     texts: list[Text] = []
     labels = []
     for i, row in enumerate(ds):

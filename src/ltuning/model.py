@@ -265,8 +265,8 @@ class LTuningModel(nn.Module):
         autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         # A fused optimizer step (AdamW(fused=True), the Trainer's adamw_torch_fused) leaves _version as it was:
         # each parameter's sum joins the key (one small reduction per call)
-        sums = tuple(torch.stack([p.detach().float().sum() for p in self.method.parameters()]).tolist()) \
-            if any(True for _ in self.method.parameters()) else ()
+        params = list(self.method.parameters())
+        sums = tuple(torch.stack([p.detach().float().sum() for p in params]).tolist()) if params else ()
         return (id(self.method), autocast, sums) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
     def clear_injection_cache(self) -> None:
