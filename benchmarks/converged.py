@@ -38,10 +38,11 @@ seeds 1-2) through lock files, so several processes (or machines writing to copi
 table; a job whose JSON exists is skipped, and a worker whose job raises skips that (task, row) from then on
 (exit status 1); without peft installed the peft rows are skipped with a notice.
 
-Stopped runs resume. Our rows' runs (not the peft peers') write a checkpoint at every evaluation under
-``<results>/.checkpoints/`` (ignored by git; removed once the JSON is written), and a later command given the
-same job continues from it (``ltuning.train``'s resume: weights, best state, optimizer, data order and RNG, so
-the run is the one it would have been unbroken; the JSON records ``resumed_from``, the step it went on from;
+Stopped runs resume. Every run writes a checkpoint at every evaluation under ``<results>/.checkpoints/``
+(ignored by git; removed once the JSON is written), and a later command given the same job continues from it
+(our rows: ``ltuning.train``'s resume; the peers: ``peer_loop.train_peer``'s; both keep weights, best state,
+optimizer, data order and RNG, so the run is the one it would have been unbroken; the JSON records
+``resumed_from``, the step it went on from;
 ``seconds`` counts every process, ``wall_seconds``, ``started`` and ``machine`` the last one). A checkpoint
 that no longer matches the job (another backbone copy, a changed default) is refused with its folder named:
 delete that folder to start the job again.
@@ -120,8 +121,8 @@ def resumable_step(path: Path) -> int | None:
     """The step of the newest checkpoint a stopped run of ``path`` left, or None."""
     from ltuning import checkpoint
 
-    found = checkpoint.list_checkpoints(checkpoint_dir(path))
-    return found[-1][0] if found else None
+    found = checkpoint.list_checkpoints(checkpoint_dir(path)) + peer_loop.checkpoints(checkpoint_dir(path))
+    return max(step for step, _ in found) if found else None
 
 
 def stopped_before_cap(path: Path) -> bool:
@@ -280,14 +281,14 @@ def run_ours(bb, backbone: str, task: str, row: str, lr: float, seed: int, steps
 
 
 def run_peer(bb, backbone: str, load_private, model_dir: str, task: str, row: str, lr: float, seed: int,
-             steps: int, patience: int, device, report: bool) -> dict:
+             steps: int, patience: int, device, report: bool, checkpoints: Path | None = None) -> dict:
     train_ds, dev, t, label_texts = split(task)
     metric, K = common.metric_of(task), len(t.label_names)
     run = peer_loop.train_peer(row, bb, load_private, train_ds, dev, num_labels=K, lr=lr, steps=steps,
                                batch_size=PROTOCOL["batch_size"], eval_every=PROTOCOL["eval_every"], seed=seed,
                                text_pooling=PROTOCOL["text_pooling"], max_length=PROTOCOL["max_length"],
                                metric=metric, patience=patience, device=device, model_path=model_dir,
-                               label_texts=label_texts)
+                               label_texts=label_texts, checkpoint_dir=checkpoints)
     tr = run.tracker
     curve = [{"step": r["step"], "dev_metric": r[metric], "dev_accuracy": r["accuracy"], "dev_mcc": r["mcc"],
               "dev_loss": r["loss"], "train_loss": r["train_loss"]} for r in tr.history]
@@ -295,6 +296,7 @@ def run_peer(bb, backbone: str, load_private, model_dir: str, task: str, row: st
            "best_dev_metric": tr.best[metric], "trainable_params": run.trainable,
            "head": run.config["head"] if run.config else f"Linear(d, {K}) with bias, K-way cross-entropy",
            "train_seconds": run.step_seconds, "seconds": time.perf_counter() - tr.start + run.build_seconds,
+           "resumed_from": run.resumed_from,  # 0: one unbroken process; seconds include the earlier processes
            "train_rows_per_step": PROTOCOL["batch_size"], "predict_rows_per_text": 1}
     if run.config:
         out["peft"] = run.config["peft"]
@@ -362,7 +364,7 @@ def run_job(job, bb, backbone: str, load_private, model_dir: str, device, checkp
         rec.update(seed=seed, learning_rate=lr, steps=steps)
         fn = run_peer if row in peer_loop.PEER_METHODS else run_ours
         extra = (load_private, model_dir) if fn is run_peer else ()
-        kw = {"checkpoints": checkpoint_dir(path)} if fn is run_ours and checkpoints else {}
+        kw = {"checkpoints": checkpoint_dir(path)} if checkpoints else {}
         rec.update(fn(bb, backbone, *extra, task, row, lr, seed, steps, patience, device, report, **kw))
         last = rec["curve"][-1]["step"]
         rec["steps_run"] = last

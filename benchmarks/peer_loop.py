@@ -5,11 +5,19 @@
 ``peft-prefix`` needs transformers 4.x and runs only there). K-way cross-entropy, AdamW with linear
 warmup/decay like ltuning's own ``train()``, validation every ``eval_every`` steps, the best state kept (and
 optionally early stopping).
+
+Given a ``checkpoint_dir``, a run writes its whole state there at every evaluation (one file,
+``peer-step-<N>.pt``, the older one removed: trained weights, best state, optimizer, schedule, data order,
+position and RNG states, the curve) and a later call with the same arguments goes on from the newest one, so a
+run split over several processes is the run it would have been unbroken. A checkpoint of other arguments is
+refused with its folder named.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +40,7 @@ class PeerRun:
     step_seconds: float
     stopped_early_at: int | None
     config: dict | None = None  # a peft peer's config record (peers/peft_peers.config_record)
+    resumed_from: int = 0  # the step a checkpoint let this process go on from; 0: one unbroken process
 
 
 @dataclass
@@ -127,14 +136,57 @@ def _peft_peer(method, model_path, num_labels, label_texts, max_length, device) 
                  peft_peers.config_record(model, cfg))
 
 
+_CHECKPOINT = re.compile(r"peer-step-(\d+)\.pt")
+
+
+def checkpoints(folder) -> list[tuple[int, Path]]:
+    """The peer checkpoints in ``folder``, oldest first, as (step, path); none when it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = ((_CHECKPOINT.fullmatch(p.name), p) for p in folder.iterdir())
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def _save_checkpoint(folder: Path, step: int, content: dict) -> None:
+    """Write ``content`` as ``peer-step-<step>.pt`` (a temporary file renamed into place: a stop while writing
+    leaves the older checkpoint whole), then remove the older ones."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"peer-step-{step:06d}.pt"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(content, tmp)
+    os.replace(tmp, path)
+    for s, p in checkpoints(folder):
+        if s != step:
+            p.unlink(missing_ok=True)
+
+
+def _rng_states() -> dict:
+    import torch
+
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(st: dict) -> None:
+    import torch
+
+    torch.set_rng_state(st["cpu"])
+    if st["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
 def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *, num_labels: int, lr: float,
                steps: int, batch_size: int, eval_every: int, seed: int, text_pooling: str, max_length: int,
                metric: str = "accuracy", patience: int = 0, device=None, on_eval=None,
                eval_at_start: bool = True, model_path: str | None = None,
-               label_texts: list[str] | None = None) -> PeerRun:
+               label_texts: list[str] | None = None, checkpoint_dir=None) -> PeerRun:
     """Train one peer; ``load_private()`` gives full-finetune its own backbone copy (its weights change); a
     peft peer is built from ``model_path`` (the backbone's folder) and needs ``label_texts`` (they set prompt
-    tuning's number of virtual tokens)."""
+    tuning's number of virtual tokens). With ``checkpoint_dir``, checkpoint at every evaluation and go on from
+    the newest checkpoint there (module docstring)."""
     import torch
     import torch.nn.functional as F
 
@@ -163,12 +215,43 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
 
     build_s = time.perf_counter() - t0
     tracker = common.RunTracker(metric=metric)
-    if eval_at_start:  # the curve's step 0; not a state to keep (ltuning.train chooses among steps >= 1 too)
-        tracker.record(0, evaluate(), None, candidate=False)
-    best_state = peer.state()
-    running, step_s, stopped = 0.0, 0.0, None
+    # what a checkpoint must match to be this run's (the data by size and its first and last texts)
+    identity = {"method": method, "num_labels": num_labels, "lr": lr, "steps": steps, "batch_size": batch_size,
+                "eval_every": eval_every, "seed": seed, "text_pooling": text_pooling, "max_length": max_length,
+                "metric": metric, "patience": patience, "eval_at_start": eval_at_start,
+                "label_texts": list(label_texts or []), "train_rows": len(train_ds), "eval_rows": len(eval_ds),
+                "train_ends": [str(train_ds.texts[0]), str(train_ds.texts[-1])] if len(train_ds) else [],
+                "eval_ends": [str(eval_ds.texts[0]), str(eval_ds.texts[-1])] if len(eval_ds) else []}
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    found = checkpoints(folder) if folder is not None else []
+    start, resumed_from, running, step_s, stopped = 1, 0, 0.0, 0.0, None
+    if found:
+        at, path = found[-1]
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["identity"] != identity:
+            diff = sorted(k for k in identity if ck["identity"].get(k) != identity[k])
+            raise RuntimeError(f"{path} is the checkpoint of another run (it differs in {', '.join(diff)}); "
+                               f"delete {folder} to start this run again")
+        peer.load(ck["state"])
+        best_state = ck["best_state"]
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["schedule"])
+        g.set_state(ck["order_rng"])
+        order, pos = ck["order"], ck["position"]
+        running, step_s, stopped = ck["running_loss"], ck["step_seconds"], ck["stopped_early_at"]
+        tracker.history, tracker.best, tracker.best_step = ck["history"], ck["best"], ck["best_step"]
+        tracker._best_key = tuple(ck["best_key"])
+        tracker.start -= ck["loop_seconds"]  # elapsed_seconds and the run's seconds go on counting
+        build_s += ck["build_seconds"]
+        _set_rng_states(ck["rng"])
+        start, resumed_from = (at + 1 if stopped is None else steps + 1), at
+        print(f"    resumed from step {at} ({path})", flush=True)
+    else:
+        if eval_at_start:  # the curve's step 0; not a state to keep (ltuning.train chooses among steps >= 1 too)
+            tracker.record(0, evaluate(), None, candidate=False)
+        best_state = peer.state()
     peer.train(True)
-    for step in range(1, steps + 1):
+    for step in range(start, steps + 1):
         ts = time.perf_counter()
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(train_ds), generator=g), 0
@@ -189,8 +272,18 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
                 on_eval(tracker.history[-1])
             if patience and tracker.evals_since_best() >= patience:
                 stopped = step
+            if folder is not None:
+                _save_checkpoint(folder, step, {
+                    "identity": identity, "state": peer.state(), "best_state": best_state,
+                    "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "order_rng": g.get_state(),
+                    "order": order, "position": pos, "running_loss": running, "step_seconds": step_s,
+                    "stopped_early_at": stopped, "history": tracker.history, "best": tracker.best,
+                    "best_step": tracker.best_step, "best_key": list(tracker._best_key),
+                    "loop_seconds": time.perf_counter() - tracker.start, "build_seconds": build_s,
+                    "rng": _rng_states()})
+            if stopped is not None:
                 break
     peer.load(best_state)
     peer.train(False)
     trainable = sum(q.numel() for q in peer.params)
-    return PeerRun(tracker, peer.predict, trainable, build_s, step_s, stopped, peer.config)
+    return PeerRun(tracker, peer.predict, trainable, build_s, step_s, stopped, peer.config, resumed_from)
