@@ -346,6 +346,29 @@ def test_resume_compares_the_backbone_weights_sample(setup, tmp_path, capsys, ed
         assert len(err) == 1 and err[0].startswith("error: cannot resume") and "other backbone weights" in err[0]
 
 
+@pytest.mark.parametrize("edit, ok", [(None, True), (lambda st: st.pop("backbone_settings"), True),
+                                      (lambda st: st["backbone_settings"].update(rope_theta=1.0), True),
+                                      (lambda st: st["backbone_settings"].update(hidden_act="relu"), False)])
+def test_resume_compares_the_backbone_settings_both_sides_hold(setup, tmp_path, capsys, edit, ok):
+    """A checkpoint records its backbone's config settings: one that differs (here the activation) refuses the
+    resume; a checkpoint without the record, or with a key this backbone does not have, resumes."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    for _, folder in list_checkpoints(out):
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        assert state["run"]["backbone_settings"]["hidden_act"] == "gelu"
+        if edit is not None:
+            edit(state["run"])
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    rc = main(args_for(setup, out, "--max-steps", "3", "--resume"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (rc == 0) == ok, err
+    if not ok:
+        assert len(err) == 1 and err[0].startswith("error: cannot resume") and "hidden_act: trained 'relu', now 'gelu'" in err[0]
+
+
 def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_path, capsys):
     """metric_for_best / objective are recorded only when not their default: a mismatch names both sides."""
     out = tmp_path / "out"

@@ -105,6 +105,56 @@ def test_an_adapter_without_a_weights_sample_loads_with_a_warning(env, tmp_path)
         load_adapter(folder, model=str(env["other"]))  # an old adapter: the architecture check only
 
 
+@pytest.fixture(scope="module")
+def other_settings(env):
+    """The tiny backbone's weights, byte for byte, under a config with another activation and norm eps: same
+    fingerprint (shapes), same weights sample, other computations."""
+    folder = env["root"] / "other-settings"
+    if not folder.exists():
+        shutil.copytree(env["tiny"], folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(hidden_act="relu", layer_norm_eps=1e-5)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_an_adapter_records_its_backbones_settings(env):
+    cfg = json.loads((env["adapter"] / CONFIG_NAME).read_text())
+    assert cfg["backbone_settings"] == {"hidden_act": "gelu", "layer_norm_eps": 1e-12}
+
+
+def test_an_adapter_refuses_a_backbone_with_other_settings(env, tmp_path, capsys, other_settings):
+    """Same shapes and weights but another activation and norm eps: the predictions would silently differ."""
+    with pytest.raises(AdapterError, match=r"other config settings .*hidden_act: trained 'gelu', now 'relu'; "
+                                           r"layer_norm_eps: trained 1e-12, now 1e-05"):
+        load_adapter(env["adapter"], model=str(other_settings))
+    rc = main(["predict", "--adapter", str(env["adapter"]), "--model", str(other_settings), "a good film"])
+    one_line(capsys, rc, "other config settings")
+    # init_from checks its source's backbone the same way
+    rc = main(train_argv(other_settings, env["train"], tmp_path / "warm", "--init-from", str(env["adapter"])))
+    one_line(capsys, rc, "other config settings")
+
+
+@pytest.mark.parametrize("recorded", [..., {}, {"rope_theta": 10000.0}, {"hidden_act": "gelu", "layer_norm_eps": 1e-12}])
+def test_settings_are_compared_only_where_both_sides_hold_them(env, tmp_path, recorded):
+    """An adapter saved before the record (no key), or one that names settings this backbone's config does not
+    spell (another transformers version), loads and predicts as before."""
+    folder = copy_adapter(env, tmp_path)
+    edit_config(folder, backbone_settings=recorded)
+    model = load_adapter(folder, model=str(env["tiny"]))
+    reference = load_adapter(env["adapter"], model=str(env["tiny"]))
+    texts = ["a good film", "a bad film"]
+    assert (model.predict_proba(texts) == reference.predict_proba(texts)).all()
+
+
+@pytest.mark.parametrize("value", [[1], {"hidden_act": None}, {"layer_norm_eps": float("nan")}, {"": 1}, "gelu"])
+def test_a_malformed_settings_record_is_a_clear_error(env, tmp_path, value):
+    folder = copy_adapter(env, tmp_path)
+    edit_config(folder, backbone_settings=value)
+    with pytest.raises(AdapterError, match="backbone_settings must be null or an object"):
+        load_adapter(folder, model=str(env["tiny"]))
+
+
 @pytest.mark.parametrize("sample", [[], [0.5] * 5, [10 ** 400] * 32, [0.1] * 31 + [float("nan")], ["0.1"] * 32,
                                     [True] * 16])
 def test_a_malformed_weights_sample_is_a_clear_error(env, tmp_path, capsys, sample):

@@ -255,8 +255,8 @@ def test_a_request_over_max_batch_is_scored_max_batch_texts_at_a_time(adapter_di
         return predict(m, texts, batch_size=batch_size, **kwargs)
 
     monkeypatch.setattr(serve, "predict", spy)
-    got = serve.Batcher(model, max_batch=3)._run(TEXTS[:7], None, False)
-    assert calls == [(7, 3)]
+    got, notes = serve.Batcher(model, max_batch=3)._run(TEXTS[:7], None, False)
+    assert calls == [(7, 3)] and notes == []
     assert same_answers(got, predict(model, TEXTS[:7], return_scores=True))
 
 
@@ -297,8 +297,25 @@ def test_the_batcher_starts_again_in_a_new_event_loop(adapter_dir):
     async def once():
         return await asyncio.wait_for(batcher.submit(TEXTS[:2], None, False), 30)
 
-    first, second = asyncio.run(once()), asyncio.run(once())
+    (first, _), (second, _) = asyncio.run(once()), asyncio.run(once())
     assert same_answers(first, second) and len(first) == 2
+
+
+def test_the_client_is_told_when_candidate_labels_are_cut(served):
+    """LT-prefix reads l tokens of a candidate: a longer one is scored on its first tokens. The response says
+    so (before, only the server's log did), on every request with that candidate set (the second one comes
+    from the injection cache), and says nothing when no candidate is cut."""
+    model, port, _ = served
+    cands = ["bad", "a great film and a fun story"]
+    with pytest.warns(UserWarning, match="are truncated") as caught:
+        want = json.loads(json.dumps(predict(model, TEXTS[:2], candidate_labels=cands, return_scores=True)))
+    for _ in range(2):
+        status, answer = http(port, "/predict", {"texts": TEXTS[:2], "candidate_labels": cands})
+        assert status == 200 and same_answers(answer["results"], want)
+        assert answer["warnings"] == [str(caught[0].message)]
+        assert "'a great film and a fun story'" in answer["warnings"][0] and "label_length=3" in answer["warnings"][0]
+    status, answer = http(port, "/predict", {"texts": TEXTS[:2], "candidate_labels": ["bad", "good"]})
+    assert status == 200 and "warnings" not in answer
 
 
 def test_health_and_metadata(served):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import card
-from .backbones import same_weights
+from .backbones import same_weights, settings_differ
 from .config import (
     ADAPTER_CONFIG_NAME,
     TRAINER_WEIGHTS_NAME,
@@ -187,6 +187,13 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
             f"adapter {directory} was trained on backbone {config.base_model!r} (fingerprint "
             f"{config.backbone_fingerprint}), but {backbone.name!r} has fingerprint {backbone.fingerprint}; "
             "load it with the backbone it was trained on"
+        )
+    changed = settings_differ(config.backbone_settings, backbone.settings)
+    if changed:
+        raise AdapterError(
+            f"adapter {directory} was trained on backbone {config.base_model!r} with other config settings than "
+            f"{backbone.name!r} has (same architecture and shapes; {'; '.join(changed)}): they change what the "
+            "backbone computes; load it with the backbone config it was trained on"
         )
     if config.backbone_weights is None:
         warnings.warn(f"adapter {directory} was saved before ltuning recorded its backbone's weights: it cannot "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,6 +188,49 @@ def config_fingerprint(config) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: Config values that change what a backbone computes without changing any weight's shape (the fingerprint's
+#: keys fix the shapes, the weights sample the values): activation, norm epsilons, position encodings,
+#: attention and embedding scales. Recorded by value (:func:`config_settings`), compared where both sides have
+#: a key (:func:`settings_differ`), so a key another transformers version spells differently or leaves out
+#: refuses nothing.
+_SETTING_KEYS = (
+    "hidden_act", "hidden_activation", "activation_function", "layer_norm_eps", "layer_norm_epsilon",
+    "rms_norm_eps", "norm_eps", "position_embedding_type", "rope_theta", "rotary_emb_base", "partial_rotary_factor",
+    "rotary_pct", "query_pre_attn_scalar", "attn_logit_softcapping", "embedding_multiplier", "attention_multiplier",
+    "residual_multiplier", "scale_embedding", "sliding_window", "use_sliding_window",
+)
+
+
+def config_settings(config) -> dict[str, str | int | float | bool]:
+    """The backbone config's :data:`_SETTING_KEYS` that hold a scalar, and the RoPE parameters
+    (``rope_parameters`` in transformers 5.x, ``rope_scaling`` before; ``rope_theta`` under its own name
+    wherever it is kept, the others as ``rope_<name>``)."""
+    d = config.to_dict()
+    scalar = (str, int, float, bool)
+    out = {k: d[k] for k in _SETTING_KEYS if isinstance(d.get(k), scalar)}
+    for group in ("rope_scaling", "rope_parameters"):
+        rope = d.get(group)
+        if isinstance(rope, dict):
+            for k, v in rope.items():
+                if isinstance(v, scalar):
+                    out[k if k.startswith("rope_") else f"rope_{k}"] = v
+    return out
+
+
+def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
+    """``key: trained <saved>, now <current>`` for each setting both records hold with different values (floats within a
+    relative 1e-9: one value written by JSON and read back); none when either record is missing."""
+    if not saved or not current:
+        return []
+    out = []
+    for k in sorted(set(saved) & set(current)):
+        a, b = saved[k], current[k]
+        same = a == b if isinstance(a, str | bool) or isinstance(b, str | bool) else math.isclose(a, b, rel_tol=1e-9)
+        if not same:
+            out.append(f"{k}: trained {a!r}, now {b!r}")
+    return out
+
+
 #: Values sampled per tensor by :func:`weights_sample`.
 WEIGHT_SAMPLE_SIZE = 16
 
@@ -287,6 +331,7 @@ class Backbone(nn.Module):
         self.dims = read_dims(model.config)
         self.native_pooling = sentence_transformers_pooling(getattr(model.config, "_name_or_path", ""))
         self.fingerprint = config_fingerprint(model.config)
+        self.settings = config_settings(model.config)
         self.weights_sample = weights_sample(model)
         self.model.requires_grad_(False)
         self.model.eval()

@@ -185,6 +185,11 @@ class LTuningConfig:
         default=None, metadata={"help": "A sample of the backbone's weight values (backbones.weights_sample); set "
                                 "when the model is built. An adapter refuses a backbone whose sample differs."}
     )
+    backbone_settings: dict[str, str | int | float | bool] | None = field(
+        default=None, metadata={"help": "The backbone config's values that change its computation but no weight's "
+                                "shape (activation, norm eps, RoPE; backbones.config_settings); set when the model "
+                                "is built. An adapter refuses a backbone where one of them differs."}
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):  # the types adapter_config.json is checked for, on every construction
@@ -432,7 +437,7 @@ def _is_str_list(v) -> bool:
 
 # adapter_config.json keys: (check, what the value must be); unknown keys are refused by LTuningConfig
 # added after adapters were first saved; None is their default, so leaving them out changes nothing here
-_OMITTED_WHEN_UNSET = ("prefix_layers", "label_map_rank", "objective", "tasks")
+_OMITTED_WHEN_UNSET = ("prefix_layers", "label_map_rank", "objective", "tasks", "backbone_settings")
 
 _CONFIG_TYPES = {
     "method": (is_text, "a string (non-empty, UTF-8)"),
@@ -453,7 +458,23 @@ _CONFIG_TYPES = {
               "null or an object {task name: {label_names: [strings], label_texts: [strings]}}"),
     "backbone_fingerprint": (lambda v: v is None or (isinstance(v, str) and is_utf8(v)), "a string or null (UTF-8)"),
     "backbone_weights": (lambda v: v is None or _is_weights_sample(v), "a list of 16 or 32 finite numbers or null"),
+    "backbone_settings": (lambda v: v is None or _is_settings(v),
+                          "null or an object {name: string, number or boolean} (finite numbers, UTF-8 strings)"),
 }
+
+
+def _is_settings(v) -> bool:
+    """What ``backbones.config_settings`` writes: names to scalars."""
+    def scalar(x) -> bool:
+        if isinstance(x, bool) or (isinstance(x, str) and is_utf8(x)):
+            return True
+        if not isinstance(x, int | float):
+            return False
+        try:
+            return math.isfinite(x)
+        except OverflowError:
+            return False
+    return isinstance(v, dict) and all(is_text(k) and scalar(x) for k, x in v.items())
 
 
 def _is_tasks(v) -> bool:

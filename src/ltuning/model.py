@@ -81,6 +81,7 @@ class LTuningModel(nn.Module):
             config.base_model = backbone.name
         config.backbone_fingerprint = backbone.fingerprint
         config.backbone_weights = backbone.weights_sample
+        config.backbone_settings = dict(backbone.settings) or None
         config.base_model = portable_name(config.base_model)  # a folder by its absolute path, never a relative one
         self.backbone = backbone
         self.config = config

@@ -132,14 +132,14 @@ def trained_label_texts(model: LTuningModel) -> set[str]:
 
 
 def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
-                        unseen_label_head: str = "trained") -> Injection:
+                        unseen_label_head: str = "trained", notes: list[str] | None = None) -> Injection:
     """The trained method's prefix or prompt for new label texts.
 
     The label texts are checked and encoded by the frozen backbone (:class:`~ltuning.labels.LabelSet`:
     candidates that tokenize to the same tokens the method reads are an error, not a tie). LT-prefix's Z
     takes exactly l = the adapter's ``label_length`` inputs, so its label texts are padded / truncated to l
-    (a warning names the ones cut); LT-prompt maps each token on its own and takes the texts at their full
-    length.
+    (a warning names the ones cut; given a ``notes`` list, the message is appended there instead, as the server
+    hands it to the client); LT-prompt maps each token on its own and takes the texts at their full length.
 
     ``unseen_label_head``: how a candidate set with a label text the score head was not trained on
     (:func:`trained_label_texts`) is scored, for the heads that read the labels' embeddings and learn a direction
@@ -173,9 +173,13 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
                               remedy="give candidate labels of two or more tokens (longer label texts, or a "
                                      "hypothesis template such as 'The review is {}.')")
     if labels.cut:
-        _warn_caller(f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
-                     f"label_length={length} tokens and are truncated; train with a larger "
-                     "label_length to score longer label texts")
+        message = (f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
+                   f"label_length={length} tokens and are truncated; train with a larger label_length to score "
+                   "longer label texts")
+        if notes is None:
+            _warn_caller(message)
+        else:
+            notes.append(message)
     inj = model.method(labels.states.to(model.label_states.dtype), labels.mask)  # (K', l, d), (K', l)
     if model.method.uses_label_vectors:
         inj.label_vectors = labels.encode_vectors(backbone, model.pooling).to(model.label_states.dtype)

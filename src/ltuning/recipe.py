@@ -168,18 +168,20 @@ def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, back
     and its method.
     Raises: AdapterError (a folder's adapter on another backbone), ConfigError."""
     from .adapter_io import fit_config_to_backbone
-    from .backbones import same_weights
+    from .backbones import same_weights, settings_differ
     from .errors import AdapterError
 
-    # the config records its backbone (fingerprint, weights sample) for a model in memory as for a saved adapter
+    # the config records its backbone (fingerprint, settings, weights sample) for a model in memory as for a
+    # saved adapter
     a, b = config.backbone_weights, backbone.weights_sample
     other = (bool(config.backbone_fingerprint) and config.backbone_fingerprint != backbone.fingerprint) or (
-        a is not None and b is not None and not same_weights(a, b))
+        a is not None and b is not None and not same_weights(a, b)) or bool(
+        settings_differ(config.backbone_settings, backbone.settings))
     if isinstance(source, LTuningModel):
         if other:
             raise ConfigError(f"init_from: the source model is on backbone {source.backbone.name!r}, this run's model "
-                              f"on {backbone.name!r} (another architecture or other weights); build the model on the "
-                              "source's backbone")
+                              f"on {backbone.name!r} (another architecture, config settings or weights); build the "
+                              "model on the source's backbone")
     else:
         try:
             fit_config_to_backbone(source, config, backbone)

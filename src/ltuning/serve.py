@@ -5,7 +5,9 @@ Endpoints:
 - ``POST /predict``: ``{"texts": [...] or "one text", "candidate_labels": [...]?, "multi_label": false?}``
   (a pair adapter takes each text as ``[premise, hypothesis]``) -> ``{"results": [r, ...]}``, one ``r``
   per text, in order, exactly what :func:`ltuning.prediction.predict` returns per text with
-  ``return_scores=True`` (a list even for one string).
+  ``return_scores=True`` (a list even for one string), and ``"warnings": [message, ...]`` when there is
+  something the client should know (candidate labels longer than an LT-prefix adapter's ``label_length``,
+  scored on their first tokens).
 - ``GET /health``: ``{"status": "ok", "requests", "texts", "batches"}`` (counters since start).
 - ``GET /metadata``: method, base model, labels and label texts, limits, batching, versions.
 
@@ -106,26 +108,28 @@ class _CandidateModel:
 
 
 class InjectionCache:
-    """LRU of candidate label sets -> their injection (:func:`candidate_injection`); thread-confined to the
-    worker thread."""
+    """LRU of candidate label sets -> their injection (:func:`candidate_injection`) and the warnings building it
+    gave (each request with that set gets them); thread-confined to the worker thread."""
 
     def __init__(self, model, size: int = 32) -> None:
         self.model, self.size = model, size
-        self.entries: collections.OrderedDict[tuple[str, ...], Injection] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[tuple[str, ...], tuple[Injection, list[str]]] = \
+            collections.OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, names: tuple[str, ...]) -> Injection:
+    def get(self, names: tuple[str, ...]) -> tuple[Injection, list[str]]:
         if names in self.entries:
             self.hits += 1
             self.entries.move_to_end(names)
             return self.entries[names]
         self.misses += 1
+        notes: list[str] = []
         with torch.inference_mode():
-            inj = candidate_injection(self.model, list(names))
-        self.entries[names] = inj
+            inj = candidate_injection(self.model, list(names), notes=notes)
+        self.entries[names] = inj, notes
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
-        return inj
+        return inj, notes
 
 
 @dataclass
@@ -192,7 +196,9 @@ class Batcher:
             self.executor.shutdown(wait=True)
             self.executor = None
 
-    async def submit(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> list:
+    async def submit(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool
+                     ) -> tuple[list, list[str]]:
+        """The request's results, one per text, and the warnings of its group's scoring."""
         if self.task is None or self.task.done() or self.task.get_loop() is not asyncio.get_running_loop():
             await self.start()  # first use without a lifespan, or a new event loop (the old worker is gone)
         future = asyncio.get_running_loop().create_future()
@@ -242,7 +248,8 @@ class Batcher:
             for (candidates, multi_label, _), requests in groups.items():
                 texts = [t for r in requests for t in r.texts]
                 try:
-                    results = await loop.run_in_executor(self.executor, self._run, texts, candidates, multi_label)
+                    results, notes = await loop.run_in_executor(self.executor, self._run, texts, candidates,
+                                                                multi_label)
                 except Exception as e:  # noqa: BLE001 - handed to the requests, which answer 4xx / 500
                     for r in requests:
                         if not r.future.done():
@@ -251,18 +258,21 @@ class Batcher:
                 start = 0
                 for r in requests:
                     if not r.future.done():  # a client that went away cancelled its future
-                        r.future.set_result(results[start:start + len(r.texts)])
+                        r.future.set_result((results[start:start + len(r.texts)], notes))
                     start += len(r.texts)
                 self.stats.batches += 1
                 self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
 
-    def _run(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> list:
-        """In the model thread: one :func:`predict` call for the group, ``max_batch`` texts per scoring pass."""
-        model = self.model if candidates is None else _CandidateModel(self.model, candidates,
-                                                                      self.cache.get(candidates))
+    def _run(self, texts: list, candidates: tuple[str, ...] | None, multi_label: bool) -> tuple[list, list[str]]:
+        """In the model thread: one :func:`predict` call for the group, ``max_batch`` texts per scoring pass;
+        the results and the warnings for the group's requests."""
+        model, notes = self.model, []
+        if candidates is not None:
+            injection, notes = self.cache.get(candidates)
+            model = _CandidateModel(self.model, candidates, injection)
         # one request may hold more texts than max_batch (up to --max-texts): scored max_batch at a time
         return predict(model, texts, batch_size=max(min(len(texts), self.max_batch), 1), multi_label=multi_label,
-                       return_scores=True)
+                       return_scores=True), list(notes)
 
 
 # ---------------------------------------------------------------------- checks of one request
@@ -491,12 +501,12 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
         batcher.stats.requests += 1
         batcher.stats.texts += len(texts)
         try:
-            results = await batcher.submit(texts, None if candidates is None else tuple(candidates),
-                                           body.multi_label)
+            results, notes = await batcher.submit(texts, None if candidates is None else tuple(candidates),
+                                                  body.multi_label)
         except LTuningError as e:
             field_name = "candidate_labels" if candidates is not None else "texts"
             return error(422, f"invalid request: {field_name}", [(field_name, str(e))])
-        return {"results": results}
+        return {"results": results, **({"warnings": notes} if notes else {})}
 
     return BodyLimit(app, limits.body_limit()), app
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .backbones import same_weights
+from .backbones import same_weights, settings_differ
 from .checkpoint import json_safe
 from .config import (
     LabelPosition,
@@ -250,6 +250,8 @@ def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs
             "text_pooling": model.pooling.value,
             # compared within rounding (same_weights), not for equality: a sample of the backbone's weights
             **({"backbone_weights": model.config.backbone_weights} if model.config.backbone_weights else {}),
+            # compared where both hold a key (settings_differ); absent from checkpoints written before the record
+            **({"backbone_settings": model.config.backbone_settings} if model.config.backbone_settings else {}),
             # only when not the default, so checkpoints written before the option still resume
             **({"label_position": model.config.label_position.value}
                if model.config.label_position != LabelPosition.BEFORE else {}),
@@ -517,6 +519,12 @@ class _TrainingLoop:
                 f"cannot resume from {folder}: it was trained on other backbone weights than those of "
                 f"{self.model.backbone.name!r} (same architecture, different values); resume with the backbone it "
                 "was trained on, or train from scratch in another --output-dir")
+        changed = settings_differ(saved.pop("backbone_settings", None), signature.pop("backbone_settings", None))
+        if changed:
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {folder}: it was trained with other backbone config settings than "
+                f"{self.model.backbone.name!r} has ({'; '.join(changed)}); resume with the backbone it was trained on, "
+                "or train from scratch in another --output-dir")
         diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
