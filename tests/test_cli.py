@@ -862,7 +862,7 @@ def test_predict_file_with_a_byte_order_mark(trained, tmp_path, capsys):
 @pytest.mark.parametrize("template", ["{", "no field", "{} and {}", "", "{0}"])
 def test_predict_refuses_a_bad_hypothesis_template(trained, capsys, template):
     one_error_line(capsys, main(["predict", "--adapter", str(trained), "--hypothesis-template", template, "good"]),
-                   "hypothesis_template must contain")
+                   "error: --hypothesis-template must contain")
     assert capsys.readouterr().out == ""
 
 
@@ -915,6 +915,21 @@ def test_predict_unseen_label_head_reaches_the_scoring(trained, capsys, monkeypa
 def test_predict_refuses_bad_open_vocabulary_options(trained, capsys, args, match):
     one_error_line(capsys, main(["predict", "--adapter", str(trained), *args, "a text"]), match)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("method, args, match", [
+    ("lt-prefix", ["--candidate-labels", "bad"], "error: --candidate-labels: need at least 2 candidate labels"),
+    ("prefix", ["--candidate-labels", "bad,good"], "error: --candidate-labels needs a label-conditioned method"),
+    ("prefix", ["--multi-label"], "error: --multi-label needs a label-conditioned method"),
+    ("prefix", ["--hypothesis-template", "It is {}."], "error: --hypothesis-template needs a label-conditioned"),
+])
+def test_predict_errors_name_the_option_not_the_api_argument(models, files, tmp_path, capsys, method, args, match):
+    out = tmp_path / method
+    assert main(["train", "--model", models["tiny"], "--train-file", files["train"], "--text-column", "text",
+                 "--label-column", "label", "--max-steps", "1", "--batch-size", "4", "--output-dir", str(out),
+                 "--method", method, "--quiet"]) == 0
+    capsys.readouterr()
+    one_error_line(capsys, main(["predict", "--adapter", str(out), *args, "a text"]), match)
 
 
 # ---------------------------------------------------------------------- params

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -926,9 +927,13 @@ def _parse_candidates(spec: str) -> list[str]:
 
 def _check_template(template: str) -> None:
     """--hypothesis-template, checked by the rule predict applies (one ``{}``), before any work."""
+    from .errors import ConfigError
     from .prediction import _apply_template
 
-    _apply_template(["label"], template)  # ConfigError: the usual one-line error
+    try:
+        _apply_template(["label"], template)  # ConfigError: the usual one-line error
+    except ConfigError as e:
+        raise type(e)(_as_options(str(e), _PREDICT_OPTIONS)) from None
 
 
 def _strict_json(value) -> str:
@@ -1377,6 +1382,21 @@ def _check_evaluate_outputs(args, out: Path) -> None:
                               "it, or another --output")
 
 
+#: ``predict``'s Python arguments that are ``ltuning predict`` options, by their option names
+_PREDICT_OPTIONS = {"candidate_labels": "--candidate-labels", "hypothesis_template": "--hypothesis-template",
+                    "multi_label": "--multi-label", "unseen_label_head": "--unseen-label-head",
+                    "threshold": "--threshold", "batch_size": "--batch-size"}
+
+
+def _as_options(message: str, options: dict[str, str]) -> str:
+    """An API error that starts with an argument's name (``candidate_labels: ...``), starting with its option's
+    name instead (the rest of the message, label names included, as written)."""
+    name = re.match(r"\w+", message)
+    if name and name.group() in options and message[name.end():name.end() + 1] in (":", " ", ""):
+        return options[name.group()] + message[name.end():]
+    return message
+
+
 def cmd_predict(args) -> int:
     from .adapter import load_adapter, read_adapter_config
     from .errors import ConfigError
@@ -1398,10 +1418,13 @@ def cmd_predict(args) -> int:
     texts = _predict_inputs(args, pairs=bool(config.text_pairs))
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     model = model if task is None else model.for_task(task)
-    with _scoring_precision(model, args.bf16):
-        results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
-                                hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
-                                threshold=threshold, return_scores=True, unseen_label_head=args.unseen_label_head)
+    try:
+        with _scoring_precision(model, args.bf16):
+            results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
+                                    hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
+                                    threshold=threshold, return_scores=True, unseen_label_head=args.unseen_label_head)
+    except ConfigError as e:  # the API names its arguments; here they are options
+        raise type(e)(_as_options(str(e), _PREDICT_OPTIONS)) from None
     # r is the zero-shot pipeline's dict: sequence, labels and scores, best first
     for item, r in zip(texts, results, strict=True):
         text = "\t".join(item) if isinstance(item, tuple) else item
