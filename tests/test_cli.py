@@ -207,6 +207,18 @@ def trained(models, tmp_path_factory):
     return out
 
 
+def test_the_card_says_best_step_only_where_validation_chose_it(trained, models, files, tmp_path):
+    card = (trained / "README.md").read_text()  # trained without validation data: the last step's state
+    assert "| final step | 2 (no validation data: the last step's state) |" in card and "best step" not in card
+    out = tmp_path / "validated"
+    assert main(["train", "--model", models["tiny"], "--train-file", files["train"], "--validation-file",
+                 files["valid"], "--text-column", "text", "--label-column", "label", "--max-steps", "2",
+                 "--eval-every", "1", "--batch-size", "4", "--output-dir", str(out), "--quiet"]) == 0
+    card = (out / "README.md").read_text()
+    best = json.loads((out / "train_results.json").read_text())["best_step"]
+    assert f"| best step | {best} |" in card and "final step" not in card
+
+
 def test_adapter_from_another_backbone(models, files, trained, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     rc = main(["evaluate", "--adapter", str(trained), "--model", models["other"], "--file", files["valid"],

@@ -81,9 +81,10 @@ def render_card(config: dict, meta: dict, total_parameters: int | None = None) -
     if trainable is not None:
         share = f" ({100 * trainable / total_parameters:.4f}% of {total_parameters:,})" if total_parameters else ""
         lines.append(f"| trainable parameters | {trainable:,}{share} |")
-    for key in ("task", "train_file", "init_from", "best_step"):
+    for key in ("task", "train_file", "init_from", "best_step", "final_step"):
         if meta.get(key) is not None:
-            lines.append(f"| {key.replace('_', ' ')} | {_cell(str(meta[key]))} |")
+            note = " (no validation data: the last step's state)" if key == "final_step" else ""
+            lines.append(f"| {key.replace('_', ' ')} | {_cell(str(meta[key]))}{note} |")
     lines += ["", "## Labels", "", "| index | name | label text |", "|---|---|---|"]
     for i, (n, t) in enumerate(zip(config["label_names"], config["label_texts"], strict=True)):
         lines.append(f"| {i} | {_cell(n)} | {_cell(t)} |")

@@ -1123,7 +1123,9 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
     if not is_main_process():
         return None
     out_dir, result = Path(targs.output_dir), run.result
-    extra = {"task": args.task, "train_file": args.train_file, "best_step": result.best_step,
+    # without validation nothing was chosen: the adapter holds the last step's state
+    extra = {"task": args.task, "train_file": args.train_file,
+             ("best_step" if eval_data is not None else "final_step"): result.best_step,
              **({"tasks": list(train_data)} if isinstance(train_data, dict) else {}),
              **({"task_column": args.task_column} if args.task_column is not None else {}),
              **({"init_from": args.init_from} if args.init_from else {}),
