@@ -324,49 +324,39 @@ def test_resuming_a_run_without_a_label_map_names_the_flag(setup, tmp_path, caps
                          "--resume")) == 0
 
 
-@pytest.mark.parametrize("edit, ok", [(None, True), (lambda w: [x * 1.5 + 0.1 for x in w], False),
-                                      (lambda w: [x * 1.001 for x in w], True)])
-def test_resume_compares_the_backbone_weights_sample(setup, tmp_path, capsys, edit, ok):
-    """A checkpoint records a sample of its backbone's weights: resuming on other weights of the same shape
-    is refused; the same weights (within the rounding of another dtype) resume."""
+def _scaled_weights(run, factor, shift=0.0):
+    run["backbone_weights"] = [x * factor + shift for x in run["backbone_weights"]]
+
+
+@pytest.mark.parametrize("edit, refused", [
+    (None, None),
+    # a sample of the backbone's weights: other weights of the same shape are refused, the same weights within
+    # the rounding of another dtype resume
+    (lambda run: _scaled_weights(run, 1.5, 0.1), "other backbone weights"),
+    (lambda run: _scaled_weights(run, 1.001), None),
+    # its config settings: one that differs (the activation) is refused; a checkpoint without the record, or
+    # with a key this backbone does not have, resumes
+    (lambda run: run.pop("backbone_settings"), None),
+    (lambda run: run["backbone_settings"].update(rope_theta=1.0), None),
+    (lambda run: run["backbone_settings"].update(hidden_act="relu"), "hidden_act: trained 'relu', now 'gelu'"),
+])
+def test_resume_compares_the_recorded_backbone(setup, tmp_path, capsys, edit, refused):
+    """A checkpoint records its backbone (weights sample, config settings); resuming on another is refused."""
     out = tmp_path / "out"
     assert main(args_for(setup, out, "--max-steps", "3")) == 0
     for _, folder in list_checkpoints(out):
         state_file = Path(folder) / "trainer_state.json"
         state = json.loads(state_file.read_text())
-        assert len(state["run"]["backbone_weights"]) > 0
-        if edit is not None:
-            state["run"]["backbone_weights"] = edit(state["run"]["backbone_weights"])
-        state_file.write_text(json.dumps(state))
-    capsys.readouterr()
-    rc = main(args_for(setup, out, "--max-steps", "3", "--resume"))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert (rc == 0) == ok, err
-    if not ok:
-        assert len(err) == 1 and err[0].startswith("error: cannot resume") and "other backbone weights" in err[0]
-
-
-@pytest.mark.parametrize("edit, ok", [(None, True), (lambda st: st.pop("backbone_settings"), True),
-                                      (lambda st: st["backbone_settings"].update(rope_theta=1.0), True),
-                                      (lambda st: st["backbone_settings"].update(hidden_act="relu"), False)])
-def test_resume_compares_the_backbone_settings_both_sides_hold(setup, tmp_path, capsys, edit, ok):
-    """A checkpoint records its backbone's config settings: one that differs (here the activation) refuses the
-    resume; a checkpoint without the record, or with a key this backbone does not have, resumes."""
-    out = tmp_path / "out"
-    assert main(args_for(setup, out, "--max-steps", "3")) == 0
-    for _, folder in list_checkpoints(out):
-        state_file = Path(folder) / "trainer_state.json"
-        state = json.loads(state_file.read_text())
-        assert state["run"]["backbone_settings"]["hidden_act"] == "gelu"
+        assert len(state["run"]["backbone_weights"]) > 0 and state["run"]["backbone_settings"]["hidden_act"] == "gelu"
         if edit is not None:
             edit(state["run"])
         state_file.write_text(json.dumps(state))
     capsys.readouterr()
     rc = main(args_for(setup, out, "--max-steps", "3", "--resume"))
     err = capsys.readouterr().err.strip().splitlines()
-    assert (rc == 0) == ok, err
-    if not ok:
-        assert len(err) == 1 and err[0].startswith("error: cannot resume") and "hidden_act: trained 'relu', now 'gelu'" in err[0]
+    assert (rc == 0) == (refused is None), err
+    if refused is not None:
+        assert len(err) == 1 and err[0].startswith("error: cannot resume") and refused in err[0]
 
 
 def test_resume_mismatch_shows_the_default_of_an_unrecorded_option(setup, tmp_path, capsys):
