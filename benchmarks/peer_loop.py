@@ -137,6 +137,17 @@ def _peft_peer(method, model_path, num_labels, label_texts, max_length, device) 
 
 
 _CHECKPOINT = re.compile(r"peer-step-(\d+)\.pt")
+#: identity keys a checkpoint written before them lacks (not compared there)
+_ADDED_LATER = ("model_path", "backbone_fingerprint", "backbone_settings", "peer_config", "peft_version")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def checkpoints(folder) -> list[tuple[int, Path]]:
@@ -190,6 +201,7 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
     import torch
     import torch.nn.functional as F
 
+    from ltuning.backbones import same_weights
     from ltuning.train import linear_schedule, set_seed
 
     if method not in PEER_METHODS:
@@ -221,15 +233,27 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
                 "metric": metric, "patience": patience, "eval_at_start": eval_at_start,
                 "label_texts": list(label_texts or []), "train_rows": len(train_ds), "eval_rows": len(eval_ds),
                 "train_ends": [str(train_ds.texts[0]), str(train_ds.texts[-1])] if len(train_ds) else [],
-                "eval_ends": [str(eval_ds.texts[0]), str(eval_ds.texts[-1])] if len(eval_ds) else []}
+                "eval_ends": [str(eval_ds.texts[0]), str(eval_ds.texts[-1])] if len(eval_ds) else [],
+                # the backbone (its folder, architecture and config settings; the weights sample is compared
+                # within rounding below) and the peer's own config (peft's, with its version)
+                "model_path": None if model_path is None else str(model_path),
+                "backbone_fingerprint": getattr(shared_backbone, "fingerprint", None),
+                "backbone_settings": getattr(shared_backbone, "settings", None),
+                "peer_config": peer.config, "peft_version": _version("peft") if method in PEFT_PEERS else None}
+    sample = getattr(shared_backbone, "weights_sample", None)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     found = checkpoints(folder) if folder is not None else []
     start, resumed_from, running, step_s, stopped = 1, 0, 0.0, 0.0, None
     if found:
         at, path = found[-1]
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["identity"] != identity:
-            diff = sorted(k for k in identity if ck["identity"].get(k) != identity[k])
+        saved = ck["identity"]
+        # keys added after the first checkpoints were written (2026-11-30) are compared where a checkpoint has them
+        diff = sorted(k for k in identity if saved.get(k) != identity[k] and (k in saved or k not in _ADDED_LATER))
+        theirs = ck.get("backbone_weights")
+        if sample is not None and theirs is not None and not same_weights(theirs, sample):
+            diff.append("backbone weights")
+        if diff:
             raise RuntimeError(f"{path} is the checkpoint of another run (it differs in {', '.join(diff)}); "
                                f"delete {folder} to start this run again")
         peer.load(ck["state"])
@@ -280,7 +304,7 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
                     "stopped_early_at": stopped, "history": tracker.history, "best": tracker.best,
                     "best_step": tracker.best_step, "best_key": list(tracker._best_key),
                     "loop_seconds": time.perf_counter() - tracker.start, "build_seconds": build_s,
-                    "rng": _rng_states()})
+                    "rng": _rng_states(), "backbone_weights": sample})
             if stopped is not None:
                 break
     peer.load(best_state)

@@ -31,17 +31,18 @@ def _data():
     return train, dev
 
 
-def _run(method, bb, folder=None, stop_at=None, lr=1e-2, patience=0):
+def _run(method, bb, folder=None, stop_at=None, lr=1e-2, patience=0, model_path=None):
     train, dev = _data()
 
     def on_eval(row):
         if row["step"] == stop_at:
             raise Stop
 
-    torch.manual_seed(123)  # a resumed process starts from another global RNG state than the first
+    # train_peer seeds the global RNG from the seed: a resumed process must restore where the stopped run left it
     run = peer_loop.train_peer(method, bb, lambda: copy.deepcopy(bb), train, dev, num_labels=2, lr=lr, steps=8,
                                batch_size=4, eval_every=2, seed=0, text_pooling="mean", max_length=16,
-                               patience=patience, on_eval=on_eval, checkpoint_dir=folder)
+                               patience=patience, on_eval=on_eval, checkpoint_dir=folder,
+                               model_path=model_path)
     return run, run.predict(TEXTS)
 
 
@@ -83,3 +84,33 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         _run("linear-probe", bb, tmp_path, stop_at=4)
     with pytest.raises(RuntimeError, match=r"another run \(it differs in lr\); delete .* to start this run again"):
         _run("linear-probe", bb, tmp_path, lr=3e-2)
+
+
+def test_a_checkpoint_on_another_backbone_is_refused(tmp_path):
+    """Same name, architecture and shapes, other weights (another seed): the weights sample tells them apart."""
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    torch.manual_seed(5)
+    other = Backbone(*tiny_bert(), name="tiny-bert")
+    assert other.fingerprint == bb.fingerprint
+    with pytest.raises(Stop):
+        _run("linear-probe", bb, tmp_path, stop_at=4)
+    with pytest.raises(RuntimeError, match="it differs in backbone weights"):
+        _run("linear-probe", other, tmp_path)
+    with pytest.raises(RuntimeError, match="it differs in model_path"):
+        _run("linear-probe", bb, tmp_path, model_path="/elsewhere")
+
+
+def test_a_checkpoint_written_before_the_backbone_keys_resumes(tmp_path):
+    """The first checkpoints (2026-11-30) have no backbone keys in their identity: they resume as written."""
+    bb = Backbone(*tiny_bert(), name="tiny-bert")
+    whole, expected = _run("linear-probe", bb)
+    with pytest.raises(Stop):
+        _run("linear-probe", bb, tmp_path, stop_at=6)
+    (_, path), = peer_loop.checkpoints(tmp_path)
+    ck = torch.load(path, weights_only=True)
+    for key in peer_loop._ADDED_LATER:
+        del ck["identity"][key]
+    del ck["backbone_weights"]
+    torch.save(ck, path)
+    resumed, got = _run("linear-probe", bb, tmp_path)
+    assert resumed.resumed_from == 4 and _curve(resumed) == _curve(whole) and torch.equal(got, expected)

@@ -455,3 +455,32 @@ def test_a_rename_failing_midway_names_the_files_already_replaced(tmp_path, monk
     assert "nothing was written" not in str(e.value)
     assert (a.read_text(), b.read_text()) == ("new a", "old b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temporary file left
+
+
+def test_settings_record_rope_per_layer_type_and_its_default_type():
+    """Gemma 3 keeps RoPE per layer type (transformers 5.x): each is recorded; a RoPE model without scaling
+    records rope_type 'default', so a record made where the config had no rope_scaling still refuses a scaled one."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    from ltuning.backbones import config_settings, settings_differ
+
+    gemma = config_settings(Gemma3TextConfig())
+    assert {"full_attention.rope_theta", "sliding_attention.rope_theta", "full_attention.rope_type"} <= set(gemma)
+    scaled = Gemma3TextConfig(rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 1e6,
+                                                                  "factor": 8.0},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    assert settings_differ(gemma, config_settings(scaled)) == [
+        "full_attention.rope_type: trained 'default', now 'linear'"]
+    plain = config_settings(LlamaConfig())
+    assert plain["rope_type"] == "default"
+    assert settings_differ(plain, config_settings(LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 2.0}))) == [
+        "rope_type: trained 'default', now 'linear'"]
+
+
+def test_settings_read_from_float32_are_the_same_setting():
+    """A GGUF file stores 1e-05 as float32 (9.999999747e-06): the same setting, not another backbone."""
+    from ltuning.backbones import settings_differ
+
+    assert settings_differ({"rms_norm_eps": 1e-05, "rope_theta": 10000}, {"rms_norm_eps": 9.999999747378752e-06,
+                                                                          "rope_theta": 10000.0}) == []
+    assert settings_differ({"rms_norm_eps": 1e-05}, {"rms_norm_eps": 1e-06}) == ["rms_norm_eps: trained 1e-05, now 1e-06"]

@@ -318,6 +318,24 @@ def test_the_client_is_told_when_candidate_labels_are_cut(served):
     assert status == 200 and "warnings" not in answer
 
 
+def test_every_warning_predict_gives_reaches_the_client_and_the_log(adapter_dir):
+    """What predict warns about in Python (here multi_label on a listwise adapter, and a cut candidate from the
+    injection cache on its second use) is in the group's warnings, and in the server's log as a warning."""
+    import ltuning.serve as serve
+
+    model = load_adapter(adapter_dir)
+    model.config.objective = "listwise"
+    batcher = serve.Batcher(model, max_batch=8)
+    cands = ("bad", "a great film and a fun story")
+    for _ in range(2):
+        with pytest.warns(UserWarning) as logged:
+            _, notes = batcher._run(TEXTS[:2], cands, True)
+        assert len(notes) == 2 and "are truncated" in notes[0] and notes[1].startswith("multi_label reads each")
+        assert [str(w.message) for w in logged] == notes
+    _, notes = batcher._run(TEXTS[:2], None, False)
+    assert notes == []
+
+
 def test_health_and_metadata(served):
     model, port, _ = served
     status, health = http(port, "/health")

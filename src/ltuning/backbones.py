@@ -204,28 +204,39 @@ _SETTING_KEYS = (
 def config_settings(config) -> dict[str, str | int | float | bool]:
     """The backbone config's :data:`_SETTING_KEYS` that hold a scalar, and the RoPE parameters
     (``rope_parameters`` in transformers 5.x, ``rope_scaling`` before; ``rope_theta`` under its own name
-    wherever it is kept, the others as ``rope_<name>``)."""
+    wherever it is kept, the others as ``rope_<name>``; RoPE kept per layer type, as Gemma 3's
+    ``{"full_attention": {...}, "sliding_attention": {...}}``, as ``<layer type>.rope_<name>``). A RoPE model with
+    no scaling records ``rope_type: "default"``, as transformers 5.x writes it, so that a record made where the
+    config had no ``rope_scaling`` still tells a scaled RoPE apart."""
     d = config.to_dict()
     scalar = (str, int, float, bool)
     out = {k: d[k] for k in _SETTING_KEYS if isinstance(d.get(k), scalar)}
+
+    def rope(values: dict, prefix: str = "") -> None:
+        for k, v in values.items():
+            if isinstance(v, scalar):
+                out[prefix + (k if k.startswith("rope_") else f"rope_{k}")] = v
+            elif isinstance(v, dict) and not prefix:  # one level: the layer types
+                rope(v, f"{k}.")
+
     for group in ("rope_scaling", "rope_parameters"):
-        rope = d.get(group)
-        if isinstance(rope, dict):
-            for k, v in rope.items():
-                if isinstance(v, scalar):
-                    out[k if k.startswith("rope_") else f"rope_{k}"] = v
+        if isinstance(d.get(group), dict):
+            rope(d[group])
+    if "rope_theta" in out and "rope_type" not in out:
+        out["rope_type"] = "default"
     return out
 
 
 def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
-    """``key: trained <saved>, now <current>`` for each setting both records hold with different values (floats within a
-    relative 1e-9: one value written by JSON and read back); none when either record is missing."""
+    """``key: trained <saved>, now <current>`` for each setting both records hold with different values; none when
+    either record is missing. Numbers are equal within a relative 1e-6: a value read from a float32 field (a GGUF
+    file's 1e-05 is 9.999999747e-06) is the same setting."""
     if not saved or not current:
         return []
     out = []
     for k in sorted(set(saved) & set(current)):
         a, b = saved[k], current[k]
-        same = a == b if isinstance(a, str | bool) or isinstance(b, str | bool) else math.isclose(a, b, rel_tol=1e-9)
+        same = a == b if isinstance(a, str | bool) or isinstance(b, str | bool) else math.isclose(a, b, rel_tol=1e-6)
         if not same:
             out.append(f"{k}: trained {a!r}, now {b!r}")
     return out

@@ -7,10 +7,12 @@ this module never imports the model, it only calls the model object it is given.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,8 +107,31 @@ def check_options(multi_label, threshold, return_scores=False, hypothesis_templa
 
 
 # ---------------------------------------------------------------------- open-vocabulary scoring
+#: Where :func:`_warn_caller` puts its messages instead of warning, while :func:`collected_warnings` runs (the
+#: server hands them to the client that asked); per thread and per task, as a context variable.
+_COLLECTOR: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("ltuning_warnings", default=None)
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """The messages prediction warns about inside the block (a candidate label cut to l, multi_label on a
+    listwise adapter), collected into the list it yields instead of issued as warnings."""
+    notes: list[str] = []
+    token = _COLLECTOR.set(notes)
+    try:
+        yield notes
+    finally:
+        _COLLECTOR.reset(token)
+
+
 def _warn_caller(message: str) -> None:
-    """A UserWarning attributed to the first frame outside ltuning and torch (the user's call)."""
+    """A UserWarning attributed to the first frame outside ltuning and torch (the user's call); inside
+    :func:`collected_warnings`, the message goes to its list instead."""
+    notes = _COLLECTOR.get()
+    if notes is not None:
+        if message not in notes:
+            notes.append(message)
+        return
     skip = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
     frame, level = sys._getframe(1), 1
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(skip):
@@ -132,14 +157,14 @@ def trained_label_texts(model: LTuningModel) -> set[str]:
 
 
 def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
-                        unseen_label_head: str = "trained", notes: list[str] | None = None) -> Injection:
+                        unseen_label_head: str = "trained") -> Injection:
     """The trained method's prefix or prompt for new label texts.
 
     The label texts are checked and encoded by the frozen backbone (:class:`~ltuning.labels.LabelSet`:
     candidates that tokenize to the same tokens the method reads are an error, not a tie). LT-prefix's Z
     takes exactly l = the adapter's ``label_length`` inputs, so its label texts are padded / truncated to l
-    (a warning names the ones cut; given a ``notes`` list, the message is appended there instead, as the server
-    hands it to the client); LT-prompt maps each token on its own and takes the texts at their full length.
+    (a warning names the ones cut); LT-prompt maps each token on its own and takes the texts at their full
+    length.
 
     ``unseen_label_head``: how a candidate set with a label text the score head was not trained on
     (:func:`trained_label_texts`) is scored, for the heads that read the labels' embeddings and learn a direction
@@ -173,13 +198,9 @@ def candidate_injection(model: LTuningModel, label_texts: Sequence[str],
                               remedy="give candidate labels of two or more tokens (longer label texts, or a "
                                      "hypothesis template such as 'The review is {}.')")
     if labels.cut:
-        message = (f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
-                   f"label_length={length} tokens and are truncated; train with a larger label_length to score "
-                   "longer label texts")
-        if notes is None:
-            _warn_caller(message)
-        else:
-            notes.append(message)
+        _warn_caller(f"{model.config.method}: candidate labels {labels.cut} are longer than the adapter's "
+                     f"label_length={length} tokens and are truncated; train with a larger label_length to score "
+                     "longer label texts")
     inj = model.method(labels.states.to(model.label_states.dtype), labels.mask)  # (K', l, d), (K', l)
     if model.method.uses_label_vectors:
         inj.label_vectors = labels.encode_vectors(backbone, model.pooling).to(model.label_states.dtype)

@@ -5,9 +5,10 @@ Endpoints:
 - ``POST /predict``: ``{"texts": [...] or "one text", "candidate_labels": [...]?, "multi_label": false?}``
   (a pair adapter takes each text as ``[premise, hypothesis]``) -> ``{"results": [r, ...]}``, one ``r``
   per text, in order, exactly what :func:`ltuning.prediction.predict` returns per text with
-  ``return_scores=True`` (a list even for one string), and ``"warnings": [message, ...]`` when there is
-  something the client should know (candidate labels longer than an LT-prefix adapter's ``label_length``,
-  scored on their first tokens).
+  ``return_scores=True`` (a list even for one string), and ``"warnings": [message, ...]`` with what
+  ``predict`` warns about in Python for that request's group (candidate labels longer than an LT-prefix
+  adapter's ``label_length``, scored on their first tokens; multi_label on a listwise adapter); the server's
+  log gets them too.
 - ``GET /health``: ``{"status": "ok", "requests", "texts", "batches"}`` (counters since start).
 - ``GET /metadata``: method, base model, labels and label texts, limits, batching, versions.
 
@@ -34,6 +35,7 @@ import concurrent.futures
 import copy
 import math
 import platform
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,7 +45,7 @@ from ._version import __version__
 from .config import is_utf8, shown_bytes
 from .errors import ConfigError, LTuningError
 from .methods import Injection
-from .prediction import candidate_injection, check_texts, predict
+from .prediction import candidate_injection, check_texts, collected_warnings, predict
 
 MAX_CANDIDATES = 64
 
@@ -123,9 +125,8 @@ class InjectionCache:
             self.entries.move_to_end(names)
             return self.entries[names]
         self.misses += 1
-        notes: list[str] = []
-        with torch.inference_mode():
-            inj = candidate_injection(self.model, list(names), notes=notes)
+        with torch.inference_mode(), collected_warnings() as notes:
+            inj = candidate_injection(self.model, list(names))
         self.entries[names] = inj, notes
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
@@ -268,11 +269,16 @@ class Batcher:
         the results and the warnings for the group's requests."""
         model, notes = self.model, []
         if candidates is not None:
-            injection, notes = self.cache.get(candidates)
+            injection, notes = self.cache.get(candidates)  # a cached set's warnings too
             model = _CandidateModel(self.model, candidates, injection)
-        # one request may hold more texts than max_batch (up to --max-texts): scored max_batch at a time
-        return predict(model, texts, batch_size=max(min(len(texts), self.max_batch), 1), multi_label=multi_label,
-                       return_scores=True), list(notes)
+        with collected_warnings() as more:
+            # one request may hold more texts than max_batch (up to --max-texts): scored max_batch at a time
+            results = predict(model, texts, batch_size=max(min(len(texts), self.max_batch), 1),
+                              multi_label=multi_label, return_scores=True)
+        notes = list(dict.fromkeys([*notes, *more]))
+        for note in notes:  # the server's log, as before (the warnings filter shows each message once)
+            warnings.warn(note, UserWarning, stacklevel=1)
+        return results, notes
 
 
 # ---------------------------------------------------------------------- checks of one request
