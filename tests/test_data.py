@@ -309,6 +309,18 @@ def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
     assert read_table(p, ["text"], "label").texts == ["one\u2028two", "three\u0085four\u2029"]
 
 
+def test_jsonl_with_cr_line_ends_reads_as_with_lf(tmp_path):
+    """A file whose lines end at \r only (classic Mac) is read line by line, errors numbered by those lines."""
+    lines = [json.dumps({"text": t, "label": y}) for t, y in (("good film", "pos"), ("bad film", "neg"))]
+    p = tmp_path / "cr.jsonl"
+    p.write_bytes(("\r".join(lines) + "\r").encode())
+    got = read_table(p, ["text"], "label")
+    assert got.texts == ["good film", "bad film"] and got.label_names == ["neg", "pos"]
+    p.write_bytes(("\r".join([*lines, "{oops"]) + "\r").encode())
+    with pytest.raises(DataError, match="invalid JSON at line 3"):
+        read_table(p, ["text"], "label")
+
+
 def test_empty_and_header_only_files(tmp_path):
     (tmp_path / "e.csv").write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="empty"):

@@ -227,8 +227,9 @@ def _json_rows(path: Path, text: str, suffix: str) -> list[tuple[int, dict]]:
                                 f"(got {type(r).__name__}); every row must map column -> value")
         return list(enumerate(rows, 1))
     rows = []
-    # lines end at \n (or \r\n) only: U+2028 and the like may stand unescaped inside a JSON string
-    for lineno, line in enumerate(text.split("\n"), 1):
+    # lines end at \n (or \r\n) only: U+2028 and the like may stand unescaped inside a JSON string. A file
+    # without any \n ends its lines at \r (classic Mac line ends; a bare \r is never inside a JSON string)
+    for lineno, line in enumerate(text.split("\n" if "\n" in text else "\r"), 1):
         if not line.strip():
             continue
         r = _parse_json(path, line.removesuffix("\r"), lineno)
