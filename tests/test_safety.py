@@ -120,19 +120,37 @@ def other_settings(env):
 
 def test_an_adapter_records_its_backbones_settings(env):
     cfg = json.loads((env["adapter"] / CONFIG_NAME).read_text())
-    assert cfg["backbone_settings"] == {"hidden_act": "gelu", "layer_norm_eps": 1e-12}
+    assert set(cfg["backbone_settings"]) == {"hidden_act", "layer_norm_eps", "tokenizer"}
+    assert cfg["backbone_settings"]["hidden_act"] == "gelu" and cfg["backbone_settings"]["layer_norm_eps"] == 1e-12
+
+
+def test_an_adapter_refuses_the_same_weights_with_another_tokenizer(env, tmp_path, capsys):
+    """The tiny backbone's weights and config with a tokenizer that lower-cases: the label texts and the texts
+    would read other rows of the embedding matrix ('The' was [UNK], now 'the')."""
+    from conftest import make_tokenizer
+    from tokenizers import normalizers
+
+    folder = tmp_path / "other-tokenizer"
+    shutil.copytree(env["tiny"], folder)
+    tok = make_tokenizer("encoder")
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    tok.save_pretrained(folder)
+    with pytest.raises(AdapterError, match=r"other settings .*tokenizer: another one \(the token ids of a probe "):
+        load_adapter(env["adapter"], model=str(folder))
+    rc = main(["predict", "--adapter", str(env["adapter"]), "--model", str(folder), "a good film"])
+    one_line(capsys, rc, "tokenizer: another one")
 
 
 def test_an_adapter_refuses_a_backbone_with_other_settings(env, tmp_path, capsys, other_settings):
     """Same shapes and weights but another activation and norm eps: the predictions would silently differ."""
-    with pytest.raises(AdapterError, match=r"other config settings .*hidden_act: trained 'gelu', now 'relu'; "
+    with pytest.raises(AdapterError, match=r"other settings .*hidden_act: trained 'gelu', now 'relu'; "
                                            r"layer_norm_eps: trained 1e-12, now 1e-05"):
         load_adapter(env["adapter"], model=str(other_settings))
     rc = main(["predict", "--adapter", str(env["adapter"]), "--model", str(other_settings), "a good film"])
-    one_line(capsys, rc, "other config settings")
+    one_line(capsys, rc, "other settings")
     # init_from checks its source's backbone the same way
     rc = main(train_argv(other_settings, env["train"], tmp_path / "warm", "--init-from", str(env["adapter"])))
-    one_line(capsys, rc, "other config settings")
+    one_line(capsys, rc, "other settings")
 
 
 @pytest.mark.parametrize("recorded", [..., {}, {"rope_theta": 10000.0}, {"hidden_act": "gelu", "layer_norm_eps": 1e-12}])

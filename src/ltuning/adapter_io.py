@@ -191,9 +191,9 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
     changed = settings_differ(config.backbone_settings, backbone.settings)
     if changed:
         raise AdapterError(
-            f"adapter {directory} was trained on backbone {config.base_model!r} with other config settings than "
+            f"adapter {directory} was trained on backbone {config.base_model!r} with other settings than "
             f"{backbone.name!r} has (same architecture and shapes; {'; '.join(changed)}): they change what the "
-            "backbone computes; load it with the backbone config it was trained on"
+            "backbone computes; load it with the backbone (config and tokenizer) it was trained on"
         )
     if config.backbone_weights is None:
         warnings.warn(f"adapter {directory} was saved before ltuning recorded its backbone's weights: it cannot "

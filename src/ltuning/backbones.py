@@ -227,6 +227,22 @@ def config_settings(config) -> dict[str, str | int | float | bool]:
     return out
 
 
+#: A fixed sentence whose token ids stand for the tokenizer in the settings record: another vocabulary,
+#: normalisation (case, accents), pre-tokenisation or template of special tokens tokenizes it differently.
+TOKENIZER_PROBE = "The Quick brown fox didn't see 1984's naïve café owners; e-mail: über@x.org!"
+
+
+def tokenizer_probe(tokenizer) -> str | None:
+    """A short hash of the token ids (special tokens included) ``tokenizer`` gives :data:`TOKENIZER_PROBE`, the
+    ``tokenizer`` entry of :attr:`Backbone.settings`: the same weights with another tokenizer read label and text
+    tokens as other rows of the embedding matrix. None where the tokenizer cannot be called."""
+    try:
+        ids = [int(i) for i in tokenizer(TOKENIZER_PROBE)["input_ids"]]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode plain text fails later, by name
+        return None
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
 def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
     """``key: trained <saved>, now <current>`` for each setting both records hold with different values; none when
     either record is missing. Numbers are equal within a relative 1e-6: a value read from a float32 field (a GGUF
@@ -238,7 +254,8 @@ def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
         a, b = saved[k], current[k]
         same = a == b if isinstance(a, str | bool) or isinstance(b, str | bool) else math.isclose(a, b, rel_tol=1e-6)
         if not same:
-            out.append(f"{k}: trained {a!r}, now {b!r}")
+            out.append(f"tokenizer: another one (the token ids of a probe sentence differ; hash {a} trained, {b} now)"
+                       if k == "tokenizer" else f"{k}: trained {a!r}, now {b!r}")
     return out
 
 
@@ -343,6 +360,9 @@ class Backbone(nn.Module):
         self.native_pooling = sentence_transformers_pooling(getattr(model.config, "_name_or_path", ""))
         self.fingerprint = config_fingerprint(model.config)
         self.settings = config_settings(model.config)
+        probe = tokenizer_probe(tokenizer)
+        if probe is not None:
+            self.settings["tokenizer"] = probe
         self.weights_sample = weights_sample(model)
         self.model.requires_grad_(False)
         self.model.eval()

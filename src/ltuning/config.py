@@ -187,8 +187,9 @@ class LTuningConfig:
     )
     backbone_settings: dict[str, str | int | float | bool] | None = field(
         default=None, metadata={"help": "The backbone config's values that change its computation but no weight's "
-                                "shape (activation, norm eps, RoPE; backbones.config_settings); set when the model "
-                                "is built. An adapter refuses a backbone where one of them differs."}
+                                "shape (activation, norm eps, RoPE; backbones.config_settings) and a hash of its "
+                                "tokenizer's ids for a probe sentence; set when the model is built. An adapter "
+                                "refuses a backbone where one of them differs."}
     )
 
     def __post_init__(self) -> None:

@@ -180,7 +180,7 @@ def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, back
     if isinstance(source, LTuningModel):
         if other:
             raise ConfigError(f"init_from: the source model is on backbone {source.backbone.name!r}, this run's model "
-                              f"on {backbone.name!r} (another architecture, config settings or weights); build the "
+                              f"on {backbone.name!r} (another architecture, settings, tokenizer or weights); build the "
                               "model on the source's backbone")
     else:
         try:

@@ -522,7 +522,7 @@ class _TrainingLoop:
         changed = settings_differ(saved.pop("backbone_settings", None), signature.pop("backbone_settings", None))
         if changed:
             raise checkpoint.CheckpointError(
-                f"cannot resume from {folder}: it was trained with other backbone config settings than "
+                f"cannot resume from {folder}: it was trained with other backbone settings than "
                 f"{self.model.backbone.name!r} has ({'; '.join(changed)}); resume with the backbone it was trained on, "
                 "or train from scratch in another --output-dir")
         diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
