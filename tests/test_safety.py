@@ -135,10 +135,48 @@ def test_an_adapter_refuses_the_same_weights_with_another_tokenizer(env, tmp_pat
     tok = make_tokenizer("encoder")
     tok.backend_tokenizer.normalizer = normalizers.Lowercase()
     tok.save_pretrained(folder)
-    with pytest.raises(AdapterError, match=r"other settings .*tokenizer: another one \(the token ids of a probe "):
+    with pytest.raises(AdapterError, match=r"other settings .*tokenizer: it splits text differently now .*restore "
+                                           r"the tokenizer it was trained with, or train again"):
         load_adapter(env["adapter"], model=str(folder))
     rc = main(["predict", "--adapter", str(env["adapter"]), "--model", str(folder), "a good film"])
-    one_line(capsys, rc, "tokenizer: another one")
+    one_line(capsys, rc, "delete backbone_settings.tokenizer from its adapter_config.json")
+
+
+def test_the_tokenizer_probe_is_pinned():
+    """Every saved adapter records these hashes: a change of the probe sentence or of how it is hashed would make
+    them all refuse their own backbones."""
+    from conftest import make_tokenizer
+
+    from ltuning.backbones import TOKENIZER_PROBE, tokenizer_probe
+    from ltuning.loading import load_backbone
+
+    assert TOKENIZER_PROBE == "The Quick brown fox didn't see 1984's owners; e-mail: info@example.org!"
+    assert tokenizer_probe(make_tokenizer("encoder")) == "7ddbcafd2bbb23bd"
+    assert tokenizer_probe(make_tokenizer("decoder")) == "bf659360e1751d8f"
+    assert load_backbone("minilm").settings["tokenizer"] == "a675d1f882cfc1cb"
+
+
+def test_a_tokenizer_that_samples_its_tokens_records_none():
+    """BPE dropout gives other ids on each call: no record (nothing to compare), never a random refusal."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ltuning.backbones import tokenizer_probe
+
+    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyzTQ0123456789'@.;:!-")}
+    # 14 independent merges, each dropped half the time: five equal draws in a row have odds of about 1e-17
+    merges = [("T", "h"), ("Q", "u"), ("b", "r"), ("f", "o"), ("d", "i"), ("s", "e"), ("o", "w"), ("m", "a"),
+              ("i", "n"), ("e", "x"), ("o", "r"), ("n", "t"), ("a", "m"), ("p", "l")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=0.5, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert len({tuple(fast(TOKENIZER_PROBE_TEXT)["input_ids"]) for _ in range(20)}) > 1  # it does sample
+    assert tokenizer_probe(fast) is None
+
+
+TOKENIZER_PROBE_TEXT = "The Quick brown fox didn't see 1984's owners; e-mail: info@example.org!"
 
 
 def test_an_adapter_refuses_a_backbone_with_other_settings(env, tmp_path, capsys, other_settings):

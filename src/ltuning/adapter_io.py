@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import card
-from .backbones import same_weights, settings_differ
+from .backbones import TOKENIZER_DIFFERS, TOKENIZER_REMEDY, same_weights, settings_differ
 from .config import (
     ADAPTER_CONFIG_NAME,
     TRAINER_WEIGHTS_NAME,
@@ -192,8 +192,8 @@ def fit_config_to_backbone(directory: str | Path, config: LTuningConfig, backbon
     if changed:
         raise AdapterError(
             f"adapter {directory} was trained on backbone {config.base_model!r} with other settings than "
-            f"{backbone.name!r} has (same architecture and shapes; {'; '.join(changed)}): they change what the "
-            "backbone computes; load it with the backbone (config and tokenizer) it was trained on"
+            f"{backbone.name!r} has (same architecture and shapes; {'; '.join(changed)}); load it with the "
+            f"backbone (config and tokenizer) it was trained on{TOKENIZER_REMEDY if TOKENIZER_DIFFERS in changed else ''}"
         )
     if config.backbone_weights is None:
         warnings.warn(f"adapter {directory} was saved before ltuning recorded its backbone's weights: it cannot "

@@ -228,19 +228,31 @@ def config_settings(config) -> dict[str, str | int | float | bool]:
 
 
 #: A fixed sentence whose token ids stand for the tokenizer in the settings record: another vocabulary,
-#: normalisation (case, accents), pre-tokenisation or template of special tokens tokenizes it differently.
-TOKENIZER_PROBE = "The Quick brown fox didn't see 1984's naïve café owners; e-mail: über@x.org!"
+#: normalisation (case), pre-tokenisation or template of special tokens tokenizes it differently. Plain ASCII,
+#: the text least likely to tokenize otherwise under a newer tokenizers release. NEVER CHANGE IT: every saved
+#: adapter's record is a hash of its ids (tests/test_safety.py pins the hashes).
+TOKENIZER_PROBE = "The Quick brown fox didn't see 1984's owners; e-mail: info@example.org!"
 
 
 def tokenizer_probe(tokenizer) -> str | None:
     """A short hash of the token ids (special tokens included) ``tokenizer`` gives :data:`TOKENIZER_PROBE`, the
     ``tokenizer`` entry of :attr:`Backbone.settings`: the same weights with another tokenizer read label and text
-    tokens as other rows of the embedding matrix. None where the tokenizer cannot be called."""
+    tokens as other rows of the embedding matrix. None where the tokenizer cannot be called, or does not give
+    the same ids twice (BPE dropout): no record, nothing compared."""
     try:
-        ids = [int(i) for i in tokenizer(TOKENIZER_PROBE)["input_ids"]]
+        ids = [[int(i) for i in tokenizer(TOKENIZER_PROBE)["input_ids"]] for _ in range(5)]
     except Exception:  # noqa: BLE001 - a tokenizer that cannot encode plain text fails later, by name
         return None
-    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    if any(i != ids[0] for i in ids):
+        return None
+    return hashlib.sha256(json.dumps(ids[0]).encode()).hexdigest()[:16]
+
+
+#: How :func:`settings_differ` names another tokenizer, and the remedy the errors add for it.
+TOKENIZER_DIFFERS = ("tokenizer: it splits text differently now (a probe sentence gets other token ids: its files, a "
+                     "tokenizer passed in, or the transformers / tokenizers version changed)")
+TOKENIZER_REMEDY = ("; restore the tokenizer it was trained with, or train again (if you are sure the tokenizer is "
+                    "the same, delete backbone_settings.tokenizer from its adapter_config.json)")
 
 
 def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
@@ -254,8 +266,7 @@ def settings_differ(saved: dict | None, current: dict | None) -> list[str]:
         a, b = saved[k], current[k]
         same = a == b if isinstance(a, str | bool) or isinstance(b, str | bool) else math.isclose(a, b, rel_tol=1e-6)
         if not same:
-            out.append(f"tokenizer: another one (the token ids of a probe sentence differ; hash {a} trained, {b} now)"
-                       if k == "tokenizer" else f"{k}: trained {a!r}, now {b!r}")
+            out.append(TOKENIZER_DIFFERS if k == "tokenizer" else f"{k}: trained {a!r}, now {b!r}")
     return out
 
 

@@ -174,14 +174,14 @@ def _check_source(source: LTuningModel | str | Path, config: LTuningConfig, back
     # the config records its backbone (fingerprint, settings, weights sample) for a model in memory as for a
     # saved adapter
     a, b = config.backbone_weights, backbone.weights_sample
+    changed = settings_differ(config.backbone_settings, backbone.settings)
     other = (bool(config.backbone_fingerprint) and config.backbone_fingerprint != backbone.fingerprint) or (
-        a is not None and b is not None and not same_weights(a, b)) or bool(
-        settings_differ(config.backbone_settings, backbone.settings))
+        a is not None and b is not None and not same_weights(a, b)) or bool(changed)
     if isinstance(source, LTuningModel):
         if other:
+            what = "; ".join(changed) if changed else "another architecture or other weights"
             raise ConfigError(f"init_from: the source model is on backbone {source.backbone.name!r}, this run's model "
-                              f"on {backbone.name!r} (another architecture, settings, tokenizer or weights); build the "
-                              "model on the source's backbone")
+                              f"on {backbone.name!r} ({what}); build the model on the source's backbone")
     else:
         try:
             fit_config_to_backbone(source, config, backbone)

@@ -523,8 +523,8 @@ class _TrainingLoop:
         if changed:
             raise checkpoint.CheckpointError(
                 f"cannot resume from {folder}: it was trained with other backbone settings than "
-                f"{self.model.backbone.name!r} has ({'; '.join(changed)}); resume with the backbone it was trained on, "
-                "or train from scratch in another --output-dir")
+                f"{self.model.backbone.name!r} has ({'; '.join(changed)}); resume with the backbone (config and "
+                "tokenizer) it was trained on, or train from scratch in another --output-dir")
         diff = sorted(k for k in set(signature) | set(saved) if signature.get(k) != saved.get(k))
         if diff:
             # options recorded only when not their default (e.g. score_head 'paper' before the option existed)
