@@ -141,15 +141,6 @@ _CHECKPOINT = re.compile(r"peer-step-(\d+)\.pt")
 _ADDED_LATER = ("model_path", "backbone_fingerprint", "backbone_settings", "peer_config", "peft_version")
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def checkpoints(folder) -> list[tuple[int, Path]]:
     """The peer checkpoints in ``folder``, oldest first, as (step, path); none when it does not exist."""
     folder = Path(folder)
@@ -239,7 +230,7 @@ def train_peer(method: str, shared_backbone, load_private, train_ds, eval_ds, *,
                 "model_path": None if model_path is None else str(model_path),
                 "backbone_fingerprint": getattr(shared_backbone, "fingerprint", None),
                 "backbone_settings": getattr(shared_backbone, "settings", None),
-                "peer_config": peer.config, "peft_version": _version("peft") if method in PEFT_PEERS else None}
+                "peer_config": peer.config, "peft_version": common.versions("peft")["peft"] if method in PEFT_PEERS else None}
     sample = getattr(shared_backbone, "weights_sample", None)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     found = checkpoints(folder) if folder is not None else []

@@ -467,14 +467,7 @@ _CONFIG_TYPES = {
 def _is_settings(v) -> bool:
     """What ``backbones.config_settings`` writes: names to scalars."""
     def scalar(x) -> bool:
-        if isinstance(x, bool) or (isinstance(x, str) and is_utf8(x)):
-            return True
-        if not isinstance(x, int | float):
-            return False
-        try:
-            return math.isfinite(x)
-        except OverflowError:
-            return False
+        return isinstance(x, bool) or (isinstance(x, str) and is_utf8(x)) or _is_finite_number(x)
     return isinstance(v, dict) and all(is_text(k) and scalar(x) for k, x in v.items())
 
 
@@ -538,17 +531,20 @@ def config_json(config: dict, indent: int | None = None) -> str:
     return json.dumps(out, indent=indent)
 
 
+def _is_finite_number(x) -> bool:
+    """An int or float (not a bool) that is finite; an int too large for a float is not (``math.isfinite``
+    would raise OverflowError on it)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _is_weights_sample(v) -> bool:
-    """What ``backbones.weights_sample`` writes: 16 values per sampled tensor (one or two tensors), finite
-    (an int too large for a float is not: ``math.isfinite`` would raise OverflowError on it)."""
-    def finite(x) -> bool:
-        if isinstance(x, bool) or not isinstance(x, int | float):
-            return False
-        try:
-            return math.isfinite(x)
-        except OverflowError:
-            return False
-    return isinstance(v, list) and len(v) in (16, 32) and all(finite(x) for x in v)
+    """What ``backbones.weights_sample`` writes: 16 values per sampled tensor (one or two tensors), finite."""
+    return isinstance(v, list) and len(v) in (16, 32) and all(_is_finite_number(x) for x in v)
 
 
 def _check_config_types(raw: dict, path: Path) -> None:
