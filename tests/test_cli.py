@@ -5,6 +5,7 @@ params."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -264,7 +265,8 @@ def test_train_refuses_an_output_dir_that_is_a_file(models, files, tmp_path, cap
 def test_train_refuses_a_previous_run_unless_overwrite(models, files, trained, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
-    (out / "eval_old_file.json").write_text("{}")
+    (out / "eval_old_file.json").write_text(json.dumps({"run_config": {"command": "evaluate"}}))
+    (out / "eval_data.json").write_text("{}")  # the user's: not ltuning evaluate's metrics
     (out / "checkpoints" / "step-9").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
     before = sorted(p.name for p in out.iterdir())
@@ -275,6 +277,7 @@ def test_train_refuses_a_previous_run_unless_overwrite(models, files, trained, t
     names = {p.name for p in out.iterdir()}
     assert "eval_old_file.json" not in names and "checkpoints" not in names
     assert (out / "notes.txt").read_text() == "mine" and (out / CONFIG_NAME).is_file()
+    assert (out / "eval_data.json").read_text() == "{}"
     capsys.readouterr()
     assert main(["report", "--json", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["evals"] == {}
@@ -304,9 +307,12 @@ def test_overwrite_replaces_only_files_at_the_names_a_run_writes(tmp_path):
     # what a run writes, and at the adapter's names whoever wrote them (saving the adapter replaces them)
     ours = ["adapter_config.json", "adapter_model.safetensors", "run_config.json", "train_results.json", "loss.png",
             "accuracy.png", "eval_sst2_validation.json", "eval_sst2_validation.png", "README.md", "config.json"]
-    mine = ["notes.txt", "data.tsv", "eval.json", "adapter_config.json.bak"]
+    # eval_* files that ltuning evaluate did not write (its metrics name the command) are the user's
+    mine = ["notes.txt", "data.tsv", "eval.json", "adapter_config.json.bak", "eval_data.json", "eval_data.png",
+            "eval_plot.png"]
     for name in ours + mine:
         (out / name).write_text("x")
+    (out / "eval_sst2_validation.json").write_text(json.dumps({"run_config": {"command": "evaluate"}}))
     moved = _set_aside_previous_run(out)
     assert sorted(p.name for p in moved) == sorted([*ours, "checkpoints"])
     assert sorted(p.name for p in (out / REPLACED_DIR).iterdir()) == sorted([*ours, "checkpoints"])
@@ -954,3 +960,57 @@ def test_params_label_length_at_the_bound_allocates_nothing(models, capsys):
     assert main(["params", "--model", models["tiny"], "--label-length", "64", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["l"] == 64 and all(r["match"] for r in info["methods"])
+
+
+def test_another_tools_checkpoints_are_never_taken_for_a_run(models, files, trained, tmp_path, capsys):
+    """checkpoints/ holding files ltuning did not write: not a previous run (nothing to --overwrite), kept by
+    --overwrite, and a run that would write its own checkpoints beside them is refused."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "epoch=3.ckpt").write_text("theirs")
+    assert main(train_args(models, files, out)) == 0  # not a run: no --overwrite needed, nothing touched
+    assert (out / "checkpoints" / "epoch=3.ckpt").read_text() == "theirs"
+    one_error_line(capsys, main(train_args(models, files, out, "--overwrite", "--checkpoint-every", "2")),
+                   "checkpoints/ holds epoch=3.ckpt, which ltuning did not write")
+    assert main(train_args(models, files, out, "--overwrite")) == 0
+    assert (out / "checkpoints" / "epoch=3.ckpt").read_text() == "theirs"
+    # ltuning's checkpoints mixed with another tool's: --overwrite and --resume are refused, nothing moved
+    (out / "checkpoints" / "step-2").mkdir()
+    (out / "checkpoints" / "step-2" / "trainer_state.json").write_text("{}")
+    for flag in ("--overwrite", "--resume"):
+        one_error_line(capsys, main(train_args(models, files, out, flag)), "which ltuning did not write")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch=3.ckpt", "step-2"]
+
+
+def test_no_command_writes_over_the_backbone_or_its_own_inputs(models, files, trained, tmp_path, capsys):
+    """Whatever the flags: train into the backbone's folder, evaluate or export over the backbone's or the
+    adapter's files are refused before any work, and every file stays as it was."""
+    backbone = tmp_path / "backbone"
+    shutil.copytree(models["tiny"], backbone)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained, adapter)
+    before = snapshot(backbone), snapshot(adapter)
+    one_error_line(capsys, main([*train_args({**models, "tiny": str(backbone)}, files, backbone), "--overwrite"]),
+                   "is the backbone's folder")
+    evaluate = ["evaluate", "--adapter", str(adapter), "--model", str(backbone), "--file", files["valid"],
+                "--text-column", "text", "--label-column", "label", "--overwrite", "--quiet", "--output"]
+    one_error_line(capsys, main([*evaluate, str(backbone / "config.json")]), "a file in the backbone's folder")
+    one_error_line(capsys, main([*evaluate, str(adapter / "adapter_config.json")]), "which evaluate reads")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        export = ["export", "--adapter", str(adapter), "--model", str(backbone), "--overwrite", "--output"]
+        one_error_line(capsys, main([*export, str(adapter / "adapter_model.safetensors")]), "which export reads")
+        one_error_line(capsys, main([*export, str(backbone / "config.json")]), "a file in the backbone's folder")
+    assert (snapshot(backbone), snapshot(adapter)) == before
+
+
+def test_an_adapter_whose_backbone_folder_moved_says_so(models, files, tmp_path, capsys):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(models["tiny"], backbone)
+    out = tmp_path / "adapter"
+    assert main(train_args({**models, "tiny": str(backbone)}, files, out)) == 0
+    backbone.rename(tmp_path / "moved")
+    capsys.readouterr()
+    one_error_line(capsys, main(["predict", "--adapter", str(out), "good film"]),
+                   f"names its backbone by the folder {backbone}, which does not exist (moved or deleted?); "
+                   "pass the backbone explicitly (--model PATH")
+    assert main(["predict", "--adapter", str(out), "--model", str(tmp_path / "moved"), "good film"]) == 0

@@ -511,3 +511,40 @@ def test_history_jsonl_and_result_dict_are_strict_json():
                     history=[{"step": 2, "loss": float("nan"), "train_loss": float("inf")}])
     assert json.loads(history_jsonl(r)) == {"step": 2, "loss": None, "train_loss": None}
     json.dumps(r.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("change, key", [
+    (("--label-texts", "awful,fine"), "label_texts"),
+    (("--max-length", "20"), "max_length"),
+    (("--train-file", "SWAPPED"), "train_data"),  # the same size, one label changed
+    (("--validation-file", "SWAPPED"), "validation_data"),
+])
+def test_resume_on_other_label_texts_length_or_data_is_refused(setup, tmp_path, capsys, change, key):
+    """The label texts, the text length and the data (by content, not only size) are part of the run."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "3")) == 0
+    capsys.readouterr()
+    if change[1] == "SWAPPED":
+        rows = TRAIN if key == "train_data" else VALID
+        swapped = [(rows[0][0], "negative" if rows[0][1] == "positive" else "positive"), *rows[1:]]
+        change = (change[0], str(write_csv(tmp_path / "swapped.csv", swapped)))
+    assert main(args_for(setup, out, "--max-steps", "3", *change, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and f"{key}: checkpoint" in err, err
+    if key.endswith("_data"):
+        assert "resume with the same data" in err
+
+
+def test_checkpoint_written_before_the_data_keys_resumes(setup, tmp_path, capsys):
+    """A checkpoint without the label-text, length and data records (written before them) resumes as before."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "6", "--max-length", "20")) == 0
+    for _, folder in list_checkpoints(out):
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        for k in ("label_texts", "label_length", "max_length", "train_data", "validation_data"):
+            assert k in state["run"]
+            del state["run"][k]
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--max-steps", "6", "--label-texts", "awful,fine", "--resume")) == 0

@@ -36,6 +36,7 @@ BEST_NAME = "best_model.safetensors"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_DIR = re.compile(r"^\.tmp-step-(\d+)$")
 
 
 class CheckpointError(ConfigError):
@@ -57,6 +58,16 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
         if m and p.is_dir() and (p / STATE_NAME).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def foreign_entries(output_dir: str | Path) -> list[Path]:
+    """What ``checkpoints/`` holds that ltuning did not write (its entries are ``step-N`` and ``.tmp-step-N``
+    folders): another tool's checkpoints, which ``--overwrite`` must not take for a run's."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if not (p.is_dir() and (_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name))))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

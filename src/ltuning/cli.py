@@ -788,16 +788,16 @@ def _check_output_file(path: Path, option: str) -> None:
     _check_writable_parent(path, option)
 
 
-# Files `ltuning train` / `evaluate --plot` write into a run folder: what --overwrite removes, nothing else.
+# Files `ltuning train --plot` writes into a run folder (with the adapter's): what --overwrite removes, with
+# evaluate's results and checkpoints/ (_run_outputs), nothing else.
 _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_config.json", "train_results.json",
               "loss.png", "accuracy.png")
-_RUN_GLOBS = ("eval_*.json", "eval_*.png")
 
 
 def _previous_run(out: Path) -> list[Path]:
     """What a previous run left in ``out``: adapter, results, config, checkpoints (empty: not a run)."""
     from .adapter_io import is_ltuning_config
-    from .checkpoint import CHECKPOINTS_DIR
+    from .checkpoint import CHECKPOINTS_DIR, foreign_entries
 
     if not out.is_dir():
         return []
@@ -805,7 +805,7 @@ def _previous_run(out: Path) -> list[Path]:
     found = [out / "adapter_config.json"] if is_ltuning_config(out / "adapter_config.json") else []
     found += [out / n for n in ("train_results.json", "run_config.json") if (out / n).is_file()]
     ckpt = out / CHECKPOINTS_DIR
-    if ckpt.is_dir() and any(ckpt.iterdir()):
+    if ckpt.is_dir() and len(foreign_entries(out)) < len(list(ckpt.iterdir())):  # one of ours at least
         found.append(ckpt)
     return found
 
@@ -814,16 +814,26 @@ def _previous_run(out: Path) -> list[Path]:
 REPLACED_DIR = ".ltuning-replaced"
 
 
+def _evaluate_outputs(out: Path) -> list[Path]:
+    """The ``eval_*`` files of ``ltuning evaluate`` in ``out``: its metrics JSONs and the plots beside them
+    (a user's own ``eval_*`` files are not among them)."""
+    metrics = sorted(f for f in out.glob("eval_*.json") if f.is_file() and _is_metrics_file(f))
+    plots = [f.with_suffix(".png") for f in metrics if f.with_suffix(".png").is_file()]
+    return sorted(metrics + plots)
+
+
 def _run_outputs(out: Path) -> list[Path]:
     """What ``--overwrite`` replaces in ``out``: every file at a name a run writes (the adapter's files, whoever
     wrote them, since saving the adapter replaces them; run_config.json, train_results.json, the plots),
-    ``eval_*`` results and ``checkpoints/``. Nothing else (a user's notes, data) is touched."""
+    ``evaluate``'s results (:func:`_evaluate_outputs`) and ``checkpoints/`` when all it holds is ltuning's
+    checkpoints (:func:`_train_output` refuses a run that would mix its checkpoints with another tool's).
+    Nothing else (a user's notes, data, own ``eval_*`` files) is touched."""
     from .adapter_io import ADAPTER_FILES
-    from .checkpoint import CHECKPOINTS_DIR
+    from .checkpoint import CHECKPOINTS_DIR, foreign_entries
 
     found = [out / n for n in dict.fromkeys((*_RUN_FILES, *ADAPTER_FILES)) if (out / n).is_file()]
-    found += sorted(f for g in _RUN_GLOBS for f in out.glob(g) if f.is_file())
-    if (out / CHECKPOINTS_DIR).is_dir():
+    found += _evaluate_outputs(out)
+    if (out / CHECKPOINTS_DIR).is_dir() and not foreign_entries(out):
         found.append(out / CHECKPOINTS_DIR)
     return found
 
@@ -968,8 +978,9 @@ def _train_output(args) -> Path:
     refused: --resume with nothing to resume (a finished run, no checkpoint), and files there that ltuning did
     not write (a user's README.md) unless --overwrite."""
     from .adapter_io import ADAPTER_FILES
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import CHECKPOINTS_DIR, foreign_entries, latest_checkpoint
     from .errors import ConfigError
+    from .loading import model_folder
 
     _check_multitask_args(args)
     if not args.train_file and not args.task and not args.tasks:
@@ -990,6 +1001,17 @@ def _train_output(args) -> Path:
                           "and did not finish; give --resume to continue the unfinished run (from its last checkpoint, if it wrote one), "
                           "--overwrite to start it again, or move the set-aside files back (in place of the unfinished "
                           f"run's) and delete the empty {REPLACED_DIR}/ to keep that run")
+    backbone = model_folder(args.model)
+    if backbone is not None and out_dir.is_dir() and _same_file(out_dir, backbone):
+        raise ConfigError(f"--output-dir {out_dir} is the backbone's folder (--model {args.model}), which the run "
+                          "reads: the adapter's files (config.json, README.md) would replace the model's; give "
+                          "another --output-dir")
+    others = foreign_entries(out_dir)
+    if others and (args.checkpoint_every or len(others) < len(list((out_dir / CHECKPOINTS_DIR).iterdir()))):
+        # the run's checkpoints (or the previous run's, which --overwrite and --resume act on) would mix with them
+        raise ConfigError(f"--output-dir {out_dir}: {CHECKPOINTS_DIR}/ holds {', '.join(p.name for p in others[:3])}"
+                          f"{' and more' if len(others) > 3 else ''}, which ltuning did not write; this run keeps its "
+                          f"checkpoints there: move them away or give another --output-dir")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
@@ -1001,7 +1023,7 @@ def _train_output(args) -> Path:
                           "checkpoint to continue from; give --overwrite to train it again from step 0 (replacing "
                           "it), or another --output-dir")
     written = [out_dir / n for n in dict.fromkeys((*_RUN_FILES, *ADAPTER_FILES))]
-    written += [f for g in _RUN_GLOBS for f in out_dir.glob(g)] if args.overwrite else []
+    written += _evaluate_outputs(out_dir) if args.overwrite and out_dir.is_dir() else []
     for f, option in ((args.train_file, "--train-file"), (args.validation_file, "--validation-file")):
         if f and any(_same_file(Path(f), w) for w in written):
             raise ConfigError(f"{option} {f} is a file this run would write over in --output-dir {out_dir}; "
@@ -1282,7 +1304,7 @@ def cmd_evaluate(args) -> int:
             raise ConfigError(f"--output {out} ends in .png, the name --plot gives the confusion matrix beside the "
                               f"metrics; give the metrics a .json name (e.g. {out.with_suffix('.json')})")
         _check_output_file(out.with_suffix(".png"), "--output (its .png plot)")
-    _check_evaluate_outputs(args, out)
+    _check_evaluate_outputs(args, out, config)
     task = _adapter_task(config, args.adapter_task, args.task)
     names = config.label_names if task is None else config.tasks[task]["label_names"]
     if args.file and not any(t.label_names == list(names) for t in TASKS.values()):
@@ -1349,22 +1371,44 @@ def _is_metrics_file(path: Path) -> bool:
         and value["run_config"].get("command") == "evaluate"
 
 
-def _check_evaluate_outputs(args, out: Path) -> None:
-    """evaluate never writes over a file it reads (the data, the config, the adapter's files), whatever the
-    flags; nor over a file that an earlier ``ltuning evaluate`` did not write, unless --overwrite."""
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (links resolved)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _check_not_an_input(outputs: list[Path], args, config, command: str) -> None:
+    """An adapter command's output never replaces a file it reads, whatever the flags: --file, --config, the
+    adapter's files, or any file in the backbone's folder (--model, else the one the adapter names)."""
     from .adapter_io import ADAPTER_FILES
     from .config import TRAINER_WEIGHTS_NAME
     from .errors import ConfigError
+    from .loading import model_folder
 
-    outputs = [out] + ([out.with_suffix(".png")] if args.plot else [])
     adapter = Path(args.adapter)
-    inputs = [(Path(f), o) for f, o in ((args.file, "--file"), (args.config, "--config")) if f]
+    inputs = [(Path(f), o) for f, o in ((getattr(args, "file", None), "--file"), (args.config, "--config")) if f]
     # a Trainer checkpoint folder's adapter is its model.safetensors
     inputs += [(adapter / n, "--adapter") for n in (*ADAPTER_FILES, TRAINER_WEIGHTS_NAME)]
+    backbone = model_folder(args.model or config.base_model)
     for o in outputs:
         for path, option in inputs:
             if _same_file(o, path):
-                raise ConfigError(f"--output {o} is {path}, which evaluate reads ({option}); give another --output")
+                raise ConfigError(f"--output {o} is {path}, which {command} reads ({option}); give another --output")
+        if backbone is not None and o.exists() and _inside(o, backbone):
+            raise ConfigError(f"--output {o} is a file in the backbone's folder {backbone}, which {command} reads; "
+                              "give another --output")
+
+
+def _check_evaluate_outputs(args, out: Path, config) -> None:
+    """evaluate never writes over a file it reads (:func:`_check_not_an_input`), whatever the flags; nor over a
+    file that an earlier ``ltuning evaluate`` did not write, unless --overwrite."""
+    from .errors import ConfigError
+
+    outputs = [out] + ([out.with_suffix(".png")] if args.plot else [])
+    _check_not_an_input(outputs, args, config, "evaluate")
     ours = _is_metrics_file(out)
     if ours and args.file and not args.output and not args.overwrite:
         # the default name comes from the file's stem: data/a/test.csv and data/b/test.csv share it
@@ -1521,7 +1565,7 @@ def cmd_export(args) -> int:
 
     require_onnx()
     check_output(args.output, args.overwrite)  # before the model loads
-    read_adapter_config(args.adapter)
+    _check_not_an_input([Path(args.output)], args, read_adapter_config(args.adapter), "export")
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     info = export_onnx(model, args.output, overwrite=args.overwrite, opset=args.opset)
     print(f"{model.config.method} on {model.config.base_model}: labels {info['labels']} -> {info['output']} "
@@ -1531,8 +1575,9 @@ def cmd_export(args) -> int:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a job scheduler's stop) during ``ltuning train``: handled as Ctrl-C is, so a run that
-    --overwrite set aside is put back and the message names the checkpoint to --resume from."""
+    """SIGTERM (``kill``, a job scheduler's stop) during ``ltuning train``, ``evaluate`` or ``export``: handled as
+    Ctrl-C is, so temporary files are removed, a run that --overwrite set aside is put back and the message
+    names the checkpoint to --resume from."""
 
 
 class _StopSignals:
@@ -1669,10 +1714,10 @@ def main(argv: list[str] | None = None) -> int:
         card.set_command(f"ltuning train --config {shlex.quote(str(Path(args.output_dir) / RUN_CONFIG_NAME))}"
                          if config_file is not None and args.command == "train" and args.output_dir
                          else "ltuning " + shlex.join(argv))
-        if args.command == "train":
+        if args.command in ("train", "evaluate", "export"):  # the commands that write files: clean up on SIGTERM
             with _StopSignals() as args._stop_signals:
                 rc = args.func(args)
-                if rc == 0:
+                if rc == 0 and args.command == "train":
                     _after_train(args)
             return rc
         return args.func(args)

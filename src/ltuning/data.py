@@ -71,6 +71,15 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def fingerprint(self) -> str:
+        """16 hex digits that change with any text, label or label name (not with ``source``): a checkpoint
+        records its data's, so that a run resumed on other data of the same size is refused."""
+        import hashlib
+
+        texts = [list(t) if isinstance(t, tuple) else t for t in self.texts]
+        blob = json.dumps([texts, list(self.labels), self.label_names], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
     def subset(self, n: int | None, seed: int = 0) -> TextDataset:
         """A seeded random subset of n rows (all rows if n is None or >= len)."""
         if n is None or n >= len(self):

@@ -188,7 +188,8 @@ def _write_new(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a folder, an existing file without ``overwrite``, or a missing parent folder, before any work."""
+    """Refuse a folder, an existing file without ``overwrite``, a missing parent folder or one we may not write
+    into, before any work."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--output {path} is a folder; give a file path such as {path / 'model.onnx'}")
@@ -196,6 +197,8 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
         raise ConfigError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
     if not path.parent.is_dir():
         raise ConfigError(f"--output {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {path}: cannot write into {path.parent} (permission denied)")
     return path
 
 

