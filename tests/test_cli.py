@@ -1014,3 +1014,27 @@ def test_an_adapter_whose_backbone_folder_moved_says_so(models, files, tmp_path,
                    f"names its backbone by the folder {backbone}, which does not exist (moved or deleted?); "
                    "pass the backbone explicitly (--model PATH")
     assert main(["predict", "--adapter", str(out), "--model", str(tmp_path / "moved"), "good film"]) == 0
+
+
+def test_run_config_reruns_into_the_same_folder_from_any_folder(models, files, tmp_path, monkeypatch, capsys):
+    """run_config.json stores absolute paths: rerun from another folder, it replaces the run it came from; "~"
+    in a config file is the home folder, never a folder named "~"."""
+    monkeypatch.chdir(tmp_path)
+    train_file = Path(files["train"])
+    assert train_file.parent == tmp_path
+    args = [a if a != files["train"] else "train.csv" for a in train_args(models, files, Path("runs/base"))]
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "runs/base/run_config.json").read_text())
+    assert saved["output_dir"] == str(tmp_path / "runs/base") and saved["train_file"] == str(train_file)
+    monkeypatch.chdir(tmp_path / "runs")
+    assert main(["train", "--config", "base/run_config.json", "--overwrite", "max_steps=2"]) == 0
+    assert not (tmp_path / "runs/runs").exists()
+    assert json.loads((tmp_path / "runs/base/train_results.json").read_text())["args"]["max_steps"] == 2
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "c.yaml").write_text("output_dir: ~/tilde-run\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--model", models["tiny"], "--train-file",
+                 str(train_file), "--text-column", "text", "--label-column", "label", "--max-steps", "2",
+                 "--batch-size", "4", "--quiet"]) == 0
+    assert (home / "tilde-run" / "adapter_config.json").is_file() and not (tmp_path / "runs" / "~").exists()

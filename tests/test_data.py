@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -465,3 +466,66 @@ def test_trec_coarse_labels():
     by_text = dict(zip(ds.texts, ds.labels, strict=True))
     assert ds.label_names[by_text["Who was nicknamed The Little Corporal ?"]] == "human"
     assert ds.label_names[by_text["What is the full form of .com ?"]] == "abbreviation"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ('["bad", "good"', "invalid JSON"),  # a bracket missing: not the texts '["bad"' and '"good"'
+    ('{"neg": "bad", "pos": "good",}', "invalid JSON"),
+    ('[null, "good"]', "label 'neg' has a JSON null"),
+    ('{"neg": ["bad"], "pos": "good"}', "label 'neg' has a JSON array"),
+    ('[true, "good"]', "label 'neg' has a JSON boolean"),
+])
+def test_label_texts_that_read_as_json_must_be_valid_json_of_strings(spec, match):
+    with pytest.raises(DataError, match=re.escape(match)):
+        load_label_texts(spec, ["neg", "pos"])
+
+
+def test_label_texts_comma_separated_numbers_and_files():
+    assert load_label_texts("bad, good", ["neg", "pos"]) == ["bad", "good"]
+    assert load_label_texts("[1, 5]", ["neg", "pos"]) == ["1", "5"]  # numbers are texts
+
+
+def test_label_texts_file_of_comma_separated_texts(tmp_path):
+    (tmp_path / "texts.txt").write_text("bad,good", encoding="utf-8")
+    assert load_label_texts(str(tmp_path / "texts.txt"), ["neg", "pos"]) == ["bad", "good"]
+    (tmp_path / "texts.json").write_text('["bad", "good"', encoding="utf-8")
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_label_texts(str(tmp_path / "texts.json"), ["neg", "pos"])
+
+
+@pytest.mark.parametrize("row, match", [
+    ('{"text": ["good"], "label": "pos"}', "row 2: the text is a JSON array"),
+    ('{"text": {"a": 1}, "label": "pos"}', "row 2: the text is a JSON object"),
+    ('{"text": true, "label": "pos"}', "row 2: the text is a JSON boolean"),
+    ('{"text": "fine", "label": ["pos"]}', "row 2: the label is a JSON array"),
+])
+def test_json_rows_whose_values_are_not_strings_are_refused(tmp_path, row, match):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": "bad", "label": "neg"}\n' + row + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(match)):
+        read_table(f, ["text"], "label")
+
+
+def test_numbers_in_json_rows_are_texts_and_labels(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"text": 42, "label": 0}\n{"text": "fine", "label": 1}\n', encoding="utf-8")
+    ds = read_table(f, ["text"], "label")
+    assert ds.texts == ["42", "fine"] and ds.labels == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["d.data", "d.csv.gz", "d"])
+def test_unsupported_data_file_types_are_named(tmp_path, name):
+    (tmp_path / name).write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    with pytest.raises(DataError, match="unsupported file type .*give a .csv"):
+        read_table(tmp_path / name, ["text"], "label")
+
+
+def test_column_index_out_of_range_and_no_header_on_json(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("a,x\nb,y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"column 5 is out of range: the file has 2 columns \(0 to 1\)"):
+        read_table(f, [0], 5, header=False)
+    j = tmp_path / "d.jsonl"
+    j.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="JSON rows name their fields.*--no-header"):
+        read_table(j, ["text"], "label", header=False)

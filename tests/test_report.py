@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from test_cli import _offline, files, models, one_error_line, train_args  # noqa: F401 - fixtures
@@ -167,4 +168,4 @@ def test_run_config_does_not_keep_overwrite_or_resume():
 
     args = build_parser().parse_args(["train", "--task", "demo", "--overwrite", "--output-dir", "x"])
     resolved = _resolved_config(args)
-    assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == "x"
+    assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == str(Path("x").resolve())

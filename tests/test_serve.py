@@ -211,6 +211,24 @@ def test_malformed_json_and_oversize_body(served):
     assert status == 413
 
 
+def test_a_body_sent_as_a_form_and_unknown_paths_answer_in_the_documented_shape(served):
+    """curl -d sends application/x-www-form-urlencoded: the answer says to send JSON, not "valid dictionary";
+    a path or method the server does not answer gets {"error", "detail": [...]} as every other error."""
+    _, port, _ = served
+    body = json.dumps({"texts": "good"}).encode()
+    for kind in ("application/x-www-form-urlencoded", "text/plain"):
+        status, answer = http(port, "/predict", raw=body, headers={"Content-Type": kind})
+        assert status == 422 and answer["error"] == "invalid request: body"
+        assert f"Content-Type: application/json (got {kind}" in answer["detail"][0]["message"]
+    assert http(port, "/predict", raw=body)[0] == 200
+    status, answer = http(port, "/nowhere")
+    assert status == 404 and answer["error"] == "not found: GET /nowhere"
+    assert answer["detail"] == [{"field": "path",
+                                 "message": "this server answers POST /predict, GET /health and GET /metadata"}]
+    status, answer = http(port, "/predict")  # GET
+    assert status == 405 and answer["error"] == "method not allowed: GET /predict"
+
+
 def chunked_post(port: int, path: str, chunks: list[bytes]):
     """(status, parsed JSON) of a POST whose body is sent in chunks, with no Content-Length."""
     import http.client

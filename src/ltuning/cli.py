@@ -133,13 +133,14 @@ def _add_data_args(p: _Parser, train: bool) -> None:
                        help="multi-task training (lt-prefix / lt-prompt): one adapter on several known tasks, each "
                             "batch from one task with that task's labels, e.g. --tasks demo trec; the first task's "
                             "labels are the adapter's primary labels. Instead of --task / --train-file")
-        g.add_argument("--train-file", help="training data: .csv, .tsv or .jsonl (with --text-column, --label-column)")
+        g.add_argument("--train-file", help="training data: .csv, .tsv (or .txt, tab-separated), .jsonl or .json "
+                       "(with --text-column, --label-column)")
         g.add_argument("--validation-file", help="validation data in the same format as --train-file")
         g.add_argument("--max-train-samples", type=int, help="use a seeded random subset of the training data")
         g.add_argument("--max-eval-samples", type=int,
                        help="evaluate during training on a seeded random subset of the validation data")
     else:
-        g.add_argument("--file", help="data file (.csv, .tsv, .jsonl) instead of --task")
+        g.add_argument("--file", help="data file (.csv, .tsv or .txt, .jsonl, .json) instead of --task")
         g.add_argument("--split", default="validation", help="split of --task (default: validation)")
         g.add_argument("--max-samples", type=int, help="evaluate a seeded random subset")
     g.add_argument("--text-column", action="append",
@@ -260,7 +261,7 @@ def build_parser() -> _Parser:
     g.add_argument("--overwrite", action="store_true",
                    help="train into an --output-dir that holds a previous run, replacing the files ltuning "
                         "wrote there (adapter, its config.json marker, README.md card, run_config.json, "
-                        f"train_results.json, eval_*.json, plots, checkpoints/): they wait in {REPLACED_DIR}/ "
+                        f"train_results.json, evaluate's eval_*.json, plots, checkpoints/ of ltuning's checkpoints): they wait in {REPLACED_DIR}/ "
                         "until the new adapter is saved; if the run stops before its first checkpoint they are moved "
                         "back, after one they keep waiting (deleted when a run in the folder is saved); "
                         "other files are kept, except a file "
@@ -410,9 +411,11 @@ def build_parser() -> _Parser:
 
 
 # ---------------------------------------------------------------------- config files, plots, run records
-CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names: max_steps or max-steps); options "
-               "on the command line override it, and so do key=value arguments (e.g. max_steps=600) given with "
-               "--config. A run's run_config.json reruns it")
+CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names: batch_size or batch-size); options "
+               "on the command line override it, and so do key=value arguments (e.g. batch_size=32) given with "
+               "--config. Relative paths in it are read from the current folder, ~ is the home folder")
+CONFIG_HELP_TRAIN = CONFIG_HELP.replace("batch_size=32", "max_steps=600") + (
+    ". A run's run_config.json reruns it")
 CONFIG_HELP_POSITIONAL = ("read options from a YAML or JSON file (keys are option names, e.g. batch_size or "
                           "batch-size); options on the command line override it. This command takes no key=value "
                           "arguments: its positional arguments are read literally")
@@ -423,7 +426,8 @@ def _add_run_options(commands: dict[str, _Parser]) -> None:
     """--config on every command, --plot on train and evaluate, open-vocabulary options on predict."""
     for p in commands.values():
         p.add_argument("--config", metavar="FILE",
-                       help=CONFIG_HELP_POSITIONAL if _positionals(p) else CONFIG_HELP)
+                       help=CONFIG_HELP_POSITIONAL if _positionals(p) else
+                       CONFIG_HELP_TRAIN if p is commands["train"] else CONFIG_HELP)
     commands["train"].add_argument("--plot", action="store_true",
                                    help="also write loss.png and accuracy.png into the output folder (needs matplotlib)")
     commands["evaluate"].add_argument("--plot", action="store_true",
@@ -577,6 +581,11 @@ def _split_config_args(cmd_parser: _Parser, argv: list[str], options: dict[str, 
 _OLDER_RUN_CONFIGS = (("score_head", "paper", False), ("label_map_rank", 0, True))
 
 
+#: Options naming files or folders: "~" expanded in config files, absolute in run_config.json.
+_PATH_OPTIONS = {"output_dir", "train_file", "validation_file", "data_dir", "init_from", "model", "adapter", "file",
+                 "output", "label_texts"}
+
+
 def _config_values(path: str, command: str, overrides: dict, options: dict[str, _Option]) -> dict:
     """The config file's options (keys as destinations), with the key=value overrides on top."""
     from .errors import ConfigError
@@ -599,6 +608,9 @@ def _config_values(path: str, command: str, overrides: dict, options: dict[str, 
         if "objective" not in values and get_method(method).label_conditioned:
             values["objective"] = "pairwise"  # before --objective, LT methods trained on pairs (A.3)
     values.update(overrides)
+    for key in _PATH_OPTIONS & set(values):  # a shell expands ~ on the command line, never in a file or key=value
+        if isinstance(values[key], str) and (values[key] == "~" or values[key].startswith("~/")):
+            values[key] = str(Path(values[key]).expanduser())
     unknown = sorted(set(values) - set(options))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for `ltuning {command}`; known: {sorted(options)}")
@@ -640,11 +652,26 @@ def _apply_config(parser: _Parser, argv: list[str]) -> tuple[list[str], str | No
     return rest, path
 
 
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # inline text longer than a file name can be, or with a NUL
+        return False
+
+
 def _resolved_config(args) -> dict:
     """Every option of this run, as a config file that reruns it (``--config run_config.json``)."""
     # --overwrite and --resume act on the folder once; a rerun from this file must ask for them again.
     skip = {"func", "config", "command", "overwrite", "resume"}
     values = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not k.startswith("_")}
+    from .loading import portable_name
+
+    # paths as absolute ones, so that the file reruns the run from any folder (a local --model as its adapter
+    # names it; --label-texts only when it names a file)
+    for key in _PATH_OPTIONS & set(values):
+        value = values[key]
+        if isinstance(value, str) and value and (key != "label_texts" or _is_file(value)):
+            values[key] = portable_name(value) if key == "model" else str(Path(value).resolve())
     if values.get("method"):  # the head and map rank the run used, not "the default" (which may change)
         from .methods import get_method
 

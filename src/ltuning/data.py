@@ -180,7 +180,16 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
+def _check_scalar(value, where: str, what: str) -> None:
+    """A JSON row's value must be a string or a number (a list, an object or a boolean would be read as Python
+    writes it: "['x']"). Raises: DataError naming the row."""
+    if isinstance(value, list | dict) or (what == "text" and isinstance(value, bool)):
+        raise DataError(f"{where}: the {what} is a JSON {_json_kind(value)} ({shown(json.dumps(value), 60)}); give a "
+                        "string")
+
+
 def _check_text(value, where: str) -> str:
+    _check_scalar(value, where, "text")
     if _missing(value):
         raise DataError(f"{where}: empty text; remove the row or fill it")
     return str(value)
@@ -249,12 +258,20 @@ def _json_rows(path: Path, text: str, suffix: str) -> list[tuple[int, dict]]:
     return rows
 
 
+#: The data files read_table reads: comma-separated, tab-separated, JSON lines, a JSON array of objects.
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json")
+
+
 def _read_rows(path: Path, header: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str] | dict]]]:
     """The column names and the numbered rows (the line a row starts on; a JSON array's item number) of a
     .csv / .tsv / .txt (tab) or .jsonl / .json file. JSON rows are dicts.
     Raises: DataError: unreadable, empty, a CSV row with another number of fields than the header."""
     suffix = path.suffix.lower()
     f = _open_text(path)  # outside the try: its DataError (not found, a folder) is the message
+    if suffix not in DATA_SUFFIXES:
+        f.close()
+        raise DataError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; give a .csv, a .tsv (or "
+                        ".txt: tab-separated), a .jsonl or a .json file (a compressed file: uncompress it first)")
     try:
         with f:
             if suffix in (".jsonl", ".json"):
@@ -319,6 +336,9 @@ def _open_table(path: Path, columns: list[str | int], header: bool) -> tuple[lis
     if not rows:
         raise DataError(f"{path} has no data rows")
     if isinstance(rows[0][1], dict):
+        if not header:
+            raise DataError(f"{path}: JSON rows name their fields, so there is no header to leave out: drop "
+                            "--no-header (header=False) and give the columns by name")
         for col in columns:
             if col not in rows[0][1]:
                 raise DataError(f"column {col!r} not in {path} (columns: {', '.join(names)})")
@@ -329,6 +349,11 @@ def _open_table(path: Path, columns: list[str | int], header: bool) -> tuple[lis
                 raise DataError(f"{path}: the header names {names.count(col)} columns {col!r}; rename them so that "
                                 "each column has its own name")
         getters = [_column_getter(names, c, path) for c in columns]
+        width = len(names if names is not None else rows[0][1])  # every row has as many fields (_read_rows)
+        for col in columns:
+            if (isinstance(col, int) or str(col).isdigit() and names is None) and int(col) >= width:
+                raise DataError(f"{path}: column {col} is out of range: the file has {width} columns "
+                                f"(0 to {width - 1})")
     return rows, getters
 
 
@@ -341,6 +366,7 @@ def _rows_dataset(path: Path, rows: list[tuple[int, object]], get_text: list, ge
     than 2 labels."""
     raw_labels = [get_label(r) for _, r in rows]
     for (n, _), v in zip(rows, raw_labels, strict=True):
+        _check_scalar(v, f"{path}, row {n}", "label")
         if _missing(v):
             raise DataError(f"{path}, row {n}: missing label")
     if label_names is None:
@@ -631,11 +657,16 @@ def _label_texts_of(value: list | dict, label_names: list[str], option: str = "-
         extra = [k for k in value if k not in label_names]
         if missing or extra:
             raise DataError(f"{option}: names {sorted(value)} do not match the labels {label_names}")
-        texts = [str(value[n]) for n in label_names]
+        given = [value[n] for n in label_names]
     else:
         if len(value) != len(label_names):
             raise DataError(f"{option} has {len(value)} texts for {len(label_names)} labels {label_names}")
-        texts = [str(v) for v in value]
+        given = list(value)
+    for n, t in zip(label_names, given, strict=True):
+        if t is None or isinstance(t, bool | list | dict):  # trained on as Python writes it ('None'); a number is text
+            raise DataError(f"{option}: label {n!r} has a JSON {_json_kind(t)} ({shown(json.dumps(t), 60)}) "
+                            "where its text goes; give a string")
+    texts = [str(v) for v in given]
     for n, t in zip(label_names, texts, strict=False):
         if not t.strip():
             raise DataError(f"{option}: label {n!r} has an empty text")
@@ -648,12 +679,15 @@ def load_label_texts(spec: str | None, label_names: list[str]) -> list[str] | No
     if spec is None:
         return None
     text = _label_texts_text(spec)
+    # JSON when it reads as JSON: a file's content, or inline text starting as a list, an object or a string
+    # does ('["bad", "good"' is a JSON list with its bracket missing, not the texts '["bad"' and '"good"')
+    as_json = text.lstrip().startswith(("[", "{", '"')) or (text is not spec and spec.lower().endswith(".json"))
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
-        value = [s.strip() for s in text.split(",")]
     except (ValueError, RecursionError) as e:  # a 5000-digit number, or lists nested thousands deep
-        raise DataError(f"--label-texts: invalid JSON ({str(e)[:200]})") from None
+        if as_json:
+            raise DataError(f"--label-texts: invalid JSON ({str(e)[:200]})") from None
+        value = [s.strip() for s in text.split(",")]
     if not isinstance(value, list | dict):
         raise DataError("--label-texts must be a JSON list or object, or comma-separated texts")
     return _label_texts_of(value, label_names)

@@ -435,6 +435,7 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or Limits()
     model.eval()
@@ -463,12 +464,26 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
     app = FastAPI(title="ltuning", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
 
-    def error(status: int, message: str, problems: list[tuple[str, str]]) -> JSONResponse:
-        return JSONResponse(status_code=status, content={
+    def error(status: int, message: str, problems: list[tuple[str, str]], headers=None) -> JSONResponse:
+        return JSONResponse(status_code=status, headers=headers, content={
             "error": message, "detail": [{"field": f, "message": m} for f, m in problems]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # a path or method the server does not answer: the documented error shape, not FastAPI's {"detail"}
+        where = f"{request.method} {request.url.path}"
+        return error(exc.status_code, f"{str(exc.detail).lower()}: {where}",
+                     [("path", "this server answers POST /predict, GET /health and GET /metadata")],
+                     headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            # FastAPI reads a body as JSON only under this content type (curl -d sends a form's)
+            return error(422, "invalid request: body", [("body", f"send the body as JSON with the header "
+                         f"Content-Type: application/json (got {kind or 'none'}; curl: -H 'Content-Type: "
+                         "application/json')")])
         problems = []
         for e in exc.errors():
             if e.get("type") == "json_invalid":  # its loc is ("body", <byte offset>): the offset is no field
