@@ -529,3 +529,10 @@ def test_column_index_out_of_range_and_no_header_on_json(tmp_path):
     j.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="JSON rows name their fields.*--no-header"):
         read_table(j, ["text"], "label", header=False)
+
+
+def test_a_blank_argument_is_refused_and_stdins_byte_order_mark_dropped(monkeypatch):
+    with pytest.raises(DataError, match="text 2 is empty; give a text in each argument"):
+        read_text_lines(None, ["good film", " "])
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffgood film\n\nbad\n"))
+    assert read_text_lines(None) == [(1, "good film"), (3, "bad")]

@@ -605,8 +605,8 @@ def from_hf_dataset(ds, text_columns: list[str], label_column: str, label_names:
 
 def read_text_lines(path: str | Path | None, inline: list[str] | None = None) -> list[tuple[int, str]]:
     """Texts to classify with their 1-based numbers: the arguments, else the lines of a file, else stdin
-    (``-`` or no file). Blank lines are skipped but counted; ``\n`` or ``\r\n`` line ends; a file's
-    byte-order mark is dropped."""
+    (``-`` or no file). Blank lines are skipped but counted (a blank argument is refused); ``\n`` or ``\r\n``
+    line ends; a byte-order mark (of a file, or of one piped in) is dropped."""
     if inline:
         numbered = list(enumerate(inline, 1))
     elif path and str(path) != "-":
@@ -621,10 +621,16 @@ def read_text_lines(path: str | Path | None, inline: list[str] | None = None) ->
             numbered = [(n, line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
         except UnicodeDecodeError:
             raise DataError("stdin: not UTF-8 text; give UTF-8 text") from None
+        if numbered and numbered[0][1].startswith("\ufeff"):  # a file piped in keeps its byte-order mark
+            numbered[0] = (1, numbered[0][1][1:])
     for n, t in numbered:  # bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
         if not is_utf8(t):
             where = "text" if inline else "stdin, line" if not path or str(path) == "-" else f"{path}, line"
             raise DataError(f"{where} {n}: not UTF-8 text ({shown_bytes(t)}); give UTF-8 text")
+    if inline:  # each argument answers one output line: a blank one is refused, not dropped
+        blank = [n for n, t in numbered if not t.strip()]
+        if blank:
+            raise DataError(f"text {blank[0]} is empty; give a text in each argument")
     numbered = [(n, t) for n, t in numbered if t.strip()]
     if not numbered:
         raise DataError("no texts to classify (give texts as arguments, --file FILE, or lines on stdin)")
