@@ -627,7 +627,8 @@ def test_evaluate_and_predict_batch_size_must_be_positive(trained, files, capsys
 def test_evaluate_file_with_task_is_named_after_the_file(trained, files, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    (run / "eval_sst2_validation.json").write_text(json.dumps({"accuracy": 0.9, "num_examples": 872}))
+    (run / "eval_sst2_validation.json").write_text(json.dumps({"accuracy": 0.9, "num_examples": 872,
+                                                               "run_config": {"command": "evaluate"}}))
     assert main(["evaluate", "--adapter", str(run), "--task", "sst2", "--file", files["valid"], "--text-column",
                  "text", "--label-column", "label", "--quiet"]) == 0
     assert json.loads((run / "eval_sst2_validation.json").read_text())["accuracy"] == 0.9  # not overwritten
@@ -1038,3 +1039,22 @@ def test_run_config_reruns_into_the_same_folder_from_any_folder(models, files, t
                  str(train_file), "--text-column", "text", "--label-column", "label", "--max-steps", "2",
                  "--batch-size", "4", "--quiet"]) == 0
     assert (home / "tilde-run" / "adapter_config.json").is_file() and not (tmp_path / "runs" / "~").exists()
+
+
+def test_an_adapter_kept_inside_its_backbones_folder_evaluates_and_exports_again(models, files, tmp_path, capsys):
+    """The backbone guard protects the model's files, not the adapter's own outputs below the model's folder."""
+    backbone = tmp_path / "backbone"
+    shutil.copytree(models["tiny"], backbone)
+    adapter = backbone / "adapters" / "a1"
+    assert main(train_args({**models, "tiny": str(backbone)}, files, adapter)) == 0
+    evaluate = ["evaluate", "--adapter", str(adapter), "--file", files["valid"], "--text-column", "text",
+                "--label-column", "label", "--quiet"]
+    assert main(evaluate) == 0 and main(evaluate) == 0  # the second replaces the first's metrics
+    if importlib.util.find_spec("onnxruntime") is not None:
+        export = ["export", "--adapter", str(adapter), "--output", str(adapter / "model.onnx")]
+        assert main(export) == 0 and main([*export, "--overwrite"]) == 0
+    capsys.readouterr()
+    (adapter / "checkpoints").mkdir()
+    (adapter / "checkpoints" / ".DS_Store").write_text("litter")  # a file browser's: not another tool's checkpoint
+    assert main(train_args({**models, "tiny": str(backbone)}, files, adapter, "--overwrite", "--checkpoint-every",
+                           "2")) == 0

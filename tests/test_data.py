@@ -11,6 +11,7 @@ import pytest
 
 from ltuning.data import (
     TASKS,
+    TextDataset,
     from_hf_dataset,
     get_task,
     load_label_texts,
@@ -527,8 +528,10 @@ def test_column_index_out_of_range_and_no_header_on_json(tmp_path):
         read_table(f, [0], 5, header=False)
     j = tmp_path / "d.jsonl"
     j.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match="JSON rows name their fields.*--no-header"):
-        read_table(j, ["text"], "label", header=False)
+    with pytest.raises(DataError, match=r"column 0 not in .*; JSON rows name their fields, so give the columns by "
+                                        r"name \(no --no-header\)"):
+        read_table(j, [0], 1, header=False)
+    assert read_table(j, ["text"], "label", header=False).texts == ["a", "b"]  # names: the header flag is moot
 
 
 def test_a_blank_argument_is_refused_and_stdins_byte_order_mark_dropped(monkeypatch):
@@ -536,3 +539,11 @@ def test_a_blank_argument_is_refused_and_stdins_byte_order_mark_dropped(monkeypa
         read_text_lines(None, ["good film", " "])
     monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffgood film\n\nbad\n"))
     assert read_text_lines(None) == [(1, "good film"), (3, "bad")]
+
+
+def test_numpy_labels_train_and_fingerprint_as_ints():
+    import numpy as np
+
+    ds = TextDataset(["a", "b"], list(np.array([0, 1])), ["neg", "pos"])
+    assert ds.fingerprint() == TextDataset(["a", "b"], [0, 1], ["neg", "pos"]).fingerprint()
+    assert ds.fingerprint() != TextDataset(["a", "b"], [1, 0], ["neg", "pos"]).fingerprint()

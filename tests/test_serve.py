@@ -221,6 +221,9 @@ def test_a_body_sent_as_a_form_and_unknown_paths_answer_in_the_documented_shape(
         assert status == 422 and answer["error"] == "invalid request: body"
         assert f"Content-Type: application/json (got {kind}" in answer["detail"][0]["message"]
     assert http(port, "/predict", raw=body)[0] == 200
+    # a +json type is read as JSON: the problem named is the body's, not its type
+    status, answer = http(port, "/predict", raw=b'"good"', headers={"Content-Type": "application/vnd.api+json"})
+    assert status == 422 and "Content-Type" not in json.dumps(answer)
     status, answer = http(port, "/nowhere")
     assert status == 404 and answer["error"] == "not found: GET /nowhere"
     assert answer["detail"] == [{"field": "path",

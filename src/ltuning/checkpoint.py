@@ -66,8 +66,9 @@ def foreign_entries(output_dir: str | Path) -> list[Path]:
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir()
-                  if not (p.is_dir() and (_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name))))
+    # a hidden file (.DS_Store, left by a file browser) is litter, not another tool's checkpoint
+    return sorted(p for p in root.iterdir() if not (p.is_dir() and (_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name)))
+                  and not (p.name.startswith(".") and p.is_file()))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

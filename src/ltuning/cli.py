@@ -411,10 +411,10 @@ def build_parser() -> _Parser:
 
 
 # ---------------------------------------------------------------------- config files, plots, run records
-CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names: batch_size or batch-size); options "
-               "on the command line override it, and so do key=value arguments (e.g. batch_size=32) given with "
-               "--config. Relative paths in it are read from the current folder, ~ is the home folder")
-CONFIG_HELP_TRAIN = CONFIG_HELP.replace("batch_size=32", "max_steps=600") + (
+CONFIG_HELP = ("read options from a YAML or JSON file (keys are option names, with _ or -); options on the command "
+               "line override it, and so do key=value arguments (an option's name and value) given with --config. "
+               "Relative paths in it are read from the current folder, ~ is the home folder")
+CONFIG_HELP_TRAIN = CONFIG_HELP.replace("(an option's name and value)", "(e.g. max_steps=600)") + (
     ". A run's run_config.json reruns it")
 CONFIG_HELP_POSITIONAL = ("read options from a YAML or JSON file (keys are option names, e.g. batch_size or "
                           "batch-size); options on the command line override it. This command takes no key=value "
@@ -671,7 +671,7 @@ def _resolved_config(args) -> dict:
     for key in _PATH_OPTIONS & set(values):
         value = values[key]
         if isinstance(value, str) and value and (key != "label_texts" or _is_file(value)):
-            values[key] = portable_name(value) if key == "model" else str(Path(value).resolve())
+            values[key] = portable_name(value) if key == "model" else os.path.abspath(value)  # links kept
     if values.get("method"):  # the head and map rank the run used, not "the default" (which may change)
         from .methods import get_method
 
@@ -1034,11 +1034,13 @@ def _train_output(args) -> Path:
                           "reads: the adapter's files (config.json, README.md) would replace the model's; give "
                           "another --output-dir")
     others = foreign_entries(out_dir)
-    if others and (args.checkpoint_every or len(others) < len(list((out_dir / CHECKPOINTS_DIR).iterdir()))):
-        # the run's checkpoints (or the previous run's, which --overwrite and --resume act on) would mix with them
+    mixed = bool(others) and (out_dir / CHECKPOINTS_DIR) in _previous_run(out_dir)  # and ltuning's checkpoints
+    if others and (args.checkpoint_every or mixed):
+        # the run's checkpoints, or the previous run's (which --overwrite and --resume act on), would mix with them
+        why = "a previous run's checkpoints are mixed with them" if mixed else "this run writes its checkpoints there"
         raise ConfigError(f"--output-dir {out_dir}: {CHECKPOINTS_DIR}/ holds {', '.join(p.name for p in others[:3])}"
-                          f"{' and more' if len(others) > 3 else ''}, which ltuning did not write; this run keeps its "
-                          f"checkpoints there: move them away or give another --output-dir")
+                          f"{' and more' if len(others) > 3 else ''}, which ltuning did not write, and {why}: move "
+                          "them away or give another --output-dir")
     previous = _previous_run(out_dir)
     if previous and not args.overwrite and not args.resume:
         raise ConfigError(f"--output-dir {out_dir} already holds a run ({', '.join(p.name for p in previous)}); "
@@ -1389,13 +1391,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _is_metrics_file(path: Path) -> bool:
-    """Whether ``path`` is a metrics JSON that ``ltuning evaluate`` wrote."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(value, dict) and isinstance(value.get("run_config"), dict) \
-        and value["run_config"].get("command") == "evaluate"
+    from .report import is_evaluate_metrics
+
+    return is_evaluate_metrics(path)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -1424,7 +1422,10 @@ def _check_not_an_input(outputs: list[Path], args, config, command: str) -> None
         for path, option in inputs:
             if _same_file(o, path):
                 raise ConfigError(f"--output {o} is {path}, which {command} reads ({option}); give another --output")
-        if backbone is not None and o.exists() and _inside(o, backbone):
+        # below the backbone folder but in the adapter's folder (an adapter kept inside its model's folder): the
+        # adapter's own outputs, which evaluate and export write there
+        if backbone is not None and o.exists() and _inside(o, backbone) \
+                and not (_inside(o, adapter) and not _inside(backbone, adapter)):
             raise ConfigError(f"--output {o} is a file in the backbone's folder {backbone}, which {command} reads; "
                               "give another --output")
 

@@ -77,7 +77,7 @@ class TextDataset:
         import hashlib
 
         texts = [list(t) if isinstance(t, tuple) else t for t in self.texts]
-        blob = json.dumps([texts, list(self.labels), self.label_names], ensure_ascii=False)
+        blob = json.dumps([texts, [int(y) for y in self.labels], list(self.label_names)], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     def subset(self, n: int | None, seed: int = 0) -> TextDataset:
@@ -336,12 +336,10 @@ def _open_table(path: Path, columns: list[str | int], header: bool) -> tuple[lis
     if not rows:
         raise DataError(f"{path} has no data rows")
     if isinstance(rows[0][1], dict):
-        if not header:
-            raise DataError(f"{path}: JSON rows name their fields, so there is no header to leave out: drop "
-                            "--no-header (header=False) and give the columns by name")
         for col in columns:
             if col not in rows[0][1]:
-                raise DataError(f"column {col!r} not in {path} (columns: {', '.join(names)})")
+                by_name = "" if header else "; JSON rows name their fields, so give the columns by name (no --no-header)"
+                raise DataError(f"column {col!r} not in {path} (columns: {', '.join(names)}){by_name}")
         getters = [lambda r, c=c: r.get(c) for c in columns]
     else:
         for col in columns:

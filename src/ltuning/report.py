@@ -22,6 +22,20 @@ def _read_json(path: Path) -> dict:
     return value
 
 
+def _is_evaluate_record(value) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("run_config"), dict) \
+        and value["run_config"].get("command") == "evaluate"
+
+
+def is_evaluate_metrics(path: Path) -> bool:
+    """Whether ``path`` is a metrics JSON that ``ltuning evaluate`` wrote (its ``run_config`` names the command):
+    what ``report`` lists and ``train --overwrite`` and ``evaluate`` may replace."""
+    try:
+        return _is_evaluate_record(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+
+
 def _is_run(d: Path) -> bool:
     return (d / CONFIG_NAME).is_file() or (d / RESULTS_NAME).is_file()
 
@@ -65,7 +79,7 @@ def summarize(run: Path) -> dict:
     row["evals"] = {}
     for f in sorted(run.glob("eval_*.json")):
         m = _read_json(f)
-        if not (isinstance(m, dict) and "accuracy" in m and "num_examples" in m):
+        if not _is_evaluate_record(m):
             continue  # not ltuning evaluate's metrics: a user's own eval_*.json
         # eval_<task>_<split>.json from --task, eval_<file stem>_file.json from --file; "data" says which
         row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples",

@@ -472,6 +472,9 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
     async def http_error(request: Request, exc: StarletteHTTPException):
         # a path or method the server does not answer: the documented error shape, not FastAPI's {"detail"}
         where = f"{request.method} {request.url.path}"
+        if exc.status_code not in (404, 405):
+            return error(exc.status_code, str(exc.detail), [("body", str(exc.detail))],
+                         headers=getattr(exc, "headers", None))
         return error(exc.status_code, f"{str(exc.detail).lower()}: {where}",
                      [("path", "this server answers POST /predict, GET /health and GET /metadata")],
                      headers=getattr(exc, "headers", None))
@@ -479,7 +482,7 @@ def create_app(model, limits: Limits | None = None, max_batch: int = 64, max_wai
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind != "application/json" and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+        if kind != "application/json" and not kind.endswith("+json") and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
             # FastAPI reads a body as JSON only under this content type (curl -d sends a form's)
             return error(422, "invalid request: body", [("body", f"send the body as JSON with the header "
                          f"Content-Type: application/json (got {kind or 'none'}; curl: -H 'Content-Type: "
