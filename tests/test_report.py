@@ -169,3 +169,26 @@ def test_run_config_does_not_keep_overwrite_or_resume():
     args = build_parser().parse_args(["train", "--task", "demo", "--overwrite", "--output-dir", "x"])
     resolved = _resolved_config(args)
     assert "overwrite" not in resolved and "resume" not in resolved and resolved["output_dir"] == str(Path("x").resolve())
+
+
+def test_report_leaves_out_records_of_other_weights(models, files, tmp_path, capsys):  # noqa: F811
+    """An adapter saved over a run (save_pretrained into its folder) makes the run's train_results.json and
+    evaluate's metrics another adapter's: report leaves them out and says so."""
+    from ltuning.adapter import load_adapter
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert main(train_args(models, files, out)) == 0
+    assert main(train_args(models, files, other, "--method", "prefix", "--seed", "1")) == 0
+    assert main(["evaluate", "--adapter", str(out), "--file", files["valid"], "--text-column", "text",
+                 "--label-column", "label", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["other_weights"] == [] and row["accuracy"] is not None and "valid_file" in row["evals"]
+    load_adapter(other).save_pretrained(out)  # another method's adapter over the run
+    assert main(["report", str(out), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["method"] == "prefix" and row.get("accuracy") is None and row["evals"] == {}
+    assert row["other_weights"] == ["train_results.json", "eval_valid_file.json"]
+    assert main(["report", str(out)]) == 0
+    assert "left out: train_results.json, eval_valid_file.json (written for other weights" in capsys.readouterr().out

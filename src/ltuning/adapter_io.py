@@ -45,6 +45,26 @@ ADAPTER_FILES = (WEIGHTS_NAME, card.CARD_NAME, HF_CONFIG_NAME, CONFIG_NAME)
 HF_MODEL_TYPE = "ltuning"
 
 
+#: Where train_results.json and evaluate's metrics record the weights they were written for (report compares)
+WEIGHTS_DIGEST_KEY = "adapter_weights_sha256"
+
+
+def weights_digest(directory: str | Path) -> str | None:
+    """16 hex digits of the sha256 of an adapter folder's weights file (a Trainer checkpoint's
+    model.safetensors when there is no adapter_model.safetensors); None when there is neither."""
+    import hashlib
+
+    for name in (WEIGHTS_NAME, TRAINER_WEIGHTS_NAME):
+        path = Path(directory) / name
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()[:16]
+    return None
+
+
 def hf_config(config: dict) -> dict:
     """The ``config.json`` written beside an adapter: the model_type transformers dispatches on, and what the
     adapter is for a reader (the adapter itself is ``adapter_config.json``)."""

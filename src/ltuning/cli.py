@@ -1161,6 +1161,7 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
     """Train (``on_built`` runs once the model is built and checked) and write the adapter and
     train_results.json into ``targs.output_dir``; the run, or None in a process that is not the main one."""
     from .adapter import atomic_write_text, save_adapter
+    from .adapter_io import WEIGHTS_DIGEST_KEY, weights_digest
     from .recipe import build_and_train
     from .train import is_main_process
 
@@ -1186,6 +1187,8 @@ def _train_and_save(args, train_data, eval_data, label_options, targs, on_built)
         "command": "ltuning " + " ".join(sys.argv[1:]) if sys.argv and "ltuning" in sys.argv[0] else None,
         "args": {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")},
         **run.summary(),
+        # the adapter these results are of: a later save_pretrained into the folder makes them another's (report)
+        WEIGHTS_DIGEST_KEY: weights_digest(out_dir),
     }
     atomic_write_text(out_dir / "train_results.json", _strict_json(summary))
     return run
@@ -1316,6 +1319,7 @@ def _scoring_precision(model, bf16: bool):
 
 def cmd_evaluate(args) -> int:
     from .adapter import atomic_write_text, load_adapter, read_adapter_config
+    from .adapter_io import WEIGHTS_DIGEST_KEY, weights_digest
     from .data import FileLabels
     from .errors import ConfigError
     from .evaluate import evaluate, format_metrics
@@ -1347,6 +1351,7 @@ def cmd_evaluate(args) -> int:
         metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     metrics["seconds"] = time.perf_counter() - t0
     metrics["data"] = data.source
+    metrics[WEIGHTS_DIGEST_KEY] = weights_digest(args.adapter)  # the adapter these metrics are of (report)
     if args.file:  # where the data was, from any folder: another file of the same name is told apart by it
         metrics["data_file"] = str(Path(args.file).resolve())
     metrics["run_config"] = _resolved_config(args)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .adapter import CONFIG_NAME
+from .adapter_io import WEIGHTS_DIGEST_KEY, weights_digest
 from .errors import DataError
 
 RESULTS_NAME = "train_results.json"
@@ -56,15 +57,25 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def summarize(run: Path) -> dict:
-    """One row: what was trained, how big, how good, how long."""
-    row: dict = {"run": str(run)}
+    """One row: what was trained, how big, how good, how long. A record written for other weights than the
+    folder's (an adapter saved over the run since) is left out and named under ``other_weights``."""
+    row: dict = {"run": str(run), "other_weights": []}
+    digest = weights_digest(run)
+
+    def of_other_weights(record: dict, name: str) -> bool:
+        recorded = record.get(WEIGHTS_DIGEST_KEY)  # absent: written before the record (taken as it is)
+        if recorded is not None and digest is not None and recorded != digest:
+            row["other_weights"].append(name)
+            return True
+        return False
+
     if (run / CONFIG_NAME).is_file():
         cfg = _read_json(run / CONFIG_NAME)
         meta = cfg.get("_meta", {})
         row.update(method=cfg.get("method"), base_model=cfg.get("base_model"), labels=cfg.get("label_names"),
                    label_length=cfg.get("label_length"), trainable_parameters=meta.get("trainable_parameters"))
-    if (run / RESULTS_NAME).is_file():
-        res = _read_json(run / RESULTS_NAME)
+    res = _read_json(run / RESULTS_NAME) if (run / RESULTS_NAME).is_file() else None
+    if res is not None and not of_other_weights(res, RESULTS_NAME):
         best = res.get("best_metrics") or {}
         args = res.get("args") or {}
         row.setdefault("method", args.get("method"))
@@ -79,8 +90,8 @@ def summarize(run: Path) -> dict:
     row["evals"] = {}
     for f in sorted(run.glob("eval_*.json")):
         m = _read_json(f)
-        if not _is_evaluate_record(m):
-            continue  # not ltuning evaluate's metrics: a user's own eval_*.json
+        if not _is_evaluate_record(m) or of_other_weights(m, f.name):
+            continue  # not ltuning evaluate's metrics (a user's own eval_*.json), or another adapter's
         # eval_<task>_<split>.json from --task, eval_<file stem>_file.json from --file; "data" says which
         row["evals"][f.stem[len("eval_"):]] = {k: m.get(k) for k in ("accuracy", "mcc", "macro_f1", "num_examples",
                                                                      "data")}
@@ -110,4 +121,7 @@ def format_report(rows: list[dict]) -> str:
         for name, m in r["evals"].items():
             lines.append(f"    eval {name}: accuracy {_cell(m['accuracy'], '.4f')}, mcc {_cell(m['mcc'], '.4f')}, "
                          f"macro_f1 {_cell(m['macro_f1'], '.4f')} on {_cell(m['num_examples'])} examples")
+        if r.get("other_weights"):
+            lines.append(f"    left out: {', '.join(r['other_weights'])} (written for other weights than the "
+                         "folder's adapter, saved over the run since)")
     return "\n".join(lines)
