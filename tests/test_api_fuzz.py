@@ -177,7 +177,8 @@ VALID: dict[tuple[str, str, str], str] = {
     **{(e, "candidate_labels", "None"): "the training labels" for e in ("predict", "predict_proba", "model(texts)")},
     **{(e, "hypothesis_template", "None"): "no template" for e in ("predict", "predict_proba", "model(texts)")},
     **{(e, "multi_label", "True"): "a sigmoid per label" for e in ("predict", "predict_proba", "model(texts)")},
-    ("predict", "threshold", "0"): "a probability", ("predict", "return_scores", "True"): "the pipeline's dicts",
+    ("predict", "threshold", "0"): "a probability", ("predict", "threshold", "None"): "the default, 0.5",
+    ("predict", "return_scores", "True"): "the pipeline's dicts",
     ("score_texts", "max_tokens", "None"): "the default token budget",
     ("save_pretrained", "overwrite", "True"): "replace files ltuning did not write",
     ("save_pretrained", "directory", "surrogate"): "how Python spells a file name that is not UTF-8 (os.fsdecode): "
@@ -204,7 +205,7 @@ def cases() -> list[tuple[str, str, str]]:
 CASES = cases()
 #: hostile cases per entry point (arguments x hostile values, less VALID); test_case_counts checks these
 EXPECTED_COUNTS = {
-    "LTuningConfig": 293, "get_ltuning_model": 68, "predict": 120, "predict_proba": 86, "model(texts)": 86,
+    "LTuningConfig": 293, "get_ltuning_model": 68, "predict": 119, "predict_proba": 86, "model(texts)": 86,
     "score_texts": 52, "save_pretrained": 34, "from_pretrained": 52, "load_adapter": 35, "TrainArgs": 329, "train": 70,
     "build_and_train": 70, "TextDataset": 53, "pipeline": 35,
 }  # 1383 in all

@@ -202,3 +202,11 @@ def test_a_model_cast_to_bf16_scores_and_trains(method):
         lt.zero_grad()
         pair = lt.loss(batch, labels, label_ids=torch.tensor([1, 1, 0]), targets=torch.tensor([1, 0, 0]))
         assert pair.dtype == torch.bfloat16 and torch.isfinite(pair)
+
+
+def test_threshold_without_multi_label_is_refused_not_ignored():
+    lt = make()
+    with pytest.raises(ConfigError, match="threshold applies to multi_label=True only"):
+        lt.predict(TEXTS, threshold=0.2)
+    assert lt.predict(TEXTS, threshold=None) == lt.predict(TEXTS)
+    assert lt.predict(TEXTS, multi_label=True) == lt.predict(TEXTS, multi_label=True, threshold=0.5)

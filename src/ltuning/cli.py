@@ -1479,6 +1479,7 @@ def _as_options(message: str, options: dict[str, str]) -> str:
 def cmd_predict(args) -> int:
     from .adapter import load_adapter, read_adapter_config
     from .errors import ConfigError
+    from .prediction import DEFAULT_THRESHOLD
 
     # Every option and the adapter folder are checked before stdin is read or the model loaded.
     _check_positive("--batch-size", args.batch_size)
@@ -1492,7 +1493,7 @@ def cmd_predict(args) -> int:
             raise ConfigError("--threshold applies to --multi-label only")
         if not 0 <= args.threshold <= 1:  # a sigmoid score is in [0, 1]; 0 shows every label, 1 none
             raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
-    threshold = 0.5 if args.threshold is None else args.threshold
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     task = _adapter_task(config, args.adapter_task, None)
     texts = _predict_inputs(args, pairs=bool(config.text_pairs))
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
@@ -1501,7 +1502,8 @@ def cmd_predict(args) -> int:
         with _scoring_precision(model, args.bf16):
             results = model.predict(texts, batch_size=args.batch_size, candidate_labels=candidates,
                                     hypothesis_template=args.hypothesis_template, multi_label=args.multi_label,
-                                    threshold=threshold, return_scores=True, unseen_label_head=args.unseen_label_head)
+                                    threshold=args.threshold, return_scores=True,
+                                    unseen_label_head=args.unseen_label_head)
     except ConfigError as e:  # the API names its arguments; here they are options
         raise type(e)(_as_options(str(e), _PREDICT_OPTIONS)) from None
     # r is the zero-shot pipeline's dict: sequence, labels and scores, best first

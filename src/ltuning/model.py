@@ -445,7 +445,7 @@ class LTuningModel(nn.Module):
 
     def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 64,
                 candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
-                hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
+                hypothesis_template: str | None = None, multi_label: bool = False, threshold: float | None = None,
                 return_scores: bool = False, unseen_label_head: str = "trained"):
         """Label name of each text (argmax over all labels, A.4).
 
@@ -458,6 +458,7 @@ class LTuningModel(nn.Module):
             hypothesis_template: label text for each label name, e.g. ``"{} film"``.
             multi_label: an independent sigmoid per label; returns the labels scoring >= ``threshold``, best
                 first.
+            threshold: with ``multi_label`` only (refused without it), in [0, 1]; None: 0.5.
             return_scores: return what transformers' zero-shot-classification pipeline returns, one dict
                 per text: ``{"sequence": text, "labels": [...], "scores": [...]}`` with every label, sorted
                 by score (best first); the scores are a softmax over the labels, or with ``multi_label``

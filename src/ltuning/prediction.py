@@ -94,13 +94,19 @@ def check_candidate_labels(candidate_labels) -> None:
     check_arg(ok, "candidate_labels", what + " (non-empty UTF-8 strings)", candidate_labels)
 
 
+#: multi_label's threshold when none is given: a label is predicted when its sigmoid reaches it
+DEFAULT_THRESHOLD = 0.5
+
+
 def check_options(multi_label, threshold, return_scores=False, hypothesis_template=None) -> None:
     """The flags of :func:`predict`: bools, a probability, a template string. Raises: ConfigError naming the
     argument."""
     check_arg(isinstance(multi_label, bool), "multi_label", "True or False", multi_label)
     check_arg(isinstance(return_scores, bool), "return_scores", "True or False", return_scores)
-    check_arg(is_number(threshold) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0, "threshold",
-              "a probability in [0, 1]", threshold)
+    check_arg(threshold is None or (is_number(threshold) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0),
+              "threshold", "a probability in [0, 1]", threshold)
+    if threshold is not None and multi_label is False:  # it selects labels by their sigmoids: ignored otherwise
+        raise ConfigError("threshold applies to multi_label=True only (the labels whose sigmoid score reaches it)")
     check_arg(hypothesis_template is None or (isinstance(hypothesis_template, str) and is_utf8(hypothesis_template)
                                               and hypothesis_template.count("{}") == 1),
               "hypothesis_template", "a string with '{}' exactly once, where the label goes", hypothesis_template)
@@ -316,7 +322,7 @@ def _result(item, ls: tuple[str, ...], z: torch.Tensor, multi_label: bool, thres
 
 
 def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypothesis_template: str | None,
-             multi_label: bool, threshold: float = 0.5, return_scores: bool = False,
+             multi_label: bool, threshold: float | None = None, return_scores: bool = False,
              unseen_label_head: str = "trained"):
     """Checked inputs of :func:`predict` / :func:`predict_proba`: (single input?, items, label sets, logits)."""
     pairs = model.config.text_pairs
@@ -342,11 +348,12 @@ def _prepare(model: LTuningModel, texts, batch_size: int, candidate_labels, hypo
 
 def predict(model: LTuningModel, texts: TextInput | Sequence[TextInput], batch_size: int = 64,
             candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
-            hypothesis_template: str | None = None, multi_label: bool = False, threshold: float = 0.5,
+            hypothesis_template: str | None = None, multi_label: bool = False, threshold: float | None = None,
             return_scores: bool = False, unseen_label_head: str = "trained"):
     """Classify texts; see :meth:`LTuningModel.predict`."""
     single, items, label_sets, logits = _prepare(model, texts, batch_size, candidate_labels, hypothesis_template,
                                                  multi_label, threshold, return_scores, unseen_label_head)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     results = [_result(item, ls, z, multi_label, threshold, return_scores)
                for item, ls, z in zip(items, label_sets, logits, strict=True)]
     return results[0] if single else results
