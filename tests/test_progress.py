@@ -83,6 +83,10 @@ def test_trainer_progress_is_plain_lines(capsys, tmp_path):
     steps = [int(m.group(1)) for m in map(LINE.search, captured.err.splitlines()) if m]
     assert steps == list(range(1, 11)) and "loss=" in captured.err
     assert "'loss'" in captured.out  # the Trainer's logs, one line each
+    # the line of a logging step shows that step's loss, not the previous logging step's
+    logged = [float(m.group(1)) for m in re.finditer(r"'loss': ([\d.]+)", captured.out)]
+    shown = {int(m.group(1)): line for line in captured.err.splitlines() if (m := LINE.search(line))}
+    assert len(logged) == 2 and f"loss={logged[0]:.4f}" in shown[5] and f"loss={logged[1]:.4f}" in shown[10]
 
 
 def test_cli_train_to_a_file_has_no_carriage_returns(tmp_path):
@@ -102,3 +106,18 @@ def test_cli_train_to_a_file_has_no_carriage_returns(tmp_path):
     assert "\r" not in log
     steps = [int(m.group(1)) for m in map(LINE.search, log.splitlines()) if m]
     assert steps == list(range(1, 11))
+
+
+def test_loading_a_backbone_from_python_into_a_log_has_no_bar(tmp_path):
+    """transformers' "Loading weights" bar is off while ltuning loads a backbone into a redirected stderr, and
+    its setting is as it was after."""
+    # the packaged minilm: a tiny model's few weights load without a bar
+    script = ("import transformers.utils.logging as l, ltuning\n"
+              "ltuning.get_ltuning_model('minilm', ltuning.LTuningConfig(method='prefix'), labels=['a', 'b'])\n"
+              "print('bar', l.is_progress_bar_enabled())\n")
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.run([sys.executable, "-c", script], stdout=log, stderr=log, env=env, timeout=300)
+    text = (tmp_path / "log").read_text()
+    assert proc.returncode == 0, text
+    assert "\r" not in text and "Loading weights" not in text and "bar True" in text, repr(text)

@@ -45,6 +45,17 @@ def test_collator_pairs_half_true_half_false():
     assert named["labels"].tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("size", [1, 3])
+def test_an_odd_batch_trains_on_false_pairs_too(size):
+    """A batch of 1 (gradient accumulation's usual partner) used to be a true pair every time: the model never
+    saw a false one. Its row, and an odd batch's middle row, are now false half the time, at random."""
+    collate = PairCollator(tiny(), seed=0)
+    rows = [{"text": t, "label": y} for t, y in TRAIN[:size]]
+    false = [int((collate(rows)["pair_target"] == 0).sum()) for _ in range(200)]
+    assert set(false) == {size // 2, size // 2 + 1}
+    assert 70 <= sum(f - size // 2 for f in false) <= 130  # about half of the 200 batches
+
+
 @pytest.mark.parametrize("method", ["lt-prefix", "prompt"])
 def test_trainer_trains_and_evaluates(method, tmp_path):
     from transformers import Trainer, TrainingArguments

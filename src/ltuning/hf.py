@@ -134,7 +134,9 @@ class PairCollator:
 
     Rows hold raw text (``text_columns``: one column, or two for sentence pairs) or pre-tokenized
     ``input_ids`` (see :func:`tokenize_dataset`), and a label (``label_column``, else ``label`` or
-    ``labels``) as a class index or a label name. Pairs are drawn from a seeded generator.
+    ``labels``) as a class index or a label name. Pairs are drawn from a seeded generator: the first half of a
+    batch paired with its true label, the rest with a random other one (an odd batch's middle row either way,
+    at random: a batch of 1 is a true or a false pair).
     """
 
     def __init__(self, model: LTuningModel, text_columns: Sequence[str] = ("text",), label_column: str | None = None,
@@ -175,7 +177,9 @@ class PairCollator:
             batch = self.backbone.tokenize(texts, self.max_length)  # CPU tensors; the Trainer moves them
         y = torch.tensor([self._label(r) for r in rows], dtype=torch.long)
         B, K = len(rows), len(self.label_names)
-        n_neg = B // 2
+        # half the pairs false; an odd batch's extra row (a batch of 1, with gradient accumulation: its only row) is
+        # false with probability 1/2, so that every batch size trains on true and false pairs alike
+        n_neg = B // 2 + (int(torch.randint(0, 2, (1,), generator=self.generator)) if B % 2 else 0)
         pair_class = y.clone()
         offset = torch.randint(1, K, (n_neg,), generator=self.generator)  # never 0: never the true label
         pair_class[B - n_neg:] = (y[B - n_neg:] + offset) % K
@@ -225,12 +229,18 @@ class LineProgressCallback(TrainerCallback):
             self.bar = LineProgress(state.max_steps, desc="train", unit="step", initial=state.global_step,
                                     every_seconds=self.every_seconds, every_steps=self.every_steps)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
+    def _advance(self, state) -> None:
+        """Move the bar to the Trainer's step, showing the newest logged loss. Called when the next step begins
+        (and at the end), not at ``on_step_end``: the Trainer logs a step's loss after that callback, so a line
+        drawn there showed the loss of the previous logging step."""
+        if self.bar is not None and state.global_step > self.bar.n:
             loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}")
             self.bar.update(state.global_step - self.bar.n)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._advance(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -238,6 +248,7 @@ class LineProgressCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
+            self._advance(state)
             self.bar.close()
             self.bar = None
 

@@ -7,6 +7,7 @@ built directly from a model and its tokenizer needs nothing from here.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -155,6 +156,24 @@ def adapter_backbone(base_model: str, adapter: str | Path) -> str:
     )
 
 
+@contextlib.contextmanager
+def _no_bar_in_a_log():
+    """transformers' "Loading weights" bar off while stderr is not a terminal (a log file would get its
+    carriage-return redraws), and back on after if it was on."""
+    from transformers.utils import logging as hf_logging
+
+    from .progress import is_terminal
+
+    quiet = not is_terminal() and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
 def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Backbone:
     """Load a backbone by short name (``minilm``, ``smollm2``), local folder or hub id.
 
@@ -167,10 +186,11 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, trust_r
     # A hub id that is neither cached nor reachable would otherwise spend about a minute in retries.
     local_only = not Path(path).is_dir() and not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
-        model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                          local_files_only=local_only)
+        with _no_bar_in_a_log():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                      local_files_only=local_only)
+            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                              local_files_only=local_only)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(
