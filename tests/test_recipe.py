@@ -191,7 +191,7 @@ def test_cli_train_results_come_from_the_recipe(models, files, tmp_path):  # noq
     assert list(results)[:2] == ["command", "args"]
     assert set(results) == {"command", "args", "learning_rate", "best_step", "best_metrics", "history",
                             "train_log", "seconds", "train_seconds", "trainable_parameters", "resumed_from_step",
-                            "skipped_steps", "stopped_early_at"}
+                            "skipped_steps", "stopped_early_at", "adapter_weights_sha256"}
 
 
 def test_table1_records_the_models_own_config(backbone, monkeypatch):
