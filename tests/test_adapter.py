@@ -10,7 +10,7 @@ import torch
 from ltuning.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter_config, save_adapter
 from ltuning.backbones import Backbone
 from ltuning.config import LTuningConfig
-from ltuning.errors import AdapterError
+from ltuning.errors import AdapterError, ConfigError
 from ltuning.model import LTuningModel
 
 METHOD_NAMES = ["lt-prefix", "lt-prompt", "prefix", "prompt"]
@@ -234,3 +234,18 @@ def test_training_records_whether_texts_are_pairs(tiny_model, tmp_path, pairs):
     folder = save_adapter(tiny_model, tmp_path / "a")
     assert json.loads((folder / CONFIG_NAME).read_text())["text_pairs"] is pairs
     assert read_adapter_config(folder).text_pairs is pairs
+
+
+@pytest.mark.parametrize("method", ["lt-prompt", "prefix", "prompt"])
+def test_an_adapter_recording_a_prefix_pooling_it_never_used_still_loads(backbone, method, tmp_path):
+    """Before the option was refused for the methods without label-token pooling, an adapter of theirs could
+    record prefix_pooling 'softmax' (taken and unused): it loads and scores exactly as saved."""
+    model = make_model(backbone, method)
+    out = save_adapter(model, tmp_path / "a")
+    raw = json.loads((out / CONFIG_NAME).read_text())
+    (out / CONFIG_NAME).write_text(json.dumps({**raw, "prefix_pooling": "softmax"}))
+    loaded = load_adapter(out, backbone=backbone)
+    assert loaded.config.prefix_pooling.value == "raw"
+    assert torch.equal(loaded.score_texts(TEXTS), model.score_texts(TEXTS))
+    with pytest.raises(ConfigError, match=f"{method} has none"):
+        LTuningModel(backbone, LTuningConfig.from_dict({**model.config.to_dict(), "prefix_pooling": "softmax"}))

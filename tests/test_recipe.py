@@ -53,8 +53,13 @@ def test_prepare_model_bounds_clamps_and_fills_in(backbone, capsys):
     assert model.config.label_length is not None and model.config.backbone_fingerprint
     assert model.config.base_model == backbone.name
     assert prepare_model(backbone, NAMES, max_length=16, say=None).config.max_length == 16
-    # the score head is for the label-conditioned methods; the classic ones are built with the paper's
-    assert prepare_model(backbone, NAMES, method="prefix", score_head="similarity").config.score_head.value == "paper"
+    # the score head is for the label-conditioned methods; the classic ones are built with the paper's, and
+    # another is refused (it would be recorded in the adapter and do nothing)
+    assert prepare_model(backbone, NAMES, method="prefix").config.score_head.value == "paper"
+    with pytest.raises(ConfigError, match="prefix scores the labels with its K-way head"):
+        prepare_model(backbone, NAMES, method="prefix", score_head="similarity")
+    with pytest.raises(ConfigError, match="prompt has none"):
+        prepare_model(backbone, NAMES, method="prompt", prefix_pooling="softmax")
     assert prepare_model(backbone, NAMES, score_head="similarity").config.score_head.value == "similarity"
 
 

@@ -101,7 +101,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
       labels are ``label_names``, else the names themselves.
     - ``label_length`` (l) must be in [1, ``backbone.max_label_tokens()``]; default: the longest label.
     - ``score_head`` (None: the method's ``default_score_head``) applies to the label-conditioned methods
-      (lt-*); the others are built with ``paper``.
+      (lt-*); the others are built with ``paper`` (another head is refused).
     - ``max_length`` is cut to what the backbone's position table holds beside the l prefix / prompt
       positions (``say`` gets a note on the main process), so the saved adapter states what it read.
     - ``base_model``: the backbone's name in the adapter; default ``backbone.name``.
@@ -119,8 +119,7 @@ def prepare_model(backbone: Backbone, label_names: Sequence[str], *, method: str
     base_model = backbone.name if base_model is None else base_model
     check_label_length(backbone, label_length, base_model)
     texts = default_label_texts(label_names, label_texts, task)
-    # None: the method's default head; a classic method records "paper" whatever is given (LTuningModel keeps
-    # the head the method uses)
+    # None: the method's default head; a classic method takes "paper" only (Method.check_config)
     head = {} if score_head is None else {"score_head": score_head}
     config = LTuningConfig(method=method, base_model=base_model, label_names=list(label_names),
                            label_texts=texts or [], label_length=label_length, max_length=max_length,

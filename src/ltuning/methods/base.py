@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone, Dims
-from ..config import LabelPosition, LTuningConfig, ScoreHead
+from ..config import LabelPosition, LTuningConfig, PrefixPooling, ScoreHead
 from ..errors import ConfigError, UnsupportedModelError
 
 
@@ -109,6 +109,15 @@ class Method(nn.Module):
             raise ConfigError(
                 f"label_map_rank (--label-map-rank) maps each label's frozen encoding into lt-prefix's per-label "
                 f"prefix; {cls.name} has no such map: leave it unset, or use --method lt-prefix")
+        # options another method reads, which would be recorded in the adapter and do nothing here
+        if config.prefix_pooling != PrefixPooling.RAW and "prefix_pooling" not in cls.weight_options:
+            raise ConfigError(
+                f"prefix_pooling (--prefix-pooling) pools lt-prefix's label-token scores; {cls.name} has none: leave "
+                "it unset (raw), or use --method lt-prefix")
+        if not cls.label_conditioned and config.score_head not in (None, ScoreHead.PAPER):
+            raise ConfigError(
+                f"score_head (--score-head) chooses how an LT method scores a (text, label) pair; {cls.name} scores "
+                "the labels with its K-way head: leave it unset, or use --method lt-prefix or lt-prompt")
         if config.label_position == LabelPosition.AFTER and cls.label_after_refusal is not None:
             raise ConfigError(
                 f"label_position='after' is not supported for method {cls.name!r}: {cls.label_after_refusal}. "
