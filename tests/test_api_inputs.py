@@ -210,3 +210,16 @@ def test_threshold_without_multi_label_is_refused_not_ignored():
         lt.predict(TEXTS, threshold=0.2)
     assert lt.predict(TEXTS, threshold=None) == lt.predict(TEXTS)
     assert lt.predict(TEXTS, multi_label=True) == lt.predict(TEXTS, multi_label=True, threshold=0.5)
+
+
+def test_the_callers_tokenizer_is_left_as_it_was():
+    """A decoder's tokenizer set up for generate() (left padding, no pad token) is not changed by wrapping its
+    model; ltuning pads a copy on the right."""
+    from conftest import tiny_llama
+
+    llama, tok = tiny_llama()
+    tok.padding_side, tok.pad_token = "left", None
+    lt = get_ltuning_model(llama, LTuningConfig(method="lt-prompt"), labels=["neg", "pos"], tokenizer=tok)
+    assert tok.padding_side == "left" and tok.pad_token is None
+    assert lt.backbone.tokenizer.padding_side == "right" and lt.backbone.tokenizer.pad_token is not None
+    assert len(lt.predict(["good film", "a much longer and rather bad film"])) == 2

@@ -404,9 +404,14 @@ class Backbone(nn.Module):
                 ) from None
         self._cache_heads = (self.family.cache_heads(model.config) if self.family.cache_heads is not None
                              else self.dims.num_kv_heads)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"  # (every call below also asks for it: a caller may set it back)
+        if self.tokenizer.pad_token_id is None or self.tokenizer.padding_side != "right":
+            # a copy: the caller's tokenizer (left padding for generate(), no pad token) stays as it was
+            import copy
+
+            self.tokenizer = copy.deepcopy(self.tokenizer)
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+            self.tokenizer.padding_side = "right"  # (every call below also asks for it: a caller may set it back)
         # Special tokens the tokenizer puts before the text ([CLS], <s>): a soft prompt goes after them,
         # so the pooler still reads position 0.
         ids = self.tokenizer("a")["input_ids"]

@@ -165,7 +165,8 @@ class PairCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if "input_ids" in rows[0]:
             keep = ("input_ids", "attention_mask", "token_type_ids")
-            enc = self.backbone.tokenizer.pad([{k: r[k] for k in keep if k in r} for r in rows], return_tensors="pt")
+            enc = self.backbone.tokenizer.pad([{k: r[k] for k in keep if k in r} for r in rows], padding_side="right",
+                                              return_tensors="pt")
             batch = {k: enc[k] for k in keep if k in enc}
         else:
             for c in self.text_columns:
