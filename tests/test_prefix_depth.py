@@ -354,3 +354,37 @@ def test_mixed_attention_types_refuse_below_m():
     with pytest.raises(UnsupportedModelError, match=r"prefix_layers \(--prefix-layers\) = 1 < m = 2 .*mix attention types"):
         LTuningModel(backbone, LTuningConfig(**{**config.to_dict(), "prefix_layers": 1}))
     assert LTuningModel(backbone, LTuningConfig(**{**config.to_dict(), "prefix_layers": 2})) is not None
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_adapters_sharing_a_model_score_right_from_two_threads(family):
+    """A prefix in the top j < m layers swaps the shared model's layers for a forward; another adapter on the
+    same model scoring from another thread meanwhile used to run the swapped layers (wrong scores, no error).
+    The model's layer lock (backbones.LayerLock) lets the swap run alone."""
+    import copy
+    import threading
+
+    deep = depth_model(family, "lt-prefix", j=1)
+    other = LTuningModel(Backbone(deep.backbone.model, deep.backbone.tokenizer, deep.backbone.name),
+                         LTuningConfig(method="lt-prompt", label_names=LABELS, label_texts=LABEL_TEXTS)).eval()
+    with torch.no_grad():
+        want = {"deep": deep.score_texts(TEXTS), "other": other.score_texts(TEXTS)}
+    wrong = {"deep": 0, "other": 0}
+    errors = []
+
+    def score(name, model):
+        try:
+            with torch.no_grad():
+                for _ in range(40):
+                    if not torch.allclose(model.score_texts(TEXTS), want[name], atol=1e-5):
+                        wrong[name] += 1
+        except Exception as e:  # noqa: BLE001 - the thread's failure is the test's
+            errors.append(e)
+
+    threads = [threading.Thread(target=score, args=(n, m)) for n, m in (("deep", deep), ("other", other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and wrong == {"deep": 0, "other": 0}
+    copy.deepcopy(deep)  # the lock is kept beside the model, not on it: a copy is still possible

@@ -16,6 +16,8 @@ import inspect
 import json
 import math
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -342,6 +344,69 @@ def sentence_transformers_pooling(model_dir: str | os.PathLike) -> TextPooling |
     return None
 
 
+class LayerLock:
+    """Who may run a transformers model while ltuning may swap its layers (:meth:`Backbone._only_layers`, a prefix in
+    the top j < m layers): forwards that run the model as it is share it; a forward that swaps the layers holds
+    it alone (re-entrant in its thread), and a waiting swap goes before new sharers. One lock per model object
+    (:func:`layer_lock`), so every :class:`Backbone` over one model, every adapter sharing it, takes the same."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharers = 0
+        self._owner: int | None = None  # the thread holding it alone
+        self._depth = 0
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me:  # (inside its own swap, a thread runs the model freely)
+                while self._owner is not None or self._waiting:
+                    self._cond.wait()
+            self._sharers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me:
+                self._waiting += 1
+                while self._owner is not None or self._sharers:
+                    self._cond.wait()
+                self._waiting -= 1
+                self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+                    self._cond.notify_all()
+
+
+_LAYER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAYER_LOCKS_GUARD = threading.Lock()
+
+
+def layer_lock(model: nn.Module) -> LayerLock:
+    """The :class:`LayerLock` of a transformers model object (kept beside it, not on it: a deep copy of the model
+    is another model, with its own lock)."""
+    with _LAYER_LOCKS_GUARD:
+        lock = _LAYER_LOCKS.get(model)
+        if lock is None:
+            lock = _LAYER_LOCKS[model] = LayerLock()
+        return lock
+
+
 class Backbone(nn.Module):
     """A frozen transformer plus its tokenizer.
 
@@ -545,7 +610,8 @@ class Backbone(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, n) -> (B, n, d) frozen input embeddings."""
-        return self.model.get_input_embeddings()(input_ids)
+        with layer_lock(self.model).shared():  # (a top-layers pass hooks the embeddings' output meanwhile)
+            return self.model.get_input_embeddings()(input_ids)
 
     # ------------------------------------------------------------------ forward
     def _position_start(self) -> int:
@@ -612,7 +678,8 @@ class Backbone(nn.Module):
             kwargs["position_ids"] = self._positions(mask, offset)
         kwargs["attention_mask"] = full_mask
         try:
-            out = self.model(**kwargs)
+            with layer_lock(self.model).shared():
+                out = self.model(**kwargs)
         finally:
             if self._prefix_state is not None:
                 self._prefix_state.clear()
@@ -791,20 +858,21 @@ class Backbone(nn.Module):
             swaps.append((*self._module(layout.final_norm), nn.Identity()))
         if start > 0 and layout.after_first_layer is not None:
             swaps.append((*self._module(layout.after_first_layer), None))
-        saved = [(p, n, getattr(p, n)) for p, n, _ in swaps]
-        handle = None
-        try:
-            for p, n, new in swaps:
-                setattr(p, n, new)
-            if embeddings is not None:
-                path = next(e for e in layout.embeddings if self._has_module(e))
-                handle = self.model.get_submodule(path).register_forward_hook(lambda _m, _a, _o: embeddings)
-            yield
-        finally:
-            if handle is not None:
-                handle.remove()
-            for p, n, old in saved:
-                setattr(p, n, old)
+        with layer_lock(self.model).exclusive():  # no other forward on this model sees the swapped layers
+            saved = [(p, n, getattr(p, n)) for p, n, _ in swaps]
+            handle = None
+            try:
+                for p, n, new in swaps:
+                    setattr(p, n, new)
+                if embeddings is not None:
+                    path = next(e for e in layout.embeddings if self._has_module(e))
+                    handle = self.model.get_submodule(path).register_forward_hook(lambda _m, _a, _o: embeddings)
+                yield
+            finally:
+                if handle is not None:
+                    handle.remove()
+                for p, n, old in saved:
+                    setattr(p, n, old)
 
     def _has_module(self, path: str) -> bool:
         try:
@@ -846,7 +914,7 @@ class Backbone(nn.Module):
                       prefix_mask.long().sum(-1, keepdim=True).view(B, groups)[:, :1])
         if self._takes_positions:
             kwargs["position_ids"] = self._positions(mask, offset)
-        with torch.no_grad(), self._only_layers(0, m - j):
+        with torch.no_grad(), self._only_layers(0, m - j):  # (each swap holds the model's layer lock alone)
             bottom = self.model(**kwargs).last_hidden_state  # (B, n, d)
         if groups > 1:
             bottom = bottom.repeat_interleave(groups, dim=0)
@@ -965,7 +1033,8 @@ class Backbone(nn.Module):
         text = {"input_ids": ids, "attention_mask": mask, self._cache_arg: cache, "use_cache": True}
         if self._takes_positions:
             text["position_ids"] = self._positions(mask, 0)
-        self.model(**text)
+        with layer_lock(self.model).shared():
+            self.model(**text)
         cache.batch_repeat_interleave(G)  # row b*G + g: text b, then prompt g
         pmask = prompt_mask.to(mask.dtype).repeat(B, 1)  # (B*G, l)
         full = torch.cat([mask.repeat_interleave(G, dim=0), pmask], dim=1)  # (B*G, n + l)
@@ -973,7 +1042,8 @@ class Backbone(nn.Module):
                 self._cache_arg: cache, "use_cache": True}
         if self._takes_positions:
             rest["position_ids"] = self._positions(full, 0)[:, n:]
-        hidden = self.model(**rest).last_hidden_state  # (B*G, l, d)
+        with layer_lock(self.model).shared():
+            hidden = self.model(**rest).last_hidden_state  # (B*G, l, d)
         last = lp - 1 - pmask.flip(-1).long().argmax(-1)  # last real prompt position of each row
         return hidden[torch.arange(B * G, device=hidden.device), last].view(B, G, -1)
 
