@@ -223,3 +223,14 @@ def test_the_callers_tokenizer_is_left_as_it_was():
     assert tok.padding_side == "left" and tok.pad_token is None
     assert lt.backbone.tokenizer.padding_side == "right" and lt.backbone.tokenizer.pad_token is not None
     assert len(lt.predict(["good film", "a much longer and rather bad film"])) == 2
+
+
+def test_model_call_takes_what_predict_takes():
+    """model(texts) reads any iterable of texts, as predict does (a datasets column is not a list)."""
+    lt = make()
+    want = lt(list(TEXTS))
+    assert lt(iter(TEXTS)) == want and lt(texts=(t for t in TEXTS)) == want
+    datasets = pytest.importorskip("datasets")
+    assert lt(datasets.Dataset.from_dict({"text": list(TEXTS)})["text"]) == want
+    with pytest.raises(DataError, match="texts"):
+        lt(None)

@@ -502,9 +502,10 @@ class LTuningModel(nn.Module):
         """``model(texts, candidate_labels=None, hypothesis_template=None, multi_label=False)``: the zero-shot
         pipeline's call, i.e. :meth:`predict` with ``return_scores=True`` (a dict for one string, a list of
         dicts for a list). A dict of tensors (what training and :meth:`class_scores` pass) goes to
-        :meth:`forward` as for any module; only a string, list or tuple takes the prediction path, also given
-        by keyword (``texts=``, or ``sequences=`` as the zero-shot pipeline names it)."""
-        if args and isinstance(args[0], str | list | tuple):
+        :meth:`forward` as for any module; anything else (a string, or any iterable of texts, as
+        :meth:`predict` takes: a list, a ``datasets`` column, a pandas Series) takes the prediction path, also
+        given by keyword (``texts=``, or ``sequences=`` as the zero-shot pipeline names it)."""
+        if args and not isinstance(args[0], Mapping | torch.Tensor):
             return self._classify(*args, **kwargs)
         if not args and ("texts" in kwargs or "sequences" in kwargs):
             if "texts" in kwargs and "sequences" in kwargs:
