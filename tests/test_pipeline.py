@@ -153,3 +153,13 @@ def test_transformers_pipeline_loads_an_adapter_folder(tmp_path):
     assert same(list(classifier(KeyDataset(ds, "text"), batch_size=2)), lt(TEXTS))
     with pytest.raises(ConfigError, match="batch_size"):
         classifier(TEXTS, batch_size=0)
+
+
+def test_pipeline_over_a_loaded_model_refuses_a_backbone_argument():
+    import ltuning
+
+    lt = make()
+    for kwargs, named in (({"model": "/nonexistent"}, "model"), ({"trust_remote_code": True}, "trust_remote_code")):
+        with pytest.raises(ConfigError, match=f"^{named}: the adapter is a loaded LTuningModel"):
+            ltuning.pipeline(lt, **kwargs)
+    assert ltuning.pipeline(lt)(TEXTS) == lt(TEXTS)

@@ -151,6 +151,10 @@ def pipeline(adapter: str | Path | LTuningModel, model=None, device: int | str |
               adapter)
     if batch_size is not None:
         check_batch_size(batch_size)
+    if isinstance(adapter, LTuningModel) and (model is not None or trust_remote_code):
+        given = ", ".join(n for n, v in (("model", model is not None), ("trust_remote_code", trust_remote_code)) if v)
+        raise ConfigError(f"{given}: the adapter is a loaded LTuningModel, whose backbone is already chosen; give "
+                          "an adapter folder to load it onto another backbone")
     lt_model = adapter if isinstance(adapter, LTuningModel) else LTuningModel.from_pretrained(
         adapter, model, trust_remote_code=trust_remote_code)
     return LTuningClassificationPipeline(model=lt_model, task=TASK, device=lt_model.device if device is None else device,
