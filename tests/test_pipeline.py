@@ -163,3 +163,10 @@ def test_pipeline_over_a_loaded_model_refuses_a_backbone_argument():
         with pytest.raises(ConfigError, match=f"^{named}: the adapter is a loaded LTuningModel"):
             ltuning.pipeline(lt, **kwargs)
     assert ltuning.pipeline(lt)(TEXTS) == lt(TEXTS)
+
+
+def test_pipeline_over_a_loaded_model_takes_its_own_backbone():
+    import ltuning
+
+    lt = make()
+    assert ltuning.pipeline(lt, model=lt.base_model)(TEXTS) == lt(TEXTS)

@@ -365,11 +365,18 @@ def test_adapters_sharing_a_model_score_right_from_two_threads(family):
     import threading
 
     deep = depth_model(family, "lt-prefix", j=1)
-    other = LTuningModel(Backbone(deep.backbone.model, deep.backbone.tokenizer, deep.backbone.name),
-                         LTuningConfig(method="lt-prompt", label_names=LABELS, label_texts=LABEL_TEXTS)).eval()
+    shared = Backbone(deep.backbone.model, deep.backbone.tokenizer, deep.backbone.name)
+    deep2 = LTuningModel(shared, deep.config)  # a second top-layers swap, with its own weights
     with torch.no_grad():
-        want = {"deep": deep.score_texts(TEXTS), "other": other.score_texts(TEXTS)}
-    wrong = {"deep": 0, "other": 0}
+        for p in deep2.method.parameters():
+            p.normal_(0, 0.5)
+    # and one that runs the model whole, tokenizing with another max length on the same tokenizer object
+    other = LTuningModel(shared, LTuningConfig(method="lt-prompt", label_names=LABELS, label_texts=LABEL_TEXTS,
+                                               max_length=6)).eval()
+    models = {"deep": deep, "deep2": deep2.eval(), "other": other}
+    with torch.no_grad():
+        want = {n: m.score_texts(TEXTS) for n, m in models.items()}
+    wrong = dict.fromkeys(models, 0)
     errors = []
 
     def score(name, model):
@@ -381,10 +388,46 @@ def test_adapters_sharing_a_model_score_right_from_two_threads(family):
         except Exception as e:  # noqa: BLE001 - the thread's failure is the test's
             errors.append(e)
 
-    threads = [threading.Thread(target=score, args=(n, m)) for n, m in (("deep", deep), ("other", other))]
+    threads = [threading.Thread(target=score, args=item) for item in models.items()]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and wrong == {"deep": 0, "other": 0}
+    assert not errors and wrong == dict.fromkeys(models, 0)
     copy.deepcopy(deep)  # the lock is kept beside the model, not on it: a copy is still possible
+
+
+def test_a_swap_interrupted_while_it_waits_blocks_nobody():
+    """A KeyboardInterrupt in the wait of an exclusive acquisition must not leave it counted as waiting (every
+    later shared acquisition, every forward on the model, would wait for ever)."""
+    import threading
+
+    from ltuning.backbones import LayerLock
+
+    lock = LayerLock()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock.shared():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    real_wait = lock._cond.wait
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    lock._cond.wait = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        with lock.exclusive():
+            pass
+    lock._cond.wait = real_wait
+    release.set()
+    t.join()
+    got = threading.Event()
+    t2 = threading.Thread(target=lambda: (lock.shared().__enter__(), got.set()))
+    t2.start()
+    assert got.wait(5)

@@ -548,3 +548,17 @@ def test_checkpoint_written_before_the_data_keys_resumes(setup, tmp_path, capsys
         state_file.write_text(json.dumps(state))
     capsys.readouterr()
     assert main(args_for(setup, out, "--max-steps", "6", "--label-texts", "awful,fine", "--resume")) == 0
+
+
+def test_checkpoint_recording_an_unused_prefix_pooling_resumes(setup, tmp_path, capsys):
+    """Before other methods refused --prefix-pooling, an lt-prompt run could record 'softmax' (unused): its
+    checkpoints resume without the flag, which is refused now."""
+    out = tmp_path / "out"
+    assert main(args_for(setup, out, "--max-steps", "6")) == 0
+    for _, folder in list_checkpoints(out):
+        state_file = Path(folder) / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        state["run"]["prefix_pooling"] = "softmax"
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(args_for(setup, out, "--max-steps", "6", "--resume")) == 0

@@ -359,6 +359,9 @@ class LayerLock:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
+        if torch.compiler.is_compiling():  # a traced graph cannot hold a Python lock (fullgraph=True fails)
+            yield
+            return
         me = threading.get_ident()
         with self._cond:
             if self._owner != me:  # (inside its own swap, a thread runs the model freely)
@@ -378,9 +381,12 @@ class LayerLock:
         with self._cond:
             if self._owner != me:
                 self._waiting += 1
-                while self._owner is not None or self._sharers:
-                    self._cond.wait()
-                self._waiting -= 1
+                try:
+                    while self._owner is not None or self._sharers:
+                        self._cond.wait()
+                finally:  # (a KeyboardInterrupt in the wait must not leave a swap "waiting" for ever)
+                    self._waiting -= 1
+                    self._cond.notify_all()
                 self._owner = me
             self._depth += 1
         try:
@@ -393,18 +399,28 @@ class LayerLock:
                     self._cond.notify_all()
 
 
-_LAYER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LAYER_LOCKS_GUARD = threading.Lock()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(obj, make):
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(obj)
+        if lock is None:
+            lock = _LOCKS[obj] = make()
+        return lock
 
 
 def layer_lock(model: nn.Module) -> LayerLock:
     """The :class:`LayerLock` of a transformers model object (kept beside it, not on it: a deep copy of the model
     is another model, with its own lock)."""
-    with _LAYER_LOCKS_GUARD:
-        lock = _LAYER_LOCKS.get(model)
-        if lock is None:
-            lock = _LAYER_LOCKS[model] = LayerLock()
-        return lock
+    return _lock_of(model, LayerLock)
+
+
+def tokenizer_lock(tokenizer) -> threading.RLock:
+    """One lock per tokenizer object: a fast tokenizer keeps its truncation and padding settings on the object
+    for a call, so two adapters sharing it, with other lengths, must not tokenize at the same time."""
+    return _lock_of(tokenizer, threading.RLock)
 
 
 class Backbone(nn.Module):
@@ -436,10 +452,12 @@ class Backbone(nn.Module):
         self.native_pooling = sentence_transformers_pooling(getattr(model.config, "_name_or_path", ""))
         self.fingerprint = config_fingerprint(model.config)
         self.settings = config_settings(model.config)
-        probe = tokenizer_probe(tokenizer)
+        with tokenizer_lock(tokenizer):
+            probe = tokenizer_probe(tokenizer)
         if probe is not None:
             self.settings["tokenizer"] = probe
-        self.weights_sample = weights_sample(model)
+        with layer_lock(model).shared():  # (not mid-swap: a top-layers pass holds a slice of the layers)
+            self.weights_sample = weights_sample(model)
         self.model.requires_grad_(False)
         self.model.eval()
         params = inspect.signature(self.model.forward).parameters
@@ -479,7 +497,7 @@ class Backbone(nn.Module):
             self.tokenizer.padding_side = "right"  # (every call below also asks for it: a caller may set it back)
         # Special tokens the tokenizer puts before the text ([CLS], <s>): a soft prompt goes after them,
         # so the pooler still reads position 0.
-        ids = self.tokenizer("a")["input_ids"]
+        ids = self._tokenizer_call("a")["input_ids"]
         special = set(self.tokenizer.all_special_ids)
         self.num_leading_special = 1 if ids and ids[0] in special else 0
 
@@ -522,6 +540,11 @@ class Backbone(nn.Module):
         return TextPooling.POOLER if self.has_pooler() else TextPooling.CLS
 
     # ------------------------------------------------------------------ tokens
+    def _tokenizer_call(self, *args, **kwargs):
+        """The tokenizer's call, one thread at a time per tokenizer object (:func:`tokenizer_lock`)."""
+        with tokenizer_lock(self.tokenizer):
+            return self.tokenizer(*args, **kwargs)
+
     def tokenize(self, texts: Texts, max_length: int) -> dict[str, torch.Tensor]:
         """Tokenize texts (or (premise, hypothesis) pairs) with right padding.
 
@@ -531,13 +554,13 @@ class Backbone(nn.Module):
             a = [t[0] for t in texts]
             b = [t[1] for t in texts]
             if self.tokenizer.sep_token is None:  # decoders: no pair template, join with a newline
-                enc = self.tokenizer([f"{x}\n{y}" for x, y in zip(a, b, strict=True)], truncation=True,
+                enc = self._tokenizer_call([f"{x}\n{y}" for x, y in zip(a, b, strict=True)], truncation=True,
                                      max_length=max_length, padding=True, padding_side="right", return_tensors="pt")
             else:
-                enc = self.tokenizer(a, b, truncation=True, max_length=max_length, padding=True,
+                enc = self._tokenizer_call(a, b, truncation=True, max_length=max_length, padding=True,
                                      padding_side="right", return_tensors="pt")
         else:
-            enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=True,
+            enc = self._tokenizer_call(list(texts), truncation=True, max_length=max_length, padding=True,
                                  padding_side="right", return_tensors="pt")
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if self._takes_token_types and "token_type_ids" in enc:
@@ -572,14 +595,14 @@ class Backbone(nn.Module):
 
     def label_token_length(self, label_texts: list[str]) -> int:
         """Longest tokenized label text (special tokens included)."""
-        return max(len(self.tokenizer(t)["input_ids"]) for t in label_texts)
+        return max(len(self._tokenizer_call(t)["input_ids"]) for t in label_texts)
 
     def label_tokens(self, label_texts: list[str], label_length: int) -> dict[str, torch.Tensor]:
         """The label texts' tokens, cut and right-padded to ``label_length`` (on the model's device):
         input_ids, attention_mask (K, l), token_type_ids where the tokenizer gives them. The rules on them
         (length, distinct labels) are :mod:`ltuning.labels`'s."""
         # right padding whatever the tokenizer's side: the states below are read at the mask's positions
-        enc = self.tokenizer(label_texts, truncation=True, max_length=label_length, padding="max_length",
+        enc = self._tokenizer_call(label_texts, truncation=True, max_length=label_length, padding="max_length",
                              padding_side="right", return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -852,13 +875,14 @@ class Backbone(nn.Module):
         the embedding module's output). Everything is put back on the way out."""
         layout = self.family.layout
         m = self.dims.num_layers
-        parent, name = self._module(layout.layers)
-        swaps = [(parent, name, getattr(parent, name)[start:stop])]
-        if stop < m and layout.final_norm is not None:
-            swaps.append((*self._module(layout.final_norm), nn.Identity()))
-        if start > 0 and layout.after_first_layer is not None:
-            swaps.append((*self._module(layout.after_first_layer), None))
+        # the lock first: another thread's swap may be in place until then (its slice would be sliced here)
         with layer_lock(self.model).exclusive():  # no other forward on this model sees the swapped layers
+            parent, name = self._module(layout.layers)
+            swaps = [(parent, name, getattr(parent, name)[start:stop])]
+            if stop < m and layout.final_norm is not None:
+                swaps.append((*self._module(layout.final_norm), nn.Identity()))
+            if start > 0 and layout.after_first_layer is not None:
+                swaps.append((*self._module(layout.after_first_layer), None))
             saved = [(p, n, getattr(p, n)) for p, n, _ in swaps]
             handle = None
             try:

@@ -1344,6 +1344,7 @@ def cmd_evaluate(args) -> int:
         # names not from a task: an integer in the file is not a known class index (see data.FileLabels)
         names = FileLabels(names, source=f"the adapter {args.adapter}")
     data = _read_data(args, args.split, args.file, names).subset(args.max_samples)
+    digest = weights_digest(args.adapter)  # of the weights loaded now (not of a file replaced meanwhile)
     model = load_adapter(args.adapter, model=args.model, trust_remote_code=args.trust_remote_code)
     model = model if task is None else model.for_task(task)
     t0 = time.perf_counter()
@@ -1351,7 +1352,7 @@ def cmd_evaluate(args) -> int:
         metrics = evaluate(model, data, batch_size=args.batch_size, progress=not args.quiet)
     metrics["seconds"] = time.perf_counter() - t0
     metrics["data"] = data.source
-    metrics[WEIGHTS_DIGEST_KEY] = weights_digest(args.adapter)  # the adapter these metrics are of (report)
+    metrics[WEIGHTS_DIGEST_KEY] = digest  # the adapter these metrics are of (report)
     if args.file:  # where the data was, from any folder: another file of the same name is told apart by it
         metrics["data_file"] = str(Path(args.file).resolve())
     metrics["run_config"] = _resolved_config(args)

@@ -151,8 +151,10 @@ def pipeline(adapter: str | Path | LTuningModel, model=None, device: int | str |
               adapter)
     if batch_size is not None:
         check_batch_size(batch_size)
-    if isinstance(adapter, LTuningModel) and (model is not None or trust_remote_code):
-        given = ", ".join(n for n, v in (("model", model is not None), ("trust_remote_code", trust_remote_code)) if v)
+    other_model = model is not None and model is not getattr(adapter, "base_model", None) \
+        and model is not getattr(adapter, "backbone", None)
+    if isinstance(adapter, LTuningModel) and (other_model or trust_remote_code):
+        given = ", ".join(n for n, v in (("model", other_model), ("trust_remote_code", trust_remote_code)) if v)
         raise ConfigError(f"{given}: the adapter is a loaded LTuningModel, whose backbone is already chosen; give "
                           "an adapter folder to load it onto another backbone")
     lt_model = adapter if isinstance(adapter, LTuningModel) else LTuningModel.from_pretrained(

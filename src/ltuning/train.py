@@ -522,6 +522,8 @@ class _TrainingLoop:
     def _check_signature(self, folder, ts: dict) -> None:
         """The checkpoint was written with this run's options (data order, schedule, shapes)."""
         saved = dict(ts.get("run", {}))
+        if "prefix_pooling" not in self.model.method.weight_options:  # recorded, and unused, before it was refused
+            saved.pop("prefix_pooling", None)
         if "text_pooling" not in saved:  # written before the signature held it: auto's old rule
             saved["text_pooling"] = self.model.backbone.resolve_pooling(TextPooling.AUTO, follow_folder=False).value
         signature = dict(self.signature)
