@@ -373,10 +373,10 @@ def test_adapters_sharing_a_model_score_right_from_two_threads(family):
     # and one that runs the model whole, tokenizing with another max length on the same tokenizer object
     other = LTuningModel(shared, LTuningConfig(method="lt-prompt", label_names=LABELS, label_texts=LABEL_TEXTS,
                                                max_length=6)).eval()
-    models = {"deep": deep, "deep2": deep2.eval(), "other": other}
+    adapters = {"deep": deep, "deep2": deep2.eval(), "other": other}
     with torch.no_grad():
-        want = {n: m.score_texts(TEXTS) for n, m in models.items()}
-    wrong = dict.fromkeys(models, 0)
+        want = {n: m.score_texts(TEXTS) for n, m in adapters.items()}
+    wrong = dict.fromkeys(adapters, 0)
     errors = []
 
     def score(name, model):
@@ -388,12 +388,12 @@ def test_adapters_sharing_a_model_score_right_from_two_threads(family):
         except Exception as e:  # noqa: BLE001 - the thread's failure is the test's
             errors.append(e)
 
-    threads = [threading.Thread(target=score, args=item) for item in models.items()]
+    threads = [threading.Thread(target=score, args=item) for item in adapters.items()]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and wrong == dict.fromkeys(models, 0)
+    assert not errors and wrong == dict.fromkeys(adapters, 0)
     copy.deepcopy(deep)  # the lock is kept beside the model, not on it: a copy is still possible
 
 
