@@ -23,6 +23,7 @@ from .config import (
     TRAINER_WEIGHTS_NAME,
     TRAINER_WEIGHTS_PREFIX,
     LTuningConfig,
+    PrefixPooling,
     TextPooling,
     config_json,
     config_source,
@@ -151,7 +152,10 @@ def read_adapter_config(directory: str | Path) -> LTuningConfig:
     a bad adapter file, said before a backbone is loaded."""
     config = LTuningConfig.from_pretrained(directory)
     try:
-        get_method(config.method).check_config(config)
+        method = get_method(config.method)
+        if "prefix_pooling" not in method.weight_options:  # recorded, and unused, before other methods refused it
+            config.prefix_pooling = PrefixPooling.RAW
+        method.check_config(config)
     except (ConfigError, TypeError, ValueError) as e:
         raise AdapterError(f"{config_source(directory)}: {e}") from None
     return config

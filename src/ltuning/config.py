@@ -275,15 +275,9 @@ class LTuningConfig:
                                f"(one of {[h.value for h in ScoreHead]})")
         _primary_task_first(raw)
         try:
-            config = cls.from_dict(raw)
+            return cls.from_dict(raw)
         except (ConfigError, TypeError, ValueError) as e:
             raise AdapterError(f"{source}: {e}") from None
-        from .methods import METHODS  # (the methods import this module)
-
-        method = METHODS.get(config.method)
-        if method is not None and "prefix_pooling" not in method.weight_options:
-            config.prefix_pooling = PrefixPooling.RAW  # recorded, and unused, before other methods refused it
-        return config
 
     @property
     def num_labels(self) -> int:
