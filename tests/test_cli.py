@@ -1056,5 +1056,8 @@ def test_an_adapter_kept_inside_its_backbones_folder_evaluates_and_exports_again
     capsys.readouterr()
     (adapter / "checkpoints").mkdir()
     (adapter / "checkpoints" / ".DS_Store").write_text("litter")  # a file browser's: not another tool's checkpoint
+    from ltuning.cli import _previous_run
+
+    assert (adapter / "checkpoints") not in _previous_run(adapter)  # nor a run's
     assert main(train_args({**models, "tiny": str(backbone)}, files, adapter, "--overwrite", "--checkpoint-every",
                            "2")) == 0

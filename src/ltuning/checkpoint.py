@@ -60,15 +60,27 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def foreign_entries(output_dir: str | Path) -> list[Path]:
-    """What ``checkpoints/`` holds that ltuning did not write (its entries are ``step-N`` and ``.tmp-step-N``
-    folders): another tool's checkpoints, which ``--overwrite`` must not take for a run's."""
+def _entries(output_dir: str | Path) -> dict[str, list[Path]]:
+    """``checkpoints/``'s entries by whose they are: ``own`` (ltuning's ``step-N`` and ``.tmp-step-N`` folders),
+    ``litter`` (hidden files, such as a file browser's .DS_Store) and ``foreign`` (anything else: another
+    tool's checkpoints, which ``--overwrite`` must not take for a run's)."""
     root = checkpoint_root(output_dir)
-    if not root.is_dir():
-        return []
-    # a hidden file (.DS_Store, left by a file browser) is litter, not another tool's checkpoint
-    return sorted(p for p in root.iterdir() if not (p.is_dir() and (_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name)))
-                  and not (p.name.startswith(".") and p.is_file()))
+    found: dict[str, list[Path]] = {"own": [], "litter": [], "foreign": []}
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        kind = ("own" if p.is_dir() and (_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name)) else
+                "litter" if p.name.startswith(".") and p.is_file() else "foreign")
+        found[kind].append(p)
+    return found
+
+
+def own_entries(output_dir: str | Path) -> list[Path]:
+    """ltuning's checkpoint folders in ``checkpoints/`` (complete or not): a run was there."""
+    return _entries(output_dir)["own"]
+
+
+def foreign_entries(output_dir: str | Path) -> list[Path]:
+    """What ``checkpoints/`` holds that ltuning did not write, hidden files aside (:func:`_entries`)."""
+    return _entries(output_dir)["foreign"]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -824,16 +824,15 @@ _RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "run_config.js
 def _previous_run(out: Path) -> list[Path]:
     """What a previous run left in ``out``: adapter, results, config, checkpoints (empty: not a run)."""
     from .adapter_io import is_ltuning_config
-    from .checkpoint import CHECKPOINTS_DIR, foreign_entries
+    from .checkpoint import CHECKPOINTS_DIR, own_entries
 
     if not out.is_dir():
         return []
     # another library's adapter_config.json (peft's has the same name) is not a run: it is a foreign file
     found = [out / "adapter_config.json"] if is_ltuning_config(out / "adapter_config.json") else []
     found += [out / n for n in ("train_results.json", "run_config.json") if (out / n).is_file()]
-    ckpt = out / CHECKPOINTS_DIR
-    if ckpt.is_dir() and len(foreign_entries(out)) < len(list(ckpt.iterdir())):  # one of ours at least
-        found.append(ckpt)
+    if own_entries(out):  # (another tool's checkpoints, or a file browser's litter, are no run)
+        found.append(out / CHECKPOINTS_DIR)
     return found
 
 
@@ -1005,7 +1004,7 @@ def _train_output(args) -> Path:
     refused: --resume with nothing to resume (a finished run, no checkpoint), and files there that ltuning did
     not write (a user's README.md) unless --overwrite."""
     from .adapter_io import ADAPTER_FILES
-    from .checkpoint import CHECKPOINTS_DIR, foreign_entries, latest_checkpoint
+    from .checkpoint import CHECKPOINTS_DIR, foreign_entries, latest_checkpoint, own_entries
     from .errors import ConfigError
     from .loading import model_folder
 
@@ -1034,7 +1033,7 @@ def _train_output(args) -> Path:
                           "reads: the adapter's files (config.json, README.md) would replace the model's; give "
                           "another --output-dir")
     others = foreign_entries(out_dir)
-    mixed = bool(others) and (out_dir / CHECKPOINTS_DIR) in _previous_run(out_dir)  # and ltuning's checkpoints
+    mixed = bool(others) and bool(own_entries(out_dir))  # and ltuning's checkpoints
     if others and (args.checkpoint_every or mixed):
         # the run's checkpoints, or the previous run's (which --overwrite and --resume act on), would mix with them
         why = "a previous run's checkpoints are mixed with them" if mixed else "this run writes its checkpoints there"
